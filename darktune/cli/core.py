@@ -1,0 +1,136 @@
+"""Core commands: summary, detect (images), partial, weights fetch/list."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("summary", help="darknet-style layer table, BFLOPs and parameters of a cfg")
+    p.add_argument("cfg")
+    p.add_argument("--size", type=int, help="network input size (square), default: the cfg's width/height")
+    p.add_argument("--classes", type=int, help="re-head the network for this many classes first")
+    p.add_argument("--json", action="store_true", help="print JSON with layers, bflops, params")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("partial", help="write the first N layers' weights (darknet `partial`), seen reset to 0")
+    p.add_argument("cfg")
+    p.add_argument("weights")
+    p.add_argument("out")
+    p.add_argument("n", type=int, metavar="N")
+    p.set_defaults(func=cmd_partial)
+
+    p = sub.add_parser("weights", help="known weights: fetch into the cache, list")
+    wsub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    f = wsub.add_parser("fetch", help="download (or import) and verify a known model; print the paths")
+    f.add_argument("model", help="e.g. yolov3-tiny")
+    f.add_argument("--from", dest="files", nargs="+", metavar="FILE",
+                   help="import local copies instead of downloading (verified the same way)")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=cmd_weights_fetch)
+    ls = wsub.add_parser("list", help="known models and whether they are cached")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_weights_list)
+
+    p = sub.add_parser("detect", help="detect objects in images (and videos/cameras with --backend)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files")
+    p.add_argument("--cfg", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--names")
+    p.add_argument("--thresh", type=float, default=0.25)
+    p.add_argument("--nms", type=float, default=0.45)
+    p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (default: plain resize as darknet)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="folder for images with boxes drawn")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_detect)
+
+
+def _load_spec(args):
+    from darktune.cfg import parse_cfg
+
+    spec = parse_cfg(args.cfg)
+    if getattr(args, "classes", None):
+        spec = spec.with_classes(args.classes)
+    if getattr(args, "size", None):
+        spec = spec.with_size(args.size)
+    return spec
+
+
+def cmd_summary(args) -> int:
+    from darktune.summary import format_summary, summarize
+
+    summary = summarize(_load_spec(args))
+    print(json.dumps(summary) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_partial(args) -> int:
+    from darktune.weights import partial
+
+    out, floats = partial(args.cfg, args.weights, args.out, args.n)
+    print(f"wrote layers 0..{args.n - 1} ({floats:,} floats, {20 + 4 * floats:,} bytes) to {out}")
+    return 0
+
+
+def cmd_weights_fetch(args) -> int:
+    from darktune import zoo
+
+    result = zoo.import_files(args.model, args.files) if args.files else zoo.fetch(args.model)
+    if args.json:
+        print(json.dumps({"model": result.model, "source": result.source,
+                          "paths": {k: str(v) for k, v in result.paths.items()}}))
+    else:
+        print(f"{result.model} ({result.source}):")
+        for name, path in result.paths.items():
+            print(f"  {name:<22} {path}")
+    return 0
+
+
+def cmd_weights_list(args) -> int:
+    from darktune import zoo
+
+    rows = [{"model": name, "cached": zoo.cached(name) is not None, "notes": m.notes,
+             "folder": str(zoo.darktune_home() / name)} for name, m in zoo.KNOWN.items()]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['model']:<14} {'cached' if r['cached'] else 'not cached':<11} {r['folder']}  {r['notes']}")
+    return 0
+
+
+def cmd_detect(args) -> int:
+    from pathlib import Path
+
+    import cv2
+
+    from darktune.detect import detections_to_json, draw, load_torch_detector, read_image, read_names
+    from darktune.errors import DarktuneError
+
+    detector = load_torch_detector(args.cfg, args.weights, args.device)
+    names = read_names(args.names, detector.model.spec.num_classes)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    records, failures = [], 0
+    for source in args.sources:
+        try:
+            image = read_image(source)
+        except DarktuneError as exc:
+            print(f"darktune: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        dets = detector.detect([image], args.thresh, args.nms, args.letterbox)[0]
+        records.append(detections_to_json(source, dets, names))
+        if out_dir:
+            cv2.imwrite(str(out_dir / (Path(source).stem + ".jpg")), draw(image, dets, names))
+        if not args.json:
+            print(f"{source}: {len(dets)} objects")
+            for d in records[-1]["detections"]:
+                print(f"  {d['name']}: {d['score'] * 100:.0f}%  box {d['box']}")
+    if args.json:
+        print(json.dumps(records))
+    return 1 if failures else 0

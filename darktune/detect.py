@@ -1,0 +1,120 @@
+"""Inference on images: preprocessing as darknet/OpenCV DNN, the torch backend, drawing, JSON records.
+
+`preprocess` does what AlexeyAB darknet and `cv2.dnn.blobFromImage(img, 1/255, size, swapRB=True)` do by
+default: plain resize to the network size (bilinear), BGR->RGB, scale to [0, 1]; `letterbox=True` keeps the
+aspect ratio and pads with 0.5 grey as darknet's letterbox_image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from darktune.boxes import ImageGeometry, decode, postprocess
+from darktune.errors import DarktuneError
+
+
+def read_names(path: str | Path | None, num_classes: int) -> list[str]:
+    if path is None:
+        return [str(i) for i in range(num_classes)]
+    try:
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DarktuneError(f"cannot read names: {exc}", path=str(path)) from None
+    if len(names) < num_classes:
+        raise DarktuneError(f"{len(names)} names for a model with {num_classes} classes", path=str(path))
+    return names[:num_classes]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """BGR uint8 image; a clear error for a missing or undecodable file."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DarktuneError(f"cannot read image: {exc.strerror or exc}", path=str(path)) from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise DarktuneError("not a decodable image", path=str(path))
+    return image
+
+
+def preprocess(image_bgr: np.ndarray, size: tuple[int, int], letterbox: bool = False) -> np.ndarray:
+    """(H, W, 3) BGR uint8 -> (3, h, w) float32 RGB in [0, 1] for a network input of size (h, w)."""
+    h, w = size
+    rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    if not letterbox:
+        resized = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
+        return resized.transpose(2, 0, 1).astype(np.float32) / 255.0
+    ih, iw = rgb.shape[:2]
+    scale = min(w / iw, h / ih)
+    nw, nh = max(1, int(round(iw * scale))), max(1, int(round(ih * scale)))
+    canvas = np.full((h, w, 3), 127.5, dtype=np.float32)
+    top, left = (h - nh) // 2, (w - nw) // 2
+    canvas[top:top + nh, left:left + nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return canvas.transpose(2, 0, 1) / 255.0
+
+
+@dataclass
+class TorchDetector:
+    """A `Darknet` model plus decode and NMS."""
+
+    model: torch.nn.Module
+    device: str = "cpu"
+
+    @property
+    def net_hw(self) -> tuple[int, int]:
+        return self.model.input_size
+
+    @torch.no_grad()
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        heads = self.model(torch.from_numpy(batch).to(self.device))
+        return [h.float().cpu().numpy() for h in heads]
+
+    @torch.no_grad()
+    def detect(self, images: list[np.ndarray], conf_thresh: float = 0.25, nms_thresh: float = 0.45,
+               letterbox: bool = False) -> list[np.ndarray]:
+        batch = np.stack([preprocess(im, self.net_hw, letterbox) for im in images])
+        heads = self.model(torch.from_numpy(batch).to(self.device))
+        decoded = decode(heads, [h.spec for h in self.model.heads], self.net_hw)
+        geos = [ImageGeometry(im.shape[1], im.shape[0], letterbox) for im in images]
+        dets = postprocess(decoded, geos, self.net_hw, conf_thresh, nms_thresh)
+        return [d.cpu().numpy() for d in dets]
+
+
+def load_torch_detector(cfg: str | Path, weights: str | Path | None, device: str = "cpu") -> TorchDetector:
+    from darktune.cfg import parse_cfg
+    from darktune.model import Darknet
+    from darktune.weights import load_weights
+
+    spec = parse_cfg(cfg)
+    model = Darknet(spec)
+    if weights is not None:
+        load_weights(model, weights)
+    return TorchDetector(model.eval().to(device), device)
+
+
+def detections_to_json(path: str, dets: np.ndarray, names: list[str]) -> dict:
+    return {"image": path, "detections": [
+        {"class_id": int(d[5]), "name": names[int(d[5])], "score": round(float(d[4]), 6),
+         "box": [round(float(v), 2) for v in d[:4]]} for d in dets]}
+
+
+def draw(image: np.ndarray, dets: np.ndarray, names: list[str]) -> np.ndarray:
+    """A copy of the image with boxes and labels drawn."""
+    out = image.copy()
+    for x1, y1, x2, y2, score, cls in dets:
+        hue = int(cls) * 47 % 180
+        color = tuple(int(c) for c in cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0])
+        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
+        cv2.rectangle(out, p1, p2, color, 2)
+        label = f"{names[int(cls)]} {score:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        cv2.rectangle(out, (p1[0], max(0, p1[1] - th - 6)), (p1[0] + tw + 4, p1[1]), color, -1)
+        cv2.putText(out, label, (p1[0] + 2, max(th, p1[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return out
