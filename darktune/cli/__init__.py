@@ -16,6 +16,7 @@ from darktune.errors import DarktuneError
 # Explicit list (no registry, no discovery): a module listed here that is missing is simply skipped.
 COMMAND_MODULES = (
     "darktune.cli.core",
+    "darktune.cli.detect",
     "darktune.cli.data",
     "darktune.cli.train",
     "darktune.cli.experiment",
