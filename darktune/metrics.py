@@ -162,7 +162,6 @@ class _Flat:
     det_box: np.ndarray  # (D, 4)
     det_score: np.ndarray  # (D,)
     det_cls: np.ndarray  # (D,) int64
-    det_img: np.ndarray  # (D,)
     det_start: np.ndarray  # (I + 1,) offsets of each image's detections
     det_input_index: np.ndarray  # (D,) row in the image's input array
     gt_box: np.ndarray  # (G, 4)
@@ -233,8 +232,7 @@ def _flatten(detections: Sequence, truths: Sequence, num_classes: int, max_dets:
         keep[by_cls[rank < max_dets]] = True
         order = order[keep[order]]
     kept_counts = np.bincount(d_img[order], minlength=n_img)
-    return _Flat(d[order, :4], d[order, 4], d[order, 5].astype(np.int64), d_img[order],
-                 np.concatenate(([0], np.cumsum(kept_counts))), input_index[order],
+    return _Flat(d[order, :4], d[order, 4], d[order, 5].astype(np.int64), np.concatenate(([0], np.cumsum(kept_counts))), input_index[order],
                  g[:, 1:5], g[:, 0].astype(np.int64), np.concatenate(([0], np.cumsum(g_counts))))
 
 
@@ -309,7 +307,8 @@ def _match_coco(iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def _match_all(flat: _Flat, proto: _Protocol) -> tuple[np.ndarray, np.ndarray]:
-    """Per detection (flat order): TP flags (T, D) and the IoU with the matched truth at the first threshold."""
+    """Per detection (flat order): the global truth row it is a TP of, or -1 for FP, per IoU threshold (T, D);
+    and the IoU with that truth at the first threshold (0 for FP)."""
     n_thr, n_det = len(proto.iou_thresholds), len(flat.det_score)
     gt_idx = np.full((n_thr, n_det), -1, dtype=np.int64)
     iou_first = np.zeros(n_det)
@@ -322,8 +321,9 @@ def _match_all(flat: _Flat, proto: _Protocol) -> tuple[np.ndarray, np.ndarray]:
         else:
             slot = _match_coco(iou, np.asarray(proto.iou_thresholds))
         real = di >= 0
-        safe = np.maximum(slot, 0)
-        glob = np.where(slot >= 0, np.take_along_axis(np.broadcast_to(gi[None], (n_thr,) + gi.shape), safe, -1), -1)
+        safe = np.maximum(slot, 0)  # (T, c, n) truth slot, 0 where unmatched (masked below)
+        glob = np.take_along_axis(np.broadcast_to(gi, (n_thr,) + gi.shape), safe, -1)
+        glob = np.where(slot >= 0, glob, -1)  # global truth row per detection slot
         gt_idx[:, di[real]] = glob[:, real]
         iou_first[di[real]] = np.take_along_axis(iou, safe[0][..., None], -1)[..., 0][real]
     if proto.rule == "darknet":  # first claimant (score order within the image) of a truth wins, rest are FP

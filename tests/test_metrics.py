@@ -231,6 +231,65 @@ def test_agrees_with_pycocotools(seed, n_images, num_classes, big_image):
     assert r.classes[-1].n_truth > 0 and r.classes[-1].n_det == 0 and r.classes[-1].ap == 0.0
 
 
+@pytest.mark.parametrize("case,num_classes", [(CASE_B, 1), (CASE_C, 3), (CASE_D, 1), (CASE_E, 1)])
+def test_hand_cases_agree_with_pycocotools(case, num_classes):
+    ap5095, ap50, _ = _pycocotools_stats(*case, num_classes)
+    assert evaluate(*case, num_classes, protocol="coco101").map == pytest.approx(ap50, abs=1e-6)
+    assert evaluate(*case, num_classes, protocol="coco").map == pytest.approx(ap5095, abs=1e-6)
+
+
+def _darknet_reference(dets, gts, num_classes):
+    """Literal, loop-by-loop transcription of AlexeyAB validate_detector_map (-points 0): per detection the
+    same-class truth of highest IoU above 0.5 (first on ties); global sort by score; a truth counts once;
+    per class the area under the envelope; sum / classes."""
+    flat, n_truth, offset = [], np.zeros(num_classes), 0
+    for d, g in zip(dets, gts):
+        for c in g[:, 0]:
+            n_truth[int(c)] += 1
+        for row in d[np.argsort(-d[:, 4], kind="stable")]:
+            best, best_iou = -1, 0.0
+            for j, (c, x1, y1, x2, y2) in enumerate(g):
+                iw = max(0.0, min(row[2], x2) - max(row[0], x1))
+                ih = max(0.0, min(row[3], y2) - max(row[1], y1))
+                union = (row[2] - row[0]) * (row[3] - row[1]) + (x2 - x1) * (y2 - y1) - iw * ih
+                iou = iw * ih / union
+                if iou > 0.5 and int(c) == int(row[5]) and iou > best_iou:
+                    best, best_iou = offset + j, iou
+            flat.append((row[4], int(row[5]), best))
+        offset += len(g)
+    flat.sort(key=lambda t: -t[0])  # Python's sort is stable, like ours
+    taken, total = set(), 0.0
+    for c in range(num_classes):
+        tp = fp = 0
+        rec, prec = [], []
+        for _, cls, truth in flat:
+            if cls != c:
+                continue
+            if truth >= 0 and truth not in taken:
+                taken.add(truth)
+                tp += 1
+            else:
+                fp += 1
+            rec.append(tp / n_truth[c] if n_truth[c] else 0.0)
+            prec.append(tp / (tp + fp))
+        ap, last_r, last_p = 0.0, (rec[-1] if rec else 0.0), (prec[-1] if prec else 0.0)
+        for k in range(len(rec) - 2, -1, -1):
+            delta = last_r - rec[k]
+            last_r = rec[k]
+            last_p = max(last_p, prec[k])
+            ap += delta * last_p
+        total += ap + last_r * last_p
+    return total / num_classes
+
+
+@pytest.mark.parametrize("seed,n_images,num_classes", [(0, 40, 3), (1, 30, 4), (4, 50, 2)])
+def test_darknet_agrees_with_literal_reference(seed, n_images, num_classes):
+    dets, gts = _synthetic(seed, n_images, num_classes, big_image=False)
+    ref = _darknet_reference(dets, gts, num_classes)
+    assert 0.05 < ref < 0.99
+    assert evaluate(dets, gts, num_classes).map == pytest.approx(ref, abs=1e-12)
+
+
 # ---------------------------------------------------------------- edge cases and invariances
 
 
@@ -302,6 +361,13 @@ def test_result_dict_and_summary():
     json.dumps(d)
     text = evaluate(*CASE_A, num_classes=1).summary()
     assert "precision = " in text and "average IoU = " in text and "83.33 %" in text
+
+
+def test_match_detections_ties_between_identical_truths():
+    # darknet keeps the first truth of highest IoU (strict >), pycocotools the last (it replaces on >=)
+    d, g = det([0, 0, 10, 10, 0.9, 0]), gt([0, 0, 0, 10, 12], [0, 0, 0, 10, 12])
+    assert match_detections(d, g, rule="darknet")[0].tolist() == [0]
+    assert match_detections(d, g, rule="coco")[0].tolist() == [1]
 
 
 def test_match_detections_input_order_and_empty():
