@@ -1,0 +1,49 @@
+"""`darktune detect` and `summary` on the official weights and a real photograph."""
+
+from __future__ import annotations
+
+import json
+
+from darktune.cli import main
+
+
+def test_detect_finds_tie_and_person(coco, photo_path, tmp_path, capsys):
+    rc = main(["detect", "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--names", str(coco.names),
+               str(photo_path), "--json", "--thresh", "0.1", "--out", str(tmp_path / "out")])
+    assert rc == 0
+    records = json.loads(capsys.readouterr().out)
+    found = {}
+    for d in sorted(records[0]["detections"], key=lambda d: d["score"]):
+        found[d["name"]] = d  # the best-scoring detection of each class
+    assert found["tie"]["score"] > 0.8
+    x1, y1, x2, y2 = found["tie"]["box"]
+    assert 180 < x1 < 250 and 380 < y1 < 450 and 260 < x2 < 330 and 500 < y2 < 580  # pixels of the 512x600 photo
+    assert "person" in found
+    assert (tmp_path / "out" / "grace_hopper.jpg").stat().st_size > 0
+
+
+def test_detect_bad_image_others_still_processed(coco, photo_path, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    rc = main(["detect", "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--names", str(coco.names),
+               str(broken), str(photo_path), "--json"])
+    captured = capsys.readouterr()
+    assert rc != 0
+    assert "broken.jpg" in captured.err and "Traceback" not in captured.err
+    assert len(json.loads(captured.out)) == 1
+
+
+def test_summary_json(coco, capsys):
+    assert main(["summary", str(coco.cfg), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert round(s["bflops"], 3) == 5.565 and s["params"] == 8_852_366 and len(s["layers"]) == 24
+    assert main(["summary", str(coco.cfg), "--classes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 8_669_876
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[net]\nwidth=416\n[convolutional]\nfilters=x\n")
+    assert main(["summary", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"darktune: error: {bad}:4: bad value for 'filters' in [convolutional]: 'x' is not an integer"

