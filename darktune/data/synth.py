@@ -1,0 +1,237 @@
+"""Synthetic windows benchmark: writes seeded, bit-deterministic data sets of procedural facades.
+
+- domain set (`make_domain_set`): windows of many styles, written as Open Images CSV (images/<ImageID>.jpg,
+  boxes.csv, class-descriptions.csv). Like the study's Open Images "Window" set it is noisy: a fraction of the
+  boxes are IsGroupOf=1 boxes drawn around a row or block of >= 2 windows, and then the member windows get no
+  box of their own (a lazy annotator).
+- target set (`make_target_set`): one fixed window design (synth_style.TARGET_STYLE) among unlabelled
+  distractor windows, written in darknet layout (obj.data, obj.names, images/*.jpg with a .txt beside each,
+  train.txt, valid.txt). obj.data and the list files hold ABSOLUTE paths, so darknet and darktune can be run
+  from any working directory; move the set and regenerate (it is cheap and deterministic) rather than edit.
+
+Image i of a set depends only on (seed, kind, i) and the generator version, so the same arguments give the
+same bytes. A finished set carries synth.json; asking again for the same set in the same folder reuses it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from darktune.data.synth_scene import WindowRecord, render_scene
+from darktune.errors import DarktuneError
+
+GENERATOR_VERSION = 1  # bump whenever the bytes written for a given seed change
+WINDOW_LABEL = "/m/0d4v4"
+OPEN_IMAGES_HEADER = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
+                      "IsOccluded", "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
+JPEG_QUALITY = 90
+MIN_SIZE, MAX_SIZE = 32, 4096
+_KIND_CODE = {"domain": 1, "target": 2}
+
+
+def parse_size(size: int | str | tuple[int, int]) -> tuple[int, int]:
+    """(width, height) from 416, "416", "416x320" or (416, 320); DarktuneError when out of range."""
+    try:
+        if isinstance(size, str):
+            parts = size.lower().replace(",", "x").split("x")
+            dims = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else None
+        elif isinstance(size, (int, np.integer)):
+            dims = (int(size), int(size))
+        else:
+            dims = (int(size[0]), int(size[1]))
+    except (ValueError, TypeError, IndexError):
+        dims = None
+    if dims is None or not all(MIN_SIZE <= d <= MAX_SIZE for d in dims):
+        raise DarktuneError(f"size must be WIDTH or WIDTHxHEIGHT with each in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
+    return dims
+
+
+@dataclass(frozen=True)
+class DomainBox:
+    """One annotation of the domain set, in pixels (x0, y0, x1, y1)."""
+
+    box: tuple[float, float, float, float]
+    group: bool
+    truncated: bool
+    occluded: bool
+
+
+def _group_candidates(recs: list[WindowRecord]) -> list[tuple[int, ...]]:
+    """Indices of windows an annotator could lump together: runs of 2..4 in a row, and 2x2 blocks."""
+    where = {(r.building, r.row, r.col): i for i, r in enumerate(recs)}
+    cands = []
+    for (b, row, col), i in where.items():
+        run = [i]
+        for k in range(1, 4):
+            j = where.get((b, row, col + k))
+            if j is None:
+                break
+            run.append(j)
+            cands.append(tuple(run))
+        block = [where.get(key) for key in ((b, row, col + 1), (b, row + 1, col), (b, row + 1, col + 1))]
+        if all(j is not None for j in block):
+            cands.append((i, *block))
+    return sorted(cands)
+
+
+def annotate_domain(recs: list[WindowRecord], rng: np.random.Generator, fraction: float,
+                    totals: list[int]) -> list[DomainBox]:
+    """Boxes for one domain image: groups are accepted while they bring the running share of group boxes
+    over the whole set (totals = [group boxes, all boxes], updated in place) closer to `fraction`."""
+    cands = _group_candidates(recs)
+    used: set[int] = set()
+    chosen: list[tuple[int, ...]] = []
+    n_groups, n_boxes = totals
+    grouped = 0
+
+    def error(g: int, k: int) -> float:  # |group boxes - fraction * all boxes| if g groups hold k windows
+        return abs(n_groups + g - fraction * (n_boxes + len(recs) - k + g))
+
+    for ci in rng.permutation(len(cands)) if cands else []:
+        members = cands[ci]
+        if used.isdisjoint(members) and error(len(chosen) + 1, grouped + len(members)) < error(len(chosen), grouped):
+            chosen.append(members)
+            used.update(members)
+            grouped += len(members)
+    out = [DomainBox(r.box, False, r.truncated, r.occluded) for i, r in enumerate(recs) if i not in used]
+    for members in chosen:
+        boxes = np.array([recs[i].box for i in members])
+        box = (*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist())
+        out.append(DomainBox(tuple(box), True, any(recs[i].truncated for i in members),
+                             any(recs[i].occluded for i in members)))
+    totals[0] += len(chosen)
+    totals[1] += len(out)
+    return out
+
+
+def _write_jpeg(path: Path, img: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise DarktuneError("could not encode image", path=str(path))
+    path.write_bytes(buf.tobytes())
+
+
+def _prepare_out(out_dir: Path, params: dict) -> bool:
+    """Make out_dir ready. True when it already holds exactly this set (nothing to do)."""
+    marker = out_dir / "synth.json"
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            raise DarktuneError(f"unreadable synth.json ({exc})", path=str(marker)) from None
+        if isinstance(old, dict) and old.get("params") == params:
+            return True
+        raise DarktuneError("holds a different synthetic set; choose another --out or delete it",
+                            path=str(out_dir))
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DarktuneError("exists and is not an empty folder; choose another --out", path=str(out_dir))
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _progress(n: int, desc: str, enabled: bool):
+    if not enabled:
+        return range(n)
+    from tqdm import tqdm
+
+    return tqdm(range(n), desc=desc, unit="img", leave=False)
+
+
+def _check_common(n: int, seed: int) -> None:
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise DarktuneError(f"n must be a positive number of images, got {n!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DarktuneError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _image_rng(seed: int, kind: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), _KIND_CODE[kind], int(index)])
+
+
+def make_domain_set(out_dir: str | Path, n: int, size: int | str | tuple[int, int], seed: int,
+                    group_fraction: float = 0.2, progress: bool = False) -> Path:
+    """Write a domain set of n images; returns the path of boxes.csv. See the module docstring."""
+    _check_common(n, seed)
+    width, height = parse_size(size)
+    if not 0.0 <= group_fraction < 1.0:
+        raise DarktuneError(f"group fraction must be in [0, 1), got {group_fraction}")
+    out = Path(out_dir)
+    params = {"kind": "domain", "n": int(n), "size": [width, height], "seed": int(seed),
+              "group_fraction": float(group_fraction), "version": GENERATOR_VERSION}
+    if _prepare_out(out, params):
+        return out / "boxes.csv"
+    totals = [0, 0]
+    rows = []
+    for i in _progress(n, "synth domain", progress):
+        rng = _image_rng(seed, "domain", i)
+        img, recs = render_scene(rng, width, height, "domain")
+        image_id = f"{int(seed) & 0xFFFFFFFF:08x}{i:08x}"
+        _write_jpeg(out / "images" / f"{image_id}.jpg", img)
+        for b in annotate_domain(recs, rng, group_fraction, totals):
+            x0, y0, x1, y1 = b.box
+            rows.append([image_id, "synth", WINDOW_LABEL, "1", f"{x0 / width:.6f}", f"{x1 / width:.6f}",
+                         f"{y0 / height:.6f}", f"{y1 / height:.6f}", int(b.occluded), int(b.truncated),
+                         int(b.group), 0, 0])
+    with open(out / "boxes.csv", "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(OPEN_IMAGES_HEADER)
+        writer.writerows(rows)
+    (out / "class-descriptions.csv").write_text(f"{WINDOW_LABEL},Window\n")
+    stats = {"images": int(n), "boxes": totals[1], "group_boxes": totals[0]}
+    (out / "synth.json").write_text(json.dumps({"params": params, "stats": stats}, indent=1) + "\n")
+    return out / "boxes.csv"
+
+
+def _split(n: int, seed: int, val_fraction: float) -> tuple[list[int], list[int]]:
+    """Seeded (train, valid) indices; at least one of each when n >= 2 and 0 < val_fraction."""
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    perm = np.random.default_rng([int(seed), 99]).permutation(n)
+    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+
+
+def make_target_set(out_dir: str | Path, n: int, size: int | str | tuple[int, int], seed: int,
+                    val_fraction: float = 0.2, progress: bool = False) -> Path:
+    """Write a target set of n images in darknet layout; returns the path of obj.data."""
+    _check_common(n, seed)
+    width, height = parse_size(size)
+    if not 0.0 <= val_fraction < 1.0:
+        raise DarktuneError(f"val fraction must be in [0, 1), got {val_fraction}")
+    out = Path(out_dir)
+    params = {"kind": "target", "n": int(n), "size": [width, height], "seed": int(seed),
+              "val_fraction": float(val_fraction), "version": GENERATOR_VERSION}
+    if _prepare_out(out, params):
+        return out / "obj.data"
+    root = out.resolve()
+    paths, n_boxes, n_windows = [], 0, 0
+    for i in _progress(n, "synth target", progress):
+        img, recs = render_scene(_image_rng(seed, "target", i), width, height, "target")
+        stem = root / "images" / f"{i:06d}"
+        _write_jpeg(stem.with_suffix(".jpg"), img)
+        lines = []
+        for r in recs:
+            if r.target:
+                x0, y0, x1, y1 = r.box
+                lines.append(f"0 {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
+                             f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}\n")
+        stem.with_suffix(".txt").write_text("".join(lines))
+        paths.append(str(stem.with_suffix(".jpg")))
+        n_boxes += len(lines)
+        n_windows += len(recs)
+    train, valid = _split(n, seed, val_fraction)
+    (root / "train.txt").write_text("".join(paths[i] + "\n" for i in train))
+    (root / "valid.txt").write_text("".join(paths[i] + "\n" for i in valid))
+    (root / "obj.names").write_text("window\n")
+    (root / "obj.data").write_text(f"classes = 1\ntrain = {root / 'train.txt'}\nvalid = {root / 'valid.txt'}\n"
+                                   f"names = {root / 'obj.names'}\nbackup = backup/\n")
+    stats = {"images": int(n), "train": len(train), "valid": len(valid), "target_boxes": n_boxes,
+             "distractor_windows": n_windows - n_boxes}
+    (root / "synth.json").write_text(json.dumps({"params": params, "stats": stats}, indent=1) + "\n")
+    return out / "obj.data"
