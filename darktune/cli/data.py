@@ -1,0 +1,335 @@
+"""`darktune data ...`: import, check, filter and stats of datasets (and `synth`, from cli.synth_cmd).
+
+Only argparse at module level; the work is imported inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+FORMATS = ("auto", "yolo", "coco", "voc", "openimages")
+SOURCES_HELP = """\
+Sources (SRC) per format:
+  yolo        obj.data, a folder holding obj.data, or a folder of images + label .txt with obj.names
+  coco        one or more COCO JSON files; images in --images DIR (default: the JSON's folder)
+  voc         a folder of .xml (or a VOC root with Annotations/ + JPEGImages/), or .xml files;
+              images in --images DIR (default: JPEGImages/ beside Annotations/, else the XML folder)
+  openimages  one or more boxes CSV files (e.g. train-annotations-bbox.csv), with
+              --descriptions CSV (LabelName,DisplayName) and --images DIR holding <ImageID>.jpg
+  auto        by the source: .json -> coco, .csv -> openimages, obj.data or a folder with obj.data /
+              obj.names / classes.txt -> yolo, a folder of .xml -> voc
+Several sources are merged (classes in order of first appearance). --classes keeps only those classes
+(matched case-insensitively; for openimages by display name or LabelName, e.g. --classes Window)."""
+
+
+def add_commands(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="datasets: import, check, filter, stats, synth",
+                                   description="Datasets: import, check, filter, stats, synth.")
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: _help(parser))
+    _add_import(sub)
+    _add_check(sub)
+    _add_filter(sub)
+    _add_stats(sub)
+    try:
+        from darktune.cli.synth_cmd import add_synth_parser
+    except ModuleNotFoundError as exc:
+        if exc.name != "darktune.cli.synth_cmd":
+            raise
+    else:
+        add_synth_parser(sub)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", nargs="+", metavar="SRC", help="dataset source(s); see 'Sources' below")
+    p.add_argument("--format", choices=FORMATS, default="auto", help="source format (default: auto)")
+    p.add_argument("--images", metavar="DIR", help="images folder (coco, voc, openimages)")
+    p.add_argument("--descriptions", metavar="CSV", help="openimages class descriptions (LabelName,DisplayName)")
+    p.add_argument("--classes", metavar="A,B", help="keep only these classes, in this order")
+    p.add_argument("--keep-empty", action="store_true",
+                   help="with --classes, keep images left without boxes (as negatives)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) bad records instead of stopping at the first")
+
+
+def _guess_format(src: str) -> str:
+    from pathlib import Path
+
+    p = Path(src)
+    if p.suffix.lower() == ".json":
+        return "coco"
+    if p.suffix.lower() == ".csv":
+        return "openimages"
+    if p.suffix.lower() == ".xml":
+        return "voc"
+    if p.is_file() or any((p / n).is_file() for n in ("obj.data", "obj.names", "classes.txt")):
+        return "yolo"
+    if p.is_dir() and ((p / "Annotations").is_dir() or any(p.glob("*.xml"))):
+        return "voc"
+    from darktune.errors import DarktuneError
+
+    raise DarktuneError("cannot tell the format of this source; pass --format", path=src)
+
+
+def load_sources(args) -> "Dataset":  # noqa: F821 (imported lazily)
+    """The merged Dataset of args.src per args.format (see SOURCES_HELP)."""
+    from darktune.data.dataset import merge_datasets
+    from darktune.errors import DarktuneError
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    parts = []
+    for src in args.src:
+        fmt = args.format if args.format != "auto" else _guess_format(src)
+        if fmt == "yolo":
+            from darktune.data.formats.yolo import read_yolo
+            parts.append(read_yolo(src, skip_bad=args.skip_bad))
+        elif fmt == "coco":
+            from darktune.data.formats.coco import read_coco
+            parts.append(read_coco(src, args.images, skip_bad=args.skip_bad))
+        elif fmt == "voc":
+            from darktune.data.formats.voc import read_voc
+            parts.append(read_voc(src, args.images, skip_bad=args.skip_bad))
+        else:
+            from darktune.data.formats.openimages import read_openimages
+            if not args.descriptions or not args.images:
+                raise DarktuneError("openimages sources need --descriptions CSV and --images DIR")
+            parts.append(read_openimages(src, args.descriptions, args.images, classes=classes,
+                                         skip_bad=args.skip_bad))
+    dataset = merge_datasets(parts)
+    return dataset.select_classes(classes, keep_empty=args.keep_empty) if classes else dataset
+
+
+def _print_json(obj) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2))
+
+
+def _print_skipped(dataset, limit: int = 20) -> None:
+    import sys
+
+    for p in dataset.skipped[:limit]:
+        print(f"skipped: {p}", file=sys.stderr)
+    if len(dataset.skipped) > limit:
+        print(f"skipped: ... and {len(dataset.skipped) - limit} more", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------- import
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser("import", help="convert a dataset to the darknet layout",
+                       description="Convert annotations to the darknet layout (obj.data, obj.names, train.txt, "
+                                   "valid.txt, images/ with a label .txt beside each image). Sources are only "
+                                   "read; images are copied (or hardlinked with --link).",
+                       epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_source_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="validation share (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split (default 0)")
+    p.add_argument("--link", action="store_true", help="hardlink images instead of copying (falls back to copy)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args) -> int:
+    from darktune.data.dataset import read_obj_data, write_darknet
+
+    dataset = load_sources(args)
+    obj_data = write_darknet(dataset, args.out, args.val_fraction, args.seed, link=args.link)
+    od = read_obj_data(obj_data)
+    summary = {"obj_data": str(obj_data), "classes": dataset.classes, "n_images": len(dataset.images),
+               "n_boxes": dataset.n_boxes, "n_train": len(od.train), "n_valid": len(od.valid),
+               "n_skipped": len(dataset.skipped), "class_counts": dataset.class_counts()}
+    _print_skipped(dataset)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"wrote {obj_data}: {summary['n_images']} images ({summary['n_train']} train, "
+              f"{summary['n_valid']} valid), {summary['n_boxes']} boxes, classes {dataset.classes}, "
+              f"{summary['n_skipped']} records skipped")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ check
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="decode every image and validate every label",
+                       description="Check a darknet dataset (obj.data or its folder: train and valid lists) or any "
+                                   "folder of images with label .txt files. Every image is decoded fully once; "
+                                   "every label line is validated. Nothing in the dataset is modified; results "
+                                   "are cached under $DARKTUNE_HOME/cache/checks. Exit status: 0 no errors, "
+                                   "1 errors found (bad images are skipped by training), 2 --strict and any "
+                                   "problem.")
+    p.add_argument("target", metavar="DIR|obj.data")
+    p.add_argument("--classes", type=int, metavar="N", help="number of classes (folder scan without obj.names)")
+    p.add_argument("--strict", action="store_true", help="any problem, warnings included, is an error")
+    p.add_argument("--no-cache", action="store_true", help="do not reuse or write cached results")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_check(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from darktune.data.check import check_dataset, scan_folder, split_overlap
+
+    target = Path(args.target)
+    cache = not args.no_cache
+    if target.is_file() or (target / "obj.data").is_file():
+        reports = [check_dataset(target, split, cache=cache) for split in ("train", "valid")]
+        reports[0].problems += split_overlap(target)
+        if not reports[1].n_images:
+            reports = reports[:1]
+    else:
+        reports = [scan_folder(target, args.classes, cache=cache)]
+    if args.json:
+        _print_json([r.to_dict() for r in reports])
+    else:
+        for r in reports:
+            for problem in r.problems:
+                print(problem)
+            print(r.summary(), file=sys.stderr if r.problems else sys.stdout)
+    if args.strict and any(r.problems for r in reports):
+        from darktune.errors import DarktuneError
+
+        n = sum(len(r.problems) for r in reports)
+        raise DarktuneError(f"{n} problems (strict mode)", path=str(target))
+    return 1 if any(r.n_errors for r in reports) else 0
+
+
+# ----------------------------------------------------------------------------------------------- filter
+
+
+def _add_filter(sub) -> None:
+    p = sub.add_parser("filter", help="drop noisy boxes (groups of objects, odd shapes) into a new dataset",
+                       description="Write a new dataset without the boxes the rules reject (the source is only "
+                                   "read). Rules work without IsGroupOf flags: --drop-containers, "
+                                   "--max-rel-area and --like catch most boxes drawn around groups. A typical "
+                                   "domain-set filter: --drop-group-of --drop-depiction --drop-containers "
+                                   "--max-rel-area 3 --like TARGET_DIR.",
+                       epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_source_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
+    p.add_argument("--out-format", choices=("darknet", "coco", "voc", "openimages"), default="darknet")
+    for flag in ("group-of", "depiction", "truncated", "occluded"):
+        p.add_argument(f"--drop-{flag}", action="store_true", help=f"drop boxes flagged Is{flag.title()}")
+    p.add_argument("--drop-containers", action="store_true",
+                   help="drop boxes that contain >= --container-min other boxes of their class")
+    p.add_argument("--container-min", type=int, default=2, metavar="N", help="(default 2)")
+    p.add_argument("--max-rel-area", type=float, metavar="R",
+                   help="drop boxes > R x the median area of the other same-class boxes in their image")
+    p.add_argument("--area", type=float, nargs=2, metavar=("MIN", "MAX"), help="box area, fraction of the image")
+    p.add_argument("--aspect", type=float, nargs=2, metavar=("MIN", "MAX"), help="box aspect w/h (pixels)")
+    p.add_argument("--max-boxes", type=int, metavar="N", help="drop images with more than N boxes")
+    p.add_argument("--like", metavar="REF", help="darknet dataset of good boxes whose shapes to keep")
+    p.add_argument("--like-iou", type=float, default=0.5, metavar="T", help="(default 0.5)")
+    p.add_argument("--like-k", type=int, default=9, metavar="K", help="shape clusters (default 9)")
+    p.add_argument("--whole-images", action="store_true", help="drop an image as soon as one of its boxes is")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="darknet output: valid share")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--link", action="store_true", help="hardlink images instead of copying")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_filter)
+
+
+def _fill_sizes(dataset) -> None:
+    """Image sizes from headers where unknown (pixel aspect and shape comparisons need them); an image whose
+    header cannot be read is dropped and counted in dataset.skipped."""
+    from darktune.data.dataset import Problem
+    from darktune.data.formats.image import read_image_size
+    from darktune.errors import DarktuneError
+
+    kept = []
+    for rec in dataset.images:
+        if not (rec.width and rec.height):
+            try:
+                rec.width, rec.height = read_image_size(rec.path)
+            except DarktuneError as exc:
+                dataset.skipped.append(Problem(str(rec.path), None, f"{exc} (skipped)"))
+                continue
+        kept.append(rec)
+    dataset.images = kept
+
+
+def cmd_filter(args) -> int:
+    from darktune.data.filter import FilterRules, filter_dataset, reference_shapes
+
+    dataset = load_sources(args)
+    _fill_sizes(dataset)
+    like = None
+    if args.like:
+        from darktune.data.formats.yolo import read_yolo
+
+        reference = read_yolo(args.like)
+        _fill_sizes(reference)
+        like = reference_shapes(reference)
+    rules = FilterRules(drop_group_of=args.drop_group_of, drop_depiction=args.drop_depiction,
+                        drop_truncated=args.drop_truncated, drop_occluded=args.drop_occluded,
+                        drop_containers=args.drop_containers, container_min=args.container_min,
+                        max_rel_area=args.max_rel_area, area=tuple(args.area) if args.area else None,
+                        aspect=tuple(args.aspect) if args.aspect else None, like=like, like_k=args.like_k,
+                        like_iou=args.like_iou, max_boxes=args.max_boxes, whole_images=args.whole_images,
+                        seed=args.seed)
+    filtered, report = filter_dataset(dataset, rules)
+    out = _write(filtered, args)
+    _print_skipped(dataset)
+    if args.json:
+        _print_json(report.to_dict() | {"out": str(out)})
+    else:
+        print(report.format_table())
+        print(f"wrote {out}")
+    return 0
+
+
+def _write(dataset, args):
+    if args.out_format == "darknet":
+        from darktune.data.dataset import write_darknet
+        return write_darknet(dataset, args.out, args.val_fraction, args.seed, link=args.link)
+    if args.out_format == "coco":
+        from darktune.data.formats.coco import write_coco
+        return write_coco(dataset, args.out, link=args.link)
+    if args.out_format == "voc":
+        from darktune.data.formats.voc import write_voc
+        return write_voc(dataset, args.out, link=args.link)
+    from darktune.data.formats.openimages import write_openimages
+    return write_openimages(dataset, args.out, link=args.link)[0]
+
+
+# ------------------------------------------------------------------------------------------------ stats
+
+
+def _add_stats(sub) -> None:
+    p = sub.add_parser("stats", help="class counts, box size/aspect distributions, k-means anchors",
+                       description="Dataset statistics and anchors (k-means on box shapes with IoU distance, "
+                                   "as darknet calc_anchors).",
+                       epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_source_args(p)
+    p.add_argument("--anchors", type=int, default=6, metavar="K", help="number of anchors (0: none; default 6)")
+    p.add_argument("--size", type=int, nargs=2, default=(416, 416), metavar=("W", "H"),
+                   help="network size for the anchors (default 416 416)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--png", metavar="OUT.png", help="write histograms to this PNG")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_stats)
+
+
+def cmd_stats(args) -> int:
+    from darktune.data.stats import dataset_stats, format_stats, plot_stats
+
+    dataset = load_sources(args)
+    stats = dataset_stats(dataset, args.anchors, tuple(args.size), args.seed)
+    if args.png:
+        plot_stats(dataset, stats, args.png)
+    if args.json:
+        _print_json(stats.to_dict() | ({"png": args.png} if args.png else {}))
+    else:
+        print(format_stats(stats))
+    return 0
