@@ -59,6 +59,22 @@ def preprocess(image_bgr: np.ndarray, size: tuple[int, int], letterbox: bool = F
     return canvas.transpose(2, 0, 1) / 255.0
 
 
+def preprocess_batch(images: list[np.ndarray], size: tuple[int, int], letterbox: bool = False) -> np.ndarray:
+    """BGR images -> (B, 3, h, w) float32 batch, each image as `preprocess`."""
+    return np.stack([preprocess(im, size, letterbox) for im in images])
+
+
+def detect_from_heads(heads: list, specs: list, net_hw: tuple[int, int], image_sizes: list[tuple[int, int]],
+                      conf_thresh: float = 0.25, nms_thresh: float = 0.45, letterbox: bool = False
+                      ) -> list[np.ndarray]:
+    """Raw heads (numpy or torch, from any backend) -> per image (n, 6) [x1, y1, x2, y2, score, class] in
+    pixels of the original image, whose (width, height) are `image_sizes`: darktune's decode + NMS."""
+    tensors = [torch.as_tensor(h) for h in heads]
+    decoded = decode(tensors, specs, net_hw)
+    geos = [ImageGeometry(w, h, letterbox) for w, h in image_sizes]
+    return [d.cpu().numpy() for d in postprocess(decoded, geos, net_hw, conf_thresh, nms_thresh)]
+
+
 @dataclass
 class TorchDetector:
     """A `Darknet` model plus decode and NMS."""

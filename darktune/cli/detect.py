@@ -1,56 +1,139 @@
-"""`darktune detect`: run a detector on images (more sources and backends may be added here)."""
+"""`darktune detect`: run a detector (torch, ONNX Runtime or OpenCV DNN backend) on images, videos and cameras."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="detect objects in images (and videos/cameras with --backend)")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files")
-    p.add_argument("--cfg", required=True)
-    p.add_argument("--weights", required=True)
+    p = sub.add_parser("detect", help="detect objects in images, videos and camera streams",
+                       description="Sources: image files, video files, or camera indices (an integer: 0 is the "
+                                   "first camera). A source that cannot be read is reported and skipped; the "
+                                   "exit status is then 1. Frames per second are shown on stderr.")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, video file or camera index")
+    p.add_argument("--cfg", help="darknet cfg (optional for --backend onnxruntime --onnx: read from the model)")
+    p.add_argument("--weights", help="darknet weights (not needed with --onnx)")
     p.add_argument("--names")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "opencv"), default="torch",
+                   help="who runs the network; preprocessing, decoding and NMS are darktune's for all")
+    p.add_argument("--onnx", help="raw-heads ONNX model for --backend onnxruntime (default: export on the fly)")
+    p.add_argument("--size", type=int, help="network input size (square, multiple of 32); default: the cfg's")
     p.add_argument("--thresh", type=float, default=0.25)
     p.add_argument("--nms", type=float, default=0.45)
     p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (default: plain resize as darknet)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="folder for images with boxes drawn")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
+    p.add_argument("--out", help="folder for annotated outputs: <name>.jpg for images, <name>.mp4 for videos "
+                                 "and cameras")
+    p.add_argument("--json", action="store_true", help="print one JSON list of per-image/per-frame records")
     p.set_defaults(func=cmd_detect)
 
 
 def cmd_detect(args) -> int:
     from pathlib import Path
 
-    import cv2
+    from tqdm import tqdm
 
-    from darktune.detect import detections_to_json, draw, load_torch_detector, read_image, read_names
+    from darktune.backends import make_backend
+    from darktune.detect import read_names
     from darktune.errors import DarktuneError
+    from darktune.video import open_source
 
-    detector = load_torch_detector(args.cfg, args.weights, args.device)
-    names = read_names(args.names, detector.model.spec.num_classes)
+    if args.onnx and args.backend != "onnxruntime":
+        raise DarktuneError("--onnx is for --backend onnxruntime")
+    if args.cfg is None and not args.onnx:
+        raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
+    backend = make_backend(args.backend, args.cfg, args.weights, size=args.size, device=args.device,
+                           onnx=args.onnx, batch=1)
+    names = read_names(args.names, backend.spec.num_classes)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     records, failures = [], 0
-    for source in args.sources:
-        try:
-            image = read_image(source)
-        except DarktuneError as exc:
-            print(f"darktune: error: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        dets = detector.detect([image], args.thresh, args.nms, args.letterbox)[0]
-        records.append(detections_to_json(source, dets, names))
-        if out_dir:
-            cv2.imwrite(str(out_dir / (Path(source).stem + ".jpg")), draw(image, dets, names))
-        if not args.json:
-            print(f"{source}: {len(dets)} objects")
-            for d in records[-1]["detections"]:
-                print(f"  {d['name']}: {d['score'] * 100:.0f}%  box {d['box']}")
+    bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+               bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
+    try:
+        for source in args.sources:
+            try:
+                src = open_source(source)
+            except DarktuneError as exc:
+                tqdm.write(f"darktune: error: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            bar.set_description(Path(src.name).name if src.kind != "camera" else src.name)
+            run = _image if src.kind == "image" else _stream
+            records += run(args, backend, src, names, out_dir, bar)
+    finally:
+        bar.close()
     if args.json:
         print(json.dumps(records))
     return 1 if failures else 0
+
+
+def _record(src, frame_index: int | None, dets, names) -> dict:
+    from darktune.detect import detections_to_json
+
+    record = detections_to_json(src.name, dets, names)
+    if src.kind != "image":
+        record = {src.kind: record.pop("image"), "frame": frame_index, **record}
+    return record
+
+
+def _image(args, backend, src, names, out_dir, bar) -> list[dict]:
+    import cv2
+
+    from darktune.detect import draw
+
+    image = next(iter(src))
+    dets = backend.detect([image], args.thresh, args.nms, args.letterbox)[0]
+    bar.update(1)
+    record = _record(src, None, dets, names)
+    if out_dir:
+        from pathlib import Path
+
+        cv2.imwrite(str(out_dir / (Path(src.name).stem + ".jpg")), draw(image, dets, names))
+    if not args.json:
+        lines = [f"{src.name}: {len(dets)} objects"]
+        lines += [f"  {d['name']}: {d['score'] * 100:.0f}%  box {d['box']}" for d in record["detections"]]
+        bar.write("\n".join(lines), file=sys.stdout)
+    return [record]
+
+
+def _stream(args, backend, src, names, out_dir, bar) -> list[dict]:
+    """A video or camera: detect frame by frame, show frames/s, write an annotated mp4 with --out."""
+    from pathlib import Path
+
+    from darktune.detect import draw
+    from darktune.video import VideoSink
+
+    stem = Path(src.name).stem if src.kind == "video" else src.name.replace(" ", "")
+    sink, records, objects, start = None, [], 0, time.perf_counter()
+    try:
+        for i, frame in enumerate(src):
+            if args.max_frames is not None and i >= args.max_frames:
+                break
+            dets = backend.detect([frame], args.thresh, args.nms, args.letterbox)[0]
+            records.append(_record(src, i, dets, names))
+            objects += len(dets)
+            if out_dir:
+                if sink is None:
+                    sink = VideoSink(out_dir / f"{stem}.mp4", src.fps, (frame.shape[1], frame.shape[0]))
+                sink.write(draw(frame, dets, names))
+            bar.update(1)
+            bar.set_postfix(fps=f"{len(records) / (time.perf_counter() - start):.1f}", refresh=False)
+    except KeyboardInterrupt:
+        if src.kind != "camera":  # Ctrl-C is how a camera stream ends; anywhere else it stops the run
+            if sink:
+                sink.abort()
+            raise
+    finally:
+        src.close()
+    written = sink.close() if sink else None
+    if not args.json:
+        fps = len(records) / max(time.perf_counter() - start, 1e-9)
+        line = f"{src.name}: {len(records)} frames, {objects} objects, {fps:.1f} frames/s"
+        bar.write(line + (f", wrote {written}" if written else ""), file=sys.stdout)
+    return records

@@ -1,0 +1,288 @@
+"""Inference backends behind one interface: torch, ONNX Runtime and OpenCV DNN.
+
+Every backend turns a preprocessed batch (B, 3, H, W) float32 RGB in [0, 1] (`darktune.detect.preprocess`)
+into the raw output of each [yolo] head's conv, (B, A*(5+C), H', W') float32 numpy arrays, in layer order.
+Preprocessing, decoding and NMS are darktune's own and shared by all backends (`Backend.detect`), so the
+backends differ only in who runs the convolutions.
+
+- torch: an inference copy of `Darknet` with batch norm folded into the convs, channels-last on CPU.
+- onnxruntime: a raw-heads ONNX model (`darktune.export.export_onnx`), all graph optimisations on.
+- opencv: `cv2.dnn.readNetFromDarknet` on the cfg + weights; we read the outputs that feed its yolo layers.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from darktune.cfg import NetworkSpec, YoloSpec
+from darktune.errors import DarktuneError
+
+BACKENDS = ("torch", "onnxruntime", "opencv")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of a `Darknet` for inference only: each conv+BN pair folded into one conv with a bias
+    (w' = w * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps)), values below the smallest
+    normal float32 flushed to zero (folding can create denormals, which make CPU convolutions ~10x slower),
+    eval mode, no gradients. Not for training and not for `save_weights` (the darknet layout needs BN)."""
+    fused = copy.deepcopy(model).eval()
+    tiny = torch.finfo(torch.float32).tiny
+    with torch.no_grad():
+        for block in fused.layers:
+            bn = getattr(block, "bn", None)
+            if bn is None:
+                continue
+            conv = block.conv
+            scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+            weight = conv.weight.float() * scale[:, None, None, None]
+            weight[weight.abs() < tiny] = 0
+            new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                            dilation=conv.dilation, groups=conv.groups, bias=True).to(conv.weight.device)
+            new.weight.copy_(weight)
+            new.bias.copy_(bn.bias.float() - bn.running_mean.float() * scale)
+            block.conv, block.bn = new, None
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused
+
+
+class Backend:
+    """Common part of every backend: `raw` is the backend's own; `detect` is darktune's pipeline around it."""
+
+    name = "backend"
+
+    def __init__(self, spec: NetworkSpec):
+        self.spec = spec
+
+    @property
+    def net_hw(self) -> tuple[int, int]:
+        return self.spec.net.height, self.spec.net.width
+
+    @property
+    def head_specs(self) -> list[YoloSpec]:
+        return [self.spec.layers[i] for i in self.spec.yolo_indices]
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """(B, 3, H, W) float32 -> raw heads, each (B, A*(5+C), H', W') float32."""
+        raise NotImplementedError
+
+    def detect(self, images: list[np.ndarray], conf_thresh: float = 0.25, nms_thresh: float = 0.45,
+               letterbox: bool = False) -> list[np.ndarray]:
+        """BGR images -> per image (n, 6) [x1, y1, x2, y2, score, class] in image pixels."""
+        from darktune.detect import detect_from_heads, preprocess_batch
+
+        batch = preprocess_batch(images, self.net_hw, letterbox)
+        heads = self.raw(batch)
+        sizes = [(im.shape[1], im.shape[0]) for im in images]
+        return detect_from_heads(heads, self.head_specs, self.net_hw, sizes, conf_thresh, nms_thresh, letterbox)
+
+
+class TorchBackend(Backend):
+    """`Darknet` in torch, tuned for inference: folded BN, inference_mode, channels-last memory on CPU."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, device: str = "cpu", fuse: bool = True, channels_last: bool = True,
+                 spec: NetworkSpec | None = None):
+        super().__init__(spec or model.spec)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise DarktuneError("--device cuda: torch sees no CUDA device")
+            torch.backends.cudnn.benchmark = True
+        net = inference_copy(model) if fuse else copy.deepcopy(model).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = net.to(self.device).to(memory_format=self.memory_format)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            heads = self.model(x.contiguous(memory_format=self.memory_format))
+            return [h.float().contiguous().cpu().numpy() for h in heads]
+
+
+def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None):
+    """An ONNX Runtime session with all graph optimisations and one intra-op thread per CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or cpu_count()
+    options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise DarktuneError("--device cuda: this onnxruntime build has no CUDAExecutionProvider "
+                                "(install onnxruntime-gpu)")
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise DarktuneError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}",
+                            path=str(path)) from None
+
+
+class OnnxRuntimeBackend(Backend):
+    """A raw-heads ONNX model in ONNX Runtime. `spec` (for decoding) defaults to the cfg that
+    `darktune export onnx` stores in the model's metadata."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, spec: NetworkSpec | None = None, device: str = "cpu",
+                 threads: int | None = None):
+        self.path = str(path)
+        self.session = ort_session(path, device, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("darktune.outputs") == "detections":
+            raise DarktuneError("this ONNX model decodes and runs NMS in the graph (--decode); the onnxruntime "
+                                "backend needs a raw-heads export", path=self.path)
+        if spec is None:
+            spec = _spec_from_metadata(meta, self.path)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if "float16" in inp.type else np.float32
+        self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        super().__init__(spec.with_size(inp.shape[3], inp.shape[2]) if isinstance(inp.shape[2], int) else spec)
+        if len(self.session.get_outputs()) != len(spec.yolo_indices):
+            raise DarktuneError(f"the model has {len(self.session.get_outputs())} outputs, the cfg "
+                                f"{len(spec.yolo_indices)} yolo heads", path=self.path)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        step = self.static_batch or len(batch)
+        chunks = []
+        for start in range(0, len(batch), step):
+            part = batch[start:start + step]
+            if len(part) < step:  # a static-batch model gets a zero-padded last chunk
+                part = np.concatenate([part, np.zeros((step - len(part),) + part.shape[1:], part.dtype)])
+            chunks.append(self.session.run(None, {self.input_name: part}))
+        n = len(batch)
+        return [np.concatenate([c[k] for c in chunks])[:n].astype(np.float32, copy=False)
+                for k in range(len(chunks[0]))]
+
+
+def _spec_from_metadata(meta: dict, path: str) -> NetworkSpec:
+    from darktune.cfg import parse_cfg_text
+
+    text = meta.get("darktune.cfg")
+    if not text:
+        raise DarktuneError("the ONNX model carries no darktune cfg metadata; give --cfg", path=path)
+    return parse_cfg_text(text, f"{path}:metadata")
+
+
+class OpenCVBackend(Backend):
+    """OpenCV DNN's own darknet importer. We read the blobs that feed its yolo layers (the head convs'
+    outputs, `conv_15`/`conv_22` in yolov3-tiny) and decode them ourselves."""
+
+    name = "opencv"
+
+    def __init__(self, cfg: str | Path, weights: str | Path, spec: NetworkSpec, device: str = "cpu",
+                 threads: int | None = None):
+        import cv2
+
+        super().__init__(spec)
+        try:
+            self.net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+        except cv2.error as exc:
+            raise DarktuneError(f"OpenCV DNN cannot load the model: {_cv_message(exc)}", path=str(weights)) from None
+        if device.startswith("cuda"):
+            if not hasattr(cv2, "cuda") or cv2.cuda.getCudaEnabledDeviceCount() == 0:
+                raise DarktuneError("--device cuda: this OpenCV build has no CUDA support")
+            self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_CUDA)
+            self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CUDA)
+        else:
+            self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+            self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        cv2.setNumThreads(threads or cpu_count())
+        self.outputs = head_layer_names(list(self.net.getLayerNames()), spec)
+
+    def raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        import cv2
+
+        self.net.setInput(np.ascontiguousarray(batch, dtype=np.float32))
+        try:
+            outs = self.net.forward(self.outputs)
+        except cv2.error as exc:
+            raise DarktuneError(f"OpenCV DNN failed: {_cv_message(exc)}") from None
+        return [np.asarray(o, dtype=np.float32) for o in outs]
+
+
+def head_layer_names(names: list[str], spec: NetworkSpec) -> list[str]:
+    """OpenCV's names of the layers whose outputs feed each [yolo] layer: the one right before
+    `permute_<i>` (OpenCV inserts a permute in front of every yolo layer i)."""
+    out = []
+    for i in spec.yolo_indices:
+        key = f"permute_{i}"
+        if key not in names or names.index(key) == 0:
+            raise DarktuneError(f"OpenCV DNN has no layer '{key}' in front of yolo layer {i}; layers: "
+                                f"{', '.join(names[-8:])}")
+        out.append(names[names.index(key) - 1])
+    return out
+
+
+def _cv_message(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def load_model(cfg: str | Path, weights: str | Path | None, size: int | None = None) -> nn.Module:
+    """A `Darknet` from cfg (+ darknet weights), at the cfg's size or a square `size` (a multiple of 32)."""
+    from darktune.cfg import parse_cfg
+    from darktune.model import Darknet
+    from darktune.weights import load_weights
+
+    spec = parse_cfg(cfg)
+    if size is not None:
+        if size <= 0 or size % 32:
+            raise DarktuneError(f"--size must be a positive multiple of 32, got {size}")
+        spec = spec.with_size(size)
+    model = Darknet(spec).eval()
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, *, size: int | None = None,
+                 device: str = "cpu", onnx: str | Path | None = None, batch: int | None = 1,
+                 threads: int | None = None) -> Backend:
+    """Build backend `name` for a cfg + weights. onnxruntime uses `onnx` if given, else exports the model to a
+    temporary raw-heads ONNX file (static `batch`, or a dynamic batch axis with batch=None)."""
+    if name not in BACKENDS:
+        raise DarktuneError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
+    if name == "onnxruntime" and onnx is not None:
+        from darktune.cfg import parse_cfg
+
+        backend = OnnxRuntimeBackend(onnx, parse_cfg(cfg) if cfg else None, device, threads)
+        if size is not None and backend.net_hw != (size, size):
+            raise DarktuneError(f"the ONNX model takes {backend.net_hw[1]}x{backend.net_hw[0]} input, not --size "
+                                f"{size}; export it again with --size", path=str(onnx))
+        return backend
+    if cfg is None or weights is None:
+        raise DarktuneError(f"the {name} backend needs --cfg and --weights")
+    model = load_model(cfg, weights, size)
+    if name == "torch":
+        return TorchBackend(model, device)
+    if name == "opencv":
+        return OpenCVBackend(cfg, weights, model.spec, device, threads)
+    import tempfile
+
+    from darktune.export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="darktune-onnx-") as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx", batch=batch, verify=False).path
+        return OnnxRuntimeBackend(path, model.spec, device, threads)  # the session holds the model in memory

@@ -1,0 +1,253 @@
+"""Export a `Darknet` model for edge runtimes: ONNX (raw heads, or decode + NMS in the graph) and darknet
+cfg + weights (+ names), each checked against darktune's own torch model right after it is written.
+
+ONNX (`export_onnx`), made with the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`):
+- input `images`: (B, 3, H, W) float32, RGB in [0, 1], plain resize as `darktune.detect.preprocess`.
+- raw (default): one output per [yolo] layer i, named `head_<i>` (e.g. `head_16`, `head_23` for yolov3-tiny):
+  the raw conv output that feeds that yolo layer, (B, A*(5+C), H/s, W/s) float32, no sigmoid/exp applied;
+  decode with `darktune.boxes.decode` (anchors are in the cfg stored in the model's metadata).
+- decode (`decode=True`): one output `detections` (K, 7) float32 rows [batch_index, x1, y1, x2, y2, score,
+  class], boxes as fractions (0..1) of the network input's width/height, score = objectness * class
+  probability; NMS is the ONNX NonMaxSuppression op, per class, with the threshold and IoU fixed at export
+  (score > conf_thresh, suppress when IoU > nms_thresh: darknet's semantics). Rows come grouped by image, then
+  class, by descending score. `graph_detections` maps them onto original-image pixels.
+- static shapes by default (TensorRT-friendly); `batch=None` makes the batch axis dynamic (`batch`).
+- batch norm is folded into the convs (`backends.inference_copy`); `fp16=True` stores weights and computes in
+  float16, while the graph's input and outputs stay float32 (casts inside the graph).
+- metadata_props: `darktune.cfg` (cfg text at the exported size), `darktune.outputs` (`raw` | `detections`),
+  `darktune.names` (newline-separated, if given), thresholds for decode graphs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from darktune.backends import inference_copy
+from darktune.boxes import cxcywh_to_xyxy, decode, nms
+from darktune.errors import DarktuneError
+
+INPUT_NAME = "images"
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class OnnxExport:
+    path: Path
+    input_name: str
+    output_names: list[str]
+    batch: int | None  # None: dynamic
+    net_hw: tuple[int, int]
+    fp16: bool
+    decode: bool
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # vs the torch fp32 model, per output
+    max_rel_diff: dict[str, float] = field(default_factory=dict)  # max abs diff / max |torch output|
+    detections: tuple[int, int] | None = None  # decode graphs: (graph, darktune) detection counts
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "input": self.input_name, "outputs": self.output_names,
+                "batch": self.batch if self.batch is not None else "dynamic", "size": list(self.net_hw),
+                "fp16": self.fp16, "decode": self.decode, "max_abs_diff": self.max_abs_diff,
+                "max_rel_diff": self.max_rel_diff,
+                "detections": list(self.detections) if self.detections else None}
+
+
+class _Half(nn.Module):
+    """float32 in -> float16 network -> float32 heads out."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.half()
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [h.float() for h in self.net(x.half())]
+
+
+class _OnnxNMS(torch.autograd.Function):
+    """ONNX NonMaxSuppression: boxes (B, N, 4) corners, scores (B, C, N) -> selected (K, 3) int64
+    [batch, class, box]. The eager forward (run while tracing) is darktune's NMS with the same semantics."""
+
+    @staticmethod
+    def forward(ctx, boxes, scores, max_per_class: int, iou: float, thresh: float):  # noqa: ARG004
+        rows = []
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                idx = torch.nonzero(scores[b, c] > thresh).flatten()
+                keep = idx[nms(boxes[b, idx], scores[b, c, idx], iou)][:max_per_class]
+                rows += [(b, c, int(i)) for i in keep]
+        return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_per_class: int, iou: float, thresh: float):
+        return g.op("NonMaxSuppression", boxes, scores,
+                    g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.long)),
+                    g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32)),
+                    g.op("Constant", value_t=torch.tensor([thresh], dtype=torch.float32)),
+                    center_point_box_i=0)
+
+
+class _DecodeNMS(nn.Module):
+    """Raw heads -> decode (darktune.boxes.decode) -> class-wise NMS -> (K, 7) detections."""
+
+    def __init__(self, net: nn.Module, specs: list, net_hw: tuple[int, int], conf: float, iou: float,
+                 max_det: int):
+        super().__init__()
+        self.net, self.specs, self.net_hw = net, specs, net_hw
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        decoded = decode(self.net(x), self.specs, self.net_hw)  # (B, N, 5+C)
+        boxes = cxcywh_to_xyxy(decoded[..., :4])  # (B, N, 4) fractions of the input
+        scores = (decoded[..., 4:5] * decoded[..., 5:]).transpose(1, 2)  # (B, C, N)
+        sel = _OnnxNMS.apply(boxes, scores, self.max_det, self.iou, self.conf)  # (K, 3)
+        b, c, i = sel[:, 0], sel[:, 1], sel[:, 2]
+        n, k = boxes.shape[1], scores.shape[1]
+        det_boxes = boxes.reshape(-1, 4).index_select(0, b * n + i)
+        det_scores = scores.reshape(-1).index_select(0, (b * k + c) * n + i)
+        return torch.cat((b[:, None].float(), det_boxes, det_scores[:, None], c[:, None].float()), 1)
+
+
+def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp16: bool = False,
+                decode: bool = False, opset: int = DEFAULT_OPSET, conf_thresh: float = 0.25,
+                nms_thresh: float = 0.45, max_det: int = 1000, names: list[str] | None = None,
+                verify: bool = True) -> OnnxExport:
+    """Write `model` (a `Darknet`, at its spec's input size) as ONNX; see the module docstring for the
+    graph's contract. With `verify`, ONNX Runtime runs it at once and the differences to torch are recorded."""
+    import onnx
+
+    if batch is not None and batch < 1:
+        raise DarktuneError(f"batch must be >= 1 or dynamic, got {batch}")
+    spec, net_hw = model.spec, model.input_size
+    net: nn.Module = inference_copy(model).cpu()
+    if fp16:
+        net = _Half(net)
+    heads = [f"head_{i}" for i in spec.yolo_indices]
+    if decode:
+        net = _DecodeNMS(net, [spec.layers[i] for i in spec.yolo_indices], net_hw, conf_thresh, nms_thresh,
+                         max_det)
+    outputs = ["detections"] if decode else heads
+    dynamic = {INPUT_NAME: {0: "batch"}, **({} if decode else {o: {0: "batch"} for o in outputs})}
+    x = torch.rand(batch or 2, 3, *net_hw, generator=torch.Generator().manual_seed(0))
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="darktune-export-") as tmp:
+        raw_path = Path(tmp) / "model.onnx"
+        _torch_export(net, x, raw_path, outputs, opset, dynamic if batch is None else None)
+        proto = onnx.load(str(raw_path))
+    meta = {"darktune.cfg": _cfg_text(spec), "darktune.outputs": "detections" if decode else "raw",
+            "darktune.input": "RGB float [0,1], plain resize, NCHW", "darktune.fp16": str(int(fp16))}
+    if decode:
+        meta.update({"darktune.conf_thresh": str(conf_thresh), "darktune.nms_thresh": str(nms_thresh),
+                     "darktune.boxes": "normalised xyxy of the network input"})
+    if names:
+        meta["darktune.names"] = "\n".join(names)
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "darktune"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # onnx raises ValidationError / InferenceError
+        raise DarktuneError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    from darktune.weights import atomic_write_bytes
+
+    atomic_write_bytes(out, proto.SerializeToString())
+    result = OnnxExport(out, INPUT_NAME, outputs, batch, net_hw, fp16, decode)
+    if verify:
+        _verify(result, model, conf_thresh, nms_thresh)
+    return result
+
+
+def _torch_export(net: nn.Module, x: torch.Tensor, path: Path, outputs: list[str], opset: int,
+                  dynamic: dict | None) -> None:
+    with warnings.catch_warnings():
+        # static shapes are intended: the tracer's notes about Python ints taken from shapes are expected
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(net.eval(), (x,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                              output_names=outputs, opset_version=opset, dynamic_axes=dynamic,
+                              do_constant_folding=True)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise DarktuneError(f"torch.onnx.export failed (opset {opset}): {str(exc).splitlines()[0]}") from None
+
+
+def _cfg_text(spec) -> str:
+    from darktune.cfg import format_cfg
+
+    return format_cfg(spec)
+
+
+def verification_input(batch: int, net_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A fixed image-like batch: smooth random colour fields (not white noise, so heads see structure)."""
+    rng = np.random.default_rng(seed)
+    h, w = net_hw
+    coarse = rng.random((batch, 3, h // 32 + 1, w // 32 + 1)).astype(np.float32)
+    t = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(h, w), mode="bilinear",
+                                        align_corners=False)
+    return t.clamp(0, 1).numpy()
+
+
+def _verify(result: OnnxExport, model: nn.Module, conf: float, iou: float) -> None:
+    from darktune.backends import ort_session
+
+    session = ort_session(result.path)
+    x = verification_input(result.batch or 2, result.net_hw)
+    got = session.run(None, {result.input_name: x})
+    with torch.inference_mode():
+        ref = model.eval()(torch.from_numpy(x))
+    if not result.decode:
+        for name, g, r in zip(result.output_names, got, ref):
+            diff = float(np.abs(g - r.numpy()).max())
+            result.max_abs_diff[name] = diff
+            result.max_rel_diff[name] = diff / max(float(np.abs(r.numpy()).max()), 1e-12)
+        return
+    from darktune.boxes import postprocess
+
+    specs = [h.spec for h in model.heads]
+    ours = postprocess(decode(list(ref), specs, result.net_hw),
+                       [_unit_geometry()] * len(x), result.net_hw, conf, iou)
+    theirs = graph_detections(got[0], len(x), result.net_hw, [(1, 1)] * len(x))
+    result.detections = (sum(len(t) for t in theirs), sum(len(o) for o in ours))
+    result.max_abs_diff["detections"] = _max_box_diff(theirs, [o.numpy() for o in ours])
+
+
+def _unit_geometry():
+    from darktune.boxes import ImageGeometry
+
+    return ImageGeometry(1, 1, False)
+
+
+def _max_box_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """Max difference between two detection lists (sorted rows), inf when their counts differ."""
+    worst = 0.0
+    for x, y in zip(a, b):
+        if len(x) != len(y):
+            return float("inf")
+        if len(x):
+            worst = max(worst, float(np.abs(_sorted_rows(x) - _sorted_rows(y)).max()))
+    return worst
+
+
+def _sorted_rows(d: np.ndarray) -> np.ndarray:
+    return d[np.lexsort((d[:, 0], d[:, 1], -d[:, 4], d[:, 5]))]
+
+
+def graph_detections(detections: np.ndarray, batch: int, net_hw: tuple[int, int],
+                     image_sizes: list[tuple[int, int]], letterbox: bool = False) -> list[np.ndarray]:
+    """(K, 7) output of a decode graph -> per image (n, 6) [x1, y1, x2, y2, score, class] in pixels of the
+    original image of (width, height) `image_sizes`, as `darktune.boxes.postprocess` returns them."""
+    from darktune.boxes import ImageGeometry, xyxy_to_cxcywh
+
+    det = torch.as_tensor(np.asarray(detections, dtype=np.float32))
+    out = []
+    for b in range(batch):
+        rows = det[det[:, 0] == b]
+        geo = ImageGeometry(image_sizes[b][0], image_sizes[b][1], letterbox)
+        boxes = geo.to_image(xyxy_to_cxcywh(rows[:, 1:5]), net_hw)
+        out.append(torch.cat((boxes, rows[:, 5:7]), 1).numpy())
+    return out
