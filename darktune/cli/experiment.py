@@ -1,0 +1,108 @@
+"""`darktune experiment` (a grid of training runs from a YAML spec, then its report), `darktune report` (rewrite
+the report of an experiment folder) and `darktune reproduce` (the whole study on the synthetic benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="run a grid of training runs (starts x frozen layers x images x seeds) "
+                                          "from a YAML spec and write its report")
+    p.add_argument("spec", metavar="SPEC.yaml")
+    p.add_argument("--out", required=True, help="experiment folder (runs, report); rerun to resume")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time on one device (default 1)")
+    p.add_argument("--devices", help="comma-separated devices, one worker process each, e.g. cuda:0,cuda:1 "
+                                     "(default: cuda:0 if available, else cpu)")
+    p.add_argument("--no-report", action="store_true", help="run the grid only")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("report", help="write report.md and report.html of an experiment folder")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="reproduce the transfer-learning study on the synthetic windows benchmark")
+    p.add_argument("--profile", choices=("smoke", "quick", "full"), default="quick",
+                   help="smoke: < 2 min on 2 CPU cores; quick (default): < 15 min on 2 CPU cores; full: the "
+                        "study's sizes and iterations, for a GPU")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--out", default="runs/reproduce", help="output folder (rerun to resume); default %(default)s")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def _devices(text: str | None) -> list[str] | None:
+    from darktune.errors import DarktuneError
+
+    if not text:
+        return None
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    for d in devices:
+        if not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise DarktuneError(f"--devices: '{d}' is not cpu, cuda or cuda:N")
+    return devices
+
+
+def _print_outcome(result, report, as_json: bool, extra: dict | None = None) -> None:
+    import json
+
+    runs = [{"run": o.plan.folder, "status": o.status, "reused": o.reused, "error": o.error}
+            for o in result.outcomes]
+    if as_json:
+        payload = {"out": str(result.out_dir), "wall_s": round(result.wall_s, 3), "runs": runs,
+                   "failed": len(result.failed), **(extra or {})}
+        if report is not None:
+            payload.update(report_md=str(report.markdown), report_html=str(report.html))
+        print(json.dumps(payload))
+        return
+    for o in result.outcomes:
+        if o.error:
+            print(f"{o.plan.folder}: failed: {o.error.splitlines()[0]}")
+    done = len(result.outcomes) - len(result.failed)
+    print(f"{done}/{len(result.outcomes)} runs done ({sum(o.reused for o in result.outcomes)} reused) "
+          f"in {result.wall_s:.0f} s; folder {result.out_dir}")
+    if report is not None:
+        print(f"report: {report.markdown} and {report.html}")
+
+
+def cmd_experiment(args) -> int:
+    from darktune.errors import DarktuneError
+    from darktune.experiment import run_experiment
+    from darktune.experiment_spec import load_spec
+    from darktune.report import write_report
+
+    if args.jobs < 1:
+        raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
+    spec = load_spec(args.spec)
+    result = run_experiment(spec, args.out, jobs=args.jobs, devices=_devices(args.devices), progress=True)
+    report = None if args.no_report else write_report(args.out)
+    _print_outcome(result, report, args.json)
+    return 1 if result.failed else 0
+
+
+def cmd_report(args) -> int:
+    import json
+
+    from darktune.report import write_report
+
+    paths = write_report(args.dir)
+    if args.json:
+        print(json.dumps({"report_md": str(paths.markdown), "report_html": str(paths.html),
+                          "figures": [str(p) for p in paths.figures]}))
+    else:
+        print(f"report: {paths.markdown} and {paths.html}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from darktune.reproduce import reproduce
+
+    outcome = reproduce(args.profile, args.out, device=args.device, progress=True)
+    _print_outcome(outcome.result, outcome.report, args.json,
+                   {"profile": args.profile, "findings": outcome.verdicts})
+    if not args.json:
+        for line in outcome.verdicts:
+            print(f"  {line}")
+    return 1 if outcome.result.failed else 0

@@ -1,0 +1,254 @@
+"""What an experiment's report says, computed only from files on disk: experiment.json and each run's
+metrics.jsonl / summary.json. No figure is typed in; the study's numbers come from darktune.study.
+
+Owns: `load_experiment(out_dir) -> ExperimentData` (`RunData` per run: its evaluation curve and status),
+`main_images` (the image count the per-start tables use), `cell_map`, and `time_to_target` per run.
+The findings (agrees / DISAGREES) live in report_findings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+
+from darktune.errors import DarktuneError
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    iteration: int
+    map: float  # a fraction in [0, 1]
+    protocol: str
+    elapsed_s: float | None
+
+
+@dataclass
+class RunData:
+    """One run as recorded: its plan (from experiment.json), status, evaluations and timing."""
+
+    plan: dict
+    run_dir: Path
+    status: str | None
+    evals: list[EvalPoint] = field(default_factory=list)
+    train_s: float | None = None
+    images_per_s: float | None = None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.plan["name"]
+
+    @property
+    def start(self) -> str:
+        return self.plan["start"]
+
+    @property
+    def start_label(self) -> str:
+        return self.plan["start_label"]
+
+    @property
+    def freeze(self) -> int:
+        return int(self.plan["freeze"])
+
+    @property
+    def images(self) -> int | None:
+        return self.plan["images"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.plan["seed"])
+
+    def map_at(self, iteration: int) -> float | None:
+        """The mAP evaluated at exactly this iteration (the last such line, after a resume), or None."""
+        found = [e.map for e in self.evals if e.iteration == iteration]
+        return found[-1] if found else None
+
+    def final_map(self) -> float | None:
+        """mAP at the run's last planned iteration (None if it was never evaluated there)."""
+        return self.map_at(int(self.plan["iterations"]))
+
+    def reached(self, target: float) -> EvalPoint | None:
+        """The first evaluation with mAP >= target, or None."""
+        for e in sorted(self.evals, key=lambda e: e.iteration):
+            if e.map >= target:
+                return e
+        return None
+
+
+@dataclass
+class ExperimentData:
+    out_dir: Path
+    record: dict
+    runs: list[RunData]
+
+    @property
+    def target_map(self) -> float | None:
+        return self.record.get("target_map")
+
+    @property
+    def grid(self) -> list[RunData]:
+        return [r for r in self.runs if r.plan["group"] == "grid"]
+
+    @property
+    def stages(self) -> list[RunData]:
+        return [r for r in self.runs if r.plan["group"] == "stage"]
+
+    def starts(self) -> list[str]:
+        seen: list[str] = []
+        for r in self.grid:
+            if r.start_label not in seen:
+                seen.append(r.start_label)
+        return seen
+
+    def freezes(self) -> list[int]:
+        return sorted({r.freeze for r in self.grid})
+
+    def protocols(self) -> list[str]:
+        return sorted({e.protocol for r in self.runs for e in r.evals})
+
+    def select(self, start: str | None = None, freeze: int | None = None, images: object = "any") -> list[RunData]:
+        """Grid runs matching the given start label / frozen layers / image count (all seeds)."""
+        return [r for r in self.grid if (start is None or r.start_label == start)
+                and (freeze is None or r.freeze == freeze) and (images == "any" or r.images == images)]
+
+
+def read_metrics_file(path: Path) -> tuple[list[dict], list[dict]]:
+    """(training lines, evaluation lines) of a metrics.jsonl; lines that are not JSON objects are skipped."""
+    train, evals = [], []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return train, evals
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("iteration"), int):
+            (evals if isinstance(rec.get("map"), (int, float)) else train).append(rec)
+    return train, evals
+
+
+def _load_run(out_dir: Path, plan: dict) -> RunData:
+    run_dir = out_dir / plan["folder"]
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {}
+    summary = summary if isinstance(summary, dict) else {}
+    train, evals = read_metrics_file(run_dir / "metrics.jsonl")
+    points = [EvalPoint(int(e["iteration"]), float(e["map"]), str(e.get("protocol", "?")),
+                        float(e["elapsed_s"]) if isinstance(e.get("elapsed_s"), (int, float)) else None)
+              for e in evals]
+    elapsed = [float(t["elapsed_s"]) for t in train if isinstance(t.get("elapsed_s"), (int, float))]
+    speeds = [float(t["images_per_s"]) for t in train if isinstance(t.get("images_per_s"), (int, float))]
+    train_s = summary.get("train_s", summary.get("elapsed_s"))
+    return RunData(plan=plan, run_dir=run_dir, status=summary.get("status"), evals=points,
+                   train_s=float(train_s) if isinstance(train_s, (int, float)) else (max(elapsed) if elapsed else None),
+                   images_per_s=float(summary["images_per_s"]) if isinstance(summary.get("images_per_s"), (int, float))
+                   else (sorted(speeds)[len(speeds) // 2] if speeds else None),
+                   summary=summary)
+
+
+def load_experiment(out_dir: str | Path) -> ExperimentData:
+    """Read DIR/experiment.json and every run it lists (missing or unfinished runs are loaded as they are)."""
+    out_dir = Path(out_dir)
+    path = out_dir / "experiment.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise DarktuneError("no experiment here (experiment.json missing); run `darktune experiment` first",
+                            path=str(out_dir)) from None
+    except ValueError as exc:
+        raise DarktuneError(f"experiment.json is damaged: {exc}", path=str(path)) from None
+    runs = [_load_run(out_dir, plan) for plan in record.get("runs", [])]
+    return ExperimentData(out_dir, record, runs)
+
+
+def main_images(data: ExperimentData) -> int | None:
+    """The image count of the per-start tables: all images if the grid has it, else the largest count."""
+    counts = {r.images for r in data.grid}
+    if None in counts or not counts:
+        return None
+    return max(counts)
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
+
+
+def cell_map(data: ExperimentData, start: str, freeze: int, iteration: int, images: int | None) -> float | None:
+    """mAP at (start, frozen layers, iteration) over the seeds of the main image count (mean)."""
+    return mean_or_none([r.map_at(iteration) for r in data.select(start, freeze, images)])
+
+
+def eval_iterations(data: ExperimentData, start: str) -> list[int]:
+    """The planned evaluation iterations of a start's runs (the table rows)."""
+    its: set[int] = set()
+    for r in data.select(start):
+        its.update(int(i) for i in r.plan["eval_at"])
+    return sorted(its)
+
+
+@dataclass(frozen=True)
+class TimeToTarget:
+    """Iterations and seconds a group of runs (one start and frozen count, mean over seeds) needed."""
+
+    start: str
+    freeze: int
+    iterations: float | None  # None: not reached by every seed
+    seconds: float | None
+    max_iterations: int
+    reached_seeds: int
+    seeds: int
+
+
+def time_to_target(data: ExperimentData, start: str, freeze: int, images: int | None) -> TimeToTarget | None:
+    target = data.target_map
+    runs = data.select(start, freeze, images)
+    if target is None or not runs:
+        return None
+    hits = [r.reached(target) for r in runs]
+    reached = [h for h in hits if h is not None]
+    its = mean(h.iteration for h in reached) if len(reached) == len(runs) else None
+    secs = [h.elapsed_s for h in reached]
+    seconds = mean(secs) if its is not None and all(s is not None for s in secs) else None
+    return TimeToTarget(start, freeze, its, seconds, max(int(r.plan["iterations"]) for r in runs),
+                        len(reached), len(runs))
+
+
+@dataclass(frozen=True)
+class Decrease:
+    """The fewest iterations to target of a transfer path against coco15's, at one frozen count."""
+
+    freeze: int
+    best: str
+    best_iterations: float
+    coco15_iterations: float | None  # None: coco15 never reached the target
+    coco15_max: int
+    fraction: float  # 1 - best / coco15 (a lower bound when coco15 did not reach the target)
+    lower_bound: bool
+
+
+TRANSFER_EXCLUDED = ("scratch", "backbone", "coco15")
+
+
+def best_transfer_decrease(data: ExperimentData, freeze: int, images: int | None) -> Decrease | None:
+    """Percent decrease in iterations to target of the best transfer path (a start other than scratch,
+    backbone and coco15: a stage, coco, another weights file) against coco15 — the study's 83% figure."""
+    base = time_to_target(data, "coco15", freeze, images)
+    if base is None:
+        return None
+    paths = [t for s in data.starts() if s not in TRANSFER_EXCLUDED
+             for t in [time_to_target(data, s, freeze, images)] if t is not None and t.iterations is not None]
+    if not paths:
+        return None
+    best = min(paths, key=lambda t: t.iterations)
+    if base.iterations is not None:
+        return Decrease(freeze, best.start, best.iterations, base.iterations, base.max_iterations,
+                        1.0 - best.iterations / base.iterations, False)
+    return Decrease(freeze, best.start, best.iterations, None, base.max_iterations,
+                    1.0 - best.iterations / base.max_iterations, True)

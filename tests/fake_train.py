@@ -1,0 +1,63 @@
+"""A fake trainer for the experiment tests: writes a run folder as darktune.train does (metrics.jsonl, summary.json,
+checkpoint.pt, weights/last.weights) with a made-up mAP curve per starting point, in milliseconds.
+
+The curve: map(it) = cap * (1 - exp(-it / tau)), tau and cap chosen per starting point and frozen layers so
+that the study's findings hold (domain fastest, coco15 before backbone before scratch, N=20 much worse).
+`FAIL_AFTER` (env DARKTUNE_FAKE_FAIL_AFTER) makes a run raise KeyboardInterrupt after that many iterations,
+to test resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+TAU = {"domain": 8.0, "coco": 30.0, "coco15": 60.0, "backbone": 120.0, "scratch": 400.0}
+CAP = {0: 0.98, 13: 0.85, 20: 0.3}
+
+
+def start_kind(kwargs: dict) -> str:
+    """Which starting point a run's kwargs describe (as resolve_starts sets weights/upto)."""
+    weights, upto = kwargs["weights"], kwargs.get("upto")
+    if weights is None:
+        return "scratch"
+    if "stages" in Path(weights).parts:
+        return "domain"
+    return {13: "backbone", 15: "coco15"}.get(upto, "coco")
+
+
+def curve(kwargs: dict, iteration: int) -> float:
+    tau = TAU[start_kind(kwargs)]
+    cap = CAP.get(kwargs["freeze"], 0.9)
+    return round(cap * (1 - math.exp(-iteration / tau)) + 0.001 * kwargs["seed"], 6)
+
+
+def fake_train(kwargs: dict, progress: bool) -> dict:
+    """(TrainConfig kwargs, progress) -> summary; resumes from checkpoint.pt's iteration when resume is set."""
+    out = Path(kwargs["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    start = 0
+    if kwargs.get("resume") and (out / "checkpoint.pt").is_file():
+        start = int(json.loads((out / "checkpoint.pt").read_text())["iteration"])
+    fail_after = int(os.environ.get("DARKTUNE_FAKE_FAIL_AFTER", "0"))
+    evals = set(kwargs["eval_at"]) | set(range(0, kwargs["iterations"] + 1, kwargs.get("eval_every") or 10**9))
+    with open(out / "metrics.jsonl", "a") as f:
+        for it in range(start + 1, kwargs["iterations"] + 1):
+            f.write(json.dumps({"iteration": it, "loss": 1.0 / it, "lr": 0.001, "images_per_s": 100.0,
+                                "elapsed_s": it * 0.01}) + "\n")
+            if it in evals:
+                m = curve(kwargs, it)
+                f.write(json.dumps({"iteration": it, "map": m, "protocol": kwargs.get("protocol", "darknet"),
+                                    "elapsed_s": it * 0.01}) + "\n")
+            (out / "checkpoint.pt").write_text(json.dumps({"iteration": it}))
+            f.flush()
+            if fail_after and it == start + fail_after:
+                raise KeyboardInterrupt
+    (out / "weights").mkdir(exist_ok=True)
+    (out / "weights" / "last.weights").write_bytes(b"fake")
+    summary = {"status": "finished", "iterations_done": kwargs["iterations"], "device": kwargs["device"],
+               "train_s": kwargs["iterations"] * 0.01, "config": {k: v for k, v in kwargs.items()}}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return summary
