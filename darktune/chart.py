@@ -1,0 +1,91 @@
+"""RUN/chart.png: loss and mAP over iterations (darknet's chart.png, with loss parts, lr and the target)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
+    """(training lines, evaluation lines) of a metrics.jsonl; unreadable lines are skipped."""
+    train, evals = [], []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return train, evals
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or "iteration" not in rec:
+            continue
+        (evals if "map" in rec else train).append(rec)
+    return train, evals
+
+
+def _smooth(values: list[float], k: int) -> list[float]:
+    out, acc, window = [], 0.0, []
+    for v in values:
+        window.append(v)
+        acc += v
+        if len(window) > k:
+            acc -= window.pop(0)
+        out.append(acc / len(window))
+    return out
+
+
+def write_chart(metrics_path: str | Path, out_path: str | Path, title: str = "", target_map: float | None = None
+                ) -> Path | None:
+    """Draw the chart from metrics.jsonl; returns the PNG path (None when there is nothing to draw)."""
+    train, evals = read_metrics(metrics_path)
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.2), dpi=110)
+    its = [r["iteration"] for r in train if r.get("loss") is not None]
+    loss = [r["loss"] for r in train if r.get("loss") is not None]
+    k = max(1, len(loss) // 50)
+    if loss:
+        ax.plot(its, loss, color="#1f77b4", alpha=0.25, lw=0.8)
+        ax.plot(its, _smooth(loss, k), color="#1f77b4", lw=1.6, label="loss (avg)")
+        for part, color in (("box", "#2ca02c"), ("obj", "#9467bd"), ("cls", "#8c564b")):
+            vals = [r.get(part) for r in train if r.get("loss") is not None]
+            if all(v is not None for v in vals):
+                ax.plot(its, _smooth(vals, k), color=color, lw=0.9, ls="--", label=part)
+        finite = sorted(v for v in loss if v == v)
+        if finite:
+            ax.set_ylim(0, finite[min(len(finite) - 1, int(0.98 * len(finite)))] * 1.15)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if evals:
+        ax2 = ax.twinx()
+        ex = [r["iteration"] for r in evals]
+        ey = [100 * r["map"] for r in evals]
+        proto = evals[-1].get("protocol", "")
+        ax2.plot(ex, ey, color="#d62728", marker="o", lw=1.6, label=f"mAP50 % ({proto})")
+        for x, y in zip(ex, ey):
+            ax2.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
+                         color="#d62728")
+        if target_map is not None:
+            ax2.axhline(100 * target_map, color="#d62728", ls=":", lw=1, label=f"target {100 * target_map:g}%")
+        ax2.set_ylim(0, 105)
+        ax2.set_ylabel("mAP %")
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    if handles:
+        ax.legend(handles, labels, loc="upper right", fontsize=8)
+    ax.set_title(title or "training", fontsize=10)
+    fig.tight_layout()
+    out = Path(out_path)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

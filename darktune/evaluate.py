@@ -1,0 +1,158 @@
+"""mAP of a `Darknet` model on a dataset split: images decoded once into RAM, batched inference, darknet's
+decoding (score threshold 0.005, NMS 0.45 as ``detector map``), figures from `darktune.metrics.evaluate`.
+
+Used by ``darktune map`` and by the trainer between iterations. Images are resized once to the network size
+(plain resize, or letterbox when the cfg says ``letter_box=1``) and kept as uint8; truths stay in original
+pixels and detections are mapped back to them, so IoU is measured as darknet measures it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from darktune.boxes import ImageGeometry, decode, postprocess
+from darktune.errors import DarktuneError
+
+MAP_CONF_THRESH = 0.005  # darknet validate_detector_map
+MAP_NMS_THRESH = 0.45
+
+
+@dataclass
+class EvalSet:
+    """A split ready for repeated evaluation."""
+
+    paths: list[str]
+    images: torch.Tensor  # (N, 3, H, W) uint8 RGB at the network size
+    geometries: list[ImageGeometry]
+    truths: list[np.ndarray]  # (m, 5) [class, x1, y1, x2, y2] in original pixels
+    names: list[str]
+    n_skipped: int
+    net_hw: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+_CACHE: "OrderedDict[tuple, EvalSet]" = OrderedDict()  # a few decoded sets, reused by runs in one process
+
+
+def _decode_one(path: Path, net_hw: tuple[int, int], letterbox: bool) -> tuple[np.ndarray, int, int]:
+    import cv2
+
+    from darktune.detect import read_image
+
+    bgr = read_image(path)
+    h, w = bgr.shape[:2]
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    nh, nw = net_hw
+    if not letterbox:
+        out = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    else:
+        scale = min(nw / w, nh / h)
+        rw, rh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+        out = np.full((nh, nw, 3), 128, np.uint8)
+        top, left = (nh - rh) // 2, (nw - rw) // 2
+        out[top:top + rh, left:left + rw] = cv2.resize(rgb, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(out.transpose(2, 0, 1)), w, h
+
+
+def load_eval_set(obj_data: str | Path, net_hw: tuple[int, int], split: str = "valid", letterbox: bool = False,
+                  max_images: int | None = None, progress: bool = False) -> EvalSet:
+    """Check (cached) and decode a split once; bad images are skipped and counted."""
+    from darktune.data.check import check_dataset
+    from darktune.data.dataset import read_obj_data
+
+    od = read_obj_data(obj_data)
+    report = check_dataset(obj_data, split, progress=progress)
+    good = report.good[:max_images] if max_images else report.good
+    key = (str(Path(od.path).resolve()), split, tuple(net_hw), letterbox, tuple(str(p) for p, _ in good),
+           tuple(Path(p).stat().st_mtime_ns for p, _ in good))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    if not good:
+        raise DarktuneError(f"no usable images in the {split} list ({report.n_skipped_images} skipped)",
+                            path=str(od.path))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        decoded = list(pool.map(lambda item: _decode_one(Path(item[0]), net_hw, letterbox), good))
+    images = torch.from_numpy(np.stack([d[0] for d in decoded]))
+    geos, truths = [], []
+    for (img, w, h), (_, labels) in zip(decoded, good):
+        geos.append(ImageGeometry(w, h, letterbox))
+        lab = np.asarray(labels, np.float64).reshape(-1, 5)
+        cx, cy, bw, bh = lab[:, 1] * w, lab[:, 2] * h, lab[:, 3] * w, lab[:, 4] * h
+        truths.append(np.stack([lab[:, 0], cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1))
+    es = EvalSet([str(p) for p, _ in good], images, geos, truths, list(od.names), report.n_skipped_images,
+                 tuple(net_hw))
+    _CACHE[key] = es
+    while len(_CACHE) > 4:
+        _CACHE.popitem(last=False)
+    return es
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, es: EvalSet, batch_size: int = 32, conf_thresh: float = MAP_CONF_THRESH,
+            nms_thresh: float = MAP_NMS_THRESH, device: str | torch.device = "cpu",
+            autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[np.ndarray]:
+    """Detections per image, (n, 6) [x1, y1, x2, y2, score, class] in original pixels."""
+    net = model
+    specs = [h.spec for h in getattr(model, "model", model).heads]
+    was_training = net.training
+    net.eval()
+    out: list[np.ndarray] = []
+    try:
+        for start in range(0, len(es), batch_size):
+            x = es.images[start:start + batch_size].to(device, non_blocking=True).float().div_(255.0)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                heads = net(x)
+            decoded = decode([h.float() for h in heads], specs, es.net_hw)
+            dets = postprocess(decoded, es.geometries[start:start + batch_size], es.net_hw, conf_thresh, nms_thresh)
+            out.extend(d.cpu().numpy() for d in dets)
+    finally:
+        net.train(was_training)
+    return out
+
+
+def evaluate_model(model: torch.nn.Module, es: EvalSet, protocol: str = "darknet", batch_size: int = 32,
+                   device: str | torch.device = "cpu", conf_thresh: float = 0.25, **kwargs):
+    """`darktune.metrics.MapResult` of `model` on `es` under `protocol`."""
+    from darktune.metrics import evaluate
+
+    dets = predict(model, es, batch_size, device=device, **kwargs)
+    return evaluate(dets, es.truths, len(es.names), protocol=protocol, class_names=es.names,
+                    conf_thresh=conf_thresh, image_names=es.paths)
+
+
+def load_for_data(cfg: str | Path, weights: str | Path, data: str | Path, size: int | None = None):
+    """(model in eval mode, spec) for evaluating `weights` on `data`: the cfg as given when the weights fit it,
+    else re-headed for the data's class count (as `darktune train` writes them). Other class counts are an
+    error naming both."""
+    from darktune.cfg import parse_cfg
+    from darktune.data.dataset import read_obj_data
+    from darktune.model import Darknet
+    from darktune.weights import expected_floats, infer_num_classes, load_weights, read_weights_file
+
+    spec = parse_cfg(cfg)
+    n_names = len(read_obj_data(data).names)
+    n_floats = int(read_weights_file(weights).floats.size)
+    if n_floats != expected_floats(spec) or spec.num_classes != n_names:
+        fitted = infer_num_classes(spec, n_floats)
+        if fitted != n_names:
+            found = f"a {fitted}-class model" if fitted else "no class count of this cfg"
+            raise DarktuneError(f"weights hold {found}, the data has {n_names} classes", path=str(weights))
+        spec = spec.with_classes(n_names)
+    if size:
+        if size % 32:
+            raise DarktuneError(f"--size must be a multiple of 32, got {size}")
+        spec = spec.with_size(size, size)
+    model = Darknet(spec)
+    load_weights(model, weights)
+    return model.eval(), spec

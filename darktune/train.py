@@ -1,0 +1,141 @@
+"""Training a darknet detector by transfer learning: the public API (`TrainConfig`, `train`, `TrainResult`).
+
+    from darktune.train import TrainConfig, train
+    result = train(TrainConfig(cfg="yolov3-tiny.cfg", data="obj.data", weights="yolov3-tiny.conv.15",
+                               freeze=13, iterations=400, batch=16, size=160, eval_at=[100, 200, 300, 400],
+                               target_map=0.9, out="runs/conv15_f13"))
+    result.time_to_target  # {"iteration": 300, "seconds": 41.2, "elapsed_seconds": 47.9} or None
+
+Semantics (darknet's unless said):
+  * Iteration = one weight update over ``batch`` images, accumulated in ``subdivisions`` micro-batches.
+    The loss is summed over images and divided by ``batch``; SGD(momentum, weight decay = ``decay`` on conv
+    weights only) then makes darknet's exact update (see `darktune.train_setup`). lr from the cfg's [net]
+    (burn_in with power, policy steps/scales, ...; `darktune.schedule`), overridable with ``lr``,
+    ``burn_in``, ``steps``/``scales``.
+  * The classes and the convs before each [yolo] follow the dataset's names; what loads from ``weights`` and
+    what starts fresh is written to RUN/init.json (`darktune.train_setup.init_model`).
+  * ``freeze=N`` freezes layers 0..N-1, ``freeze_layers`` a listed set (`darktune.freeze`): no update, BN
+    statistics fixed, no backward through a frozen prefix. ``unfreeze_at=K``: frozen for iterations 1..K,
+    trainable from K+1 (optimizer rebuilt, momentum of already-trained parameters kept).
+  * Evaluation on the valid list every ``eval_every`` iterations, at ``eval_at`` and at the end, darknet's
+    ``detector map`` decoding (score 0.005, NMS 0.45), protocol ``protocol``. Time to target = the first
+    evaluated iteration with mAP >= ``target_map``, with training seconds (evaluation, checkpoints and
+    start-up excluded) and elapsed seconds (everything since start); ``stop_at_target`` ends the run there.
+  * Non-finite loss: the update is skipped (grads dropped) and counted; ``max_bad_steps`` in a row fail the run.
+  * Outputs in ``out`` (RUN): metrics.jsonl, weights/last.weights, weights/best.weights, checkpoint.pt,
+    init.json, model.cfg, freeze_proof.json, chart.png, summary.json (status finished / stopped_at_target /
+    failed). ``resume=True`` continues from RUN/checkpoint.pt exactly (same batches, lr, step; on CPU the same
+    losses).
+  * CUDA: AMP (bf16 where supported, else fp16 with loss scaling), channels_last and torch.compile on by
+    default. DDP under torchrun (RANK/WORLD_SIZE; gloo on CPU): ``batch`` stays the global batch; each process
+    takes its slice of every micro-batch; batch-norm statistics are per process (plain DDP), rank 0's are saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from darktune.errors import DarktuneError
+
+PROTOCOLS = ("darknet", "voc07", "coco101", "coco")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; plain values only (it is stored in checkpoints and summary.json)."""
+
+    cfg: str
+    data: str
+    weights: str | None = None  # None or "none": from scratch
+    upto: int | None = None  # load only layers 0..upto-1 of `weights`
+    freeze: int = 0  # layers 0..freeze-1 frozen
+    freeze_layers: list[int] | None = None  # or exactly these layers
+    unfreeze_at: int | None = None  # frozen for iterations 1..K only
+    iterations: int | None = None  # default: [net] max_batches
+    batch: int | None = None  # default: [net] batch
+    subdivisions: int | None = None  # default: [net] subdivisions
+    size: int | None = None  # network width = height (multiple of 32); default: the cfg's
+    eval_every: int = 0
+    eval_at: list[int] = field(default_factory=list)
+    target_map: float | None = None  # 0..1
+    stop_at_target: bool = False
+    protocol: str = "darknet"
+    device: str = "cpu"
+    out: str = "runs/train"
+    resume: bool = False
+    seed: int = 0
+    workers: int = 0  # background threads preparing batches
+    max_images: int | None = None  # seeded subset of the training list
+    max_valid_images: int | None = None
+    lr: float | None = None
+    burn_in: int | None = None
+    steps: list[int] | None = None
+    scales: list[float] | None = None
+    augment: bool = True
+    amp: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA
+    compile: bool | None = None  # None: on for CUDA
+    log_every: int = 1
+    checkpoint_every: int = 100
+    max_bad_steps: int = 10
+    eval_batch: int = 32
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and str(self.weights).lower() == "none":
+            self.weights = None
+        checks = [
+            (self.freeze >= 0, f"--freeze must be >= 0, got {self.freeze}"),
+            (self.iterations is None or self.iterations >= 1, "--iterations must be >= 1"),
+            (self.batch is None or self.batch >= 1, "--batch must be >= 1"),
+            (self.subdivisions is None or self.subdivisions >= 1, "--subdivisions must be >= 1"),
+            (self.size is None or (self.size >= 32 and self.size % 32 == 0), "--size must be a multiple of 32"),
+            (self.eval_every >= 0, "--eval-every must be >= 0"),
+            (all(k >= 1 for k in self.eval_at), "--eval-at iterations must be >= 1"),
+            (self.target_map is None or 0 <= self.target_map <= 1, "--target-map is a fraction in [0, 1]"),
+            (self.protocol in PROTOCOLS, f"--protocol must be one of {', '.join(PROTOCOLS)}"),
+            (self.log_every >= 1 and self.checkpoint_every >= 1 and self.max_bad_steps >= 1,
+             "--log-every, --checkpoint-every and --max-bad-steps must be >= 1"),
+            (self.lr is None or self.lr >= 0, "--lr must be >= 0"),
+            (self.unfreeze_at is None or self.unfreeze_at >= 0, "--unfreeze-at must be >= 0"),
+            (not (self.freeze and self.freeze_layers), "give --freeze or --freeze-layers, not both"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DarktuneError(message)
+        self.eval_at = sorted({int(k) for k in self.eval_at})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Config fields that may differ when resuming (they do not change what the run computes).
+RESUMABLE_CHANGES = frozenset({"iterations", "eval_every", "eval_at", "target_map", "stop_at_target", "device",
+                               "out", "resume", "workers", "log_every", "checkpoint_every", "max_bad_steps",
+                               "eval_batch", "tensorboard", "compile", "max_valid_images", "protocol"})
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # finished | stopped_at_target | failed
+    iterations_done: int
+    best_map: float | None
+    final_map: float | None
+    time_to_target: dict | None  # {"iteration", "seconds" (training), "elapsed_seconds"}
+    images_per_s: float
+    train_seconds: float
+    elapsed_seconds: float
+    skipped_steps: int
+    maps: list[tuple[int, float]]
+    message: str = ""
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Run (or resume) one training run; see the module docstring. Raises DarktuneError on bad input, CUDA
+    out-of-memory (with advice) and a failed resume; a run stopped by non-finite losses returns status failed."""
+    from darktune.train_loop import run_training
+
+    return run_training(config, progress)

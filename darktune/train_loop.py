@@ -1,0 +1,341 @@
+"""The training loop behind `darktune.train.train`: set-up, one iteration, evaluation points, checkpoints,
+the end of a run. Plain functions over one `Run` record (no trainer class hierarchy)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from darktune.errors import DarktuneError
+from darktune.train import RESUMABLE_CHANGES, TrainConfig, TrainResult
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Run:
+    """Everything one run holds while it trains."""
+
+    config: TrainConfig
+    dist: Dist
+    dir: Path
+    spec: object
+    model: torch.nn.Module  # the Darknet
+    net: torch.nn.Module  # what the step calls (frozen-prefix wrapper, DDP, compile)
+    opt: torch.optim.Optimizer
+    data: object  # TrainBatches
+    loss_fn: object
+    iterations: int
+    batch: int
+    subdivisions: int
+    eval_points: set
+    frozen: list[int]
+    amp_dtype: torch.dtype | None
+    scaler: object
+    channels_last: bool
+    net_params: object = None  # [net] with the run's schedule overrides
+    step: int = 0
+    state: dict = field(default_factory=dict)
+    eval_set: object = None
+    metrics: object = None  # open file
+    tb: object = None
+    t_start: float = 0.0
+    progress: object = None
+
+    def log(self, message: str) -> None:
+        if self.dist.main and self.progress is not None:
+            self.progress.write(message, file=sys.stderr)
+        elif self.dist.main:
+            print(message, file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------ set-up
+def _dist_setup(device: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DarktuneError("--device cuda asked for, but torch sees no CUDA device")
+    if world <= 1:
+        return Dist(0, 1, torch.device(device))
+    import torch.distributed as td
+
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not td.is_initialized():
+        td.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, dev)
+
+
+def _frozen_at(config: TrainConfig, step: int, n_layers: int) -> list[int]:
+    """Layers frozen for the iteration after `step` finished iterations."""
+    if config.unfreeze_at is not None and step >= config.unfreeze_at:
+        return []
+    if config.freeze_layers:
+        return sorted(set(config.freeze_layers))
+    return list(range(min(config.freeze, n_layers)))
+
+
+def _resolve_spec(config: TrainConfig):
+    from darktune.cfg import parse_cfg
+    from darktune.data.dataset import read_obj_data
+
+    spec = parse_cfg(config.cfg)
+    od = read_obj_data(config.data)
+    spec = spec.with_classes(len(od.names))
+    if config.size:
+        spec = spec.with_size(config.size, config.size)
+    elif spec.net.width % 32 or spec.net.height % 32:
+        raise DarktuneError(f"network size {spec.net.width}x{spec.net.height} is not a multiple of 32",
+                            path=config.cfg)
+    return spec, od
+
+
+def _net_params(config: TrainConfig, spec):
+    """[net] with the run's overrides applied (for the schedule)."""
+    import dataclasses
+
+    changes = {}
+    if config.burn_in is not None:
+        changes["burn_in"] = config.burn_in
+    if config.steps is not None:
+        scales = config.scales if config.scales is not None else [0.1] * len(config.steps)
+        if len(scales) != len(config.steps):
+            raise DarktuneError(f"--steps has {len(config.steps)} values but --scales {len(scales)}")
+        changes.update(policy="steps", steps=tuple(config.steps), scales=tuple(scales))
+    return dataclasses.replace(spec.net, **changes) if changes else spec.net
+
+
+def _training_items(config: TrainConfig, log) -> list:
+    from darktune.data.check import check_dataset
+    from darktune.train_data import subset
+
+    report = check_dataset(config.data, "train", progress=False)
+    if report.n_skipped_images:
+        log(f"train list: {report.n_skipped_images} bad images skipped ({report.n_images} listed)")
+    items = subset(report.good, config.max_images, config.seed)
+    if not items:
+        raise DarktuneError("no usable training images", path=config.data)
+    return items
+
+
+def _augment_config(config: TrainConfig, spec):
+    if not config.augment:
+        return None
+    from darktune.cfg import YoloSpec
+    from darktune.data.augment import AugmentConfig
+
+    yolos = [layer for layer in spec.layers if isinstance(layer, YoloSpec)]
+    jitter = min(0.49, yolos[0].jitter) if yolos else 0.0
+    n = spec.net
+    return AugmentConfig(jitter=jitter, hue=min(0.5, n.hue), saturation=max(1.0, n.saturation),
+                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=False, letterbox=n.letter_box)
+
+
+def wrap_model(run: Run) -> torch.nn.Module:
+    """What the step calls: the frozen-prefix forward, under DDP when distributed, compiled on request.
+    Rebuilt whenever the frozen set changes (DDP registers only the parameters that require grad)."""
+    from darktune.freeze import PrefixFrozenModel
+
+    dist = run.dist
+    compile_ = dist.device.type == "cuda" if run.config.compile is None else run.config.compile
+    net = PrefixFrozenModel(run.model)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                  broadcast_buffers=False)
+    if compile_:
+        net = torch.compile(net)
+    return net
+
+
+def build_run(config: TrainConfig, progress: bool) -> Run:
+    from darktune.freeze import set_frozen
+    from darktune.loss import YoloLoss
+    from darktune.model import Darknet
+    from darktune.train_data import TrainBatches
+    from darktune.train_setup import build_optimizer
+
+    dist = _dist_setup(config.device)
+    spec, od = _resolve_spec(config)
+    batch = config.batch or spec.net.batch
+    subdivisions = config.subdivisions or spec.net.subdivisions
+    if batch % subdivisions:
+        raise DarktuneError(f"batch {batch} is not divisible by subdivisions {subdivisions}")
+    iterations = config.iterations or spec.net.max_batches
+    if iterations <= 0:
+        raise DarktuneError("give --iterations (the cfg has no max_batches)", path=config.cfg)
+    cuda = dist.device.type == "cuda"
+    torch.manual_seed(config.seed)
+    model = Darknet(spec)
+    run_dir = Path(config.out)
+    frozen = _frozen_at(config, 0, len(spec.layers))
+    set_frozen(model, frozen)
+    model.to(dist.device)
+    channels_last = cuda if config.channels_last is None else config.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    amp = cuda if config.amp is None else config.amp
+    amp_dtype = None
+    if amp:
+        amp_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    opt = build_optimizer(model, 0.0, spec.net.momentum, spec.net.decay)
+    log_items = []
+    items = _training_items(config, log_items.append)
+    data = TrainBatches(items, (spec.net.height, spec.net.width), _augment_config(config, spec), batch,
+                        subdivisions, config.seed, dist.rank, dist.world, config.workers)
+    points = set(config.eval_at) | set(range(config.eval_every, iterations + 1, config.eval_every or iterations + 1))
+    points = {p for p in points if p <= iterations} | ({iterations} if od.valid else set())
+    run = Run(config, dist, run_dir, spec, model, model, opt, data, YoloLoss([h.spec for h in model.heads]),
+              iterations, batch, subdivisions, points if od.valid else set(), frozen, amp_dtype, scaler,
+              channels_last, _net_params(config, spec))
+    if not od.valid and (config.eval_every or config.eval_at or config.target_map is not None):
+        log_items.append("no valid list in the data file: no mAP will be measured")
+    run.state["notes"] = log_items
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ start / resume
+def _fresh_start(run: Run) -> None:
+    from darktune.cfg import write_cfg
+    from darktune.freeze import layer_digests, set_frozen
+    from darktune.train_setup import init_model
+
+    c = run.config
+    report = init_model(run.model, c.weights, c.upto, c.seed)
+    set_frozen(run.model, run.frozen)  # init may have replaced tensors; make sure the flags hold
+    report["frozen_layers"] = run.frozen
+    run.state.update(best_map=None, final_map=None, time_to_target=None, train_seconds=0.0, skipped_steps=0,
+                     bad_in_row=0, maps=[], init=report,
+                     digests_before={str(k): v for k, v in layer_digests(run.model).items()})
+    if run.dist.main:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        (run.dir / "weights").mkdir(exist_ok=True)
+        (run.dir / "init.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_cfg(run.spec, run.dir / "model.cfg")
+        (run.dir / "metrics.jsonl").write_text("")
+        for stale in ("summary.json", "freeze_proof.json", "checkpoint.pt"):
+            (run.dir / stale).unlink(missing_ok=True)
+    loaded, new = report["loaded_layers"], report["new_layers"]
+    run.log(f"init: {report['mode']} from {report['weights'] or 'scratch'}; loaded conv layers {_ranges(loaded)}; "
+            f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}")
+
+
+def _ranges(xs: list[int]) -> str:
+    if not xs:
+        return "none"
+    out, start, prev = [], xs[0], xs[0]
+    for x in list(xs[1:]) + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    return ",".join(out)
+
+
+def _resume(run: Run) -> None:
+    from darktune.checkpoint import load_checkpoint, set_rng_state
+    from darktune.freeze import set_frozen
+    from darktune.train_setup import build_optimizer
+
+    ck = load_checkpoint(run.dir / "checkpoint.pt")
+    saved, now = ck["config"], run.config.to_dict()
+    diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if diff:
+        raise DarktuneError("cannot resume with different settings: " + ", ".join(
+            f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff), path=str(run.dir / "checkpoint.pt"))
+    run.step = int(ck["step"])
+    run.frozen = _frozen_at(run.config, run.step, len(run.spec.layers))
+    set_frozen(run.model, run.frozen)
+    run.model.load_state_dict(ck["model"])
+    run.opt = build_optimizer(run.model, 0.0, run.spec.net.momentum, run.spec.net.decay)
+    run.opt.load_state_dict(ck["optimizer"])
+    set_rng_state(ck["rng"])
+    run.state.update(ck["state"])
+    run.state["loader_at_resume"] = ck["loader"]
+    if run.dist.main:
+        _truncate_metrics(run.dir / "metrics.jsonl", run.step)
+        (run.dir / "summary.json").unlink(missing_ok=True)
+    run.log(f"resumed from {run.dir / 'checkpoint.pt'} at iteration {run.step} "
+            f"(epoch {ck['loader'].get('epoch')}, index {ck['loader'].get('index')})")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    from darktune.weights import atomic_write_bytes
+
+    keep = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("iteration", 0) <= step:
+                keep.append(line)
+    atomic_write_bytes(path, "".join(s + "\n" for s in keep).encode())
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def run_training(config: TrainConfig, progress: bool = True) -> TrainResult:
+    from darktune.train_steps import finish, open_outputs, training_loop
+
+    t0 = time.perf_counter()
+    run = build_run(config, progress)
+    run.t_start = t0
+    try:
+        if config.resume:
+            _resume(run)
+        else:
+            _fresh_start(run)
+        for note in run.state.pop("notes", []):
+            run.log(note)
+        run.net = wrap_model(run)
+        open_outputs(run, progress)
+        status, message = training_loop(run)
+    except torch.cuda.OutOfMemoryError:
+        _fail(run, "CUDA out of memory")
+        raise DarktuneError(f"CUDA out of memory at batch {run.batch} / subdivisions {run.subdivisions}: use a "
+                            "smaller --batch or more --subdivisions (or a smaller --size)") from None
+    except BaseException as exc:
+        _fail(run, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        run.data.close()
+    return finish(run, status, message)
+
+
+def _fail(run: Run, message: str) -> None:
+    from darktune.train_steps import write_summary
+
+    if run.dist.main and run.dir.exists() and run.state:
+        try:
+            write_summary(run, "failed", message)
+        except Exception:  # never mask the original error
+            pass
+    if run.metrics is not None:
+        run.metrics.close()
+        run.metrics = None
+    if run.progress is not None:
+        run.progress.close()

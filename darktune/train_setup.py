@@ -1,0 +1,145 @@
+"""Building what a training run starts from: the re-headed network, its initial weights, the optimizer.
+
+Initial weights (`init_model`), reported layer by layer (loaded / new):
+  * no weights: every conv layer new (darknet's init, see `darknet_init`).
+  * a file holding exactly the floats of the re-headed network: all loaded.
+  * a full file made for another class count (found with `infer_num_classes`): loaded into the network with
+    that class count, then every conv layer whose tensors have the same shapes is copied; the others (the
+    convs before each [yolo]) start fresh.
+  * ``upto=N`` (or a file that holds exactly layers 0..N-1 of the network, e.g. ``yolov3-tiny.conv.15``):
+    layers 0..N-1 loaded, the rest new. The header's ``seen`` is ignored: a run always starts at iteration 0
+    (darknet's ``-clear``).
+
+Optimizer: SGD with the cfg's momentum; weight decay (``decay``) on conv weights only, not on biases or batch
+norm scales/shifts, as darknet. With the loss divided by the iteration's batch this is exactly darknet's update
+(darknet adds ``-decay*batch*w`` to the summed gradient and steps by ``lr/batch``). Parameter groups are built
+in layer order from parameters that require grad, so rebuilding after an unfreeze is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from darktune.cfg import ConvSpec, NetworkSpec
+from darktune.errors import DarktuneError
+
+
+def darknet_init(model: nn.Module, layers: list[int], generator: torch.Generator) -> None:
+    """Darknet's fresh conv layer: weights uniform in +-sqrt(2 / fan_in), biases 0, BN scale 1 and stats 0/1."""
+    with torch.no_grad():
+        for i in layers:
+            block = model.layers[i]
+            w = block.conv.weight
+            bound = math.sqrt(2.0 / (w.shape[1] * w.shape[2] * w.shape[3]))
+            w.copy_((torch.rand(w.shape, generator=generator) * 2 - 1) * bound)
+            if block.conv.bias is not None:
+                block.conv.bias.zero_()
+            if block.bn is not None:
+                block.bn.weight.fill_(1.0)
+                block.bn.bias.zero_()
+                block.bn.running_mean.zero_()
+                block.bn.running_var.fill_(1.0)
+
+
+def conv_layers(spec: NetworkSpec) -> list[int]:
+    return [i for i, layer in enumerate(spec.layers) if isinstance(layer, ConvSpec)]
+
+
+def _prefix_upto(spec: NetworkSpec, n_floats: int) -> int | None:
+    """N such that the file holds exactly the conv layers 0..N-1 (N just past the last conv it holds)."""
+    from darktune.weights import conv_float_counts
+
+    total = 0
+    for i, n in conv_float_counts(spec):
+        total += n
+        if total == n_floats:
+            return i + 1
+        if total > n_floats:
+            return None
+    return None
+
+
+def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, seed: int) -> dict:
+    """Fill `model` (a re-headed `Darknet`) from `weights`; returns the report written to RUN/init.json."""
+    from darktune.model import Darknet
+    from darktune.weights import expected_floats, infer_num_classes, load_weights, read_weights_file
+
+    spec = model.spec
+    convs = conv_layers(spec)
+    gen = torch.Generator().manual_seed(seed)
+    darknet_init(model, convs, gen)
+    report = {"weights": None if weights is None else str(weights), "mode": "scratch", "upto": upto,
+              "file_classes": None, "loaded_layers": [], "new_layers": convs}
+    if weights is None:
+        return report
+    wf = read_weights_file(weights)
+    n = int(wf.floats.size)
+    if upto is None and n != expected_floats(spec):
+        file_classes = infer_num_classes(spec, n)
+        if file_classes is None:
+            upto = _prefix_upto(spec, n)
+            if upto is None:
+                raise DarktuneError(
+                    f"weights hold {n:,} floats: not this cfg with any class count ({expected_floats(spec):,} "
+                    f"for {spec.num_classes} classes) nor whole leading layers of it; pass --upto N for a "
+                    "partial file", path=str(weights))
+            report["mode"] = "partial (layer count found from the file size)"
+        else:
+            source = Darknet(spec.with_classes(file_classes))
+            load_weights(source, weights)
+            loaded = _copy_matching(source, model, convs)
+            report.update(mode="classes adapted", file_classes=file_classes, loaded_layers=loaded,
+                          new_layers=[i for i in convs if i not in loaded])
+            return report
+    if upto is not None:
+        if not 0 < upto <= len(spec.layers):
+            raise DarktuneError(f"--upto must be in 1..{len(spec.layers)}, got {upto}")
+        load_weights(model, weights, upto=upto)
+        report.update(mode=report["mode"] if report["mode"] != "scratch" else "partial", upto=upto,
+                      loaded_layers=[i for i in convs if i < upto], new_layers=[i for i in convs if i >= upto])
+        return report
+    load_weights(model, weights)
+    report.update(mode="full", file_classes=spec.num_classes, loaded_layers=convs, new_layers=[])
+    return report
+
+
+def _copy_matching(source: nn.Module, target: nn.Module, convs: list[int]) -> list[int]:
+    loaded = []
+    with torch.no_grad():
+        for i in convs:
+            src, dst = source.layers[i].state_dict(), target.layers[i].state_dict()
+            if src.keys() == dst.keys() and all(src[k].shape == dst[k].shape for k in src):
+                target.layers[i].load_state_dict(src)
+                loaded.append(i)
+    return loaded
+
+
+def param_groups(model: nn.Module, decay: float) -> list[dict]:
+    """[conv weights with weight decay, biases and BN parameters without], trainable only, in layer order."""
+    decayed, plain = [], []
+    for layer in model.layers:
+        conv = getattr(layer, "conv", None)
+        for name, p in layer.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decayed if conv is not None and p is conv.weight else plain).append(p)
+    return [{"params": decayed, "weight_decay": decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float, decay: float,
+                    previous: torch.optim.Optimizer | None = None) -> torch.optim.SGD:
+    """SGD over the trainable parameters; momentum buffers of parameters already trained carry over."""
+    groups = param_groups(model, decay)
+    if not any(g["params"] for g in groups):
+        raise DarktuneError("nothing to train: every layer with weights is frozen")
+    opt = torch.optim.SGD([g for g in groups if g["params"]] or groups, lr=lr, momentum=momentum,
+                          weight_decay=0.0, foreach=True)
+    if previous is not None:
+        for p, st in previous.state.items():
+            if p.requires_grad and st:
+                opt.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+    return opt

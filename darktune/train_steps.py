@@ -1,0 +1,300 @@
+"""What happens inside a run: one iteration (micro-batches, non-finite guard, update), the evaluation points,
+logging to metrics.jsonl / progress bar / TensorBoard, checkpoints, and the files written at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+
+import torch
+
+from darktune.train import TrainResult
+from darktune.train_loop import Run, wrap_model
+
+
+def _elapsed(run: Run) -> float:
+    return run.state.get("elapsed_base", 0.0) + time.perf_counter() - run.t_start
+
+
+def open_outputs(run: Run, progress: bool) -> None:
+    from tqdm import tqdm
+
+    run.state.setdefault("elapsed_base", run.state.get("elapsed_seconds", 0.0))
+    if not run.dist.main:
+        return
+    run.metrics = open(run.dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
+    run.progress = tqdm(total=run.iterations, initial=run.step, disable=not progress, file=sys.stderr,
+                        unit="it", dynamic_ncols=True, desc=run.dir.name)
+    if run.config.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            run.log("tensorboard is not installed: no TensorBoard logs (metrics.jsonl has everything)")
+        else:
+            run.tb = SummaryWriter(str(run.dir / "tensorboard"))
+
+
+def _write(run: Run, record: dict) -> None:
+    if run.metrics is not None:
+        run.metrics.write(json.dumps(record) + "\n")
+    if run.tb is not None:
+        for key, value in record.items():
+            if key != "iteration" and isinstance(value, (int, float)) and value is not None:
+                run.tb.add_scalar(key, value, record["iteration"])
+
+
+# ------------------------------------------------------------------------------------------------ one iteration
+def _set_lr(run: Run, iteration: int) -> float:
+    from darktune.schedule import learning_rate
+
+    lr = learning_rate(run.net_params, iteration, run.config.lr, run.iterations, run.config.seed)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]:
+    """One darknet iteration (1-based). Returns (finite, loss parts per image as detached tensors)."""
+    dist, dev = run.dist, run.dist.device
+    per_rank = run.batch // dist.world
+    hw = (run.spec.net.height, run.spec.net.width)
+    run.model.train()
+    sums: dict[str, torch.Tensor] = {}
+    for sub in range(run.subdivisions):
+        images, targets = run.data.get(iteration - 1, sub)
+        x = images.to(dev, non_blocking=True).float().div_(255.0)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        sync = (run.net.no_sync() if dist.world > 1 and sub < run.subdivisions - 1 and hasattr(run.net, "no_sync")
+                else contextlib.nullcontext())
+        with sync:
+            with torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                heads = run.net(x)
+            loss, parts = run.loss_fn(heads, targets, hw)
+            scaled = loss / per_rank
+            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        parts["loss"] = loss.detach()
+        for key, value in parts.items():
+            sums[key] = sums[key] + value if key in sums else value
+    ok = torch.isfinite(sums["loss"]).to(torch.float32)
+    if dist.world > 1:
+        import torch.distributed as td
+
+        td.all_reduce(ok, op=td.ReduceOp.MIN)
+    finite = bool(ok.item())  # the one host sync of an iteration: a non-finite step must not be applied
+    if finite:
+        if run.scaler is not None:
+            run.scaler.step(run.opt)
+            run.scaler.update()
+        else:
+            run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    return finite, {k: v / per_rank if k != "n_pos" else v for k, v in sums.items()}
+
+
+def _unfreeze(run: Run) -> None:
+    from darktune.freeze import set_frozen
+    from darktune.train_setup import build_optimizer
+
+    set_frozen(run.model, [])
+    run.frozen = []
+    run.opt = build_optimizer(run.model, 0.0, run.spec.net.momentum, run.spec.net.decay, previous=run.opt)
+    run.net = wrap_model(run)
+    run.log(f"iteration {run.step}: all layers unfrozen (--unfreeze-at {run.config.unfreeze_at})")
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def training_loop(run: Run) -> tuple[str, str]:
+    c, st = run.config, run.state
+    cuda = run.dist.device.type == "cuda"
+    window_t, window_imgs = 0.0, 0
+    for it in range(run.step + 1, run.iterations + 1):
+        if c.unfreeze_at is not None and it - 1 >= c.unfreeze_at and run.frozen:
+            _unfreeze(run)
+        lr = _set_lr(run, it)
+        t = time.perf_counter()
+        ok, parts = train_step(run, it)
+        logging = it % c.log_every == 0 or it == run.iterations or not ok or it in run.eval_points
+        if cuda and logging:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        st["train_seconds"] += dt
+        window_t, window_imgs = window_t + dt, window_imgs + run.batch
+        run.step = it
+        st["skipped_steps"] += 0 if ok else 1
+        st["bad_in_row"] = 0 if ok else st["bad_in_row"] + 1
+        if logging:
+            _log_iteration(run, it, ok, parts, lr, window_imgs / max(window_t, 1e-9))
+            window_t, window_imgs = 0.0, 0
+        if run.progress is not None:
+            run.progress.update(1)
+        if st["bad_in_row"] >= c.max_bad_steps:
+            message = (f"stopped at iteration {it}: the loss was not finite in {st['bad_in_row']} iterations in a "
+                       "row (try a lower --lr, a longer burn_in, or check the labels)")
+            run.log(message)
+            return "failed", message
+        stop = it in run.eval_points and _evaluate(run, it)
+        if it % c.checkpoint_every == 0 or stop or it == run.iterations:
+            save_state(run)
+        if stop:
+            return "stopped_at_target", f"mAP reached {c.target_map} at iteration {it}"
+    return "finished", ""
+
+
+def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_per_s: float) -> None:
+    values = {k: float(v) for k, v in parts.items()}
+    record = {"iteration": it, "loss": values["loss"] if ok else None,
+              **{k: values[k] if ok else None for k in ("box", "obj", "cls")}, "n_pos": values.get("n_pos"),
+              "lr": lr, "images_per_s": round(images_per_s, 3), "train_s": round(run.state["train_seconds"], 4),
+              "elapsed_s": round(_elapsed(run), 4)}
+    if not ok:
+        record.update(nonfinite=True, skipped_steps=run.state["skipped_steps"])
+    _write(run, record)
+    if run.progress is not None:
+        run.progress.set_postfix(loss=f"{values['loss']:.3f}" if ok else "nan", lr=f"{lr:.2g}",
+                                 img_s=f"{images_per_s:.1f}", refresh=False)
+    if not ok:
+        run.log(f"iteration {it}: non-finite loss, update skipped ({run.state['bad_in_row']} in a row, "
+                f"{run.state['skipped_steps']} in all)")
+
+
+def _evaluate(run: Run, it: int) -> bool:
+    """mAP at iteration `it` (rank 0); returns whether the run stops here (same answer on every rank)."""
+    c, st = run.config, run.state
+    stop = False
+    if run.dist.main:
+        t = time.perf_counter()
+        result = _measure(run)
+        st["maps"].append([it, result.map])
+        st["final_map"] = result.map
+        if st["best_map"] is None or result.map > st["best_map"]:
+            st["best_map"] = result.map
+            _save_weights(run, "best.weights")
+        reached = c.target_map is not None and result.map >= c.target_map
+        if reached and st["time_to_target"] is None:
+            st["time_to_target"] = {"iteration": it, "seconds": round(st["train_seconds"], 4),
+                                    "elapsed_seconds": round(_elapsed(run), 4)}
+        stop = reached and c.stop_at_target
+        _write(run, {"iteration": it, "map": result.map, "protocol": c.protocol, "precision": result.precision,
+                     "recall": result.recall, "f1": result.f1, "avg_iou": result.avg_iou,
+                     "eval_seconds": round(time.perf_counter() - t, 4), "train_s": round(st["train_seconds"], 4),
+                     "elapsed_s": round(_elapsed(run), 4)})
+        run.log(f"iteration {it}: mAP {100 * result.map:.2f}% ({c.protocol}), best {100 * st['best_map']:.2f}%")
+    if run.dist.world > 1:
+        import torch.distributed as td
+
+        flag = torch.tensor([1.0 if stop else 0.0])
+        td.broadcast(flag, 0)
+        stop = bool(flag.item())
+    return stop
+
+
+def _measure(run: Run):
+    from darktune.evaluate import evaluate_model, load_eval_set
+
+    if run.eval_set is None:
+        hw = (run.spec.net.height, run.spec.net.width)
+        run.eval_set = load_eval_set(run.config.data, hw, "valid", run.spec.net.letter_box,
+                                     run.config.max_valid_images)
+        if run.eval_set.n_skipped:
+            run.log(f"valid list: {run.eval_set.n_skipped} bad images skipped")
+    return evaluate_model(run.model, run.eval_set, run.config.protocol, run.config.eval_batch,
+                          run.dist.device, autocast_dtype=run.amp_dtype, channels_last=run.channels_last)
+
+
+# ------------------------------------------------------------------------------------------------ files
+def _save_weights(run: Run, name: str) -> None:
+    from darktune.weights import Header, save_weights
+
+    save_weights(run.model, run.dir / "weights" / name, Header(0, 2, 0, run.step * run.batch))
+
+
+def save_state(run: Run) -> None:
+    """checkpoint.pt and last.weights (rank 0)."""
+    from darktune.checkpoint import save_checkpoint
+
+    if not run.dist.main:
+        return
+    run.state["elapsed_seconds"] = _elapsed(run)
+    if run.scaler is not None:
+        run.state["scaler"] = run.scaler.state_dict()
+    state = {k: v for k, v in run.state.items() if k not in ("loader_at_resume", "elapsed_base")}
+    save_checkpoint(run.dir / "checkpoint.pt", model=run.model, optimizer=run.opt, step=run.step,
+                    config=run.config.to_dict(), loader=run.data.position(run.step), state=state)
+    _save_weights(run, "last.weights")
+    run.state["last_saved_step"] = run.step
+
+
+def write_summary(run: Run, status: str, message: str = "") -> dict:
+    from darktune.weights import atomic_write_bytes
+
+    st = run.state
+    ts = st.get("train_seconds", 0.0)
+    summary = {
+        "status": status, "message": message, "iterations": run.step, "iterations_planned": run.iterations,
+        "best_map": st.get("best_map"), "final_map": st.get("final_map"), "protocol": run.config.protocol,
+        "target_map": run.config.target_map, "time_to_target": st.get("time_to_target"),
+        "maps": st.get("maps", []), "train_seconds": round(ts, 4), "elapsed_seconds": round(_elapsed(run), 4),
+        "images_per_s": round(run.step * run.batch / ts, 3) if ts > 0 else 0.0,
+        "skipped_steps": st.get("skipped_steps", 0), "batch": run.batch, "subdivisions": run.subdivisions,
+        "size": [run.spec.net.width, run.spec.net.height], "frozen_layers_at_end": run.frozen,
+        "device": str(run.dist.device), "world_size": run.dist.world, "amp": str(run.amp_dtype),
+        "init": {k: st.get("init", {}).get(k) for k in ("mode", "weights", "upto", "loaded_layers", "new_layers")},
+        "config": run.config.to_dict(),
+    }
+    atomic_write_bytes(run.dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
+    return summary
+
+
+def _write_proof(run: Run) -> dict:
+    from darktune.freeze import freeze_proof, layer_digests
+    from darktune.train_loop import _frozen_at
+
+    before = {int(k): v for k, v in run.state["digests_before"].items()}
+    initially = _frozen_at(run.config, 0, len(run.spec.layers))
+    unfrozen = run.config.unfreeze_at is not None and run.step > run.config.unfreeze_at
+    convs = set(before)
+    proof = freeze_proof(before, layer_digests(run.model), [i for i in initially if i in convs],
+                         [] if unfrozen else [i for i in initially if i in convs])
+    proof["iterations"] = run.step
+    proof["unfrozen_at"] = run.config.unfreeze_at if unfrozen else None
+    (run.dir / "freeze_proof.json").write_text(json.dumps(proof, indent=1) + "\n")
+    return proof
+
+
+def finish(run: Run, status: str, message: str) -> TrainResult:
+    from darktune.chart import write_chart
+
+    st = run.state
+    if run.dist.main:
+        if st.get("last_saved_step") != run.step:
+            save_state(run)
+        proof = _write_proof(run)
+        if run.frozen and not proof["frozen_unchanged"]:  # cannot happen; say so loudly if it ever does
+            run.log(f"WARNING: frozen layers changed: {proof['frozen_changed']}")
+        if run.metrics is not None:
+            run.metrics.close()
+            run.metrics = None
+        title = f"{run.dir.name}: {st['init']['mode']}, frozen {len(run.frozen)} layers, batch {run.batch}"
+        write_chart(run.dir / "metrics.jsonl", run.dir / "chart.png", title, run.config.target_map)
+        summary = write_summary(run, status, message)
+        if run.progress is not None:
+            run.progress.close()
+        if run.tb is not None:
+            run.tb.close()
+    else:
+        summary = {"images_per_s": 0.0, "elapsed_seconds": _elapsed(run)}
+    _dist_done(run)
+    return TrainResult(run.dir, status, run.step, st.get("best_map"), st.get("final_map"), st.get("time_to_target"),
+                       summary["images_per_s"], round(st.get("train_seconds", 0.0), 4), summary["elapsed_seconds"],
+                       st.get("skipped_steps", 0), [tuple(m) for m in st.get("maps", [])], message)
+
+
+def _dist_done(run: Run) -> None:
+    if run.dist.world > 1:
+        import torch.distributed as td
+
+        if td.is_initialized():
+            td.barrier()
