@@ -212,9 +212,9 @@ def _add_filter(sub) -> None:
     p = sub.add_parser("filter", help="drop noisy boxes (groups of objects, odd shapes) into a new dataset",
                        description="Write a new dataset without the boxes the rules reject (the source is only "
                                    "read). Rules work without IsGroupOf flags: --drop-containers, "
-                                   "--max-rel-area and --like catch most boxes drawn around groups. A typical "
+                                   "--max-rel-size and --like catch most boxes drawn around groups. A typical "
                                    "domain-set filter: --drop-group-of --drop-depiction --drop-containers "
-                                   "--max-rel-area 3 --like TARGET_DIR.",
+                                   "--max-rel-size 3.5 --like TARGET_DIR.",
                        epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
@@ -224,13 +224,15 @@ def _add_filter(sub) -> None:
     p.add_argument("--drop-containers", action="store_true",
                    help="drop boxes that contain >= --container-min other boxes of their class")
     p.add_argument("--container-min", type=int, default=2, metavar="N", help="(default 2)")
-    p.add_argument("--max-rel-area", type=float, metavar="R",
-                   help="drop boxes > R x the median area of the other same-class boxes in their image")
+    p.add_argument("--max-rel-size", type=float, metavar="T",
+                   help="drop boxes larger/longer than the other same-class boxes of their image: "
+                        "max(1, area ratio) x aspect factor > T (3.5 is a good start)")
     p.add_argument("--area", type=float, nargs=2, metavar=("MIN", "MAX"), help="box area, fraction of the image")
     p.add_argument("--aspect", type=float, nargs=2, metavar=("MIN", "MAX"), help="box aspect w/h (pixels)")
     p.add_argument("--max-boxes", type=int, metavar="N", help="drop images with more than N boxes")
     p.add_argument("--like", metavar="REF", help="darknet dataset of good boxes whose shapes to keep")
-    p.add_argument("--like-iou", type=float, default=0.5, metavar="T", help="(default 0.5)")
+    p.add_argument("--like-iou", type=float, default=0.35, metavar="T",
+                   help="keep boxes whose best shape IoU with a reference cluster is >= T (default 0.35)")
     p.add_argument("--like-k", type=int, default=9, metavar="K", help="shape clusters (default 9)")
     p.add_argument("--whole-images", action="store_true", help="drop an image as soon as one of its boxes is")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="darknet output: valid share")
@@ -274,7 +276,7 @@ def cmd_filter(args) -> int:
     rules = FilterRules(drop_group_of=args.drop_group_of, drop_depiction=args.drop_depiction,
                         drop_truncated=args.drop_truncated, drop_occluded=args.drop_occluded,
                         drop_containers=args.drop_containers, container_min=args.container_min,
-                        max_rel_area=args.max_rel_area, area=tuple(args.area) if args.area else None,
+                        max_rel_size=args.max_rel_size, area=tuple(args.area) if args.area else None,
                         aspect=tuple(args.aspect) if args.aspect else None, like=like, like_k=args.like_k,
                         like_iou=args.like_iou, max_boxes=args.max_boxes, whole_images=args.whole_images,
                         seed=args.seed)

@@ -25,6 +25,7 @@ from darktune.errors import DarktuneError
 
 # A box may overshoot the image by this much (normalised) and is clipped; more is an error.
 BOX_TOLERANCE = 1e-3
+MIN_BOX_SIZE = 1e-6  # smaller is no box (and would be 0 in float32)
 MAX_LABEL_BYTES = 16 * 1024 * 1024
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _INT = re.compile(r"\+?[0-9]+")
@@ -388,8 +389,8 @@ def parse_label_line(line: str, n_classes: int | None, tol: float = BOX_TOLERANC
     cx, cy, w, h = values
     if not (0.0 <= cx <= 1.0 and 0.0 <= cy <= 1.0):
         return None, f"centre ({cx}, {cy}) outside [0, 1]"
-    if not (0.0 < w <= 1.0 and 0.0 < h <= 1.0):
-        return None, f"size ({w}, {h}) not in (0, 1]"
+    if not (MIN_BOX_SIZE <= w <= 1.0 and MIN_BOX_SIZE <= h <= 1.0):
+        return None, f"size ({w}, {h}) not in [{MIN_BOX_SIZE}, 1]"
     if cx - w / 2 < -tol or cx + w / 2 > 1 + tol or cy - h / 2 < -tol or cy + h / 2 > 1 + tol:
         return None, f"box (cx={cx}, cy={cy}, w={w}, h={h}) extends outside the image"
     return [float(cls), cx, cy, w, h], ""

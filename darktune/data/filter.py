@@ -7,8 +7,9 @@ than any single window, and usually encloses other boxes:
 
 - containers: a box that contains >= `container_min` other boxes of its class (each >= 90% inside it and at
   most 2/3 of its area) is a group box.
-- max_rel_area R: a box more than R times the median area of the other boxes of its class in the same image
-  (needs >= 2 others) is an outlier; windows of one facade have similar sizes.
+- max_rel_size T: a box that is larger and/or more elongated than the other boxes of its class in the
+  same image (needs >= 2 others): max(1, area ratio) * aspect-ratio factor > T, ratios against the medians
+  of the others. Windows of one facade look alike; a box around two of them is twice as long.
 - area / aspect: absolute bounds (area as a fraction of the image; aspect w/h in pixels when the image size
   is known, else in normalised units).
 - like: the shape of a small reference set of good boxes (e.g. the target set). Its shapes (see
@@ -47,12 +48,12 @@ class FilterRules:
     drop_occluded: bool = False
     drop_containers: bool = False
     container_min: int = 2
-    max_rel_area: float | None = None
+    max_rel_size: float | None = None
     area: tuple[float, float] | None = None
     aspect: tuple[float, float] | None = None
     like: np.ndarray | None = None
     like_k: int = 9
-    like_iou: float = 0.5
+    like_iou: float = 0.35
     max_boxes: int | None = None
     whole_images: bool = False
     seed: int = 0
@@ -64,8 +65,8 @@ class FilterRules:
                 raise DarktuneError(f"{name} needs MIN <= MAX, both >= 0; got {bounds}")
         if self.container_min < 1:
             raise DarktuneError(f"container_min must be >= 1, got {self.container_min}")
-        if self.max_rel_area is not None and self.max_rel_area <= 1:
-            raise DarktuneError(f"max_rel_area must be > 1, got {self.max_rel_area}")
+        if self.max_rel_size is not None and self.max_rel_size <= 1:
+            raise DarktuneError(f"max_rel_size must be > 1, got {self.max_rel_size}")
         if self.max_boxes is not None and self.max_boxes < 1:
             raise DarktuneError(f"max_boxes must be >= 1, got {self.max_boxes}")
         if not 0 < self.like_iou <= 1:
@@ -148,15 +149,23 @@ def contained_counts(xyxy: np.ndarray, classes: list[str]) -> np.ndarray:
     return (inside & bigger & same & ~np.eye(n, dtype=bool)).sum(1)
 
 
-def relative_area_outliers(xyxy: np.ndarray, classes: list[str], ratio: float) -> np.ndarray:
-    """Boxes larger than `ratio` x the median area of the other boxes of their class (needs >= 2 others)."""
-    area = _area(xyxy)
+def relative_size_outliers(xyxy: np.ndarray, classes: list[str], limit: float,
+                           aspect_scale: float = 1.0) -> np.ndarray:
+    """Boxes that stand out from the other boxes of their class in the image (needs >= 2 others): flagged
+    when max(1, A) * max(R, 1/R) > limit, with A the box area over the median area of the others and R its
+    aspect (w/h) over their median aspect. Larger or more elongated than its neighbours = likely a group.
+    `aspect_scale` (W/H) makes aspects pixel aspects; it cancels in R but keeps the medians meaningful."""
+    w = np.clip(xyxy[:, 2] - xyxy[:, 0], 1e-12, None)
+    h = np.clip(xyxy[:, 3] - xyxy[:, 1], 1e-12, None)
+    area, aspect = w * h, w * aspect_scale / h
     cls = np.asarray(classes)
     out = np.zeros(len(area), bool)
     for i in range(len(area)):
-        others = area[(cls == cls[i]) & (np.arange(len(area)) != i)]
-        if len(others) >= 2:
-            out[i] = area[i] > ratio * np.median(others)
+        others = (cls == cls[i]) & (np.arange(len(area)) != i)
+        if others.sum() >= 2:
+            a = area[i] / np.median(area[others])
+            r = aspect[i] / np.median(aspect[others])
+            out[i] = max(1.0, a) * max(r, 1.0 / r) > limit
     return out
 
 
@@ -175,8 +184,9 @@ def _rule_masks(rec: ImageRecord, rules: FilterRules, centres: np.ndarray | None
             masks.append((name, np.array([getattr(b, flag) for b in boxes], bool)))
     if rules.drop_containers:
         masks.append(("containers", contained_counts(xyxy, classes) >= rules.container_min))
-    if rules.max_rel_area is not None:
-        masks.append(("rel_area", relative_area_outliers(xyxy, classes, rules.max_rel_area)))
+    if rules.max_rel_size is not None:
+        scale = rec.width / rec.height if rec.width and rec.height else 1.0
+        masks.append(("rel_size", relative_size_outliers(xyxy, classes, rules.max_rel_size, scale)))
     if rules.area is not None:
         masks.append(("area", (w * h < rules.area[0]) | (w * h > rules.area[1])))
     if rules.aspect is not None:
@@ -222,7 +232,7 @@ def filter_dataset(dataset: Dataset, rules: FilterRules) -> tuple[Dataset, Filte
             images_removed[reason] += 1
         else:
             kept_images.append(replace(rec, boxes=kept))
-    order = ["max_boxes"] + [n for n, _, _ in _FLAG_RULES] + ["containers", "rel_area", "area", "aspect", "like",
+    order = ["max_boxes"] + [n for n, _, _ in _FLAG_RULES] + ["containers", "rel_size", "area", "aspect", "like",
                                                               "whole_image"]
     report.rules = [counts[n] for n in order if n in counts]
     report.images_removed = images_removed

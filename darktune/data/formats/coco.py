@@ -3,7 +3,8 @@
 Reading: `images` (id, file_name, width, height), `categories` (id, name; ids arbitrary, classes ordered by
 id), `annotations` (image_id, category_id, bbox [x, y, w, h] in pixels). `iscrowd` maps to is_group_of, and
 an `attributes` dict (CVAT style: occluded, truncated, depiction, inside, group_of) to the other flags.
-file_name resolves against the images folder (default: the JSON's folder). Writing: out/annotations.json and
+file_name resolves against the images folder (default: the JSON's folder, or an images/ folder beside it
+or beside its parent, whichever holds the first image). Writing: out/annotations.json and
 out/images/ (copies or hardlinks), categories numbered from 1.
 """
 
@@ -106,13 +107,25 @@ def _box(ann: dict, images: dict[int, ImageRecord], cats: dict[int, str]):
     return iid, box
 
 
+def _default_images_dir(doc: dict, path: Path) -> Path:
+    """The JSON's folder, or images/ beside it or beside its parent (COCO's own layout), whichever holds the
+    first listed image."""
+    candidates = [path.parent, path.parent / "images", path.parent.parent / "images"]
+    first = doc["images"][0].get("file_name") if doc["images"] and isinstance(doc["images"][0], dict) else None
+    if isinstance(first, str) and first:
+        for folder in candidates:
+            if (folder / first).is_file():
+                return folder
+    return path.parent
+
+
 def read_coco(json_path: str | Path, images_dir: str | Path | None = None, *, skip_bad: bool = False) -> Dataset:
     """Read a COCO detection file. Structural errors raise DarktuneError naming the file and record; a bad
     annotation (unknown image or category id, bad bbox) raises too, or with skip_bad is skipped and counted."""
     path = Path(json_path)
     doc = _load(path)
     cats = _categories(doc, path)
-    images = _images(doc, Path(images_dir) if images_dir else path.parent, path)
+    images = _images(doc, Path(images_dir) if images_dir else _default_images_dir(doc, path), path)
     skipped = []
     for i, ann in enumerate(doc["annotations"]):
         try:

@@ -103,6 +103,8 @@ def image_info(data: bytes) -> ImageInfo:
         width, height = {"jpeg": _jpeg_size, "png": _png_size, "bmp": _bmp_size}[fmt](data)
     except struct.error:
         raise ValueError(f"{fmt.upper()} header cut short") from None
+    except ValueError as exc:
+        raise ValueError(f"corrupt {fmt.upper()} header: {exc}") from None
     if width <= 0 or height <= 0:
         raise ValueError(f"{fmt.upper()} header declares an empty image ({width}x{height})")
     return ImageInfo(fmt, width, height)
