@@ -286,3 +286,41 @@ def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, 
     with tempfile.TemporaryDirectory(prefix="darktune-onnx-") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", batch=batch, verify=False).path
         return OnnxRuntimeBackend(path, model.spec, device, threads)  # the session holds the model in memory
+
+
+def time_backends(backends: list[Backend], batch: np.ndarray, iters: int = 50, warmup: int = 10,
+                  block: int = 5, progress: bool = False) -> dict[str, list[float]]:
+    """Seconds per `raw(batch)` call for each backend (host input to host outputs), `iters` calls each.
+
+    After `warmup` calls each, the backends take turns in blocks of `block` timed calls, so a slow spell of a
+    shared machine hits all of them alike; each block starts with one untimed call, so threads that the
+    previous backend left spinning (ONNX Runtime, OpenMP) do not count against the next one."""
+    import time
+
+    for backend in backends:
+        for _ in range(warmup):
+            backend.raw(batch)
+    times: dict[str, list[float]] = {b.name: [] for b in backends}
+    rounds = range(-(-iters // block))
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        rounds = tqdm(rounds, desc="timing", unit="round", file=sys.stderr, leave=False)
+    for _ in rounds:
+        for backend in backends:
+            backend.raw(batch)
+            for _ in range(min(block, iters - len(times[backend.name]))):
+                start = time.perf_counter()
+                backend.raw(batch)
+                times[backend.name].append(time.perf_counter() - start)
+    return times
+
+
+def latency_summary(seconds: list[float], batch: int) -> dict[str, float]:
+    """median / p90 / mean latency in ms and images per second at the median."""
+    ms = np.asarray(seconds) * 1000.0
+    median = float(np.median(ms))
+    return {"median_ms": median, "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()),
+            "min_ms": float(ms.min()), "images_per_s": batch * 1000.0 / median, "iters": len(ms)}

@@ -251,3 +251,122 @@ def graph_detections(detections: np.ndarray, batch: int, net_hw: tuple[int, int]
         boxes = geo.to_image(xyxy_to_cxcywh(rows[:, 1:5]), net_hw)
         out.append(torch.cat((boxes, rows[:, 5:7]), 1).numpy())
     return out
+
+
+# ---------------------------------------------------------------------------------------------- darknet
+@dataclass
+class RunFiles:
+    """cfg, weights and (optional) names of a trained model."""
+
+    cfg: Path
+    weights: Path
+    names: Path | None = None
+
+
+def resolve_run(run: str | Path) -> RunFiles:
+    """The files of a `darktune train` run folder: model.cfg (or the folder's only .cfg), weights/best.weights
+    (else weights/last.weights, else best/last.weights at the top), obj.names (or the only .names), if any."""
+    run = Path(run)
+    if not run.is_dir():
+        raise DarktuneError("not a run folder", path=str(run))
+    cfg = _one(run, "model.cfg", "*.cfg", "model.cfg")
+    for rel in ("weights/best.weights", "weights/last.weights", "best.weights", "last.weights"):
+        if (run / rel).is_file():
+            weights = run / rel
+            break
+    else:
+        raise DarktuneError("no weights/best.weights or weights/last.weights in the run folder", path=str(run))
+    names = (run / "obj.names") if (run / "obj.names").is_file() else None
+    if names is None and len(list(run.glob("*.names"))) == 1:
+        names = next(run.glob("*.names"))
+    return RunFiles(cfg, weights, names)
+
+
+def _one(folder: Path, name: str, pattern: str, what: str) -> Path:
+    if (folder / name).is_file():
+        return folder / name
+    found = sorted(folder.glob(pattern))
+    if len(found) != 1:
+        raise DarktuneError(f"no {what} in the run folder" if not found else
+                            f"{len(found)} {pattern} files in the run folder and no {name}", path=str(folder))
+    return found[0]
+
+
+def load_for_export(cfg: str | Path, weights: str | Path, classes: int | None = None, size: int | None = None):
+    """(Darknet model, weights header). When the weights fit the cfg only with another class count (a cfg whose
+    classes/filters were not edited for the trained model), the cfg is re-headed to that count."""
+    from darktune.cfg import parse_cfg
+    from darktune.model import Darknet
+    from darktune.weights import expected_floats, infer_num_classes, load_weights, read_weights_file
+
+    spec = parse_cfg(cfg)
+    if classes is None:
+        n_floats = read_weights_file(weights).floats.size
+        found = infer_num_classes(spec, n_floats)
+        if n_floats != expected_floats(spec) and found is not None:
+            classes = found
+    if classes is not None and classes != spec.num_classes:
+        spec = spec.with_classes(classes)
+    if size is not None:
+        if size <= 0 or size % 32:
+            raise DarktuneError(f"--size must be a positive multiple of 32, got {size}")
+        spec = spec.with_size(size)
+    model = Darknet(spec).eval()
+    header = load_weights(model, weights)
+    return model, header
+
+
+@dataclass
+class DarknetExport:
+    cfg: Path
+    weights: Path
+    names: Path | None
+    data: Path | None
+    classes: int
+    max_abs_diff: float | None = None  # OpenCV DNN on the written files vs darktune's torch model
+
+    def to_dict(self) -> dict:
+        return {"cfg": str(self.cfg), "weights": str(self.weights), "names": self.names and str(self.names),
+                "data": self.data and str(self.data), "classes": self.classes, "max_abs_diff": self.max_abs_diff}
+
+
+def export_darknet(model: nn.Module, out_dir: str | Path, *, names: list[str] | None = None, stem: str = "model",
+                   header=None, inputs: tuple[str | Path, ...] = (), verify: bool = True) -> DarknetExport:
+    """Write <stem>.cfg (classes and head filters consistent with the model), <stem>.weights (darknet layout,
+    header kept) and, with names, <stem>.names + obj.data, into out_dir. Refuses to overwrite any of `inputs`.
+    With `verify`, OpenCV DNN loads the written files and its raw heads are compared with the model's."""
+    from darktune.cfg import format_cfg
+    from darktune.weights import atomic_write_bytes, save_weights
+
+    out_dir = Path(out_dir)
+    spec = model.spec
+    if names is not None and len(names) != spec.num_classes:
+        raise DarktuneError(f"{len(names)} names for a model with {spec.num_classes} classes")
+    cfg, weights = out_dir / f"{stem}.cfg", out_dir / f"{stem}.weights"
+    names_path = out_dir / f"{stem}.names" if names is not None else None
+    data_path = out_dir / "obj.data" if names is not None else None
+    protected = {Path(p).resolve() for p in inputs}
+    for path in (cfg, weights, names_path, data_path):
+        if path is not None and path.resolve() in protected:
+            raise DarktuneError("export would overwrite one of its own input files; choose another --out",
+                                path=str(path))
+    atomic_write_bytes(cfg, format_cfg(spec).encode())
+    save_weights(model, weights, header)
+    if names is not None:
+        atomic_write_bytes(names_path, "".join(n + "\n" for n in names).encode())
+        data = f"classes = {spec.num_classes}\nnames = {names_path.resolve()}\n"
+        atomic_write_bytes(data_path, data.encode())
+    result = DarknetExport(cfg, weights, names_path, data_path, spec.num_classes)
+    if verify:
+        result.max_abs_diff = _opencv_diff(model, cfg, weights)
+    return result
+
+
+def _opencv_diff(model: nn.Module, cfg: Path, weights: Path) -> float:
+    from darktune.backends import OpenCVBackend
+
+    x = verification_input(1, model.input_size)
+    theirs = OpenCVBackend(cfg, weights, model.spec, threads=None).raw(x)
+    with torch.inference_mode():
+        ours = model.eval()(torch.from_numpy(x))
+    return max(float(np.abs(t - o.numpy()).max()) for t, o in zip(theirs, ours))

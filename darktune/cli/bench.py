@@ -1,0 +1,126 @@
+"""`darktune bench`: the `bench` command group; `bench infer` times inference backends side by side.
+
+`bench train` comes from `darktune.cli.train.add_bench_train_parser` when that module provides it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: inference latency of the backends (and training, if present)")
+    bsub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    i = bsub.add_parser("infer", help="latency and throughput of torch, ONNX Runtime and OpenCV DNN, same run",
+                        description="Times each backend's network run on one preprocessed batch (host input to "
+                                    "host outputs; no preprocessing, decoding or NMS), after warm-up, the "
+                                    "backends taking turns call by call. Reports median/p90 latency, images/s "
+                                    "at the median, and speed relative to OpenCV DNN (its median / ours).")
+    i.add_argument("--cfg", help="darknet cfg (default: the cached COCO yolov3-tiny)")
+    i.add_argument("--weights", help="darknet weights (default: the cached COCO yolov3-tiny)")
+    i.add_argument("--backend", default="all", help="comma-separated torch,onnxruntime,opencv, or all")
+    i.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    i.add_argument("--batch", type=int, default=1)
+    i.add_argument("--size", type=int, default=416, help="square input size, multiple of 32")
+    i.add_argument("--iters", type=int, default=50, help="timed calls per backend")
+    i.add_argument("--warmup", type=int, default=10, help="untimed calls per backend first")
+    i.add_argument("--threads", type=int, help="CPU threads for every backend (default: all CPUs)")
+    i.add_argument("--block", type=int, default=5, help="timed calls per turn (each turn starts with one untimed)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_bench_infer)
+    try:
+        from darktune.cli.train import add_bench_train_parser
+
+        add_bench_train_parser(bsub)
+    except (ImportError, AttributeError):
+        pass
+
+
+def _backend_names(text: str) -> list[str]:
+    from darktune.backends import BACKENDS
+    from darktune.errors import DarktuneError
+
+    names = list(BACKENDS) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise DarktuneError(f"unknown backend '{','.join(unknown) or text}'; use {','.join(BACKENDS)} or all")
+    return list(dict.fromkeys(names))
+
+
+def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batch: int = 1, size: int = 416,
+                    iters: int = 50, warmup: int = 10, threads: int | None = None, block: int = 5,
+                    progress: bool = True) -> dict:
+    """Build each backend, time them in the same run, and return a JSON-ready report."""
+    import platform
+
+    import torch
+
+    from darktune.backends import cpu_count, latency_summary, make_backend, time_backends
+    from darktune.errors import DarktuneError
+    from darktune.export import verification_input
+
+    if batch < 1 or iters < 1 or warmup < 0 or block < 1:
+        raise DarktuneError("--batch, --iters and --block must be >= 1, --warmup >= 0")
+    threads = threads or cpu_count()
+    torch.set_num_threads(threads)
+    built = [make_backend(name, cfg, weights, size=size, device=device, batch=batch, threads=threads)
+             for name in backends]
+    x = verification_input(batch, built[0].net_hw)
+    times = time_backends(built, x, iters, warmup, block=block, progress=progress)
+    results = {name: latency_summary(t, batch) for name, t in times.items()}
+    if "opencv" in results:
+        for r in results.values():
+            r["speed_vs_opencv"] = results["opencv"]["median_ms"] / r["median_ms"]
+    return {"cfg": str(cfg), "weights": str(weights), "device": device, "batch": batch, "size": size,
+            "threads": threads, "iters": iters, "block": block, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cpus": cpu_count(), "backends": results,
+            "fastest": min(results, key=lambda n: results[n]["median_ms"]),
+            "versions": _versions()}
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import torch
+
+    out = {"torch": torch.__version__, "opencv": cv2.__version__}
+    try:
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def format_report(report: dict) -> str:
+    lines = [f"bench infer: batch {report['batch']}, {report['size']}x{report['size']}, {report['device']}, "
+             f"{report['threads']} threads, {report['machine']} ({report['cpus']} CPUs)",
+             f"{'backend':<12} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'vs OpenCV':>9}"]
+    for name, r in report["backends"].items():
+        ratio = f"{r['speed_vs_opencv']:.2f}x" if "speed_vs_opencv" in r else "-"
+        lines.append(f"{name:<12} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['images_per_s']:>9.1f} "
+                     f"{ratio:>9}")
+    lines.append(f"fastest: {report['fastest']} (vs OpenCV = OpenCV median / this median; >1 is faster)")
+    return "\n".join(lines)
+
+
+def cmd_bench_infer(args) -> int:
+    cfg, weights = args.cfg, args.weights
+    if cfg is None or weights is None:
+        if cfg or weights:
+            from darktune.errors import DarktuneError
+
+            raise DarktuneError("give both --cfg and --weights, or neither (the cached COCO yolov3-tiny)")
+        from darktune import zoo
+
+        fetched = zoo.fetch("yolov3-tiny")
+        cfg, weights = fetched.cfg, fetched.weights
+    report = run_infer_bench(cfg, weights, _backend_names(args.backend), args.device, args.batch, args.size,
+                             args.iters, args.warmup, args.threads, args.block,
+                             progress=not args.json)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+

@@ -1,0 +1,134 @@
+"""`darktune export onnx|darknet`: ship a model to ONNX runtimes or to darknet / OpenCV DNN, verified on export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _batch(text: str) -> int | None:
+    if text == "dynamic":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch must be >= 1, got {value}")
+    return value
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="a training run folder (model.cfg, weights/best.weights, obj.names)")
+    p.add_argument("--cfg", help="darknet cfg (instead of --run)")
+    p.add_argument("--weights", help="darknet weights (instead of --run)")
+    p.add_argument("--names", help="class names file (default: the run's obj.names, if any)")
+    p.add_argument("--classes", type=int, help="re-head the cfg for this many classes (default: what the weights "
+                                               "fit)")
+    p.add_argument("--json", action="store_true")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX or darknet cfg + weights")
+    esub = p.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
+
+    o = esub.add_parser("onnx", help="ONNX model: raw yolo heads, or boxes with NMS in the graph (--decode)",
+                        description="Input `images` (B,3,H,W) float32 RGB [0,1]. Raw: outputs head_<i> per yolo "
+                                    "layer i (raw conv output, no sigmoid). --decode: output `detections` (K,7) "
+                                    "[batch, x1, y1, x2, y2, score, class], boxes as fractions of the input "
+                                    "size, NMS by the ONNX NonMaxSuppression op. Verified with ONNX Runtime.")
+    _model_args(o)
+    o.add_argument("--out", required=True, help="the .onnx file to write")
+    o.add_argument("--size", type=int, help="input size (square, multiple of 32); default: the cfg's")
+    o.add_argument("--batch", type=_batch, default=1, help="static batch size, or 'dynamic' (default 1)")
+    o.add_argument("--fp16", action="store_true", help="float16 weights and compute; input/outputs stay float32")
+    o.add_argument("--decode", action="store_true", help="decode + class-wise NMS inside the graph")
+    o.add_argument("--conf", type=float, default=0.25, help="--decode: score threshold (score > conf)")
+    o.add_argument("--iou", type=float, default=0.45, help="--decode: NMS IoU threshold (suppress IoU > iou)")
+    o.add_argument("--max-det", type=int, default=1000, help="--decode: most boxes kept per class and image")
+    o.add_argument("--opset", type=int, default=17)
+    o.set_defaults(func=cmd_export_onnx)
+
+    d = esub.add_parser("darknet", help="cfg + weights (+ names, obj.data) for darknet and OpenCV DNN",
+                        description="Writes <stem>.cfg with classes and head filters matching the weights, "
+                                    "<stem>.weights, and with names <stem>.names + obj.data. Verified by loading "
+                                    "the written files in OpenCV DNN.")
+    _model_args(d)
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--stem", default="model", help="file name stem (default: model)")
+    d.add_argument("--size", type=int, help="write this input size into the cfg")
+    d.set_defaults(func=cmd_export_darknet)
+
+
+def _resolve(args):
+    """(cfg, weights, names path or None) from --run or --cfg/--weights."""
+    from darktune.errors import DarktuneError
+    from darktune.export import resolve_run
+
+    if args.run:
+        if args.cfg or args.weights:
+            raise DarktuneError("give either --run or --cfg/--weights, not both")
+        files = resolve_run(args.run)
+        return files.cfg, files.weights, args.names or files.names
+    if not (args.cfg and args.weights):
+        raise DarktuneError("give --run RUN, or --cfg and --weights")
+    return args.cfg, args.weights, args.names
+
+
+def _names(path, num_classes: int) -> list[str] | None:
+    from darktune.detect import read_names
+    from darktune.errors import DarktuneError
+
+    if path is None:
+        return None
+    names = read_names(path, num_classes)
+    total = len([1 for line in open(path, encoding="utf-8-sig") if line.strip()])
+    if total != num_classes:
+        raise DarktuneError(f"{total} names for a model with {num_classes} classes", path=str(path))
+    return names
+
+
+def cmd_export_onnx(args) -> int:
+    from darktune.export import export_onnx, load_for_export
+
+    cfg, weights, names_path = _resolve(args)
+    model, _ = load_for_export(cfg, weights, args.classes, args.size)
+    names = _names(names_path, model.spec.num_classes)
+    result = export_onnx(model, args.out, batch=args.batch, fp16=args.fp16, decode=args.decode, opset=args.opset,
+                         conf_thresh=args.conf, nms_thresh=args.iou, max_det=args.max_det, names=names)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    h, w = result.net_hw
+    batch = result.batch if result.batch is not None else "dynamic"
+    print(f"wrote {result.path}: input {result.input_name} ({batch}, 3, {h}, {w}) float32, outputs "
+          f"{', '.join(result.output_names)}{' (fp16 weights)' if result.fp16 else ''}")
+    if result.decode:
+        graph, ours = result.detections
+        print(f"onnxruntime check: {graph} detections in the graph, {ours} by darktune on the check input, "
+              f"max difference {result.max_abs_diff['detections']:.3g}")
+    else:
+        for name, diff in result.max_abs_diff.items():
+            print(f"onnxruntime check: {name} max abs diff vs torch {diff:.3g} "
+                  f"(relative {result.max_rel_diff[name]:.3g})")
+    return 0
+
+
+def cmd_export_darknet(args) -> int:
+    from darktune.export import export_darknet, load_for_export
+
+    cfg, weights, names_path = _resolve(args)
+    model, header = load_for_export(cfg, weights, args.classes, args.size)
+    names = _names(names_path, model.spec.num_classes)
+    inputs = tuple(p for p in (cfg, weights, names_path) if p)
+    result = export_darknet(model, args.out, names=names, stem=args.stem, header=header, inputs=inputs)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"wrote {result.cfg}, {result.weights}" + (f", {result.names}, {result.data}" if result.names else "")
+          + f" ({result.classes} classes)")
+    if names is None:
+        print("no --names given: darknet needs a names file listed in obj.data", file=sys.stderr)
+    print(f"OpenCV DNN check: raw heads max abs diff vs torch {result.max_abs_diff:.3g}")
+    return 0

@@ -1,0 +1,207 @@
+"""Inference backends: torch (folded BN), ONNX Runtime and OpenCV DNN give the same heads and the same boxes.
+
+Tolerances: raw head outputs reach |x| ~ 25 on real photos and the three runtimes accumulate fp32 convolutions
+in different orders over 13 layers, so raw outputs are compared at a tolerance relative to their magnitude
+(2e-5 * max|x|; measured ~7e-6) and the decoded outputs (sigmoid / exp applied, boxes as fractions of the
+input) at 1e-4 absolute. Boxes after NMS must be the same boxes (same count and classes, coordinates within
+0.01 px, scores within 1e-4).
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from darktune.backends import (OnnxRuntimeBackend, OpenCVBackend, TorchBackend, head_layer_names, inference_copy,
+                               latency_summary, make_backend, time_backends)
+from darktune.boxes import decode
+from darktune.cfg import write_cfg
+from darktune.detect import preprocess_batch, read_image
+from darktune.errors import DarktuneError
+from darktune.model import Darknet
+from darktune.weights import save_weights
+
+RAW_REL_TOL = 2e-5
+DECODED_TOL = 1e-4
+
+
+# ------------------------------------------------------------------ helpers shared with test_export, test_detect
+def person_model(coco_model: Darknet) -> Darknet:
+    """A 1-class model made from the COCO one: re-headed with spec.with_classes(1), every layer that fits
+    copied, and each head conv's rows for (x, y, w, h, obj, 'person') taken from the COCO head, so it finds
+    people in real photos as a fine-tuned 1-class detector would (a random head would find nothing real)."""
+    spec = coco_model.spec.with_classes(1)
+    model = Darknet(spec).eval()
+    src, dst = coco_model.state_dict(), model.state_dict()
+    for key, value in src.items():
+        if dst[key].shape == value.shape:
+            dst[key] = value.clone()
+    for i in spec.yolo_indices:
+        rows = [a * 85 + j for a in range(len(spec.layers[i].mask)) for j in range(6)]
+        for name in ("weight", "bias"):
+            dst[f"layers.{i - 1}.conv.{name}"] = src[f"layers.{i - 1}.conv.{name}"][rows].clone()
+    model.load_state_dict(dst)
+    return model
+
+
+def write_model(model: Darknet, folder) -> tuple:
+    """cfg + weights files of a model (for OpenCV DNN and the CLI)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_cfg(model.spec, folder / "model.cfg"), save_weights(model, folder / "model.weights")
+
+
+def synthetic_scene(photo: np.ndarray) -> np.ndarray:
+    """A 640x480 scene: grey gradient, the photo shrunk once and once mirrored, a few flat shapes."""
+    canvas = np.empty((480, 640, 3), np.uint8)
+    canvas[:] = np.linspace(40, 200, 640, dtype=np.uint8)[None, :, None]
+    small = cv2.resize(photo, (200, 234), interpolation=cv2.INTER_AREA)
+    canvas[200:434, 20:220] = small
+    canvas[100:334, 400:600] = small[:, ::-1]
+    cv2.rectangle(canvas, (260, 40), (360, 120), (30, 160, 30), -1)
+    cv2.circle(canvas, (320, 400), 50, (200, 40, 40), -1)
+    return canvas
+
+
+def assert_same_boxes(a: list[np.ndarray], b: list[np.ndarray], px: float = 0.01, score: float = 1e-4) -> None:
+    """Same detections per image up to order: count, classes, boxes within `px` pixels, scores within `score`."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert len(x) == len(y), (x, y)
+        if not len(x):
+            continue
+        x, y = (d[np.lexsort((d[:, 0], d[:, 1], -np.round(d[:, 4], 3), d[:, 5]))] for d in (x, y))
+        assert np.array_equal(x[:, 5], y[:, 5])
+        assert np.abs(x[:, :4] - y[:, :4]).max() <= px
+        assert np.abs(x[:, 4] - y[:, 4]).max() <= score
+
+
+def assert_heads_close(got: list[np.ndarray], ref: list[np.ndarray], specs, net_hw) -> None:
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape and g.dtype == np.float32
+        assert np.abs(g - r).max() <= RAW_REL_TOL * np.abs(r).max()
+    dg = decode([torch.from_numpy(g) for g in got], specs, net_hw)
+    dr = decode([torch.from_numpy(r) for r in ref], specs, net_hw)
+    assert (dg - dr).abs().max().item() <= DECODED_TOL
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def images(photo_path):
+    photo = read_image(photo_path)
+    return [photo, synthetic_scene(photo)]
+
+
+@pytest.fixture(scope="module", params=["coco", "one-class"])
+def model_files(request, coco, coco_model, tmp_path_factory):
+    """(model, cfg path, weights path) for the official COCO model and a 1-class model."""
+    if request.param == "coco":
+        return coco_model, coco.cfg, coco.weights
+    model = person_model(coco_model)
+    return (model, *write_model(model, tmp_path_factory.mktemp("one-class")))
+
+
+# ------------------------------------------------------------------ tests
+def test_inference_copy_folds_bn_and_leaves_model_alone(coco_model):
+    before = {k: v.clone() for k, v in coco_model.state_dict().items()}
+    fused = inference_copy(coco_model)
+    assert all(getattr(b, "bn", None) is None for b in fused.layers)
+    assert coco_model.layers[0].bn is not None and not coco_model.training
+    assert all(torch.equal(v, coco_model.state_dict()[k]) for k, v in before.items())
+    assert not any(p.requires_grad for p in fused.parameters())
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for f, r in zip(fused(x), coco_model(x)):
+            assert (f - r).abs().max() <= RAW_REL_TOL * r.abs().max()
+
+
+def test_three_backends_same_heads_and_boxes(model_files, images):
+    model, cfg, weights = model_files
+    batch = preprocess_batch(images, model.input_size)
+    with torch.inference_mode():
+        ref = [h.numpy() for h in model(torch.from_numpy(batch))]
+    specs = [h.spec for h in model.heads]
+    backends = [make_backend(name, cfg, weights, batch=2) for name in ("torch", "onnxruntime", "opencv")]
+    assert [type(b) for b in backends] == [TorchBackend, OnnxRuntimeBackend, OpenCVBackend]
+    results = []
+    for backend in backends:
+        assert_heads_close(backend.raw(batch), ref, specs, model.input_size)
+        results.append(backend.detect(images, 0.1, 0.45))
+    assert sum(len(d) for d in results[0]) >= 3  # people (and ties) are found, so boxes are really compared
+    for other in results[1:]:
+        assert_same_boxes(results[0], other)
+
+
+def test_opencv_head_layer_names(coco, coco_spec):
+    net = cv2.dnn.readNetFromDarknet(str(coco.cfg), str(coco.weights))
+    assert head_layer_names(list(net.getLayerNames()), coco_spec) == ["conv_15", "conv_22"]
+    with pytest.raises(DarktuneError, match="permute_16"):
+        head_layer_names(["conv_0", "yolo_16"], coco_spec)
+
+
+def test_onnxruntime_static_batch_takes_any_batch_and_reads_cfg_from_metadata(coco_model, tmp_path):
+    from darktune.export import export_onnx
+
+    path = export_onnx(_small(coco_model), tmp_path / "m.onnx", batch=2, verify=False).path
+    backend = OnnxRuntimeBackend(path)  # no spec: decoded with the cfg stored in the model
+    assert backend.spec.num_classes == 80 and backend.net_hw == (128, 128) and backend.static_batch == 2
+    x = np.random.default_rng(0).random((3, 3, 128, 128), dtype=np.float32)
+    with torch.inference_mode():
+        ref = [h.numpy() for h in _small(coco_model)(torch.from_numpy(x))]
+    for g, r in zip(backend.raw(x), ref):  # 3 images through a batch-2 graph: padded, then trimmed
+        assert g.shape == r.shape and np.abs(g - r).max() <= RAW_REL_TOL * np.abs(r).max()
+
+
+def _small(model: Darknet) -> Darknet:
+    small = Darknet(model.spec.with_size(128)).eval()
+    small.load_state_dict(model.state_dict())
+    return small
+
+
+def test_backend_errors(coco, tmp_path):
+    from darktune.backends import load_model
+    from darktune.export import export_onnx
+
+    with pytest.raises(DarktuneError, match="unknown backend"):
+        make_backend("tensorrt", coco.cfg, coco.weights)
+    with pytest.raises(DarktuneError, match="needs --cfg and --weights"):
+        make_backend("opencv", coco.cfg, None)
+    with pytest.raises(DarktuneError, match="multiple of 32"):
+        make_backend("torch", coco.cfg, coco.weights, size=100)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(DarktuneError, match="bad.onnx"):
+        OnnxRuntimeBackend(bad)
+    graph = export_onnx(load_model(coco.cfg, coco.weights, 128), tmp_path / "d.onnx", decode=True, verify=False)
+    with pytest.raises(DarktuneError, match="raw-heads"):
+        OnnxRuntimeBackend(graph.path)
+    raw = export_onnx(load_model(coco.cfg, coco.weights, 128), tmp_path / "r.onnx", verify=False).path
+    with pytest.raises(DarktuneError, match="not --size 416"):
+        make_backend("onnxruntime", None, None, onnx=raw, size=416)
+
+
+def test_time_backends_and_summary(coco):
+    backend = make_backend("torch", coco.cfg, coco.weights, size=64)
+    times = time_backends([backend], np.zeros((1, 3, 64, 64), np.float32), iters=7, warmup=1, block=3)
+    assert len(times["torch"]) == 7 and all(t > 0 for t in times["torch"])
+    s = latency_summary([0.010, 0.020, 0.030, 0.040], batch=4)
+    assert s["median_ms"] == pytest.approx(25.0) and s["images_per_s"] == pytest.approx(160.0)
+    assert s["p90_ms"] == pytest.approx(37.0)
+
+
+def test_bench_infer_cli_json(coco, capsys):
+    from darktune.cli import main
+
+    rc = main(["bench", "infer", "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--size", "96",
+               "--iters", "3", "--warmup", "1", "--backend", "torch,opencv", "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["backends"]) == {"torch", "opencv"} and report["batch"] == 1 and report["size"] == 96
+    assert report["backends"]["opencv"]["speed_vs_opencv"] == pytest.approx(1.0)
+    assert report["backends"]["torch"]["iters"] == 3 and report["fastest"] in report["backends"]
+    assert main(["bench", "infer", "--backend", "torch,caffe", "--cfg", str(coco.cfg),
+                 "--weights", str(coco.weights)]) == 2
+    assert "unknown backend 'caffe'" in capsys.readouterr().err

@@ -1,0 +1,162 @@
+"""Export: ONNX (raw heads, in-graph decode + NMS, fp16, dynamic batch) and darknet cfg + weights, each checked
+against darktune's torch model, ONNX Runtime and OpenCV DNN on a real photo and a synthetic scene.
+
+Raw heads are compared at a tolerance relative to their magnitude and decoded outputs at 1e-4 absolute (see
+test_backends for why); boxes after NMS must be the same boxes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from darktune.backends import OpenCVBackend, ort_session
+from darktune.cli import main
+from darktune.detect import detect_from_heads, preprocess_batch, read_image
+from darktune.errors import DarktuneError
+from darktune.export import export_onnx, graph_detections
+from test_backends import assert_heads_close, assert_same_boxes, person_model, synthetic_scene, write_model
+
+
+@pytest.fixture(scope="module")
+def images(photo_path):
+    photo = read_image(photo_path)
+    return [photo, synthetic_scene(photo)]
+
+
+@pytest.fixture(scope="module")
+def one_class(coco_model, tmp_path_factory):
+    """(model, cfg, weights, names) of a 1-class 'person' model written to disk."""
+    model = person_model(coco_model)
+    folder = tmp_path_factory.mktemp("one")
+    cfg, weights = write_model(model, folder)
+    names = folder / "obj.names"
+    names.write_text("person\n")
+    return model, cfg, weights, names
+
+
+def _torch_dets(model, images, conf=0.1, nms=0.45):
+    batch = preprocess_batch(images, model.input_size)
+    with torch.inference_mode():
+        heads = model(torch.from_numpy(batch))
+    sizes = [(im.shape[1], im.shape[0]) for im in images]
+    return detect_from_heads(heads, [h.spec for h in model.heads], model.input_size, sizes, conf, nms)
+
+
+def test_export_onnx_cli_raw_heads(coco, coco_model, images, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "onnx", "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--out", str(out),
+                 "--names", str(coco.names), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outputs"] == ["head_16", "head_23"] and report["batch"] == 1 and not report["fp16"]
+    assert max(report["max_abs_diff"].values()) < 1e-4  # the export's own check, on a smooth synthetic input
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 416, 416]  # static shapes by default
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["darktune.outputs"] == "raw" and "classes=80" in meta["darktune.cfg"]
+    assert meta["darktune.names"].splitlines()[27] == "tie"
+    session = ort_session(out)
+    batch = preprocess_batch(images, (416, 416))
+    got = [np.concatenate(parts) for parts in zip(*(session.run(None, {"images": b[None]}) for b in batch))]
+    with torch.inference_mode():
+        ref = [h.numpy() for h in coco_model(torch.from_numpy(batch))]
+    specs = [h.spec for h in coco_model.heads]
+    assert_heads_close(got, ref, specs, (416, 416))
+    theirs = OpenCVBackend(coco.cfg, coco.weights, coco_model.spec).raw(batch)
+    assert_heads_close(got, theirs, specs, (416, 416))  # ONNX Runtime equals OpenCV DNN too
+    sizes = [(im.shape[1], im.shape[0]) for im in images]
+    assert_same_boxes(detect_from_heads(got, specs, (416, 416), sizes, 0.1, 0.45), _torch_dets(coco_model, images))
+
+
+@pytest.mark.parametrize("which", ["coco", "one-class"])
+def test_decode_graph_same_boxes_as_postprocess(which, coco_model, one_class, images, tmp_path):
+    model = coco_model if which == "coco" else one_class[0]
+    result = export_onnx(model, tmp_path / "d.onnx", batch=None, decode=True, conf_thresh=0.1, nms_thresh=0.45)
+    assert result.output_names == ["detections"] and result.max_abs_diff["detections"] == 0
+    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    assert "NonMaxSuppression" in ops
+    batch = preprocess_batch(images, model.input_size)
+    out = ort_session(result.path).run(None, {"images": batch})[0]  # dynamic batch: both images at once
+    assert out.ndim == 2 and out.shape[1] == 7 and out.dtype == np.float32
+    assert set(np.unique(out[:, 0])) == {0.0, 1.0}
+    assert (out[:, 1:5] >= -0.5).all() and (out[:, 1:5] <= 1.5).all()  # fractions of the input size
+    sizes = [(im.shape[1], im.shape[0]) for im in images]
+    graph = graph_detections(out, 2, model.input_size, sizes)
+    ours = _torch_dets(model, images)
+    assert sum(len(d) for d in ours) >= 3
+    assert_same_boxes(graph, ours)
+
+
+def test_fp16_export_float32_io(coco_model, images, tmp_path):
+    result = export_onnx(coco_model, tmp_path / "h.onnx", fp16=True)
+    proto = onnx.load(str(result.path))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in proto.graph.output)
+    conv_weights = [i for i in proto.graph.initializer if len(i.dims) == 4]
+    assert conv_weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in conv_weights)
+    assert max(result.max_rel_diff.values()) < 1e-2
+    assert result.path.stat().st_size < 0.6 * 35_434_956
+    batch = preprocess_batch(images[:1], (416, 416))
+    got = ort_session(result.path).run(None, {"images": batch})
+    dets = detect_from_heads(got, [h.spec for h in coco_model.heads], (416, 416),
+                             [(images[0].shape[1], images[0].shape[0])], 0.3, 0.45)[0]
+    ref = _torch_dets(coco_model, images[:1], 0.3)[0]
+    assert sorted(dets[:, 5].tolist()) == sorted(ref[:, 5].tolist())  # same objects, boxes within fp16 noise
+    assert np.abs(np.sort(dets[:, 4]) - np.sort(ref[:, 4])).max() < 0.02
+
+
+def test_export_darknet_loads_in_opencv_with_same_detections(coco, one_class, images, tmp_path, capsys):
+    model, _, weights, names = one_class
+    out = tmp_path / "deploy"
+    # the COCO cfg (classes=80, filters=255) with 1-class weights: the export fixes classes and filters
+    assert main(["export", "darknet", "--cfg", str(coco.cfg), "--weights", str(weights), "--names", str(names),
+                 "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classes"] == 1 and report["max_abs_diff"] < 1e-3
+    text = (out / "model.cfg").read_text()
+    assert text.count("classes=1\n") == 2 and text.count("filters=18\n") == 2 and "filters=255" not in text
+    assert (out / "model.weights").read_bytes() == weights.read_bytes()
+    assert (out / "model.names").read_text() == "person\n"
+    assert "classes = 1" in (out / "obj.data").read_text()
+    theirs = OpenCVBackend(out / "model.cfg", out / "model.weights", model.spec).detect(images, 0.1, 0.45)
+    assert_same_boxes(theirs, _torch_dets(model, images))
+
+
+def test_export_darknet_from_run_folder(one_class, tmp_path, capsys):
+    _, cfg, weights, names = one_class
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    (run / "model.cfg").write_bytes(cfg.read_bytes())
+    (run / "weights" / "best.weights").write_bytes(weights.read_bytes())
+    (run / "weights" / "last.weights").write_bytes(b"\0" * 20)  # best wins
+    (run / "obj.names").write_text("window\n")
+    assert main(["export", "darknet", "--run", str(run), "--out", str(tmp_path / "out"), "--stem", "window"]) == 0
+    assert "1 classes" in capsys.readouterr().out
+    assert (tmp_path / "out" / "window.names").read_text() == "window\n"
+    assert (tmp_path / "out" / "window.weights").read_bytes() == weights.read_bytes()
+
+
+def test_export_errors(coco, one_class, tmp_path, capsys):
+    _, cfg, weights, names = one_class
+    cases = [
+        (["darknet", "--cfg", str(cfg), "--weights", str(weights), "--out", str(cfg.parent)], "overwrite"),
+        (["darknet", "--cfg", str(cfg), "--weights", str(weights), "--names", str(coco.names),
+          "--out", str(tmp_path / "o")], "80 names for a model with 1 classes"),
+        (["onnx", "--run", str(tmp_path), "--out", str(tmp_path / "m.onnx")], "no model.cfg in the run folder"),
+        (["onnx", "--cfg", str(cfg), "--out", str(tmp_path / "m.onnx")], "give --run RUN, or --cfg and --weights"),
+        (["onnx", "--cfg", str(coco.cfg), "--weights", str(coco.names), "--out", str(tmp_path / "m.onnx")],
+         "coco.names"),
+    ]
+    for argv, message in cases:
+        assert main(["export", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert cfg.read_bytes() and not (tmp_path / "m.onnx").exists()
+    with pytest.raises(DarktuneError, match="batch"):
+        export_onnx(None, tmp_path / "x.onnx", batch=0)
