@@ -31,6 +31,7 @@ from darktune.errors import DarktuneError
 
 CACHE_VERSION = 1
 _RACY_NS = 2_000_000_000
+MAX_IMAGE_BYTES = 1 << 30
 _LIST_FILES = {"obj.names", "classes.txt", "train.txt", "valid.txt", "test.txt", "obj.data"}
 
 
@@ -203,6 +204,9 @@ def check_one(image: Path, n_classes: int | None, entry: dict | None = None, max
     img_sig = _stat_sig(image)
     if img_sig is None or not image.is_file():
         return ImageResult(image, _no_rows(), [Problem(str(image), None, "image not found")], False), None, "miss"
+    if img_sig[0] > MAX_IMAGE_BYTES:
+        reason = f"file of {img_sig[0]} bytes is larger than {MAX_IMAGE_BYTES} (not read)"
+        return ImageResult(image, _no_rows(), [Problem(str(image), None, reason)], False), None, "miss"
     label = label_path_for(image)
     label = label if label.is_file() else None
     sigs = [str(label) if label else None, img_sig, _stat_sig(label) if label else None]

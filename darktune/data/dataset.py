@@ -425,7 +425,9 @@ def parse_label_bytes(data: bytes, path: str | Path, n_classes: int | None,
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return _NO_ROWS.copy(), problems + [Problem(str(path), None, f"not UTF-8 text (bad byte at offset {exc.start})")]
+        line = data[: exc.start].count(b"\n") + 1
+        reason = f"not UTF-8 text (bad byte at offset {exc.start})"
+        return _NO_ROWS.copy(), problems + [Problem(str(path), line, reason)]
     rows: list[list[float]] = []
     seen: dict[tuple, int] = {}
     for lineno, raw in enumerate(text.split("\n"), 1):

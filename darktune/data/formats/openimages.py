@@ -155,8 +155,13 @@ def read_openimages(boxes_csv: str | Path, descriptions_csv: str | Path, images_
                 collect.add(row, reader.line_num)
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DarktuneError(f"bad CSV: {exc}", path=str(path), line=reader.line_num) from None
-    names = list(dict.fromkeys(classes)) if classes else list(dict.fromkeys(wanted.values()))
-    return Dataset(names, [r for r in collect.records.values() if r is not None], collect.skipped)
+    records = [r for r in collect.records.values() if r is not None]
+    if classes:
+        names = list(dict.fromkeys(classes))
+    else:  # descriptions order, only the classes that have boxes (the official file lists 600)
+        present = {b.class_name for r in records for b in r.boxes}
+        names = [n for n in dict.fromkeys(wanted.values()) if n in present]
+    return Dataset(names, records, collect.skipped)
 
 
 def write_openimages(dataset: Dataset, out_dir: str | Path, *, link: bool = False,
