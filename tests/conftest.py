@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_configure(config):
+    """Fetch the official weights once into the user's cache, then give the tests a private $DARKTUNE_HOME
+    (check caches, runs) in which the model folder is a link to that cache: tests never write the user's cache."""
+    from darktune import zoo
+
+    result = zoo.fetch("yolov3-tiny", progress=False)
+    home = Path(tempfile.mkdtemp(prefix="darktune-test-home-"))
+    (home / "yolov3-tiny").symlink_to(result.weights.parent, target_is_directory=True)
+    os.environ["DARKTUNE_HOME"] = str(home)
+    config._darktune_home = home
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    home = getattr(config, "_darktune_home", None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
