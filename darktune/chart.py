@@ -61,6 +61,7 @@ def write_chart(metrics_path: str | Path, out_path: str | Path, title: str = "",
         if finite:
             ax.set_ylim(0, finite[min(len(finite) - 1, int(0.98 * len(finite)))] * 1.15)
     ax.set_xlabel("iteration")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
@@ -82,7 +83,7 @@ def write_chart(metrics_path: str | Path, out_path: str | Path, title: str = "",
     if handles:
         ax.legend(handles, labels, loc="upper right", fontsize=8)
     ax.set_title(title or "training", fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.92, top=0.92, bottom=0.1)  # fixed margins: tight_layout is slow
     out = Path(out_path)
     tmp = out.with_name(f".{out.name}.tmp.png")
     fig.savefig(tmp)

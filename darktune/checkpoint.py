@@ -58,7 +58,7 @@ def _to_cpu(obj):
     return obj
 
 
-def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+def save_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, step: int,
                     config: dict, loader: dict, state: dict) -> Path:
     """Write the checkpoint atomically (the old file stays until the new one is complete on disk)."""
     payload = {

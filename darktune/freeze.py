@@ -73,10 +73,10 @@ def set_frozen(model: nn.Module, frozen: Iterable[int]) -> list[int]:
     frozen_convs = []
     for i, layer in enumerate(model.layers):
         is_frozen = i in frozen
+        if getattr(layer, "bn", None) is not None:
+            _swap_bn(layer, is_frozen)  # first: the swap makes new parameter objects
         for p in layer.parameters():
             p.requires_grad_(not is_frozen)
-        if getattr(layer, "bn", None) is not None:
-            _swap_bn(layer, is_frozen)
         if is_frozen and isinstance(model.spec.layers[i], ConvSpec):
             frozen_convs.append(i)
     return frozen_convs

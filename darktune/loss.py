@@ -122,16 +122,8 @@ class YoloLoss:
         anchors_n = anchors / torch.tensor([net_hw[1], net_hw[0]], device=raw.device)  # fraction of input
         s = spec.scale_x_y
 
-        # --- assignment: best anchor over the head's whole anchor list, kept if it is in this head's mask
-        best = wh_iou(t[:, 4:6] * torch.tensor([net_hw[1], net_hw[0]], device=raw.device), all_anchors).argmax(1)
-        a = lookup[best]
-        sel = a >= 0
-        ts, a = t[sel], a[sel]
-        img = ts[:, 0].long()
-        gi = (ts[:, 2] * w).long().clamp(0, w - 1)
-        gj = (ts[:, 3] * h).long().clamp(0, h - 1)
-        keep = _last_per_key(((img * na + a) * h + gj) * w + gi)
-        ts, a, img, gi, gj = ts[keep], a[keep], img[keep], gi[keep], gj[keep]
+        img, a, gj, gi, keep = assign_targets(spec, t, net_hw, (h, w), all_anchors, lookup)
+        ts = t[keep]
 
         # --- objectness: ignore predictions that already overlap a truth well
         with torch.no_grad():
@@ -172,6 +164,28 @@ class YoloLoss:
         pred = torch.cat(((xy + grid) / torch.tensor([w, h], device=xy.device, dtype=xy.dtype), wh), 1)
         kind = "iou" if spec.iou_loss == "mse" else spec.iou_loss
         return (1 - bbox_iou_variant(pred, ts[:, 2:6], kind)).sum()
+
+
+def assign_targets(spec: YoloSpec, t: torch.Tensor, net_hw: tuple[int, int], grid_hw: tuple[int, int],
+                   all_anchors: torch.Tensor | None = None, lookup: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, ...]:
+    """Darknet's assignment for one head: (image, anchor in mask, cell y, cell x, truth row) of every truth
+    this head is responsible for. t: (N, 6) [image, class, cx, cy, w, h] normalised."""
+    if all_anchors is None or lookup is None:
+        all_anchors = torch.tensor(spec.anchors, dtype=torch.float32, device=t.device).view(-1, 2)
+        lookup = torch.full((spec.num,), -1, dtype=torch.long, device=t.device)
+        lookup[list(spec.mask)] = torch.arange(len(spec.mask), device=t.device)
+    h, w = grid_hw
+    wh_px = t[:, 4:6] * torch.tensor([net_hw[1], net_hw[0]], dtype=t.dtype, device=t.device)
+    best = wh_iou(wh_px, all_anchors).argmax(1)  # best over ALL anchors of the head's list; ties: the first
+    a = lookup[best]
+    rows = torch.nonzero(a >= 0).squeeze(1)
+    a = a[rows]
+    img = t[rows, 0].long()
+    gi = (t[rows, 2] * w).long().clamp(0, w - 1)
+    gj = (t[rows, 3] * h).long().clamp(0, h - 1)
+    keep = _last_per_key(((img * len(spec.mask) + a) * h + gj) * w + gi)  # later truth wins a shared slot
+    return img[keep], a[keep], gj[keep], gi[keep], rows[keep]
 
 
 def _decode_boxes(p: torch.Tensor, anchors_n: torch.Tensor, s: float) -> torch.Tensor:

@@ -38,7 +38,7 @@ class Run:
     spec: object
     model: torch.nn.Module  # the Darknet
     net: torch.nn.Module  # what the step calls (frozen-prefix wrapper, DDP, compile)
-    opt: torch.optim.Optimizer
+    opt: object  # train_setup.DarknetSGD
     data: object  # TrainBatches
     loss_fn: object
     iterations: int

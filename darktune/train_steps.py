@@ -61,6 +61,8 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]
     per_rank = run.batch // dist.world
     hw = (run.spec.net.height, run.spec.net.width)
     run.model.train()
+    buffers = _bn_buffers(run)
+    backup = [b.clone() for b in buffers]  # a skipped step must not move the batch-norm statistics either
     sums: dict[str, torch.Tensor] = {}
     for sub in range(run.subdivisions):
         images, targets = run.data.get(iteration - 1, sub)
@@ -90,8 +92,20 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]
             run.scaler.update()
         else:
             run.opt.step()
+    else:
+        torch._foreach_copy_(buffers, backup)
     run.opt.zero_grad(set_to_none=True)
     return finite, {k: v / per_rank if k != "n_pos" else v for k, v in sums.items()}
+
+
+def _bn_buffers(run: Run) -> list[torch.Tensor]:
+    """Running statistics of the batch norms that train (frozen ones never change)."""
+    out = []
+    for layer in run.model.layers:
+        bn = getattr(layer, "bn", None)
+        if bn is not None and bn.training:
+            out += [bn.running_mean, bn.running_var, bn.num_batches_tracked]
+    return out
 
 
 def _unfreeze(run: Run) -> None:

@@ -1,0 +1,305 @@
+"""Training runs end to end on a tiny synthetic set: outputs, time to target, the map command, non-finite
+losses, SIGKILL + resume continuing exactly, checkpoints that a cut never replaces, deterministic batches."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from darktune.errors import DarktuneError
+from darktune.train import TrainConfig, train
+
+TINY = """[net]
+batch=4
+subdivisions=2
+width=64
+height=64
+learning_rate=0.002
+burn_in=3
+momentum=0.9
+decay=0.0005
+policy=steps
+steps=8
+scales=.5
+hue=.1
+saturation=1.5
+exposure=1.5
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+size=1
+filters=16
+activation=linear
+[yolo]
+mask=1,2
+anchors=4,6, 10,14, 23,27
+classes=3
+num=3
+jitter=.2
+[route]
+layers=-4
+[convolutional]
+size=1
+filters=16
+activation=linear
+[yolo]
+mask=0,1
+anchors=4,6, 10,14, 23,27
+classes=3
+num=3
+jitter=.2
+"""
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from darktune.data.synth import make_target_set
+
+    root = tmp_path_factory.mktemp("train_data")
+    data = make_target_set(root / "set", 16, 96, seed=5, val_fraction=0.25)
+    (root / "tiny.cfg").write_text(TINY)
+    return str(root / "tiny.cfg"), str(data)
+
+
+def cfg_of(dataset, out, **kw) -> TrainConfig:
+    cfg, data = dataset
+    base = dict(cfg=cfg, data=data, iterations=6, out=str(out), checkpoint_every=1000)
+    return TrainConfig(**{**base, **kw})
+
+
+def lines(run: Path) -> tuple[list[dict], list[dict]]:
+    recs = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if "loss" in r], [r for r in recs if "map" in r]
+
+
+def test_run_writes_every_output_and_time_to_target(dataset, tmp_path):
+    from darktune.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    res = train(cfg_of(dataset, run, eval_at=[3, 6], target_map=0.0, freeze=2), progress=False)
+    assert res.status == "finished" and res.iterations_done == 6 and res.final_map is not None
+    assert res.time_to_target["iteration"] == 3 and res.time_to_target["seconds"] <= res.elapsed_seconds
+    for name in ("metrics.jsonl", "weights/last.weights", "weights/best.weights", "checkpoint.pt", "chart.png",
+                 "summary.json", "init.json", "model.cfg", "freeze_proof.json"):
+        assert (run / name).is_file(), name
+    train_lines, eval_lines = lines(run)
+    assert [r["iteration"] for r in train_lines] == [1, 2, 3, 4, 5, 6]
+    assert [r["iteration"] for r in eval_lines] == [3, 6] and eval_lines[0]["protocol"] == "darknet"
+    assert {"loss", "box", "obj", "cls", "lr", "images_per_s", "elapsed_s"} <= set(train_lines[0])
+    assert train_lines[0]["lr"] == pytest.approx(0.002 * (1 / 3) ** 4)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["time_to_target"]["iteration"] == 3
+    assert summary["init"]["mode"] == "scratch" and summary["batch"] == 4 and summary["subdivisions"] == 2
+    ck = load_checkpoint(run / "checkpoint.pt")
+    assert ck["step"] == 6 and ck["loader"]["sample"] == 24
+    assert json.loads((run / "freeze_proof.json").read_text())["frozen_unchanged"] is True
+
+
+def test_stop_at_target_and_map_command(dataset, tmp_path, capsys):
+    from darktune.cli import main
+
+    run = tmp_path / "run"
+    res = train(cfg_of(dataset, run, eval_every=2, target_map=0.0, stop_at_target=True), progress=False)
+    assert res.status == "stopped_at_target" and res.iterations_done == 2
+    assert json.loads((run / "summary.json").read_text())["status"] == "stopped_at_target"
+    cfg, data = dataset
+    for c in (str(run / "model.cfg"), cfg):  # the run's cfg, or the original one (re-headed automatically)
+        assert main(["map", "--cfg", c, "--weights", str(run / "weights" / "last.weights"), "--data", data,
+                     "--protocol", "coco101", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["protocol"] == "coco101" and len(out["classes"]) == 1 and 0 <= out["map"] <= 1
+
+
+def test_nonfinite_loss_is_skipped_counted_and_stops_after_k(dataset, tmp_path, monkeypatch):
+    from darktune import loss as loss_module
+
+    real = loss_module.YoloLoss.__call__
+    calls = {"n": 0, "bad": {3, 4}}
+
+    def flaky(self, heads, targets, hw):
+        calls["n"] += 1
+        total, parts = real(self, heads, targets, hw)
+        it = (calls["n"] + 1) // 2  # 2 subdivisions per iteration
+        return (total * float("nan"), parts) if it in calls["bad"] else (total, parts)
+
+    monkeypatch.setattr(loss_module.YoloLoss, "__call__", flaky)
+    res = train(cfg_of(dataset, tmp_path / "a"), progress=False)
+    assert res.status == "finished" and res.skipped_steps == 2
+    bad = [r for r in lines(tmp_path / "a")[0] if r.get("nonfinite")]
+    assert [r["iteration"] for r in bad] == [3, 4] and bad[0]["loss"] is None
+
+    calls.update(n=0, bad=set(range(1, 100)))
+    res = train(cfg_of(dataset, tmp_path / "b", max_bad_steps=3), progress=False)
+    assert res.status == "failed" and res.iterations_done == 3 and "not finite" in res.message
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "failed"
+    proof = json.loads((tmp_path / "b" / "freeze_proof.json").read_text())
+    assert proof["trainable_changed"] == []  # no update was applied
+
+
+def _cli(dataset, out, iterations, *extra):
+    cfg, data = dataset
+    return [sys.executable, "-m", "darktune", "train", "--cfg", cfg, "--data", data, "--out", str(out),
+            "--iterations", str(iterations), "--checkpoint-every", "3", "--no-progress", "--eval-every", "6",
+            "--size", "96", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_exactly(dataset, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    subprocess.run(_cli(dataset, full, 12), env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen(_cli(dataset, cut, 400), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = (cut / "metrics.jsonl").exists() and len(lines(cut)[0]) >= 8
+        if done or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    killed_at = len(lines(cut)[0])
+    assert killed_at < 400
+    r = subprocess.run(_cli(dataset, cut, 12, "--resume"), env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stderr
+    a, b = lines(full)[0], lines(cut)[0]
+    assert [x["iteration"] for x in b] == list(range(1, 13))
+    for x, y in zip(a, b):
+        assert (x["iteration"], x["lr"]) == (y["iteration"], y["lr"])
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6), x["iteration"]
+    assert [m["map"] for m in lines(full)[1]] == pytest.approx([m["map"] for m in lines(cut)[1]], abs=1e-6)
+    assert json.loads((cut / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_cut_checkpoint_never_replaces_the_good_one(dataset, tmp_path, monkeypatch):
+    from darktune.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    train(cfg_of(dataset, run, iterations=3, checkpoint_every=1), progress=False)
+    good = (run / "checkpoint.pt").read_bytes()
+    for cut in (0, 1, 64, len(good) // 3, len(good) // 2, len(good) - 100, len(good) - 1):
+        damaged = tmp_path / f"cut{cut}.pt"
+        damaged.write_bytes(good[:cut])
+        with pytest.raises(DarktuneError):
+            load_checkpoint(damaged)
+    # a crash while writing (here: fsync fails) leaves the previous checkpoint in place, and no temp file
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(DarktuneError):
+        train(cfg_of(dataset, run, iterations=5, checkpoint_every=1, resume=True), progress=False)
+    assert (run / "checkpoint.pt").read_bytes() == good
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    res = train(cfg_of(dataset, run, iterations=5, resume=True), progress=False)
+    assert res.status == "finished" and res.iterations_done == 5
+
+
+def test_resume_refuses_other_settings(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(cfg_of(dataset, run, iterations=2), progress=False)
+    with pytest.raises(DarktuneError, match="batch"):
+        train(cfg_of(dataset, run, iterations=4, batch=8, resume=True), progress=False)
+    with pytest.raises(DarktuneError, match="no checkpoint"):
+        train(cfg_of(dataset, tmp_path / "empty", resume=True), progress=False)
+
+
+def test_unfreeze_at_rebuilds_the_optimizer(dataset, tmp_path):
+    from darktune.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    res = train(cfg_of(dataset, run, iterations=4, freeze=3, unfreeze_at=2), progress=False)
+    assert res.status == "finished"
+    proof = json.loads((run / "freeze_proof.json").read_text())
+    assert proof["unfrozen_at"] == 2 and proof["layers"]["0"]["changed"] and proof["layers"]["2"]["changed"]
+    ck = load_checkpoint(run / "checkpoint.pt")
+    n_params = sum(len(g["params"]) for g in ck["optimizer"]["param_groups"])
+    assert n_params == sum(1 for _ in torch.nn.Module.parameters(_model(dataset)))
+
+
+def _model(dataset):
+    from darktune.cfg import parse_cfg
+    from darktune.model import Darknet
+
+    return Darknet(parse_cfg(dataset[0]).with_classes(1))
+
+
+def test_partial_weights_load_upto_and_report(dataset, tmp_path):
+    from darktune.weights import partial, save_weights
+
+    model = _model(dataset)
+    full = tmp_path / "full.weights"
+    save_weights(model, full)
+    from darktune.cfg import parse_cfg, write_cfg
+
+    cfg1 = write_cfg(parse_cfg(dataset[0]).with_classes(1), tmp_path / "one.cfg")
+    part, _ = partial(cfg1, full, tmp_path / "conv.3", 3)
+    res = train(cfg_of(dataset, tmp_path / "run", iterations=1, weights=str(part)), progress=False)
+    init = json.loads((res.run_dir / "init.json").read_text())
+    assert init["loaded_layers"] == [0, 2] and init["new_layers"] == [4, 5, 8] and init["upto"] == 3
+    res = train(cfg_of(dataset, tmp_path / "run2", iterations=1, weights=str(part), upto=3), progress=False)
+    assert json.loads((res.run_dir / "init.json").read_text())["mode"] == "partial"
+    with pytest.raises(DarktuneError, match="floats"):
+        bad = tmp_path / "bad.weights"
+        bad.write_bytes(full.read_bytes()[:-4 * 7])
+        train(cfg_of(dataset, tmp_path / "run3", iterations=1, weights=str(bad)), progress=False)
+
+
+def test_batches_are_a_pure_function_of_seed_and_iteration(dataset):
+    from darktune.data.augment import AugmentConfig
+    from darktune.data.check import check_dataset
+    from darktune.train_data import TrainBatches, subset
+
+    items = check_dataset(dataset[1], "train", progress=False).good
+    aug = AugmentConfig(jitter=0.2, hue=0.1, saturation=1.5, exposure=1.5, flip=True)
+    one = TrainBatches(items, (64, 64), aug, batch=4, subdivisions=2, seed=1)
+    again = TrainBatches(items, (64, 64), aug, batch=4, subdivisions=2, seed=1, workers=1)
+    ranks = [TrainBatches(items, (64, 64), aug, batch=4, subdivisions=2, seed=1, rank=r, world=2) for r in (0, 1)]
+    for it in (7, 0, 3):  # any order: a restart at any iteration sees the same batch
+        for sub in (0, 1):
+            x, t = one.get(it, sub)
+            y, u = again.get(it, sub)
+            assert torch.equal(x, y) and torch.equal(t, u)
+            parts = [rb.get(it, sub) for rb in ranks]
+            assert torch.equal(torch.cat([p[0] for p in parts]), x)
+    again.close()
+    assert subset(items, 5, 0) == [i for i in subset(items, 8, 0) if i in subset(items, 5, 0)]
+    assert len(subset(items, 5, 0)) == 5 and subset(items, 5, 0) == subset(items, 5, 0)
