@@ -1,13 +1,14 @@
 """Training batches as a pure function of (seed, iteration): restartable at any iteration, same under DDP.
 
-Sample ``g`` of the run (``g = iteration * batch + position in the batch``) is image ``perm(seed, epoch)[k]``
-with ``epoch, k = divmod(g, n)``; its augmentation draws from ``numpy.random.default_rng([seed, epoch, k])``.
+Sample ``g`` of the run (``g = iteration * batch + position in the batch``) is image ``i = perm(seed, epoch)[k]``
+with ``epoch, k = divmod(g, n)``; its augmentation draws from ``numpy.random.default_rng([seed, epoch, i])``
+(`darktune.data.loader.DetectionDataset.load`).
 So a resumed run sees exactly the batches an uninterrupted one would, and with DDP rank r takes its slice of
 every micro-batch (the union over ranks is the single-process micro-batch, sample by sample).
 
-Images are decoded once and kept in RAM as RGB uint8, shrunk (INTER_AREA) when larger than
-``CACHE_SCALE x`` the network size, within a memory budget (past it, images are decoded on use). Augmentation
-is `darktune.data.augment.augment_sample` (darknet's jitter, hue, saturation, exposure, flip).
+Images are decoded once and kept in RAM as RGB uint8, shrunk (INTER_AREA) to at most ``CACHE_SCALE x`` the
+network size per side. Augmentation is darknet's (jitter, hue, saturation, exposure, flip, mosaic when the
+cfg asks) from `darktune.data.augment`.
 With ``workers > 0`` the next micro-batch is prepared in a background thread while the model computes.
 """
 
@@ -21,8 +22,7 @@ import torch
 
 from darktune.errors import DarktuneError
 
-CACHE_SCALE = 1.3
-CACHE_BUDGET_BYTES = 3 << 30
+CACHE_SCALE = 1.25  # RAM cache keeps each image at most this times the network size per side
 
 
 def subset(items: list, max_images: int | None, seed: int) -> list:
@@ -46,62 +46,42 @@ class TrainBatches:
         if batch % subdivisions or micro % world:
             raise DarktuneError(f"batch {batch} must split into {subdivisions} subdivisions of a size divisible "
                                 f"by the {world} processes")
-        self.items = items
+        from darktune.data.loader import DetectionDataset
+
+        if size[0] != size[1]:
+            raise DarktuneError(f"training needs a square network input, got {size[1]}x{size[0]}")
         self.size = size  # (h, w)
-        self.augment = augment
+        self.dataset = DetectionDataset(items, size[0], augment, cache="ram",
+                                        cache_size=round(CACHE_SCALE * size[0]))
         self.batch, self.subdivisions, self.micro = batch, subdivisions, micro
         self.seed, self.rank, self.world = int(seed), rank, world
-        self._cache: dict[int, np.ndarray] = {}
         self._perms: dict[int, np.ndarray] = {}
-        self._cached_bytes = 0
         self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
         self._pending: dict[tuple[int, int], Future] = {}
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.dataset)
 
     def _perm(self, epoch: int) -> np.ndarray:
         perm = self._perms.get(epoch)
         if perm is None:
-            perm = np.random.default_rng([self.seed, int(epoch), 17]).permutation(len(self.items))
+            perm = np.random.default_rng([self.seed, int(epoch), 17]).permutation(len(self.dataset))
             self._perms = {epoch: perm, **{e: p for e, p in self._perms.items() if e >= epoch - 1}}
         return perm
 
     def position(self, iteration: int) -> dict:
         """Loader position before 0-based `iteration` (for checkpoints and logs)."""
-        epoch, index = divmod(iteration * self.batch, len(self.items))
+        epoch, index = divmod(iteration * self.batch, len(self.dataset))
         return {"epoch": int(epoch), "index": int(index), "sample": int(iteration * self.batch)}
 
-    def _image(self, i: int) -> np.ndarray:
-        img = self._cache.get(i)
-        if img is not None:
-            return img
-        import cv2
-
-        from darktune.detect import read_image
-
-        bgr = read_image(self.items[i][0])
-        h, w = bgr.shape[:2]
-        limit = CACHE_SCALE * max(self.size)
-        if max(h, w) > limit:
-            k = limit / max(h, w)
-            bgr = cv2.resize(bgr, (max(1, round(w * k)), max(1, round(h * k))), interpolation=cv2.INTER_AREA)
-        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        if self._cached_bytes + img.nbytes <= CACHE_BUDGET_BYTES:
-            self._cache[i] = img
-            self._cached_bytes += img.nbytes
-        return img
-
     def _sample(self, g: int) -> tuple[np.ndarray, np.ndarray]:
-        from darktune.data.augment import augment_sample, resize_sample
-
-        epoch, k = divmod(g, len(self.items))
-        i = int(self._perm(epoch)[k])
-        img, boxes = self._image(i), self.items[i][1]
-        hw = (self.size[1], self.size[0])
-        if self.augment is None:
-            return resize_sample(img, boxes, hw)
-        return augment_sample(img, boxes, hw, self.augment, np.random.default_rng([self.seed, epoch, k]))
+        epoch, k = divmod(g, len(self.dataset))
+        perm = self._perm(epoch)
+        for step in range(len(perm)):  # an image that became unreadable: the next one, deterministically
+            out = self.dataset.load(int(perm[(k + step) % len(perm)]), epoch, self.seed)
+            if out is not None:
+                return out
+        raise DarktuneError("no training image is readable any more")
 
     def _build(self, iteration: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
         per_rank = self.micro // self.world

@@ -147,7 +147,7 @@ def _augment_config(config: TrainConfig, spec):
     jitter = min(0.49, yolos[0].jitter) if yolos else 0.0
     n = spec.net
     return AugmentConfig(jitter=jitter, hue=min(0.5, n.hue), saturation=max(1.0, n.saturation),
-                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=False, letterbox=n.letter_box)
+                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=n.mosaic, letterbox=n.letter_box)
 
 
 def wrap_model(run: Run) -> torch.nn.Module:
