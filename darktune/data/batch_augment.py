@@ -269,7 +269,9 @@ def apply_images(images: torch.Tensor, params: BatchParams, out_size: int | tupl
     for r0 in range(0, oh, step):  # one pass on accelerators; cache-sized bands on the CPU
         r1 = min(oh, r0 + step)
         band = _compose(tiles[:, :, :, r0:r1], p, r0).mul_(1.0 / 255.0).add_(_FILL)
-        out[:, :, r0:r1] = distort_colour(band, p.hue, p.sat, p.exp, with_hue=with_hue)
+        band = distort_colour(band, p.hue, p.sat, p.exp, with_hue=with_hue)
+        if k > 1:  # with one tile the band already is a view of `out`
+            out[:, :, r0:r1] = band
     return out
 
 
