@@ -20,10 +20,14 @@ from darktune.errors import DarktuneError
 
 BUILTIN_STARTS = ("scratch", "backbone", "coco15", "coco")
 # Options passed through to every training run (TrainConfig fields the grid does not own).
-TRAIN_OPTIONS = ("batch", "subdivisions", "size", "lr", "eval_every", "protocol", "workers", "unfreeze_at",
-                 "freeze_layers", "stop_at_target", "target_map")
+TRAIN_OPTIONS = ("batch", "subdivisions", "size", "lr", "burn_in", "steps", "scales", "eval_every", "protocol",
+                 "workers", "unfreeze_at", "freeze_layers", "stop_at_target", "target_map", "augment",
+                 "max_valid_images", "checkpoint_every", "eval_batch")
+_INT_OPTIONS = {"batch": 1, "subdivisions": 1, "size": 32, "eval_every": 0, "workers": 0, "unfreeze_at": 0,
+                "burn_in": 0, "max_valid_images": 1, "checkpoint_every": 1, "eval_batch": 1}
 TOP_KEYS = ("cfg", "weights", "train", "stages", "grid", "notes")
 WEIGHT_NAMES = ("coco", "backbone")
+PROTOCOLS = ("darknet", "voc07", "coco101", "coco")  # darktune.metrics; repeated so a spec loads without torch
 STAGE_KEYS = ("data", "weights", "freeze", "iterations", "images", "seed", "eval_at") + TRAIN_OPTIONS
 GRID_KEYS = ("data", "starts", "freeze", "images", "seeds", "iterations", "eval_at", "per_start") + TRAIN_OPTIONS
 PER_START_KEYS = ("iterations", "eval_at") + TRAIN_OPTIONS
@@ -192,22 +196,30 @@ class _Checker:
         return out
 
     def _option(self, key: str, value: Any, where: tuple) -> Any:
-        if key in ("batch", "subdivisions", "size", "eval_every", "workers", "unfreeze_at"):
-            return self.int_(value, where, 0 if key in ("workers", "unfreeze_at") else 1)
+        if key in _INT_OPTIONS:
+            value = self.int_(value, where, _INT_OPTIONS[key])
+            if key == "size" and value % 32:
+                raise self.error(where, f"must be a multiple of 32, got {value}")
+            return value
         if key in ("lr", "target_map"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise self.error(where, f"must be a number >= 0, got {value!r}")
             if key == "target_map" and value > 1:
                 raise self.error(where, f"is a fraction in [0, 1] (0.9 = 90 mAP), got {value!r}")
             return float(value)
-        if key == "stop_at_target":
+        if key == "scales":
+            values = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
+                raise self.error(where, f"must be numbers >= 0, got {value!r}")
+            return [float(v) for v in values]
+        if key in ("stop_at_target", "augment"):
             if not isinstance(value, bool):
                 raise self.error(where, f"must be true or false, got {value!r}")
             return value
-        if key == "freeze_layers":
+        if key in ("freeze_layers", "steps"):
             return list(self.ints(value, where))
-        if not isinstance(value, str):
-            raise self.error(where, f"must be a string, got {value!r}")
+        if value not in PROTOCOLS:
+            raise self.error(where, f"must be one of {', '.join(PROTOCOLS)}, got {value!r}")
         return value
 
 

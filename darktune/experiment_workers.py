@@ -7,6 +7,7 @@ long run. A worker's failure is the failure of one run, recorded with its messag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import traceback
@@ -50,9 +51,15 @@ def execute(plans: list[RunPlan], out_dir: Path, cfg: str, starts: dict[str, Sta
 
 
 def _call(train_fn: TrainFn, kwargs: dict) -> str | None:
-    """Run one training; None on success, else the error message (bad input or a crash of that run)."""
+    """Run one training; None on success, else the error message (bad input or a crash of that run).
+
+    What the trainer prints goes to RUN/train.log, so the grid's one progress bar stays readable."""
+    log_path = Path(kwargs["out"]) / "train.log"
     try:
-        train_fn(kwargs, False)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as log, \
+                contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
+            train_fn(kwargs, False)
     except DarktuneError as exc:
         return str(exc)
     except Exception as exc:  # one run's crash must not lose the rest of the grid; the message is kept

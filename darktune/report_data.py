@@ -21,7 +21,7 @@ class EvalPoint:
     iteration: int
     map: float  # a fraction in [0, 1]
     protocol: str
-    elapsed_s: float | None
+    seconds: float | None  # training seconds at this evaluation
 
 
 @dataclass
@@ -131,6 +131,15 @@ def read_metrics_file(path: Path) -> tuple[list[dict], list[dict]]:
     return train, evals
 
 
+def _seconds(record: dict) -> float | None:
+    """The training clock of a metrics line: training seconds (evaluation and checkpoints excluded) when the
+    trainer logs them, else the elapsed seconds."""
+    for key in ("train_s", "elapsed_s"):
+        if isinstance(record.get(key), (int, float)):
+            return float(record[key])
+    return None
+
+
 def _load_run(out_dir: Path, plan: dict) -> RunData:
     run_dir = out_dir / plan["folder"]
     try:
@@ -139,14 +148,13 @@ def _load_run(out_dir: Path, plan: dict) -> RunData:
         summary = {}
     summary = summary if isinstance(summary, dict) else {}
     train, evals = read_metrics_file(run_dir / "metrics.jsonl")
-    points = [EvalPoint(int(e["iteration"]), float(e["map"]), str(e.get("protocol", "?")),
-                        float(e["elapsed_s"]) if isinstance(e.get("elapsed_s"), (int, float)) else None)
+    points = [EvalPoint(int(e["iteration"]), float(e["map"]), str(e.get("protocol", "?")), _seconds(e))
               for e in evals]
-    elapsed = [float(t["elapsed_s"]) for t in train if isinstance(t.get("elapsed_s"), (int, float))]
+    clock = [s for s in (_seconds(t) for t in train) if s is not None]
     speeds = [float(t["images_per_s"]) for t in train if isinstance(t.get("images_per_s"), (int, float))]
-    train_s = summary.get("train_s", summary.get("elapsed_s"))
+    train_s = summary.get("train_seconds")
     return RunData(plan=plan, run_dir=run_dir, status=summary.get("status"), evals=points,
-                   train_s=float(train_s) if isinstance(train_s, (int, float)) else (max(elapsed) if elapsed else None),
+                   train_s=float(train_s) if isinstance(train_s, (int, float)) else (max(clock) if clock else None),
                    images_per_s=float(summary["images_per_s"]) if isinstance(summary.get("images_per_s"), (int, float))
                    else (sorted(speeds)[len(speeds) // 2] if speeds else None),
                    summary=summary)
@@ -214,7 +222,7 @@ def time_to_target(data: ExperimentData, start: str, freeze: int, images: int | 
     hits = [r.reached(target) for r in runs]
     reached = [h for h in hits if h is not None]
     its = mean(h.iteration for h in reached) if len(reached) == len(runs) else None
-    secs = [h.elapsed_s for h in reached]
+    secs = [h.seconds for h in reached]
     seconds = mean(secs) if its is not None and all(s is not None for s in secs) else None
     return TimeToTarget(start, freeze, its, seconds, max(int(r.plan["iterations"]) for r in runs),
                         len(reached), len(runs))

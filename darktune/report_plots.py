@@ -27,6 +27,7 @@ def curves_figure(data: ExperimentData) -> bytes:
     colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(data.starts())}
     styles = {f: LINESTYLES[i % len(LINESTYLES)] for i, f in enumerate(data.freezes())}
     main = main_images(data)
+    several_seeds = len({r.seed for r in data.grid}) > 1
     for r in data.grid:
         points = sorted({e.iteration: e.map for e in r.evals}.items())
         if not points:
@@ -34,7 +35,7 @@ def curves_figure(data: ExperimentData) -> bytes:
         xs, ys = zip(*points)
         faint = r.images != main
         label = f"{r.start_label} N={r.freeze}" + (f" {r.images} img" if faint else "") + \
-            (f" s{r.seed}" if len(data.record.get("runs", [])) and r.seed else "")
+            (f" seed {r.seed}" if several_seeds else "")
         ax.plot(xs, [100 * y for y in ys], styles[r.freeze], color=colours[r.start_label], marker=".",
                 markersize=4, linewidth=0.8 if faint else 1.6, alpha=0.45 if faint else 1.0, label=label)
     if data.target_map is not None:
@@ -43,7 +44,7 @@ def curves_figure(data: ExperimentData) -> bytes:
     ax.set_ylabel(f"mAP % ({'/'.join(data.protocols()) or 'darknet'})")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_title("mAP against iterations, every run")
     try:
         return png_bytes(fig)
@@ -78,7 +79,7 @@ def images_figure(data: ExperimentData) -> bytes:
     ax.set_ylabel("final mAP %")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     try:
         return png_bytes(fig)
     finally:

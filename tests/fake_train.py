@@ -46,11 +46,11 @@ def fake_train(kwargs: dict, progress: bool) -> dict:
     with open(out / "metrics.jsonl", "a") as f:
         for it in range(start + 1, kwargs["iterations"] + 1):
             f.write(json.dumps({"iteration": it, "loss": 1.0 / it, "lr": 0.001, "images_per_s": 100.0,
-                                "elapsed_s": it * 0.01}) + "\n")
+                                "train_s": it * 0.01, "elapsed_s": it * 0.012}) + "\n")
             if it in evals:
                 m = curve(kwargs, it)
                 f.write(json.dumps({"iteration": it, "map": m, "protocol": kwargs.get("protocol", "darknet"),
-                                    "elapsed_s": it * 0.01}) + "\n")
+                                    "train_s": it * 0.01, "elapsed_s": it * 0.012}) + "\n")
             (out / "checkpoint.pt").write_text(json.dumps({"iteration": it}))
             f.flush()
             if fail_after and it == start + fail_after:
@@ -58,6 +58,6 @@ def fake_train(kwargs: dict, progress: bool) -> dict:
     (out / "weights").mkdir(exist_ok=True)
     (out / "weights" / "last.weights").write_bytes(b"fake")
     summary = {"status": "finished", "iterations_done": kwargs["iterations"], "device": kwargs["device"],
-               "train_s": kwargs["iterations"] * 0.01, "config": {k: v for k, v in kwargs.items()}}
+               "train_seconds": kwargs["iterations"] * 0.01, "config": {k: v for k, v in kwargs.items()}}
     (out / "summary.json").write_text(json.dumps(summary))
     return summary

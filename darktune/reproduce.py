@@ -1,0 +1,209 @@
+"""`darktune reproduce`: the whole study on the synthetic windows benchmark, in one resumable pipeline.
+
+Steps (each reuses its result when run again in the same folder):
+  1. the COCO yolov3-tiny files from the zoo (the conv.15 extract is made by the experiment);
+  2. the target set (one window design among distractors) and the domain set (many window styles, Open
+     Images CSV with IsGroupOf boxes), both seeded;
+  3. the domain set's group boxes filtered out (images that had one are dropped whole, as the study kept only
+     images with reasonable boxes), written in darknet layout;
+  4. the experiment: stage `domain` (COCO conv.15 -> domain set), then the grid over the target set with the
+     starting points scratch, backbone, coco15, domain and 0, 13, 20 frozen layers;
+  5. the report (report.md, report.html).
+
+Owns: `PROFILES` (smoke / quick / full), `reproduce(profile, out, device) -> ReproduceOutcome`,
+`prepare_data`, `build_spec`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from darktune.errors import DarktuneError
+
+SEED = 0
+STARTS = ("scratch", "backbone", "coco15", "domain")
+FREEZE = (0, 13, 20)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and schedule of one reproduction. Iterations are darknet iterations of `batch` images."""
+
+    name: str
+    size: int  # image and network size (square)
+    target_images: int  # target set size (train + valid)
+    domain_images: int  # domain images generated (about 40% have no group box and are kept)
+    batch: int
+    subdivisions: int
+    lr: float
+    burn_in: int
+    stage_iterations: int  # COCO conv.15 -> domain set
+    iterations: int  # scratch / backbone / coco15 on the target
+    eval_at: tuple[int, ...]  # the study's four table rows, scaled
+    eval_every: int
+    domain_iterations: int  # domain -> target
+    domain_eval_at: tuple[int, ...]
+    domain_eval_every: int
+    target_map: float
+    val_fraction: float = 0.2
+    max_valid_images: int | None = None
+    checkpoint_every: int = 50
+    augment: bool = True
+    note: str = ""
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", size=64, target_images=16, domain_images=30, batch=2, subdivisions=1, lr=0.001,
+        burn_in=1, stage_iterations=2, iterations=3, eval_at=(2, 3), eval_every=0, domain_iterations=2,
+        domain_eval_at=(1, 2), domain_eval_every=0, target_map=0.5, checkpoint_every=2,
+        note="smoke: checks that the pipeline runs end to end; its numbers mean nothing"),
+    "quick": Profile(
+        name="quick", size=128, target_images=200, domain_images=600, batch=8, subdivisions=1, lr=0.01,
+        burn_in=10, stage_iterations=60, iterations=80, eval_at=(40, 60, 72, 80), eval_every=10,
+        domain_iterations=16, domain_eval_at=(4, 8, 12, 16), domain_eval_every=2, target_map=0.5,
+        max_valid_images=40, checkpoint_every=20,
+        note="quick: small images and short runs sized for 2 CPU cores; the iterations are the study's scaled"),
+    "full": Profile(
+        name="full", size=416, target_images=1000, domain_images=5000, batch=64, subdivisions=2, lr=0.001,
+        burn_in=100, stage_iterations=1000, iterations=2000, eval_at=(1000, 1500, 1800, 2000), eval_every=100,
+        domain_iterations=400, domain_eval_at=(100, 200, 300, 400), domain_eval_every=20, target_map=0.9,
+        checkpoint_every=100,
+        note="full: the study's network size, batch and iterations (for a GPU)"),
+}
+
+
+@dataclass
+class ReproduceOutcome:
+    profile: Profile
+    result: object  # ExperimentResult
+    report: object  # ReportPaths
+    verdicts: list[str]
+    data: dict
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise DarktuneError(f"unknown profile '{name}' (known: {', '.join(PROFILES)})")
+    return PROFILES[name]
+
+
+def prepare_data(profile: Profile, out: Path, progress: bool = False) -> dict:
+    """Target set, domain set, filtered domain set in darknet layout; returns their paths and counts."""
+    from darktune.data.synth import make_domain_set, make_target_set
+
+    data_dir = out / "data"
+    target = make_target_set(data_dir / "target", profile.target_images, profile.size, SEED,
+                             val_fraction=profile.val_fraction, progress=progress)
+    raw = make_domain_set(data_dir / "domain_raw", profile.domain_images, profile.size, SEED + 1, progress=progress)
+    domain, stats = _filtered_domain(raw, data_dir / "domain", profile)
+    return {"target": str(target), "domain_raw": str(raw), "domain": str(domain), "filter": stats}
+
+
+def _filtered_domain(boxes_csv: Path, out: Path, profile: Profile) -> tuple[Path, dict]:
+    """Drop the images that carry an IsGroupOf box (their member windows have no box of their own)."""
+    from darktune.data.dataset import write_darknet
+    from darktune.data.filter import FilterRules, filter_dataset
+    from darktune.data.formats.openimages import read_openimages
+
+    stats_path = out / "filter.json"
+    if (out / "obj.data").is_file() and stats_path.is_file():
+        return out / "obj.data", json.loads(stats_path.read_text())
+    if out.exists():  # a half-written folder from an interrupted run: write it again
+        import shutil
+
+        shutil.rmtree(out)
+    raw = boxes_csv.parent
+    dataset = read_openimages(boxes_csv, raw / "class-descriptions.csv", raw / "images")
+    kept, report = filter_dataset(dataset, FilterRules(drop_group_of=True, whole_images=True))
+    if not kept.images:
+        raise DarktuneError("no domain image is left after filtering group boxes", path=str(boxes_csv))
+    obj_data = write_darknet(kept, out, val_fraction=profile.val_fraction, seed=SEED)
+    stats = {"images_in": report.n_images_in, "images_out": report.n_images_out, "boxes_in": report.n_boxes_in,
+             "boxes_out": report.n_boxes_out,
+             "group_boxes": next((r.flagged for r in report.rules if r.rule == "group_of"), 0)}
+    (out / "filter.json").write_text(json.dumps(stats, indent=1) + "\n")
+    return obj_data, stats
+
+
+def build_spec(profile: Profile, data: dict) -> dict:
+    """The experiment spec (as the YAML would hold it) for the study's grid on the prepared data."""
+    p = profile
+    train = {"batch": p.batch, "subdivisions": p.subdivisions, "size": p.size, "lr": p.lr, "burn_in": p.burn_in,
+             "protocol": "darknet", "checkpoint_every": p.checkpoint_every, "augment": p.augment}
+    if p.max_valid_images:
+        train["max_valid_images"] = p.max_valid_images
+    f = data["filter"]
+    notes = (f"Profile {p.name} ({p.note}). Synthetic windows benchmark, seed {SEED}: target set "
+             f"{p.target_images} images, domain set {p.domain_images} images of which {f['images_out']} kept after "
+             f"dropping every image with an IsGroupOf box ({f['group_boxes']} group boxes). Images and network "
+             f"{p.size}x{p.size}, batch {p.batch}, lr {p.lr}, burn_in {p.burn_in}, augmentation "
+             f"{'on' if p.augment else 'off'}.")
+    return {
+        "cfg": "yolov3-tiny",
+        "train": train,
+        "notes": notes,
+        "stages": {"domain": {"data": data["domain"], "weights": "coco15", "iterations": p.stage_iterations,
+                              "eval_at": [p.stage_iterations]}},
+        "grid": {"data": data["target"], "starts": list(STARTS), "freeze": list(FREEZE), "images": ["all"],
+                 "seeds": [SEED], "iterations": p.iterations, "eval_at": list(p.eval_at),
+                 "eval_every": p.eval_every, "target_map": p.target_map,
+                 "per_start": {"domain": {"iterations": p.domain_iterations, "eval_at": list(p.domain_eval_at),
+                                          "eval_every": p.domain_eval_every}}},
+    }
+
+
+def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", device: str | None = None,
+              progress: bool = True) -> ReproduceOutcome:
+    """Run (or continue) the whole reproduction in `out` and write its report."""
+    import yaml
+
+    from darktune import zoo
+    from darktune.experiment import run_experiment
+    from darktune.experiment_spec import spec_from_dict
+    from darktune.report import write_report
+    from darktune.report_data import load_experiment
+    from darktune.report_findings import findings
+
+    profile = get_profile(profile_name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_profile_folder(out, profile)
+    zoo.fetch("yolov3-tiny")
+    data = prepare_data(profile, out, progress)
+    spec_dict = build_spec(profile, data)
+    spec_path = out / "experiment.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
+    spec = spec_from_dict(spec_dict, str(spec_path))
+    devices = [_device(device)] if device else None
+    result = run_experiment(spec, out, devices=devices, progress=progress)
+    report = write_report(out, title=f"darktune reproduce --profile {profile.name}: the transfer-learning study")
+    verdicts = [f"{f.verdict}: {f.claim}" for f in findings(load_experiment(out))]
+    return ReproduceOutcome(profile, result, report, verdicts, data)
+
+
+def _device(name: str) -> str:
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise DarktuneError(f"--device must be cpu, cuda or cuda:N, got '{name}'")
+    return "cuda:0" if name == "cuda" else name
+
+
+def _check_profile_folder(out: Path, profile: Profile) -> None:
+    """One folder holds one profile: continuing a folder with another profile is refused, not mixed."""
+    marker = out / "profile.json"
+    wanted = asdict(profile)
+    if marker.is_file():
+        try:
+            found = json.loads(marker.read_text())
+        except ValueError:
+            found = None
+        if found != json.loads(json.dumps(wanted)):
+            name = found.get("name") if isinstance(found, dict) else "?"
+            raise DarktuneError(f"this folder holds a reproduction with profile '{name}' (or other settings); "
+                                f"use another --out for profile '{profile.name}'", path=str(out))
+        return
+    from darktune.weights import atomic_write_bytes
+
+    atomic_write_bytes(marker, (json.dumps(wanted, indent=1) + "\n").encode())

@@ -1,0 +1,148 @@
+"""The experiment report: tables, study numbers beside ours, time to target, findings with agrees/DISAGREES, all
+read from the runs' metrics files (a fake trainer writes them; editing a file changes the report)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from darktune import study
+from darktune.experiment import run_experiment
+from darktune.experiment_spec import load_spec
+from darktune.report import write_report
+from darktune.report_data import load_experiment, time_to_target
+from darktune.report_findings import findings
+from fake_train import fake_train
+from test_experiment import SPEC
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, coco):
+    root = tmp_path_factory.mktemp("report")
+    data = root / "obj.data"
+    data.write_text("classes = 1\n")
+    spec = root / "spec.yaml"
+    spec.write_text(SPEC.format(cfg=coco.cfg, weights=coco.weights, data=data)
+                    .replace("freeze: [0, 13, 20]", "freeze: [0, 13, 20]\n  images: [all, 20]"))
+    run_experiment(load_spec(spec), root / "exp", train_fn=fake_train, progress=False)
+    return root / "exp"
+
+
+@pytest.fixture
+def copy(experiment, tmp_path):
+    import shutil
+
+    dst = tmp_path / "exp"
+    shutil.copytree(experiment, dst)
+    record = json.loads((dst / "experiment.json").read_text())
+    (dst / "experiment.json").write_text(json.dumps(record))
+    return dst
+
+
+def _set_maps(run_dir: Path, fn) -> None:
+    """Rewrite the mAP of every evaluation line of a run: map = fn(iteration, map)."""
+    lines = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "map" in rec:
+            rec["map"] = fn(rec["iteration"], rec["map"])
+        lines.append(json.dumps(rec))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _verdicts(out: Path) -> list[str]:
+    return [f.verdict for f in findings(load_experiment(out))]
+
+
+def test_findings_agree_on_study_like_curves(experiment):
+    assert _verdicts(experiment) == ["agrees"] * 4
+
+
+def test_time_to_target_is_the_first_evaluation_at_target(experiment):
+    data = load_experiment(experiment)
+    # fake curves: coco15 0.98 (1 - exp(-it/60)) >= 0.8 from it 101.7, evaluated every 10 -> 110
+    coco15 = time_to_target(data, "coco15", 0, None)
+    assert coco15.iterations == 110 and coco15.seconds == pytest.approx(1.1)
+    domain = time_to_target(data, "domain", 0, None)  # tau 8 -> 13.6, evaluated every 2 -> 14
+    assert domain.iterations == 14
+    assert time_to_target(data, "scratch", 0, None).iterations is None
+
+
+def test_report_files_tables_and_study_numbers(experiment):
+    paths = write_report(experiment)
+    md = paths.markdown.read_text()
+    for start in ("scratch", "backbone", "coco15", "domain"):
+        assert f"### Starting point `{start}`" in md
+    # coco15 N=0 at 200 it. faces the study's 2000 it. (98); ours is the fake curve's value
+    assert re.search(r"\| 0 \| 200 \| 94\.5 \| 2000 \| 98 \|", md)
+    assert re.search(r"\| 20 \| 40 \| 29\.8 \| 400 \| 72\.8 \|", md)  # Table III, N=20
+    assert "87% fewer iterations" in md and "STAND-IN" in md
+    assert "| coco15 | 0 | 110 | 1.1 | 1/1 |" in md
+    assert "20 images" in md and "map_vs_images.png" in md
+    for fig in paths.figures:
+        assert fig.read_bytes().startswith(b"\x89PNG") and f"report_files/{fig.name}" in md
+    page = paths.html.read_text()
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "report_files/" not in page and "<b>agrees</b>" in page
+    assert "Python" in md and "torch" in md and "darktune 0.1.0" in md
+
+
+def test_numbers_come_from_the_metrics_files(copy):
+    # coco15 frozen 20 as good as frozen 0: the first finding must now disagree, naming coco15
+    _set_maps(copy / "runs" / "coco15-f20-nall-s0", lambda it, m: 0.98 * (1 - 2.718 ** (-it / 60)))
+    # domain slow: reaches the target late, so the 80% finding disagrees
+    _set_maps(copy / "runs" / "domain-f0-nall-s0", lambda it, m: 0.81 if it >= 36 else 0.1)
+    verdicts = _verdicts(copy)
+    assert verdicts[0] == "DISAGREES" and verdicts[2] == "DISAGREES"
+    found = findings(load_experiment(copy))
+    assert any("coco15" in e and "NOT clearly worse" in e for e in found[0].evidence)
+    assert "67% fewer" in found[2].evidence[0]  # 1 - 36/110
+    md = write_report(copy).markdown.read_text()
+    assert "**DISAGREES** — Freezing 20 layers" in md
+
+
+def test_lower_bound_when_coco15_never_reaches_the_target(copy):
+    for n in (0, 13, 20):
+        _set_maps(copy / "runs" / f"coco15-f{n}-nall-s0", lambda it, m: min(m, 0.5))
+    found = findings(load_experiment(copy))
+    assert found[2].verdict == "agrees"
+    assert "did not reach" in found[2].evidence[0] and "at least 93% fewer" in found[2].evidence[0]  # 1 - 14/200
+
+
+def test_missing_and_damaged_runs_are_shown_not_fatal(copy):
+    (copy / "runs" / "scratch-f13-nall-s0" / "summary.json").unlink()
+    (copy / "runs" / "scratch-f13-nall-s0" / "metrics.jsonl").write_text("{not json\n[1, 2]\n")
+    md = write_report(copy).markdown.read_text()
+    assert "| runs/scratch-f13-nall-s0 | grid | not finished | – |" in md
+    assert "| 13 | 200 | – |" in md
+
+
+def test_not_measured_without_the_runs(copy):
+    record = json.loads((copy / "experiment.json").read_text())
+    record["runs"] = [r for r in record["runs"] if r["start"] in ("scratch", "backbone")]
+    (copy / "experiment.json").write_text(json.dumps(record))
+    verdicts = _verdicts(copy)
+    assert verdicts[1:] == ["not measured"] * 3
+
+
+def test_study_layout_matching():
+    table = study.table_for("coco15")
+    assert study.study_iteration(table, [100, 150, 180, 200], 180) == 1800
+    assert study.study_iteration(table, [40, 60, 72, 80], 80) == 2000
+    assert study.study_iteration(table, [50, 100, 150, 200], 150) is None  # other proportions
+    assert study.study_iteration(table, [100, 200], 200) is None
+    assert table.cell(20, 2000).text() == "27" and study.table_for("scratch") is None
+    assert study.table_for("backbone").cell(20, 1800).text() == "<1"
+
+
+def test_cli_report_json(experiment, capsys):
+    from darktune.cli import main
+
+    assert main(["report", str(experiment), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["report_md"].endswith("report.md") and len(out["figures"]) == 2

@@ -1,0 +1,139 @@
+"""`darktune reproduce`: profiles, the generated spec, data preparation (reused when run again), and end to end:
+the smoke profile under 2 minutes, and an interrupted experiment that continues to the same tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from darktune import study
+from darktune.errors import DarktuneError
+from darktune.experiment_spec import plan_runs, spec_from_dict
+from darktune.reproduce import PROFILES, _check_profile_folder, build_spec, prepare_data
+
+
+def test_full_profile_is_the_study():
+    full = PROFILES["full"]
+    assert (full.size, full.batch) == (416, 64)
+    assert full.iterations == 2000 and full.eval_at == (1000, 1500, 1800, 2000)
+    assert full.domain_iterations == 400 and full.domain_eval_at == (100, 200, 300, 400)
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_profile_layout_faces_the_study_tables(name):
+    p = PROFILES[name]
+    coco15, domain = study.table_for("coco15"), study.table_for("domain")
+    assert [study.study_iteration(coco15, p.eval_at, i) for i in p.eval_at] == list(coco15.iterations)
+    assert [study.study_iteration(domain, p.domain_eval_at, i) for i in p.domain_eval_at] == list(domain.iterations)
+    # the domain path runs a fifth of coco15's iterations, as in the study (400 vs 2000)
+    assert p.domain_iterations * 5 == p.iterations
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    return out, prepare_data(PROFILES["smoke"], out)
+
+
+def test_prepare_data_filters_group_boxes_and_is_reused(smoke_data):
+    out, data = smoke_data
+    f = data["filter"]
+    assert f["group_boxes"] > 0 and 0 < f["images_out"] < f["images_in"]
+    domain = Path(data["domain"])
+    for label in (domain.parent / "images").glob("*.txt"):  # every kept box is a single window
+        assert label.read_text().strip()
+    stamp = domain.stat().st_mtime_ns, Path(data["target"]).stat().st_mtime_ns
+    again = prepare_data(PROFILES["smoke"], out)
+    assert again == data and stamp == (domain.stat().st_mtime_ns, Path(data["target"]).stat().st_mtime_ns)
+
+
+def test_spec_is_the_study_grid(smoke_data):
+    _, data = smoke_data
+    spec = spec_from_dict(build_spec(PROFILES["quick"], data), "generated.yaml")
+    plans = plan_runs(spec)
+    assert plans[0].group == "stage" and plans[0].start == "coco15"
+    grid = [p for p in plans if p.group == "grid"]
+    assert {(p.start, p.freeze) for p in grid} == {(s, n) for s in ("scratch", "backbone", "coco15", "domain")
+                                                   for n in (0, 13, 20)}
+    assert {p.iterations for p in grid if p.start == "domain"} == {PROFILES["quick"].domain_iterations}
+
+
+def test_folder_of_another_profile_is_refused(tmp_path):
+    _check_profile_folder(tmp_path, PROFILES["smoke"])
+    _check_profile_folder(tmp_path, PROFILES["smoke"])  # same profile: continues
+    with pytest.raises(DarktuneError, match="profile 'smoke'"):
+        _check_profile_folder(tmp_path, PROFILES["quick"])
+
+
+@pytest.mark.slow
+def test_smoke_profile_end_to_end_under_two_minutes(tmp_path, capsys):
+    from darktune.cli import main
+
+    t0 = time.perf_counter()
+    code = main(["reproduce", "--profile", "smoke", "--device", "cpu", "--out", str(tmp_path / "r"), "--json"])
+    wall = time.perf_counter() - t0
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["failed"] == 0 and len(out["runs"]) == 13, out
+    assert wall < 120, f"smoke profile took {wall:.0f} s"
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md.count("### Starting point") == 4 and "Time to the target mAP" in md
+    assert len(out["findings"]) == 4 and (tmp_path / "r" / "report.html").is_file()
+
+
+TINY = """\
+cfg: yolov3-tiny
+train: {{batch: 2, size: 64, lr: 0.001, burn_in: 1, checkpoint_every: 1}}
+stages:
+  domain: {{data: {domain}, weights: coco15, iterations: 2}}
+grid:
+  data: {target}
+  starts: [coco15, domain]
+  freeze: [0]
+  iterations: 6
+  eval_at: [2, 4, 6]
+  target_map: 0.5
+"""
+
+
+def _tables(md: str) -> list[str]:
+    return re.findall(r"### Starting point.*?\n\n(?:\|.*\n)+", md)
+
+
+@pytest.mark.slow
+def test_interrupted_experiment_continues_to_the_same_tables(smoke_data, tmp_path):
+    from darktune.experiment import run_experiment
+    from darktune.experiment_spec import load_spec
+    from darktune.report import write_report
+
+    _, data = smoke_data
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY.format(domain=data["domain"], target=data["target"]))
+    reference = tmp_path / "reference"
+    run_experiment(load_spec(spec), reference, progress=False)
+    out = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "darktune", "experiment", str(spec), "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "runs" / "coco15-f0-nall-s0" / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and '"iteration": 2' in metrics.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # mid-run: the grid's first run has a checkpoint at iteration >= 2
+    assert proc.wait(timeout=60) == 130
+    summary = json.loads((out / "runs" / "coco15-f0-nall-s0" / "summary.json").read_text())
+    assert summary["status"] == "failed"  # interrupted, not finished
+    result = run_experiment(load_spec(spec), out, progress=False)
+    assert result.outcomes[0].reused and not result.outcomes[1].reused and not result.failed
+    a = _tables(write_report(reference).markdown.read_text())
+    b = _tables(write_report(out).markdown.read_text())
+    assert len(a) == 2 and a == b
