@@ -19,6 +19,10 @@ from typing import Any, Callable, Union
 from darktune.errors import DarktuneError
 
 ACTIVATIONS = ("linear", "leaky", "logistic", "relu", "mish", "swish", "tanh", "elu", "selu", "gelu", "hard_mish")
+# Sanity bounds, far past any real darknet network (yolov3: 62M parameters, largest output 32x608x608 = 12M):
+# beyond them a cfg is a typo, and building it would try to allocate gigabytes instead of saying so.
+MAX_PARAMS = 1_000_000_000
+MAX_LAYER_OUTPUT = 1 << 31  # values in one layer's output for one image
 
 
 # ---------------------------------------------------------------------------------------------- value parsing
@@ -422,8 +426,8 @@ def _build_layer(name: str, values: dict[str, Any], loc: Loc, index: int) -> Lay
         values["layers"] = tuple(_resolve(r, index, loc, "layers", "route") for r in values["layers"])
     elif name == "shortcut":
         values["from_"] = _resolve(values.pop("from"), index, loc, "from", "shortcut")
-    elif name == "yolo":
-        values.setdefault("mask", tuple(range(values.get("num", 1))))
+    elif name == "yolo" and "mask" not in values:  # every anchor; num past the anchors fails validation anyway
+        values["mask"] = tuple(range(min(values.get("num", 1), len(values.get("anchors", ())) // 2 + 1)))
     cls = SECTIONS[name][0]
     return cls(loc=loc, explicit=explicit, **values)
 
@@ -452,6 +456,8 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> NetworkSpec:
 
 def parse_cfg(path: str | Path) -> NetworkSpec:
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, device or FIFO: never read it
+        raise DarktuneError("not a regular file", path=str(path))
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -542,8 +548,19 @@ def infer_shapes(spec: NetworkSpec, width: int | None = None, height: int | None
         else:
             out = (c, h, w)
         shapes.append(LayerShape(i, section_name(layer), (c, h, w), out, cost, params))
+        _check_bounds(layer, i, out, sum(s.params for s in shapes))
         c, h, w = out
     return shapes
+
+
+def _check_bounds(layer: Any, i: int, out: tuple[int, int, int], params: int) -> None:
+    key = "filters" if isinstance(layer, ConvSpec) else None
+    if out[0] * out[1] * out[2] > MAX_LAYER_OUTPUT:
+        raise layer.loc.error(f"layer {i}: output {out[0]}x{out[1]}x{out[2]} has more than {MAX_LAYER_OUTPUT:,} "
+                              "values per image: check the sizes, filters and strides", key)
+    if params > MAX_PARAMS:
+        raise layer.loc.error(f"layer {i}: the network has {params:,} parameters up to here, more than "
+                              f"{MAX_PARAMS:,}: check filters and size", key)
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -21,6 +21,8 @@ from darktune.errors import DarktuneError
 def read_names(path: str | Path | None, num_classes: int) -> list[str]:
     if path is None:
         return [str(i) for i in range(num_classes)]
+    if Path(path).exists() and not Path(path).is_file():  # a folder, device or FIFO: never read it
+        raise DarktuneError("not a regular file", path=str(path))
     try:
         names = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
@@ -30,14 +32,38 @@ def read_names(path: str | Path | None, num_classes: int) -> list[str]:
     return names[:num_classes]
 
 
+MAX_IMAGE_BYTES = 1 << 30
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """BGR uint8 image; a clear error for a missing or undecodable file."""
+    """BGR uint8 image of the stored pixels; a clear error for a missing, special, damaged or oversized file.
+
+    JPEG, PNG and BMP get the checks of `darktune data check` (decompression-bomb guard on the header size,
+    truncation, PNG CRCs), so inference, training and evaluation read exactly what the check accepted.
+    EXIF orientation is ignored, as darknet's stb_image ignores it: label coordinates refer to the stored
+    pixels. Other formats OpenCV reads (GIF, WebP, TIFF, ...) are decoded as they are."""
+    from darktune.data.formats.image import SUPPORTED, inspect_image_bytes, sniff_format
+
     path = Path(path)
+    if not path.is_file():  # a device or FIFO named *.jpg would be read forever
+        raise DarktuneError("image not found" if not path.exists() else "not a regular file", path=str(path))
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise DarktuneError(f"file larger than {MAX_IMAGE_BYTES} bytes (not read)", path=str(path))
+        data = path.read_bytes()
     except OSError as exc:
         raise DarktuneError(f"cannot read image: {exc.strerror or exc}", path=str(path)) from None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if not data:
+        raise DarktuneError("zero-byte file", path=str(path))
+    if sniff_format(data[:32]) in SUPPORTED:
+        _, found, _ = inspect_image_bytes(path, data, decode=False)
+        errors = [reason for severity, reason in found if severity == "error"]
+        if errors:
+            raise DarktuneError(errors[0], path=str(path))
+    try:  # OpenCV raises (rather than returning None) past its own pixel limit
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        image = None
     if image is None:
         raise DarktuneError("not a decodable image", path=str(path))
     return image

@@ -80,6 +80,8 @@ class WeightsFile:
 
 def read_weights_file(path: str | Path) -> WeightsFile:
     path = str(path)
+    if Path(path).exists() and not Path(path).is_file():  # a folder, device or FIFO: never read it
+        raise DarktuneError("not a regular file", path=path)
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -116,6 +118,10 @@ def load_weights(model, path: str | Path, upto: int | None = None) -> Header:
         what = f"layers 0..{upto - 1}" if upto is not None else "the whole model"
         raise DarktuneError(f"weights do not fit the cfg: {what} needs {need:,} floats, the file has {found:,} "
                             f"({found - need:+,}). Is it made for another cfg or number of classes?", path=wf.path)
+    bad = int(np.count_nonzero(~np.isfinite(wf.floats[:need])))
+    if bad:  # darknet would load them and train or detect on NaN; such a file is damaged
+        raise DarktuneError(f"weights hold {bad:,} values that are not finite numbers (NaN or inf): the file is "
+                            "damaged", path=wf.path)
     offset = 0
     with torch.no_grad():
         for i, block in conv_blocks(model):
