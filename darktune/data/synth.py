@@ -10,7 +10,9 @@
   from any working directory; move the set and regenerate (it is cheap and deterministic) rather than edit.
 
 Image i of a set depends only on (seed, kind, i) and the generator version, so the same arguments give the
-same bytes. A finished set carries synth.json; asking again for the same set in the same folder reuses it.
+same bytes (with the same numpy and OpenCV builds). Speed, one process: about 100 images/s at 160x160 and 30
+at 416x416 on a 2-core x86 VM. A finished set carries synth.json; asking again for the same set in the same
+folder reuses it; a different set, or a non-empty folder without synth.json, is refused (nothing is deleted).
 """
 
 from __future__ import annotations
