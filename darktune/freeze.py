@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from darktune.cfg import ConvSpec
@@ -98,19 +99,33 @@ def frozen_prefix_length(model: nn.Module) -> int:
     return p
 
 
-def forward_frozen_prefix(model: nn.Module, x: torch.Tensor, prefix: int) -> list[torch.Tensor]:
-    """`model.forward(x)` with layers 0..prefix-1 under torch.no_grad() (same numbers, no backward cost)."""
+def forward_frozen_prefix(model: nn.Module, x: torch.Tensor, prefix: int,
+                          folded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[torch.Tensor]:
+    """`model.forward(x)` with layers 0..prefix-1 under torch.no_grad() (same function, no backward cost).
+    `folded` (from `fold_frozen_bn`): frozen conv layers computed with their batch norm folded into the conv.
+
+    Also, when a [route] concatenates outputs that need a gradient with frozen ones that do not (yolov3-tiny's
+    layer 20 = upsampled head + frozen layer 8) and only a conv reads it, that conv runs as a sum of convs over
+    the channel slices, so backward computes the input gradient of the trainable slice only."""
     from darktune.model import Route, Shortcut, YoloHead
 
     outputs: list = [None] * len(model.layers)
     heads = []
     grad_enabled = torch.is_grad_enabled()
+    parts = None
     for i, layer in enumerate(model.layers):
         with torch.set_grad_enabled(grad_enabled and i >= prefix):
-            if isinstance(layer, Route):
-                x = layer(outputs)
+            if parts is not None:
+                x, parts = _split_conv(layer, parts), None
+            elif isinstance(layer, Route):
+                parts = _mixed_route_parts(model, i, layer, outputs) if grad_enabled else None
+                x = layer(outputs) if parts is None else None
             elif isinstance(layer, Shortcut):
                 x = layer(x, outputs)
+            elif folded is not None and i in folded:
+                w, b = folded[i]
+                c = layer.conv
+                x = layer.act(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
             else:
                 x = layer(x)
         if isinstance(layer, YoloHead):
@@ -120,23 +135,68 @@ def forward_frozen_prefix(model: nn.Module, x: torch.Tensor, prefix: int) -> lis
     return heads
 
 
-class PrefixFrozenModel(nn.Module):
-    """Wraps a `Darknet` so that its forward runs the frozen prefix without autograd. Parameters, buffers and
-    state_dict are the wrapped model's (DDP and optimizers see the same tensors)."""
+def _mixed_route_parts(model: nn.Module, i: int, route: nn.Module, outputs: list) -> list | None:
+    from darktune.model import ConvBlock
 
-    def __init__(self, model: nn.Module):
+    nxt = model.layers[i + 1] if i + 1 < len(model.layers) else None
+    if (route.groups != 1 or len(route.sources) < 2 or i in model.keep or not isinstance(nxt, ConvBlock)
+            or nxt.conv.groups != 1):
+        return None
+    parts = [outputs[j] for j in route.sources]
+    needs = [p.requires_grad for p in parts]
+    return parts if any(needs) and not all(needs) else None
+
+
+def _split_conv(block: nn.Module, parts: list[torch.Tensor]) -> torch.Tensor:
+    """block(cat(parts)) computed as the sum of per-slice convs (weights sliced along input channels)."""
+    conv = block.conv
+    y, start = None, 0
+    for p in parts:
+        w = conv.weight[:, start:start + p.shape[1]]
+        start += p.shape[1]
+        term = F.conv2d(p, w, None, conv.stride, conv.padding, conv.dilation)
+        y = term if y is None else y + term
+    if conv.bias is not None:
+        y = y + conv.bias.view(1, -1, 1, 1)
+    if block.bn is not None:
+        y = block.bn(y)
+    return block.act(y)
+
+
+@torch.no_grad()
+def fold_frozen_bn(model: nn.Module, prefix: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Conv weights and biases with the (frozen, inference-mode) batch norm folded in, for the conv layers of
+    the frozen prefix: w * g / sqrt(var + eps), b - mean * g / sqrt(var + eps). Valid while they stay frozen."""
+    folded = {}
+    for i in range(prefix):
+        block = model.layers[i]
+        bn = getattr(block, "bn", None)
+        if bn is None or not isinstance(bn, FrozenBatchNorm2d):
+            continue
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w = block.conv.weight * scale.view(-1, 1, 1, 1)
+        if block.conv.weight.is_contiguous(memory_format=torch.channels_last):
+            w = w.contiguous(memory_format=torch.channels_last)
+        folded[i] = (w, bn.bias - bn.running_mean * scale)
+    return folded
+
+
+class PrefixFrozenModel(nn.Module):
+    """Wraps a `Darknet` so that its forward runs the frozen prefix without autograd and with batch norm folded
+    into the convs. Parameters, buffers and state_dict are the wrapped model's (DDP and optimizers see the same
+    tensors). Build a new one whenever the frozen set changes."""
+
+    def __init__(self, model: nn.Module, fold_bn: bool = True):
         super().__init__()
         self.model = model
         self.prefix = frozen_prefix_length(model)
-
-    def refresh(self) -> int:
-        self.prefix = frozen_prefix_length(self.model)
-        return self.prefix
+        # plain attribute, not buffers: derived from the model's frozen tensors, never saved or synchronised
+        self.folded = fold_frozen_bn(model, self.prefix) if fold_bn else None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.prefix == 0:
             return self.model(x)
-        return forward_frozen_prefix(self.model, x, self.prefix)
+        return forward_frozen_prefix(self.model, x, self.prefix, self.folded)
 
 
 def layer_tensors(block: nn.Module) -> list[torch.Tensor]:

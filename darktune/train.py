@@ -26,8 +26,9 @@ Semantics (darknet's unless said):
     init.json, model.cfg, freeze_proof.json, chart.png, summary.json (status finished / stopped_at_target /
     failed). ``resume=True`` continues from RUN/checkpoint.pt exactly (same batches, lr, step; on CPU the same
     losses).
-  * CUDA: AMP (bf16 where supported, else fp16 with loss scaling), channels_last and torch.compile on by
-    default. DDP under torchrun (RANK/WORLD_SIZE; gloo on CPU): ``batch`` stays the global batch; each process
+  * channels_last on by default (CPU: oneDNN convolutions are ~1.25x faster with it). CUDA: AMP (bf16 where
+    supported, else fp16 with loss scaling) and torch.compile on by default; ``amp=True`` on CPU autocasts
+    to bf16 (about 2x faster on CPUs with AVX512-BF16; numerics change, so it is opt-in there). DDP under torchrun (RANK/WORLD_SIZE; gloo on CPU): ``batch`` stays the global batch; each process
     takes its slice of every micro-batch; batch-norm statistics are per process (plain DDP), rank 0's are saved.
 """
 
@@ -75,7 +76,7 @@ class TrainConfig:
     scales: list[float] | None = None
     augment: bool = True
     amp: bool | None = None  # None: on for CUDA
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on
     compile: bool | None = None  # None: on for CUDA
     log_every: int = 1
     checkpoint_every: int = 100

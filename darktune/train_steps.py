@@ -31,7 +31,7 @@ def open_outputs(run: Run, progress: bool) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            run.log("tensorboard is not installed: no TensorBoard logs (metrics.jsonl has everything)")
+            run.log("tensorboard is not installed: no TensorBoard logs (metrics.jsonl has everything)", True)
         else:
             run.tb = SummaryWriter(str(run.dir / "tensorboard"))
 
@@ -147,7 +147,7 @@ def training_loop(run: Run) -> tuple[str, str]:
         if st["bad_in_row"] >= c.max_bad_steps:
             message = (f"stopped at iteration {it}: the loss was not finite in {st['bad_in_row']} iterations in a "
                        "row (try a lower --lr, a longer burn_in, or check the labels)")
-            run.log(message)
+            run.log(message, important=True)
             return "failed", message
         stop = it in run.eval_points and _evaluate(run, it)
         if it % c.checkpoint_every == 0 or stop or it == run.iterations:
@@ -171,7 +171,7 @@ def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_p
                                  img_s=f"{images_per_s:.1f}", refresh=False)
     if not ok:
         run.log(f"iteration {it}: non-finite loss, update skipped ({run.state['bad_in_row']} in a row, "
-                f"{run.state['skipped_steps']} in all)")
+                f"{run.state['skipped_steps']} in all)", important=True)
 
 
 def _evaluate(run: Run, it: int) -> bool:
@@ -213,7 +213,7 @@ def _measure(run: Run):
         run.eval_set = load_eval_set(run.config.data, hw, "valid", run.spec.net.letter_box,
                                      run.config.max_valid_images)
         if run.eval_set.n_skipped:
-            run.log(f"valid list: {run.eval_set.n_skipped} bad images skipped")
+            run.log(f"valid list: {run.eval_set.n_skipped} bad images skipped", important=True)
     return evaluate_model(run.model, run.eval_set, run.config.protocol, run.config.eval_batch,
                           run.dist.device, autocast_dtype=run.amp_dtype, channels_last=run.channels_last)
 
@@ -287,7 +287,7 @@ def finish(run: Run, status: str, message: str) -> TrainResult:
             save_state(run)
         proof = _write_proof(run)
         if run.frozen and not proof["frozen_unchanged"]:  # cannot happen; say so loudly if it ever does
-            run.log(f"WARNING: frozen layers changed: {proof['frozen_changed']}")
+            run.log(f"WARNING: frozen layers changed: {proof['frozen_changed']}", important=True)
         if run.metrics is not None:
             run.metrics.close()
             run.metrics = None

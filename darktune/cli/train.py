@@ -60,8 +60,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_int_list, help="override [net] steps (policy becomes steps)")
     p.add_argument("--scales", type=_float_list, help="override [net] scales")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no jitter/colour/flip")
-    _tristate(p, "amp", "mixed precision (default: on for CUDA)")
-    _tristate(p, "channels-last", "channels_last memory format (default: on for CUDA)")
+    _tristate(p, "amp", "mixed precision: bf16 (fp16 on GPUs without bf16); default on for CUDA, off on CPU")
+    _tristate(p, "channels-last", "channels_last memory format (default: on)")
     _tristate(p, "compile", "torch.compile (default: on for CUDA)")
     p.add_argument("--log-every", type=int, default=1, help="metrics.jsonl line every N iterations")
     p.add_argument("--checkpoint-every", type=int, default=100)
@@ -156,6 +156,8 @@ def add_bench_train_parser(bench_sub: argparse._SubParsersAction) -> argparse.Ar
     b.add_argument("--iterations", type=int, default=6, help="timed iterations per measurement")
     b.add_argument("--repeats", type=int, default=3, help="measurements per case (median reported)")
     b.add_argument("--freeze", type=int, default=13, help="frozen layers to compare with freeze 0")
+    b.add_argument("--amp", action="store_true", help="bf16 autocast in every case")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=bench_train)
     return b
@@ -165,7 +167,8 @@ def bench_train(args: argparse.Namespace) -> int:
     from darktune.train_bench import run_bench_train
 
     report = run_bench_train(device=args.device, sizes=args.sizes, batch=args.batch, iterations=args.iterations,
-                             repeats=args.repeats, freeze=args.freeze, progress=not args.json)
+                             repeats=args.repeats, freeze=args.freeze, amp=args.amp, threads=args.threads,
+                             progress=not args.json)
     if args.json:
         print(json.dumps(report))
     else:

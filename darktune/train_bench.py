@@ -1,0 +1,117 @@
+"""Training throughput benchmark (`darktune bench train`, benchmarks/bench_train.py).
+
+For each network size, in the same process and interleaved (so background load hits every case alike):
+  * bare: Darknet (yolov3-tiny, 1 class) on random tensors: forward, a sum-of-squares loss, backward, SGD step
+    (same memory format and optimizer as training; frozen layers only have requires_grad off);
+  * train: `darktune.train.train` on a synthetic target set at that size (augmentation, YOLO loss, non-finite
+    guard, logging): images/s over the iterations after the first `WARMUP` (the first one decodes the images).
+Each case is measured `repeats` times; the report gives medians and the ratios train/bare (goal >= 0.9) and
+train freeze N / train freeze 0 (goal >= 2.5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+WARMUP = 2
+
+
+def _bare(spec, batch: int, freeze: int, iterations: int, channels_last: bool, amp: bool, device: str) -> float:
+    from darktune.freeze import set_frozen
+    from darktune.model import Darknet
+    from darktune.train_setup import build_optimizer
+
+    torch.manual_seed(0)
+    model = Darknet(spec)
+    set_frozen(model, range(freeze))
+    model.to(device).train()
+    x = torch.rand(batch, 3, spec.net.height, spec.net.width, device=device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = build_optimizer(model, 1e-4, 0.9, 5e-4)
+    times = []
+    for i in range(WARMUP + iterations):
+        t = time.perf_counter()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            heads = model(x)
+        sum(h.float().square().mean() for h in heads).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= WARMUP:
+            times.append(time.perf_counter() - t)
+    return batch * len(times) / sum(times)
+
+
+def _train(cfg: str, data: str, out: Path, size: int, batch: int, freeze: int, iterations: int,
+           channels_last: bool, amp: bool, device: str) -> float:
+    from darktune.train import TrainConfig, train
+
+    train(TrainConfig(cfg=cfg, data=data, freeze=freeze, iterations=WARMUP + iterations, batch=batch, size=size,
+                      out=str(out), device=device, checkpoint_every=10 ** 9, channels_last=channels_last,
+                      amp=amp, compile=False), progress=False)
+    recs = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    t = {r["iteration"]: r["train_s"] for r in recs if "loss" in r}
+    last = max(t)
+    return batch * (last - WARMUP) / (t[last] - t[WARMUP])
+
+
+def run_bench_train(device: str = "cpu", sizes: list[int] = (416, 160), batch: int = 8, iterations: int = 6,
+                    repeats: int = 3, freeze: int = 13, channels_last: bool = True, amp: bool = False,
+                    threads: int | None = None, progress: bool = True) -> dict:
+    """Medians of images/s per case and size, ratios, and the machine; see the module docstring.
+    `threads`: torch CPU threads for the measurement (default: torch's)."""
+    if threads:
+        torch.set_num_threads(threads)
+    from darktune import zoo
+    from darktune.cfg import parse_cfg
+    from darktune.data.synth import make_target_set
+
+    cfg = str(zoo.fetch("yolov3-tiny").cfg)
+    report = {"device": device, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "batch": batch,
+              "iterations": iterations, "repeats": repeats, "freeze": freeze, "channels_last": channels_last,
+              "amp": amp, "load_average_start": list(os.getloadavg()), "sizes": [], "lines": []}
+    with tempfile.TemporaryDirectory(prefix="darktune-bench-train-") as tmp:
+        for size in sizes:
+            data = str(make_target_set(Path(tmp) / f"set{size}", max(2 * batch, 16), size, seed=0, val_fraction=0.0))
+            spec = parse_cfg(cfg).with_classes(1).with_size(size, size)
+            cases = {"bare_f0": [], "train_f0": [], f"bare_f{freeze}": [], f"train_f{freeze}": []}
+            for r in range(repeats):
+                for name in cases:
+                    kind, fr = name.split("_f")
+                    if kind == "bare":
+                        ips = _bare(spec, batch, int(fr), iterations, channels_last, amp, device)
+                    else:
+                        ips = _train(cfg, data, Path(tmp) / f"run{size}_{name}_{r}", size, batch, int(fr),
+                                     iterations, channels_last, amp, device)
+                    cases[name].append(round(ips, 3))
+                    if progress:
+                        print(f"  size {size} {name} repeat {r + 1}/{repeats}: {ips:.2f} images/s", flush=True)
+            med = {k: statistics.median(v) for k, v in cases.items()}
+            entry = {"size": size, "samples": cases, "median_images_per_s": med,
+                     "train_over_bare_f0": med["train_f0"] / med["bare_f0"],
+                     f"train_over_bare_f{freeze}": med[f"train_f{freeze}"] / med[f"bare_f{freeze}"],
+                     f"freeze{freeze}_speedup_train": med[f"train_f{freeze}"] / med["train_f0"],
+                     f"freeze{freeze}_speedup_bare": med[f"bare_f{freeze}"] / med["bare_f0"],
+                     "train_iterations_per_s_f0": med["train_f0"] / batch,
+                     f"train_iterations_per_s_f{freeze}": med[f"train_f{freeze}"] / batch}
+            report["sizes"].append(entry)
+            report["lines"].append(
+                f"size {size}, batch {batch}, {device}: train {med['train_f0']:.2f} img/s vs bare "
+                f"{med['bare_f0']:.2f} ({entry['train_over_bare_f0']:.2f}x, goal >= 0.9); freeze {freeze}: train "
+                f"{med[f'train_f{freeze}']:.2f} img/s ({entry[f'freeze{freeze}_speedup_train']:.2f}x freeze 0, "
+                f"goal >= 2.5), bare {med[f'bare_f{freeze}']:.2f} img/s")
+    report["load_average_end"] = list(os.getloadavg())
+    report["lines"].append(f"medians of {repeats} runs x {iterations} iterations; torch threads "
+                           f"{report['torch_threads']}, load average {report['load_average_start'][0]:.1f} -> "
+                           f"{report['load_average_end'][0]:.1f} (other processes share the CPU)")
+    return report
