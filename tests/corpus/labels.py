@@ -221,7 +221,8 @@ def voc_cases() -> list[AnnotationCase]:
          "reject"),
         ("bad_encoding_declaration", x(_voc().replace(b'version="1.0"', b'version="1.0" encoding="klingon"')),
          "reject"),
-        ("deep_nesting", x(_voc(objects="<a>" * 20_000 + "</a>" * 20_000)), "ok"),
+        ("deep_nesting", x(_voc(objects=_VOC_OBJECT.format(8, 4, 28, 20) + "<a>" * 20_000 + "</a>" * 20_000)),
+         "ok"),
     ]
     return [AnnotationCase("voc", name, files, expect) for name, files, expect in rows]
 
