@@ -156,7 +156,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp1
         raise DarktuneError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
     from darktune.weights import atomic_write_bytes
 
-    atomic_write_bytes(out, proto.SerializeToString())
+    _readable(atomic_write_bytes(out, proto.SerializeToString()))
     result = OnnxExport(out, INPUT_NAME, outputs, batch, net_hw, fp16, decode)
     if verify:
         _verify(result, model, conf_thresh, nms_thresh)
@@ -174,6 +174,17 @@ def _torch_export(net: nn.Module, x: torch.Tensor, path: Path, outputs: list[str
                               do_constant_folding=True)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise DarktuneError(f"torch.onnx.export failed (opset {opset}): {str(exc).splitlines()[0]}") from None
+
+
+def _readable(path: Path) -> Path:
+    """Give a file written through a private temp file (mode 0600) the mode a plain new file gets, so exported
+    models can be copied to and read on a device by other users."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+    return path
 
 
 def _cfg_text(spec) -> str:
@@ -256,30 +267,51 @@ def graph_detections(detections: np.ndarray, batch: int, net_hw: tuple[int, int]
 # ---------------------------------------------------------------------------------------------- darknet
 @dataclass
 class RunFiles:
-    """cfg, weights and (optional) names of a trained model."""
+    """cfg, weights and class names of a trained model (names from a names file, or the run's dataset)."""
 
     cfg: Path
     weights: Path
     names: Path | None = None
+    class_names: list[str] | None = None
+    note: str = ""  # why no names were found, if so
 
 
-def resolve_run(run: str | Path) -> RunFiles:
-    """The files of a `darktune train` run folder: model.cfg (or the folder's only .cfg), weights/best.weights
-    (else weights/last.weights, else best/last.weights at the top), obj.names (or the only .names), if any."""
+def resolve_run(run: str | Path, which: str = "best") -> RunFiles:
+    """The files of a `darktune train` run folder (`darktune.train`): model.cfg (or the folder's only .cfg),
+    weights/<which>.weights (best: highest mAP; falls back to the other one), and class names from obj.names
+    in the folder if present, else from the obj.data recorded in RUN/summary.json's config."""
     run = Path(run)
     if not run.is_dir():
         raise DarktuneError("not a run folder", path=str(run))
     cfg = _one(run, "model.cfg", "*.cfg", "model.cfg")
-    for rel in ("weights/best.weights", "weights/last.weights", "best.weights", "last.weights"):
-        if (run / rel).is_file():
-            weights = run / rel
-            break
-    else:
+    order = ("best", "last") if which == "best" else ("last", "best")
+    candidates = [run / "weights" / f"{w}.weights" for w in order] + [run / f"{w}.weights" for w in order]
+    weights = next((c for c in candidates if c.is_file()), None)
+    if weights is None:
         raise DarktuneError("no weights/best.weights or weights/last.weights in the run folder", path=str(run))
     names = (run / "obj.names") if (run / "obj.names").is_file() else None
     if names is None and len(list(run.glob("*.names"))) == 1:
         names = next(run.glob("*.names"))
-    return RunFiles(cfg, weights, names)
+    if names is not None:
+        return RunFiles(cfg, weights, names)
+    class_names, note = _names_from_summary(run)
+    return RunFiles(cfg, weights, None, class_names, note)
+
+
+def _names_from_summary(run: Path) -> tuple[list[str] | None, str]:
+    import json
+
+    summary = run / "summary.json"
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))["config"]["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"no obj.names in {run} and no dataset recorded in {summary}"
+    from darktune.data.dataset import read_obj_data
+
+    try:
+        return read_obj_data(data).names, ""
+    except DarktuneError as exc:
+        return None, f"the run's dataset is not readable ({exc})"
 
 
 def _one(folder: Path, name: str, pattern: str, what: str) -> Path:
@@ -350,12 +382,12 @@ def export_darknet(model: nn.Module, out_dir: str | Path, *, names: list[str] | 
         if path is not None and path.resolve() in protected:
             raise DarktuneError("export would overwrite one of its own input files; choose another --out",
                                 path=str(path))
-    atomic_write_bytes(cfg, format_cfg(spec).encode())
-    save_weights(model, weights, header)
+    _readable(atomic_write_bytes(cfg, format_cfg(spec).encode()))
+    _readable(save_weights(model, weights, header))
     if names is not None:
-        atomic_write_bytes(names_path, "".join(n + "\n" for n in names).encode())
+        _readable(atomic_write_bytes(names_path, "".join(n + "\n" for n in names).encode()))
         data = f"classes = {spec.num_classes}\nnames = {names_path.resolve()}\n"
-        atomic_write_bytes(data_path, data.encode())
+        _readable(atomic_write_bytes(data_path, data.encode()))
     result = DarknetExport(cfg, weights, names_path, data_path, spec.num_classes)
     if verify:
         result.max_abs_diff = _opencv_diff(model, cfg, weights)

@@ -19,6 +19,7 @@ from darktune.cli import main
 from darktune.detect import detect_from_heads, preprocess_batch, read_image
 from darktune.errors import DarktuneError
 from darktune.export import export_onnx, graph_detections
+from darktune.model import Darknet
 from test_backends import assert_heads_close, assert_same_boxes, person_model, synthetic_scene, write_model
 
 
@@ -77,8 +78,9 @@ def test_export_onnx_cli_raw_heads(coco, coco_model, images, tmp_path, capsys):
 @pytest.mark.parametrize("which", ["coco", "one-class"])
 def test_decode_graph_same_boxes_as_postprocess(which, coco_model, one_class, images, tmp_path):
     model = coco_model if which == "coco" else one_class[0]
-    result = export_onnx(model, tmp_path / "d.onnx", batch=None, decode=True, conf_thresh=0.1, nms_thresh=0.45)
-    assert result.output_names == ["detections"] and result.max_abs_diff["detections"] == 0
+    result = export_onnx(model, tmp_path / "d.onnx", batch=None, decode=True, conf_thresh=0.1, nms_thresh=0.45,
+                         verify=False)
+    assert result.output_names == ["detections"]
     ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
     assert "NonMaxSuppression" in ops
     batch = preprocess_batch(images, model.input_size)
@@ -94,7 +96,9 @@ def test_decode_graph_same_boxes_as_postprocess(which, coco_model, one_class, im
 
 
 def test_fp16_export_float32_io(coco_model, images, tmp_path):
-    result = export_onnx(coco_model, tmp_path / "h.onnx", fp16=True)
+    model = Darknet(coco_model.spec.with_size(256)).eval()  # smaller input: float16 convs are slow on CPU
+    model.load_state_dict(coco_model.state_dict())
+    result = export_onnx(model, tmp_path / "h.onnx", fp16=True)
     proto = onnx.load(str(result.path))
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in proto.graph.output)
@@ -102,11 +106,12 @@ def test_fp16_export_float32_io(coco_model, images, tmp_path):
     assert conv_weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in conv_weights)
     assert max(result.max_rel_diff.values()) < 1e-2
     assert result.path.stat().st_size < 0.6 * 35_434_956
-    batch = preprocess_batch(images[:1], (416, 416))
+    batch = preprocess_batch(images[:1], (256, 256))
     got = ort_session(result.path).run(None, {"images": batch})
-    dets = detect_from_heads(got, [h.spec for h in coco_model.heads], (416, 416),
+    dets = detect_from_heads(got, [h.spec for h in model.heads], (256, 256),
                              [(images[0].shape[1], images[0].shape[0])], 0.3, 0.45)[0]
-    ref = _torch_dets(coco_model, images[:1], 0.3)[0]
+    ref = _torch_dets(model, images[:1], 0.3)[0]
+    assert len(ref) >= 1
     assert sorted(dets[:, 5].tolist()) == sorted(ref[:, 5].tolist())  # same objects, boxes within fp16 noise
     assert np.abs(np.sort(dets[:, 4]) - np.sort(ref[:, 4])).max() < 0.02
 
@@ -160,3 +165,31 @@ def test_export_errors(coco, one_class, tmp_path, capsys):
     assert cfg.read_bytes() and not (tmp_path / "m.onnx").exists()
     with pytest.raises(DarktuneError, match="batch"):
         export_onnx(None, tmp_path / "x.onnx", batch=0)
+
+
+@pytest.mark.slow
+def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_path, capsys):
+    """A real `darktune train` run (2 iterations from COCO conv.15 on 4 synthetic window images) exported with
+    --run: names come from the run's dataset, OpenCV DNN gives darktune's detections on the written files."""
+    from darktune.backends import load_model
+    from darktune.data.synth import make_target_set
+    from darktune.train import TrainConfig, train
+
+    data = make_target_set(tmp_path / "target", 4, 96, seed=0)
+    run = tmp_path / "run"
+    train(TrainConfig(cfg=str(coco.cfg), data=str(data), weights=str(coco.weights), upto=15, iterations=2,
+                      batch=2, size=64, out=str(run), augment=False, log_every=100))
+    capsys.readouterr()
+    out = tmp_path / "deploy"
+    assert main(["export", "darknet", "--run", str(run), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["classes"] == 1 and report["max_abs_diff"] < 1e-3
+    assert (out / "model.names").read_text() == "window\n"
+    assert (out / "model.weights").read_bytes() == (run / "weights" / "best.weights").read_bytes()
+    assert (out / "model.weights").stat().st_mode & 0o044  # readable by others (umask allowing)
+    model = load_model(out / "model.cfg", out / "model.weights")
+    scenes = images + [read_image(sorted((tmp_path / "target" / "images").glob("*.jpg"))[0])]
+    ours = _torch_dets(model, scenes, conf=0.05)
+    assert sum(len(d) for d in ours) >= 1
+    theirs = OpenCVBackend(out / "model.cfg", out / "model.weights", model.spec).detect(scenes, 0.05, 0.45)
+    assert_same_boxes(theirs, ours)

@@ -38,7 +38,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         pass
 
 
-def _backend_names(text: str) -> list[str]:
+def backend_names(text: str) -> list[str]:
     from darktune.backends import BACKENDS
     from darktune.errors import DarktuneError
 
@@ -68,16 +68,40 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
     built = [make_backend(name, cfg, weights, size=size, device=device, batch=batch, threads=threads)
              for name in backends]
     x = verification_input(batch, built[0].net_hw)
+    load_before = _loadavg()
     times = time_backends(built, x, iters, warmup, block=block, progress=progress)
     results = {name: latency_summary(t, batch) for name, t in times.items()}
     if "opencv" in results:
         for r in results.values():
             r["speed_vs_opencv"] = results["opencv"]["median_ms"] / r["median_ms"]
     return {"cfg": str(cfg), "weights": str(weights), "device": device, "batch": batch, "size": size,
-            "threads": threads, "iters": iters, "block": block, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpus": cpu_count(), "backends": results,
+            "threads": threads, "iters": iters, "block": block,
+            "machine": _cpu_name() or platform.machine(),
+            "cpus": cpu_count(), "load_1min": [load_before, _loadavg()], "backends": results,
             "fastest": min(results, key=lambda n: results[n]["median_ms"]),
             "versions": _versions()}
+
+
+def _loadavg() -> float | None:
+    """1-minute load average (other processes competing for the CPUs make every timing slower)."""
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else ''."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _versions() -> dict[str, str]:
@@ -96,7 +120,8 @@ def _versions() -> dict[str, str]:
 
 def format_report(report: dict) -> str:
     lines = [f"bench infer: batch {report['batch']}, {report['size']}x{report['size']}, {report['device']}, "
-             f"{report['threads']} threads, {report['machine']} ({report['cpus']} CPUs)",
+             f"{report['threads']} threads, {report['machine']} ({report['cpus']} CPUs), "
+             f"load {report['load_1min'][0]} -> {report['load_1min'][1]}",
              f"{'backend':<12} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'vs OpenCV':>9}"]
     for name, r in report["backends"].items():
         ratio = f"{r['speed_vs_opencv']:.2f}x" if "speed_vs_opencv" in r else "-"
@@ -117,7 +142,7 @@ def cmd_bench_infer(args) -> int:
 
         fetched = zoo.fetch("yolov3-tiny")
         cfg, weights = fetched.cfg, fetched.weights
-    report = run_infer_bench(cfg, weights, _backend_names(args.backend), args.device, args.batch, args.size,
+    report = run_infer_bench(cfg, weights, backend_names(args.backend), args.device, args.batch, args.size,
                              args.iters, args.warmup, args.threads, args.block,
                              progress=not args.json)
     print(json.dumps(report) if args.json else format_report(report))

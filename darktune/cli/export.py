@@ -20,7 +20,10 @@ def _batch(text: str) -> int | None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", help="a training run folder (model.cfg, weights/best.weights, obj.names)")
+    p.add_argument("--run", help="a `darktune train` run folder (model.cfg, weights/best.weights; names from "
+                                 "its obj.names or the dataset in summary.json)")
+    p.add_argument("--run-weights", choices=("best", "last"), default="best",
+                   help="with --run: the best-mAP weights (default) or the last ones")
     p.add_argument("--cfg", help="darknet cfg (instead of --run)")
     p.add_argument("--weights", help="darknet weights (instead of --run)")
     p.add_argument("--names", help="class names file (default: the run's obj.names, if any)")
@@ -62,15 +65,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _resolve(args):
-    """(cfg, weights, names path or None) from --run or --cfg/--weights."""
+    """(cfg, weights, names: a path, a list or None) from --run or --cfg/--weights."""
     from darktune.errors import DarktuneError
     from darktune.export import resolve_run
 
     if args.run:
         if args.cfg or args.weights:
             raise DarktuneError("give either --run or --cfg/--weights, not both")
-        files = resolve_run(args.run)
-        return files.cfg, files.weights, args.names or files.names
+        files = resolve_run(args.run, args.run_weights)
+        if args.names:
+            return files.cfg, files.weights, args.names
+        if files.note:
+            print(f"darktune: note: {files.note}; exporting without class names", file=sys.stderr)
+        return files.cfg, files.weights, files.names or files.class_names
     if not (args.cfg and args.weights):
         raise DarktuneError("give --run RUN, or --cfg and --weights")
     return args.cfg, args.weights, args.names
@@ -82,6 +89,10 @@ def _names(path, num_classes: int) -> list[str] | None:
 
     if path is None:
         return None
+    if isinstance(path, list):
+        if len(path) != num_classes:
+            raise DarktuneError(f"the run's dataset has {len(path)} classes, the model {num_classes}")
+        return path
     names = read_names(path, num_classes)
     total = len([1 for line in open(path, encoding="utf-8-sig") if line.strip()])
     if total != num_classes:
@@ -121,7 +132,7 @@ def cmd_export_darknet(args) -> int:
     cfg, weights, names_path = _resolve(args)
     model, header = load_for_export(cfg, weights, args.classes, args.size)
     names = _names(names_path, model.spec.num_classes)
-    inputs = tuple(p for p in (cfg, weights, names_path) if p)
+    inputs = tuple(p for p in (cfg, weights, names_path) if p and not isinstance(p, list))
     result = export_darknet(model, args.out, names=names, stem=args.stem, header=header, inputs=inputs)
     if args.json:
         print(json.dumps(result.to_dict()))
