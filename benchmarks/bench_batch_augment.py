@@ -6,6 +6,7 @@ saturation 1.5, exposure 1.5, flip) unless --no-hue / --mosaic:
                   process (decoded images cached first; augment_sample per image with OpenCV)
   batch_augment   augment_batch on a uint8 batch already on the device
   cache+augment   Uint8Cache.batch(indices, device) + augment_batch: the whole device-side input path
+  compiled_augment  (--compile) sample_params + torch.compile(apply_images) + apply_targets
 Synthetic JPEGs (640x480, smooth noise, 1-3 boxes) are written to a temporary folder first.
 
     python benchmarks/bench_batch_augment.py [--device cpu|cuda] [--batches 16,64] [--size 416] [--json]
@@ -30,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from darktune.data.augment import AugmentConfig  # noqa: E402
-from darktune.data.batch_augment import augment_batch  # noqa: E402
+from darktune.data.batch_augment import apply_images, apply_targets, augment_batch, sample_params  # noqa: E402
 from darktune.data.uint8_cache import build_cache  # noqa: E402
 
 
@@ -93,8 +94,9 @@ def summarise(times: list[float], batch: int) -> dict:
 
 
 def run(device: torch.device, batches: list[int], size: int, repeats: int, cfg: AugmentConfig,
-        n_images: int, cpu_baseline: bool) -> dict:
+        n_images: int, cpu_baseline: bool, compile_: bool = False) -> dict:
     results: dict[str, dict] = {}
+    compiled = torch.compile(apply_images, dynamic=False) if compile_ else None
     with tempfile.TemporaryDirectory() as tmp:
         items = make_images(Path(tmp), n_images)
         t0 = time.perf_counter()
@@ -118,10 +120,18 @@ def run(device: torch.device, batches: list[int], size: int, repeats: int, cfg: 
                 return augment_batch(imgs, tg, size, cfg, gen, compact=False)
 
             row["cache+augment"] = summarise(time_call(full, device, repeats), b)
+            if compiled is not None:
+                def comp():
+                    p = sample_params(b, cfg, size, gen, device)
+                    return compiled(images, p, size, cfg.letterbox, None, cfg.hue > 0), \
+                        apply_targets(targets, p, (size, size), size, cfg.letterbox, None, compact=False)
+
+                row["compiled_augment"] = summarise(time_call(comp, device, repeats, warmup=2), b)
             if "cpu_per_image" in row:
                 base = row["cpu_per_image"]["images_per_s"]
-                for name in ("batch_augment", "cache+augment"):
-                    row[name]["vs_cpu_per_image"] = row[name]["images_per_s"] / base
+                for name in ("batch_augment", "cache+augment", "compiled_augment"):
+                    if name in row:
+                        row[name]["vs_cpu_per_image"] = row[name]["images_per_s"] / base
             results[str(b)] = row
     return {"device": str(device), "device_name": _device_name(device), "size": size, "repeats": repeats,
             "threads": torch.get_num_threads(), "cfg": cfg.__dict__, "cache_build_s": cache_s,
@@ -161,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-hue", action="store_true", help="hue 0 (the fast colour path)")
     ap.add_argument("--mosaic", action="store_true")
     ap.add_argument("--no-cpu-baseline", dest="cpu_baseline", action="store_false")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(apply_images)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -170,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AugmentConfig(jitter=0.3, hue=0.0 if args.no_hue else 0.1, saturation=1.5, exposure=1.5, flip=True,
                         mosaic=args.mosaic)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
-    report = run(device, batches, args.size, args.repeats, cfg, args.images, args.cpu_baseline)
+    report = run(device, batches, args.size, args.repeats, cfg, args.images, args.cpu_baseline, args.compile)
     report["load_avg"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps(report) if args.json else format_table(report))
     return 0

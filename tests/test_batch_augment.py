@@ -311,3 +311,24 @@ def test_cuda_equals_cpu_for_same_params():
     b_img, b_t = apply_params(images.cuda(), t.cuda(), p, 96)
     assert (a_img - b_img.cpu()).abs().max() < 2e-3
     assert torch.allclose(a_t, b_t.cpu(), atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path_has_no_host_sync():
+    """compact=False on CUDA with a CUDA generator: no synchronising call at all (set_sync_debug_mode)."""
+    from dataclasses import replace
+
+    images, t = _white_rects(8, 96, seed=4)
+    images, t = images.cuda(), t.cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    cfg = AugmentConfig(jitter=0.3, hue=0.1, saturation=1.5, exposure=1.5, flip=True, mosaic=True)
+    augment_batch(images, t, 96, cfg, g, compact=False)  # warm-up: lazy initialisation may synchronise
+    augment_batch(images, t, 96, replace(cfg, mosaic=False, hue=0.0), g, compact=False)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        augment_batch(images, t, 128, cfg, g, compact=False)
+        augment_batch(images, t, 96, replace(cfg, mosaic=False, hue=0.0), g, compact=False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -212,3 +212,18 @@ def test_cuda_batches_are_pinned_copies(items):
     assert torch.equal(images.cpu(), cache.batch([0, 3])[0])
     resident = cache.to("cuda")
     assert torch.equal(resident.batch([0, 3], "cuda")[0].cpu(), images.cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batches_do_not_synchronise(items):
+    cache = build_cache(items, 32)
+    resident = cache.to("cuda")
+    cache.batch([0, 1], "cuda"), resident.batch([0, 1], "cuda")  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        cache.batch(np.array([4, 2, 0]), "cuda")
+        resident.batch([3, 3], "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

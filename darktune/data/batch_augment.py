@@ -24,8 +24,8 @@ semantics as the per-image CPU module `darktune.data.augment` (its `AugmentConfi
 * boxes go through the same maps, are clipped to the output (to the tile in a mosaic) and dropped below
   1 px or 1e-3 of the output in width or height (the CPU module's MIN_BOX_PX / MIN_BOX_NORM).
 
-No host sync and no Python loop over images or boxes: every random draw is one batched tensor call on the
-generator's device (use a generator on the images' device: a CPU generator with CUDA images costs a small
+No host sync and no Python loop over images or boxes (no .item(), no torch.tensor(list, device=...)):
+every random draw is one batched tensor call on the generator's device (use a generator on the images' device: a CPU generator with CUDA images costs a small
 host->device copy per call). `compact=True` removes dropped boxes with a boolean index (one device sync on
 CUDA, a dynamic shape); `compact=False` keeps a fixed shape (N or 4N rows) with dropped rows zeroed
 (cx = cy = w = h = 0), which `loss.YoloLoss` already ignores: use it in a sync-free or compiled loop.
@@ -66,6 +66,15 @@ def _size_wh(out_size: int | tuple[int, int]) -> tuple[int, int]:
     return (int(out_size), int(out_size)) if isinstance(out_size, int) else (int(out_size[0]), int(out_size[1]))
 
 
+def _const_rows(n: int, values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """(n, len(values)) float32 filled on the device by scalar fills: torch.tensor(list, device=cuda) would
+    be a synchronous host->device copy."""
+    out = torch.empty((n, len(values)), device=device, dtype=torch.float32)
+    for j, v in enumerate(values):
+        out[:, j] = float(v)
+    return out
+
+
 def _rand_scale(u_value: torch.Tensor, u_invert: torch.Tensor, s: float) -> torch.Tensor:
     """darknet rand_scale from two uniforms: U(1, s), inverted with p = 1/2."""
     scale = 1.0 + u_value * (s - 1.0)
@@ -90,7 +99,7 @@ def sample_params(batch: int, cfg: AugmentConfig, out_size: int | tuple[int, int
         perms = torch.argsort(torch.rand((3, batch), generator=generator, device=dev), dim=1)
         src = torch.cat([torch.arange(batch, device=dev)[None], perms], 0).T.contiguous()
     else:
-        tiles = torch.tensor([0.0, 0.0, ow, oh], device=dev).expand(batch, 1, 4).clone()
+        tiles = _const_rows(batch, (0.0, 0.0, ow, oh), dev).view(batch, 1, 4)
         src = torch.arange(batch, device=dev)[:, None]
     flip = (u[:, -6] < 0.5) if cfg.flip else torch.zeros(batch, dtype=torch.bool, device=dev)
     hue = torch.round((u[:, -5] * 2 - 1) * cfg.hue * 180) / 180
@@ -185,7 +194,7 @@ def distort_colour(x: torch.Tensor, hue: torch.Tensor, sat: torch.Tensor, exp: t
     top = v.mul_(e)  # v'
     depth = top * s_new  # v' s'
     # hsv -> rgb: c_n = v' - v' s' f((n + h6) mod 6), f(k) = clamp(2 - |k - 2|, 0, 1), n = 5, 3, 1 for r, g, b
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # 5, 3, 1
     torch.add(h6, n, out=x)
     x.remainder_(6.0).sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
     return x.mul_(depth.neg_()).add_(top).clamp_(0.0, 1.0)
@@ -223,12 +232,17 @@ def _map_targets(targets: torch.Tensor, p: BatchParams, maps, extents: torch.Ten
     return torch.cat([out[:, :2], out[:, 2:] * keep[:, None]], 1)
 
 
+def _compiling() -> bool:
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(check()) if check is not None else False
+
+
 def _band_rows(device: torch.device, n_images: int, out_wh: tuple[int, int]) -> int:
     """Output rows per colour pass: all on an accelerator; on the CPU bands of ~CPU_BAND_ELEMS values, so
     the temporaries stay in cache and below malloc's mmap threshold (fresh large CPU buffers cost page
     faults, measured slower than the arithmetic itself). grid_sample stays one call: its CPU cost per call
     grows with the input, so banding it was slower."""
-    if device.type != "cpu" or torch.compiler.is_compiling():
+    if device.type != "cpu" or _compiling():
         return out_wh[1]
     return max(1, CPU_BAND_ELEMS // (n_images * 3 * out_wh[0]))
 
@@ -243,7 +257,7 @@ def _check_inputs(images: torch.Tensor, targets: torch.Tensor | None = None) -> 
 def _full_extents(images: torch.Tensor, extents: torch.Tensor | None) -> torch.Tensor:
     b, _, h, w = images.shape
     if extents is None:
-        return torch.tensor([float(w), float(h)], device=images.device).expand(b, 2)
+        return _const_rows(b, (w, h), images.device)
     return extents.to(device=images.device, dtype=torch.float32)
 
 
@@ -284,7 +298,7 @@ def apply_targets(targets: torch.Tensor, params: BatchParams, in_hw: tuple[int, 
     dev = params.src.device
     b = params.src.shape[0]
     if extents is None:
-        extents = torch.tensor([float(in_hw[1]), float(in_hw[0])], device=dev).expand(b, 2)
+        extents = _const_rows(b, (in_hw[1], in_hw[0]), dev)
     extents = extents.to(device=dev, dtype=torch.float32)
     maps = _edge_maps(params, extents, letterbox)
     return _map_targets(targets, params, maps, extents, _size_wh(out_size), compact)
