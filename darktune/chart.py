@@ -35,6 +35,38 @@ def _smooth(values: list[float], k: int) -> list[float]:
     return out
 
 
+def _plot_loss(ax, train: list[dict]) -> None:
+    rows = [r for r in train if r.get("loss") is not None]
+    its, loss = [r["iteration"] for r in rows], [r["loss"] for r in rows]
+    k = max(1, len(loss) // 50)
+    if loss:
+        ax.plot(its, loss, color="#1f77b4", alpha=0.25, lw=0.8)
+        ax.plot(its, _smooth(loss, k), color="#1f77b4", lw=1.6, label="loss (avg)")
+        for part, color in (("box", "#2ca02c"), ("obj", "#9467bd"), ("cls", "#8c564b")):
+            vals = [r.get(part) for r in rows]
+            if all(v is not None for v in vals):
+                ax.plot(its, _smooth(vals, k), color=color, lw=0.9, ls="--", label=part)
+        late = loss[len(loss) // 10:] or loss  # the first drop would flatten the rest of the curve
+        ax.set_ylim(0, min(max(loss), 1.5 * max(late)) * 1.05)
+    ax.set_xlabel("iteration")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+
+
+def _plot_map(ax2, evals: list[dict], target_map: float | None) -> None:
+    ex = [r["iteration"] for r in evals]
+    ey = [100 * r["map"] for r in evals]
+    ax2.plot(ex, ey, color="#d62728", marker="o", lw=1.6, label=f"mAP % ({evals[-1].get('protocol', '')})")
+    for x, y in zip(ex, ey):
+        ax2.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
+                     color="#d62728")
+    if target_map is not None:
+        ax2.axhline(100 * target_map, color="#d62728", ls=":", lw=1, label=f"target {100 * target_map:g}%")
+    ax2.set_ylim(0, 105)
+    ax2.set_ylabel("mAP %")
+
+
 def write_chart(metrics_path: str | Path, out_path: str | Path, title: str = "", target_map: float | None = None
                 ) -> Path | None:
     """Draw the chart from metrics.jsonl; returns the PNG path (None when there is nothing to draw)."""
@@ -47,37 +79,11 @@ def write_chart(metrics_path: str | Path, out_path: str | Path, title: str = "",
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.2), dpi=110)
-    its = [r["iteration"] for r in train if r.get("loss") is not None]
-    loss = [r["loss"] for r in train if r.get("loss") is not None]
-    k = max(1, len(loss) // 50)
-    if loss:
-        ax.plot(its, loss, color="#1f77b4", alpha=0.25, lw=0.8)
-        ax.plot(its, _smooth(loss, k), color="#1f77b4", lw=1.6, label="loss (avg)")
-        for part, color in (("box", "#2ca02c"), ("obj", "#9467bd"), ("cls", "#8c564b")):
-            vals = [r.get(part) for r in train if r.get("loss") is not None]
-            if all(v is not None for v in vals):
-                ax.plot(its, _smooth(vals, k), color=color, lw=0.9, ls="--", label=part)
-        finite = sorted(v for v in loss if v == v)
-        if finite:
-            ax.set_ylim(0, finite[min(len(finite) - 1, int(0.98 * len(finite)))] * 1.15)
-    ax.set_xlabel("iteration")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
+    _plot_loss(ax, train)
     handles, labels = ax.get_legend_handles_labels()
     if evals:
         ax2 = ax.twinx()
-        ex = [r["iteration"] for r in evals]
-        ey = [100 * r["map"] for r in evals]
-        proto = evals[-1].get("protocol", "")
-        ax2.plot(ex, ey, color="#d62728", marker="o", lw=1.6, label=f"mAP50 % ({proto})")
-        for x, y in zip(ex, ey):
-            ax2.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
-                         color="#d62728")
-        if target_map is not None:
-            ax2.axhline(100 * target_map, color="#d62728", ls=":", lw=1, label=f"target {100 * target_map:g}%")
-        ax2.set_ylim(0, 105)
-        ax2.set_ylabel("mAP %")
+        _plot_map(ax2, evals, target_map)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     if handles:

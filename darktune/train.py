@@ -112,7 +112,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Config fields that may differ when resuming (they do not change what the run computes).
+# Config fields that may differ when resuming (they do not change the batches or updates already made;
+# `iterations` also sets the length of the poly/sgdr schedules).
 RESUMABLE_CHANGES = frozenset({"iterations", "eval_every", "eval_at", "target_map", "stop_at_target", "device",
                                "out", "resume", "workers", "log_every", "checkpoint_every", "max_bad_steps",
                                "eval_batch", "tensorboard", "compile", "max_valid_images", "protocol"})
@@ -120,6 +121,9 @@ RESUMABLE_CHANGES = frozenset({"iterations", "eval_every", "eval_at", "target_ma
 
 @dataclass
 class TrainResult:
+    """What a run did (also in RUN/summary.json). mAP values are fractions under ``config.protocol``; seconds
+    of training exclude evaluation, checkpoints and start-up; images_per_s = iterations * batch / training s."""
+
     run_dir: Path
     status: str  # finished | stopped_at_target | failed
     iterations_done: int

@@ -242,7 +242,7 @@ def _fresh_start(run: Run) -> None:
             (run.dir / stale).unlink(missing_ok=True)
     loaded, new = report["loaded_layers"], report["new_layers"]
     run.log(f"init: {report['mode']} from {report['weights'] or 'scratch'}; loaded conv layers {_ranges(loaded)}; "
-            f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}")
+            f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}", important=True)
 
 
 def _ranges(xs: list[int]) -> str:

@@ -158,7 +158,8 @@ def training_loop(run: Run) -> tuple[str, str]:
 
 
 def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_per_s: float) -> None:
-    values = {k: float(v) for k, v in parts.items()}
+    keys = list(parts)
+    values = dict(zip(keys, torch.stack([parts[k].float() for k in keys]).tolist()))  # one host sync
     record = {"iteration": it, "loss": values["loss"] if ok else None,
               **{k: values[k] if ok else None for k in ("box", "obj", "cls")}, "n_pos": values.get("n_pos"),
               "lr": lr, "images_per_s": round(images_per_s, 3), "train_s": round(run.state["train_seconds"], 4),
