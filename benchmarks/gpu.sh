@@ -139,9 +139,10 @@ else
     skip_part bench_train "darktune.train_bench is not in this checkout"
 fi
 
+HAS_WEIGHTS='import sys; from darktune import zoo; sys.exit(0 if zoo.cached("yolov3-tiny") else 3)'
 if ! "$PY" -m darktune reproduce --help > /dev/null 2>&1; then
     skip_part reproduce "no 'darktune reproduce' command"
-elif ! "$PY" -c 'import sys; from darktune import zoo; sys.exit(0 if zoo.cached("yolov3-tiny") else 3)' 2> /dev/null; then
+elif ! "$PY" -c "$HAS_WEIGHTS" 2> /dev/null; then
     skip_part reproduce "no COCO weights in \$DARKTUNE_HOME and no WEIGHTS argument"
 elif [ "$DEVICE" = "cpu" ] && [ "${REPRODUCE_ON_CPU:-0}" != "1" ]; then
     skip_part reproduce "DEVICE=cpu (the full profile is for a GPU; REPRODUCE_ON_CPU=1 forces it)"

@@ -22,7 +22,9 @@ means a complete array. The name holds the key: a blake2b hash of the cache form
 *content* of every image file in order (not paths or dates: the same bytes elsewhere reuse the cache, changed
 bytes never do). A damaged cache (unparsable manifest, wrong shape or length, a sampled row whose digest
 differs; ``verify="full"`` checks every row) is rebuilt. Unreadable images are skipped and counted
-(`Uint8Cache.skipped`); DarktuneError only when no image is readable.
+(`Uint8Cache.skipped`); DarktuneError only when no image is readable. A rebuild writes a new file and
+renames it over the old one, so processes that still map the old file keep valid data (editing a mapped
+.npy in place, e.g. truncating it, would fault them: don't).
 """
 
 from __future__ import annotations
