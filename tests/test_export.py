@@ -193,3 +193,31 @@ def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_pat
     assert sum(len(d) for d in ours) >= 1
     theirs = OpenCVBackend(out / "model.cfg", out / "model.weights", model.spec).detect(scenes, 0.05, 0.45)
     assert_same_boxes(theirs, ours)
+
+
+def test_onnx_nms_semantics_at_equality_match_darktune():
+    """ONNX Runtime's NonMaxSuppression keeps score > threshold (not >=) and suppresses IoU > threshold (not
+    >=), as darknet and darktune.boxes.nms do: a box at exactly IoU 0.5 survives, a score of exactly 0.25
+    does not."""
+    from onnx import TensorProto, helper
+
+    from darktune.boxes import nms
+
+    graph = helper.make_graph(
+        [helper.make_node("NonMaxSuppression", ["boxes", "scores", "m", "iou", "thresh"], ["selected"])], "nms",
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 3, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 3])],
+        [helper.make_tensor_value_info("selected", TensorProto.INT64, [None, 3])],
+        initializer=[helper.make_tensor("m", TensorProto.INT64, [1], [10]),
+                     helper.make_tensor("iou", TensorProto.FLOAT, [1], [0.5]),
+                     helper.make_tensor("thresh", TensorProto.FLOAT, [1], [0.25])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    boxes = np.array([[[0, 0, 2, 1], [0, 0, 1, 1], [5, 5, 6, 6]]], np.float32)  # IoU(0, 1) = 0.5 exactly
+    scores = np.array([[[0.9, 0.8, 0.25]]], np.float32)
+    selected = session.run(None, {"boxes": boxes, "scores": scores})[0][:, 2].tolist()
+    keep = torch.tensor(scores[0, 0] > 0.25).nonzero().flatten()
+    ours = keep[nms(torch.from_numpy(boxes[0])[keep], torch.from_numpy(scores[0, 0])[keep], 0.5)].tolist()
+    assert selected == ours == [0, 1]
