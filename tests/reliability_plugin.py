@@ -1,11 +1,13 @@
 """pytest plugin: collects the reliability records of a session and keeps README's table honest.
 
 Register it in tests/conftest.py with `pytest_plugins = ["reliability_plugin"]`. In the main process (the
-xdist controller, or the only process) it gives the session a fresh records folder (through the
-DARKTUNE_RELIABILITY_DIR variable, which xdist workers inherit) unless one is already set, and at the end
-writes build/reliability-table.md from the records. When the session ran every reliability test (no -k, -m,
---lf or --deselect; every kind recorded), it also compares README.md's Reliability section with that table
-and fails the session when they differ: the README cannot drift from what the suite measures.
+xdist controller, or the only process) it gives the session a fresh records folder through the
+DARKTUNE_RELIABILITY_DIR variable (xdist workers inherit it) and at the end writes the table:
+build/reliability-table.md after a full run of the reliability tests (no -k, -m, --lf or --deselect; every
+kind recorded), build/reliability-table.partial.md otherwise. After a full run it also compares README.md's
+Reliability section with the table and fails the session when they differ, so the README cannot drift from
+what the suite measures. When the records folder is given from outside (`python -m tests.reliability_table`
+does that) the plugin leaves records, table and README alone.
 """
 
 from __future__ import annotations
@@ -49,11 +51,12 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     if getattr(config, "_reliability_own_dir", False):
         shutil.rmtree(folder, ignore_errors=True)
         os.environ.pop(rt.ENV, None)
-    if not records:
+    if not records or not getattr(config, "_reliability_own_dir", False):
+        return
+    if not (rt.complete(records) and _selection_is_full(config)):
+        rt.write_table(records, rt.PARTIAL_TABLE_FILE)
         return
     table = rt.write_table(records)
-    if not (rt.complete(records) and _selection_is_full(config)):
-        return
     readme = rt.ROOT / "README.md"
     section = rt.readme_section(readme.read_text(encoding="utf-8")) if readme.is_file() else None
     if section != table:

@@ -24,6 +24,17 @@ TINY = datasets.tiny_cfg_text()
 TINY_MUTATIONS = cfg_mutations(TINY)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models train fastest on one thread, and a busy machine makes more threads much slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _tiny_weights_size() -> int:
     from darktune.cfg import parse_cfg_text
     from darktune.weights import expected_floats

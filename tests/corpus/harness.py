@@ -43,4 +43,5 @@ def exception_outcome(exc: BaseException, path: str | None = None) -> tuple[str,
         if path is None or path in str(exc):
             return "handled", ""
         return "crash", "DarktuneError without the file name"
-    return "crash", type(exc).__name__
+    kind = type(exc)
+    return "crash", kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"

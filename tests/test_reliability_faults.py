@@ -1,0 +1,496 @@
+"""Faults: SIGKILL while a checkpoint is written (at every step of the write and at random times), SIGKILL
+during an experiment grid, disk full during every writer, a non-finite loss, CUDA out of memory.
+
+After a kill the previous (or the new) checkpoint loads and the grid resumes with finished runs kept; a full
+disk is a DarktuneError that names the file, with the old file intact; a NaN loss skips the update, is
+counted, and stops the run after K in a row; out of memory says to lower the batch or raise subdivisions.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from corpus import datasets
+from corpus.harness import exception_outcome
+from reliability_table import tally  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models train fastest on one thread, and a busy machine makes more threads much slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    obj = datasets.make_dataset(root / "data", [f"im{i}.jpg" for i in range(6)], n_valid=2)
+    return datasets.write_tiny_cfg(root / "tiny.cfg"), obj, root
+
+
+# ------------------------------------------------------------------------------- SIGKILL during checkpoint
+
+# Where the writer kills itself (darktune.weights.atomic_write_bytes under darktune.checkpoint.save_checkpoint),
+# then random times while it saves in a loop.
+KILL_POINTS = ["serialised", "temp_created", "write_0", "write_1pct", "write_half", "write_99pct", "before_fsync",
+               "before_rename", "after_rename"]
+RANDOM_KILLS = 6
+
+
+def _kill_child(path: Path, model, opt, step: int, point: str | None, progress_fd: int) -> None:
+    """In a forked child: save checkpoints (steps step, step+1, ...) and die at `point` (or run until killed)."""
+    import tempfile
+
+    from darktune import checkpoint
+
+    me = os.getpid()
+
+    def die() -> None:
+        os.kill(me, signal.SIGKILL)
+
+    real_fdopen, real_fsync, real_replace, real_mkstemp = os.fdopen, os.fsync, os.replace, tempfile.mkstemp
+
+    class Dying(io.RawIOBase):
+        def __init__(self, f, fraction):
+            self.f, self.fraction = f, fraction
+
+        def write(self, data):
+            cut = int(len(data) * self.fraction)
+            self.f.write(bytes(data[:cut]))
+            self.f.flush()
+            die()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    if point == "serialised":
+        checkpoint.atomic_write_bytes = lambda p, data: die()
+    elif point == "temp_created":
+        tempfile.mkstemp = lambda *a, **k: (real_mkstemp(*a, **k), die())[0]
+    elif point and point.startswith("write_"):
+        fraction = {"write_0": 0.0, "write_1pct": 0.01, "write_half": 0.5, "write_99pct": 0.99}[point]
+        os.fdopen = lambda fd, mode="r", *a, **k: Dying(real_fdopen(fd, mode, *a, **k), fraction)
+    elif point == "before_fsync":
+        os.fsync = lambda fd: die()
+    elif point == "before_rename":
+        os.replace = lambda a, b: die()
+    elif point == "after_rename":
+        os.replace = lambda a, b: (real_replace(a, b), die())
+    while True:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float(step))
+        checkpoint.save_checkpoint(path, model=model, optimizer=opt, step=step, config={"step": step},
+                                   loader={"epoch": 0, "index": step}, state={"step": step})
+        os.write(progress_fd, f"{step}\n".encode())
+        step += 1
+
+
+def _kill_driver(root: str, out: str, seed: int) -> None:
+    """Subprocess body: a ~70 MB checkpoint (yolov3-tiny-sized model with momentum), written by forked
+    children that are killed at each KILL_POINT and then at random times; after each kill the checkpoint
+    must load, hold a step that was being written or already written, and be internally consistent."""
+    torch.set_num_threads(1)  # no OpenMP pool before fork
+    from darktune import zoo
+    from darktune.cfg import parse_cfg
+    from darktune.checkpoint import load_checkpoint, save_checkpoint
+    from darktune.model import Darknet
+
+    from darktune.train_setup import build_optimizer
+
+    model = Darknet(parse_cfg(zoo.fetch("yolov3-tiny", progress=False).cfg).with_classes(1))
+    opt = build_optimizer(model, 0.1, 0.9, 0.0005)  # the trainer's optimizer
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # momentum buffers exist: the checkpoint holds model + optimizer state
+    path = Path(root) / "checkpoint.pt"
+    save_checkpoint(path, model=model, optimizer=opt, step=0, config={"step": 0}, loader={"epoch": 0, "index": 0},
+                    state={"step": 0})
+    rng = np.random.default_rng(seed)
+    results, last = [], 0
+    plans = [(p, None) for p in KILL_POINTS] + [(None, float(rng.uniform(0.05, 1.0))) for _ in range(RANDOM_KILLS)]
+    for point, delay in plans:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            try:
+                _kill_child(path, model, opt, last + 1, point, write_fd)
+            finally:
+                os._exit(3)
+        os.close(write_fd)
+        if delay is not None:
+            time.sleep(delay)
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        with os.fdopen(read_fd) as f:
+            done = [int(s) for s in f.read().split()]
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        try:
+            ck = load_checkpoint(path)
+            step = int(ck["step"])
+            values = {float(v.flatten()[0]) for v in ck["model"].values() if v.is_floating_point() and v.numel()}
+            consistent = ck["state"]["step"] == step and ck["loader"]["index"] == step
+            ok = killed and step in (last, *done, (done[-1] if done else last) + 1) and consistent
+            detail = "" if ok else f"step {step}, last {last}, done {done}, killed {killed}"
+            if ok and float(step) not in values and step != 0:
+                ok, detail = False, f"model values {sorted(values)[:3]} do not match step {step}"
+        except Exception as exc:  # noqa: BLE001
+            ok, detail, step = False, f"{type(exc).__name__}: {exc}", last
+        results.append({"point": point or f"random {delay:.2f}s", "ok": ok, "detail": detail,
+                        "leftover_temp_files": len(list(Path(root).glob(".checkpoint.pt.*.tmp")))})
+        last = step
+    Path(out).write_text(json.dumps(results))
+
+
+@pytest.mark.slow
+def test_sigkill_while_writing_checkpoints_never_loses_the_previous_one(tmp_path, tally):
+    out = tmp_path / "kills.json"
+    code = ("import sys; sys.path.insert(0, sys.argv[4]); import test_reliability_faults as m; "
+            "m._kill_driver(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(out), "8", str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=300)
+    assert out.is_file(), proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    t = tally("ckpt_kills")
+    for r in results:
+        t.kill(r["ok"], r["detail"])
+    assert len(results) == len(KILL_POINTS) + RANDOM_KILLS
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+
+
+# ------------------------------------------------------------------------------------ SIGKILL during a grid
+
+
+def test_sigkill_during_a_grid_then_rerun_keeps_finished_runs(tiny, tmp_path, tally):
+    """`darktune experiment` (real training, 2 runs) killed with SIGKILL while the second run trains; the
+    rerun keeps the finished run untouched and resumes the other from its checkpoint to the end."""
+    cfg, _, _ = tiny
+    obj = datasets.make_dataset(tmp_path / "data", [f"im{i}.jpg" for i in range(4)], n_valid=0)  # no mAP: faster
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"cfg: {cfg}\ntrain: {{batch: 2, size: 64, checkpoint_every: 2}}\n"
+                    f"grid:\n  data: {obj}\n  starts: [scratch]\n  seeds: [0, 1]\n  iterations: 8\n")
+    out = tmp_path / "exp"
+    cmd = [sys.executable, "-m", "darktune", "experiment", str(spec), "--out", str(out), "--no-report"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    first, second = out / "runs" / "scratch-f0-nall-s0", out / "runs" / "scratch-f0-nall-s1"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (second / "checkpoint.pt").is_file() and not (second / "summary.json").is_file():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    t = tally("grid_kills")
+    assert (first / "summary.json").is_file() and not (second / "summary.json").is_file(), "kill came too late"
+    kept = {p.name: p.read_bytes() for p in [first / "summary.json", first / "metrics.jsonl",
+                                            first / "weights" / "last.weights"]}
+    rerun = subprocess.run(cmd + ["--json"], env=env, capture_output=True, text=True, timeout=300)
+    summary = json.loads(rerun.stdout)
+    runs = {r["run"]: r for r in summary["runs"]}
+    iterations = [json.loads(line)["iteration"] for line in (second / "metrics.jsonl").read_text().splitlines()
+                  if "loss" in json.loads(line)]
+    ok = (rerun.returncode == 0 and runs["runs/scratch-f0-nall-s0"]["reused"]
+          and runs["runs/scratch-f0-nall-s1"]["status"] == "finished"
+          and all((first / name if name != "last.weights" else first / "weights" / name).read_bytes() == data
+                  for name, data in kept.items())
+          and iterations == list(range(1, 9)))
+    t.kill(ok, "" if ok else f"rerun {rerun.returncode}, iterations {iterations}")
+    assert ok, (rerun.stderr[-2000:], runs, iterations)
+
+
+# ------------------------------------------------------------------------------------------------ disk full
+
+
+class _FullFile:
+    """A writable file that takes `left` more bytes, then fails with ENOSPC (like a disk filling up)."""
+
+    def __init__(self, f, disk):
+        self._f, self._disk = f, disk
+
+    def write(self, data):
+        n = len(data)
+        if n > self._disk.left:
+            self._f.write(data[:self._disk.left])
+            self._disk.left = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._disk.left -= n
+        return self._f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __iter__(self):
+        return iter(self._f)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+class DiskFull:
+    """Every file opened for writing from now on (open, io.open, Path.open, os.fdopen, os.write, shutil copies)
+    fails with ENOSPC once `left` more bytes have been written."""
+
+    def __init__(self, monkeypatch, left: int = 0):
+        self.left = left
+        real = {"open": builtins.open, "fdopen": os.fdopen, "write": os.write}
+
+        def wrap(f, mode):
+            return _FullFile(f, self) if isinstance(mode, str) and any(c in mode for c in "wax+") else f
+
+        def fake_write(fd, data):
+            if fd > 2 and len(data) > self.left:
+                self.left = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real["write"](fd, data)
+
+        monkeypatch.setattr(builtins, "open", lambda file, mode="r", *a, **k: wrap(real["open"](file, mode, *a, **k),
+                                                                                    mode))
+        monkeypatch.setattr(io, "open", builtins.open)
+        monkeypatch.setattr(os, "fdopen", lambda fd, mode="r", *a, **k: wrap(real["fdopen"](fd, mode, *a, **k), mode))
+        monkeypatch.setattr(os, "write", fake_write)
+        monkeypatch.setattr(shutil, "_USE_CP_SENDFILE", False)
+
+
+def _old_files(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.rglob("*.tmp")]
+
+
+def _disk_full_outcome(run, folder: Path, path_named: str | None) -> tuple[str, str]:
+    """Run `run` on a full disk: handled = DarktuneError naming the file (or CLI exit 2 with one line), the
+    old files byte-identical and no temp file left."""
+    old = _old_files(folder)
+    try:
+        result = run()
+        outcome = ("handled", "") if result == 2 else ("silent", f"returned {result!r}")
+    except Exception as exc:  # noqa: BLE001
+        outcome = exception_outcome(exc, path_named)
+    now = {k: v for k, v in _old_files(folder).items() if k in old}
+    if outcome[0] == "handled" and (now != old or _leftovers(folder)):
+        outcome = ("silent", "old files changed" if now != old else f"temp files left {_leftovers(folder)}")
+    return outcome
+
+
+DISK_FULL_BUGS = {
+    "data-import": "darktune/data/dataset.py write_darknet writes labels, lists, obj.names and obj.data with "
+                   "Path.write_text and copies images with shutil: ENOSPC escapes as OSError (a traceback from "
+                   "`darktune data import`); catch OSError and raise DarktuneError naming the file",
+    "train": "darktune/train_loop.py _fresh_start writes init.json / model.cfg / metrics.jsonl with plain writes: "
+             "ENOSPC escapes as OSError (a traceback from `darktune train`); wrap run-folder writes (OSError -> "
+             "DarktuneError naming the file)",
+    "export-darknet": "darktune/export.py export_darknet replaces <stem>.cfg before writing <stem>.weights: a full "
+                      "disk at the weights leaves the NEW cfg beside the OLD weights (a pair that does not "
+                      "match); write every file to a temp name first, then rename them all",
+}
+DISK_FULL_CASES = ["save_weights", "save_checkpoint", "partial", "export-darknet", "data-import", "train"]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c, marks=[pytest.mark.xfail(reason=DISK_FULL_BUGS[c],
+                                                                                  strict=True)]
+                                               if c in DISK_FULL_BUGS else []) for c in DISK_FULL_CASES])
+def test_disk_full_is_a_clear_error_and_old_files_stay(case, tiny, tmp_path, monkeypatch, tally, capsys):
+    from darktune.checkpoint import save_checkpoint
+    from darktune.cfg import parse_cfg
+    from darktune.cli import main
+    from darktune.model import Darknet
+    from darktune.weights import save_weights
+
+    cfg, obj, _ = tiny
+    folder = tmp_path / "out"
+    folder.mkdir()
+    model = Darknet(parse_cfg(cfg))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    weights = save_weights(model, folder / "w.weights")  # the "old" files the user has
+    save_checkpoint(folder / "checkpoint.pt", model=model, optimizer=opt, step=1, config={}, loader={}, state={})
+    other = datasets.random_weights(cfg, tmp_path / "other.weights", seed=1)
+    assert main(["export", "darknet", "--cfg", str(cfg), "--weights", str(other), "--out", str(folder / "export"),
+                 "--size", "96"]) == 0  # an earlier export: another size and other weights
+    capsys.readouterr()
+    runs = {
+        "save_weights": (lambda: save_weights(model, folder / "w.weights"), str(folder / "w.weights")),
+        "save_checkpoint": (lambda: save_checkpoint(folder / "checkpoint.pt", model=model, optimizer=opt, step=2,
+                                                    config={}, loader={}, state={}), str(folder / "checkpoint.pt")),
+        "partial": (lambda: main(["partial", str(cfg), str(weights), str(folder / "w.weights"), "9"]), None),
+        "export-darknet": (lambda: main(["export", "darknet", "--cfg", str(cfg), "--weights", str(weights),
+                                         "--out", str(folder / "export")]), None),
+        "data-import": (lambda: main(["data", "import", str(obj), "--out", str(folder / "imported")]), None),
+        "train": (lambda: main(["train", "--cfg", str(cfg), "--data", str(obj), "--out", str(folder / "run"),
+                                "--iterations", "2", "--batch", "2", "--no-progress"]), None),
+    }
+    run, named = runs[case]
+    # export: room for the small cfg, not for the weights after it; import: not even for the first image copy
+    disk = DiskFull(monkeypatch, left={"export-darknet": 5000, "data-import": 600}.get(case, 0))
+    outcome = _disk_full_outcome(run, folder, named)
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    if outcome[0] == "handled" and named is None:  # a command: one line naming a file under the folder
+        lines = [x for x in err.splitlines() if x.startswith("darktune: error:")]
+        if not (len(lines) == 1 and str(folder) in lines[0] and "space" in lines[0].lower()):
+            outcome = ("silent", f"message: {lines}")
+    assert disk.left == 0, "the write never reached the full disk"
+    assert tally("disk_full").case(f"enospc:{case}", *outcome) == "handled", (outcome, err[-500:])
+
+
+@pytest.mark.xfail(reason="darktune/cli/detect.py _image: cv2.imwrite returns False when the annotated image "
+                          "cannot be written (here /dev/full: ENOSPC) and the result is ignored: detect reports "
+                          "success and no file exists; check the return value and raise DarktuneError", strict=True)
+def test_detect_out_on_a_full_device_is_reported(tiny, tmp_path, tally, capsys):
+    """`darktune detect --out DIR` where DIR/<name>.jpg is /dev/full (a real ENOSPC from the kernel)."""
+    from darktune.cli import main
+
+    cfg, obj, _ = tiny
+    weights = datasets.random_weights(cfg, tmp_path / "w.weights")
+    image = obj.parent / "images" / "im0.jpg"
+    out = tmp_path / "drawn"
+    out.mkdir()
+    (out / "im0.jpg").symlink_to("/dev/full")
+    rc = main(["detect", "--cfg", str(cfg), "--weights", str(weights), "--out", str(out), str(image)])
+    err = capsys.readouterr().err
+    outcome = ("handled", "") if rc != 0 and str(out / "im0.jpg") in err else ("silent", f"exit {rc}")
+    assert tally("disk_full").case("dev-full:detect-out", *outcome) == "handled"
+
+
+# ------------------------------------------------------------------------------------------------ NaN loss
+
+
+def _nan_loss(monkeypatch, bad_iterations: set[int] | None):
+    """Make the loss NaN on the given (1-based) iterations (all when None); count optimizer steps."""
+    from darktune import loss as loss_mod
+
+    real = loss_mod.YoloLoss.__call__
+    calls = {"n": 0, "steps": 0}
+
+    def nan_call(self, heads, targets, net_hw):
+        calls["n"] += 1
+        total, parts = real(self, heads, targets, net_hw)
+        if bad_iterations is None or calls["n"] in bad_iterations:
+            total = total * float("nan")
+        return total, parts
+
+    from darktune import train_setup
+
+    real_build = train_setup.build_optimizer
+
+    def counting_build(*a, **k):
+        opt = real_build(*a, **k)
+        real_step = opt.step
+
+        def step(*sa, **sk):
+            calls["steps"] += 1
+            return real_step(*sa, **sk)
+
+        opt.step = step
+        return opt
+
+    monkeypatch.setattr(loss_mod.YoloLoss, "__call__", nan_call)
+    monkeypatch.setattr(train_setup, "build_optimizer", counting_build)
+    return calls
+
+
+def test_nan_loss_steps_are_skipped_and_counted(tiny, tmp_path, monkeypatch, tally):
+    from darktune.train import TrainConfig, train
+    from darktune.weights import read_weights_file
+
+    cfg, obj, _ = tiny
+    calls = _nan_loss(monkeypatch, {2, 4})
+    result = train(TrainConfig(cfg=str(cfg), data=str(obj), iterations=6, batch=2, subdivisions=1,
+                               out=str(tmp_path / "run"), max_bad_steps=2), progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    flagged = [r["iteration"] for r in records if r.get("nonfinite")]
+    finite = np.isfinite(read_weights_file(tmp_path / "run" / "weights" / "last.weights").floats).all()
+    ok = (result.status == "finished" and result.skipped_steps == 2 and flagged == [2, 4] and calls["steps"] == 4
+          and finite)
+    t = tally("nan_loss")
+    t.case("train:nan-at-2-and-4", "handled" if ok else "silent",
+           "" if ok else f"{result.status} skipped {result.skipped_steps} steps {calls['steps']}")
+    assert ok
+
+
+def test_nan_loss_k_in_a_row_stops_the_run(tiny, tmp_path, monkeypatch, tally, capsys):
+    from darktune.cli import main
+
+    cfg, obj, _ = tiny
+    calls = _nan_loss(monkeypatch, None)
+    rc = main(["train", "--cfg", str(cfg), "--data", str(obj), "--out", str(tmp_path / "run"), "--iterations", "20",
+               "--batch", "2", "--max-bad-steps", "3", "--no-progress", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    ok = (rc == 1 and summary["status"] == "failed" and summary["iterations"] == 3 and summary["skipped_steps"] == 3
+          and calls["steps"] == 0 and "not finite" in summary["message"])
+    assert tally("nan_loss").case("train:nan-always-K=3", "handled" if ok else "silent") == "handled", summary
+
+
+# -------------------------------------------------------------------------------------------- out of memory
+
+OOM_BUGS = {
+    "map": "darktune `map` (darktune/cli/train.py cmd_map -> darktune/evaluate.py evaluate_model) does not catch "
+           "torch.cuda.OutOfMemoryError: a traceback instead of advice; catch it and suggest a smaller --batch",
+    "detect": "darktune `detect` (darktune/cli/detect.py) does not catch torch.cuda.OutOfMemoryError: a traceback "
+              "instead of advice (a smaller --size, or --device cpu)",
+}
+
+
+def _oom(*a, **k):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+
+@pytest.mark.parametrize("where", [pytest.param(w, id=w, marks=[pytest.mark.xfail(reason=OOM_BUGS[w], strict=True)]
+                                                if w in OOM_BUGS else []) for w in ("train-step", "train-eval",
+                                                                                     "map", "detect")])
+def test_cuda_out_of_memory_gives_advice(where, tiny, tmp_path, monkeypatch, tally, capsys):
+    from darktune import evaluate, train_steps
+    from darktune.cli import main
+
+    cfg, obj, _ = tiny
+    weights = datasets.random_weights(cfg, tmp_path / "w.weights")
+    image = obj.parent / "images" / "im0.jpg"
+    train = ["train", "--cfg", str(cfg), "--data", str(obj), "--out", str(tmp_path / "run"), "--iterations", "2",
+             "--batch", "2", "--no-progress"]
+    if where == "train-step":
+        monkeypatch.setattr(train_steps, "train_step", _oom)
+        argv, advice = train, ("--batch", "--subdivisions")
+    elif where == "train-eval":
+        monkeypatch.setattr(evaluate, "evaluate_model", _oom)
+        argv, advice = train + ["--eval-at", "1"], ("--batch",)
+    elif where == "map":
+        monkeypatch.setattr(evaluate, "evaluate_model", _oom)
+        argv, advice = ["map", "--cfg", str(cfg), "--weights", str(weights), "--data", str(obj)], ("--batch",)
+    else:
+        monkeypatch.setattr(torch.nn.Module, "__call__", _oom)
+        argv, advice = ["detect", "--cfg", str(cfg), "--weights", str(weights), str(image)], ("--size",)
+    try:
+        rc = main(argv)
+        errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("darktune: error:")]
+        good = rc == 2 and len(errors) == 1 and "out of memory" in errors[0] and all(a in errors[0] for a in advice)
+        outcome = ("handled", "") if good else ("silent", f"exit {rc}: {errors}")
+    except Exception as exc:  # noqa: BLE001
+        outcome = exception_outcome(exc)
+    assert tally("oom").case(f"oom:{where}", *outcome) == "handled", outcome
