@@ -279,6 +279,8 @@ def _resume(run: Run) -> None:
     set_rng_state(ck["rng"])
     run.state.update(ck["state"])
     run.state["loader_at_resume"] = ck["loader"]
+    if run.scaler is not None and "scaler" in run.state:
+        run.scaler.load_state_dict(run.state["scaler"])
     if run.dist.main:
         _truncate_metrics(run.dir / "metrics.jsonl", run.step)
         (run.dir / "summary.json").unlink(missing_ok=True)
