@@ -101,10 +101,13 @@ def predict(model: torch.nn.Module, es: EvalSet, batch_size: int = 32, conf_thre
             nms_thresh: float = MAP_NMS_THRESH, device: str | torch.device = "cpu",
             autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> list[np.ndarray]:
     """Detections per image, (n, 6) [x1, y1, x2, y2, score, class] in original pixels."""
-    net = model
-    specs = [h.spec for h in getattr(model, "model", model).heads]
+    from darktune.freeze import fold_bn, forward_frozen_prefix
+
+    net = getattr(model, "model", model)  # a Darknet (or a wrapper holding one)
+    specs = [h.spec for h in net.heads]
     was_training = net.training
     net.eval()
+    folded = fold_bn(net, range(len(net.layers)))  # inference: batch norm folded into the convs
     out: list[np.ndarray] = []
     try:
         for start in range(0, len(es), batch_size):
@@ -112,7 +115,7 @@ def predict(model: torch.nn.Module, es: EvalSet, batch_size: int = 32, conf_thre
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(torch.device(device).type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                heads = net(x)
+                heads = forward_frozen_prefix(net, x, len(net.layers), folded)
             decoded = decode([h.float() for h in heads], specs, es.net_hw)
             dets = postprocess(decoded, es.geometries[start:start + batch_size], es.net_hw, conf_thresh, nms_thresh)
             out.extend(d.cpu().numpy() for d in dets)

@@ -163,15 +163,21 @@ def _split_conv(block: nn.Module, parts: list[torch.Tensor]) -> torch.Tensor:
     return block.act(y)
 
 
-@torch.no_grad()
 def fold_frozen_bn(model: nn.Module, prefix: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Conv weights and biases with the (frozen, inference-mode) batch norm folded in, for the conv layers of
-    the frozen prefix: w * g / sqrt(var + eps), b - mean * g / sqrt(var + eps). Valid while they stay frozen."""
+    """`fold_bn` for the frozen conv layers of the prefix 0..prefix-1 (valid while they stay frozen)."""
+    return fold_bn(model, [i for i in range(prefix) if isinstance(getattr(model.layers[i], "bn", None),
+                                                                  FrozenBatchNorm2d)])
+
+
+@torch.no_grad()
+def fold_bn(model: nn.Module, layers) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Conv weights and biases with the inference-mode batch norm folded in, for the listed conv layers:
+    w * g / sqrt(var + eps), b - mean * g / sqrt(var + eps). A snapshot: valid while those tensors stay."""
     folded = {}
-    for i in range(prefix):
+    for i in layers:
         block = model.layers[i]
         bn = getattr(block, "bn", None)
-        if bn is None or not isinstance(bn, FrozenBatchNorm2d):
+        if bn is None:
             continue
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         w = block.conv.weight * scale.view(-1, 1, 1, 1)

@@ -148,8 +148,8 @@ class DarknetSGD:
             if not params:
                 continue
             grads = [p.grad for p in params]
-            if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["weight_decay"]:  # in place: the gradients are dropped after the step anyway
+                torch._foreach_add_(grads, params, alpha=group["weight_decay"])
             bufs = []
             for p, g in zip(params, grads):
                 st = self.state.setdefault(p, {})

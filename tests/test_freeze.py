@@ -221,3 +221,15 @@ def test_darknet_sgd_is_torch_sgd_and_round_trips_its_state():
     again.load_state_dict(sd)
     assert again.param_groups[0]["lr"] == 0.05 and len(again.state) == len(mine.state)
     assert len(ref.state_dict()["state"]) == len(sd["state"])
+
+
+def test_batch_norm_folding_gives_the_same_outputs():
+    from darktune.freeze import fold_bn
+
+    model = small_model().eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = forward_frozen_prefix(model, x, len(model.layers), fold_bn(model, range(len(model.layers))))
+    for a, b in zip(ref, out):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
