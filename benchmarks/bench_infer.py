@@ -23,7 +23,7 @@ def aggregate(runs: list[dict]) -> dict:
     darktune's fastest backend (torch or onnxruntime) against OpenCV DNN."""
     report = copy.deepcopy(runs[0])
     for name, r in report["backends"].items():
-        for key in ("median_ms", "p90_ms", "images_per_s", "speed_vs_opencv"):
+        for key in ("median_ms", "p90_ms", "images_per_s", "speed_vs_opencv", "cpu_ms"):
             if key in r:
                 r[key] = statistics.median(run["backends"][name][key] for run in runs)
         r["median_ms_per_repeat"] = [round(run["backends"][name]["median_ms"], 2) for run in runs]
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for batch in batches:
         runs = [run_infer_bench(cfg, weights, backend_names(args.backend), args.device, batch, args.size,
-                                args.iters, args.warmup, args.threads, progress=not args.json)
+                                args.iters, args.warmup, args.threads, progress=not args.json,
+                                skip_unavailable=args.backend == "all")
                 for _ in range(args.repeats)]
         report = aggregate(runs)
         reports.append(report)

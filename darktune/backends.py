@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -288,9 +289,18 @@ def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, 
         return OnnxRuntimeBackend(path, model.spec, device, threads)  # the session holds the model in memory
 
 
+@dataclass
+class Timings:
+    """Per call: wall-clock seconds and this process's CPU seconds (all its threads, spin-waiting included;
+    less sensitive than wall time to other processes competing for the CPUs)."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
 def time_backends(backends: list[Backend], batch: np.ndarray, iters: int = 50, warmup: int = 10,
-                  block: int = 5, progress: bool = False) -> dict[str, list[float]]:
-    """Seconds per `raw(batch)` call for each backend (host input to host outputs), `iters` calls each.
+                  block: int = 5, progress: bool = False) -> dict[str, Timings]:
+    """Time `raw(batch)` (host input to host outputs) `iters` times for each backend.
 
     After `warmup` calls each, the backends take turns in blocks of `block` timed calls, so a slow spell of a
     shared machine hits all of them alike; each block starts with one untimed call, so threads that the
@@ -300,7 +310,7 @@ def time_backends(backends: list[Backend], batch: np.ndarray, iters: int = 50, w
     for backend in backends:
         for _ in range(warmup):
             backend.raw(batch)
-    times: dict[str, list[float]] = {b.name: [] for b in backends}
+    times = {b.name: Timings() for b in backends}
     rounds = range(-(-iters // block))
     if progress:
         import sys
@@ -311,16 +321,19 @@ def time_backends(backends: list[Backend], batch: np.ndarray, iters: int = 50, w
     for _ in rounds:
         for backend in backends:
             backend.raw(batch)
-            for _ in range(min(block, iters - len(times[backend.name]))):
-                start = time.perf_counter()
+            t = times[backend.name]
+            for _ in range(min(block, iters - len(t.wall))):
+                wall, cpu = time.perf_counter(), time.process_time()
                 backend.raw(batch)
-                times[backend.name].append(time.perf_counter() - start)
+                t.cpu.append(time.process_time() - cpu)
+                t.wall.append(time.perf_counter() - wall)
     return times
 
 
-def latency_summary(seconds: list[float], batch: int) -> dict[str, float]:
-    """median / p90 / mean latency in ms and images per second at the median."""
-    ms = np.asarray(seconds) * 1000.0
+def latency_summary(timings: Timings, batch: int) -> dict[str, float]:
+    """Median / p90 / mean / min wall latency in ms, images per second at the median, median CPU ms."""
+    ms = np.asarray(timings.wall) * 1000.0
     median = float(np.median(ms))
     return {"median_ms": median, "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean()),
-            "min_ms": float(ms.min()), "images_per_s": batch * 1000.0 / median, "iters": len(ms)}
+            "min_ms": float(ms.min()), "images_per_s": batch * 1000.0 / median,
+            "cpu_ms": float(np.median(timings.cpu)) * 1000.0 if timings.cpu else None, "iters": len(ms)}

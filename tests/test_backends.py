@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from darktune.backends import (OnnxRuntimeBackend, OpenCVBackend, TorchBackend, head_layer_names, inference_copy,
-                               latency_summary, make_backend, time_backends)
+from darktune.backends import (OnnxRuntimeBackend, OpenCVBackend, Timings, TorchBackend, head_layer_names,
+                               inference_copy, latency_summary, make_backend, time_backends)
 from darktune.boxes import decode
 from darktune.cfg import write_cfg
 from darktune.detect import preprocess_batch, read_image
@@ -186,10 +186,10 @@ def test_backend_errors(coco, tmp_path):
 def test_time_backends_and_summary(coco):
     backend = make_backend("torch", coco.cfg, coco.weights, size=64)
     times = time_backends([backend], np.zeros((1, 3, 64, 64), np.float32), iters=7, warmup=1, block=3)
-    assert len(times["torch"]) == 7 and all(t > 0 for t in times["torch"])
-    s = latency_summary([0.010, 0.020, 0.030, 0.040], batch=4)
+    assert len(times["torch"].wall) == len(times["torch"].cpu) == 7 and min(times["torch"].wall) > 0
+    s = latency_summary(Timings([0.010, 0.020, 0.030, 0.040], [0.02] * 4), batch=4)
     assert s["median_ms"] == pytest.approx(25.0) and s["images_per_s"] == pytest.approx(160.0)
-    assert s["p90_ms"] == pytest.approx(37.0)
+    assert s["p90_ms"] == pytest.approx(37.0) and s["cpu_ms"] == pytest.approx(20.0)
 
 
 def test_bench_infer_cli_json(coco, capsys):

@@ -51,8 +51,9 @@ def backend_names(text: str) -> list[str]:
 
 def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batch: int = 1, size: int = 416,
                     iters: int = 50, warmup: int = 10, threads: int | None = None, block: int = 5,
-                    progress: bool = True) -> dict:
-    """Build each backend, time them in the same run, and return a JSON-ready report."""
+                    progress: bool = True, skip_unavailable: bool = False) -> dict:
+    """Build each backend, time them in the same run, and return a JSON-ready report. With
+    `skip_unavailable`, a backend that cannot run here (e.g. OpenCV without CUDA) is listed under `skipped`."""
     import platform
 
     import torch
@@ -65,8 +66,16 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
         raise DarktuneError("--batch, --iters and --block must be >= 1, --warmup >= 0")
     threads = threads or cpu_count()
     torch.set_num_threads(threads)
-    built = [make_backend(name, cfg, weights, size=size, device=device, batch=batch, threads=threads)
-             for name in backends]
+    built, skipped = [], {}
+    for name in backends:
+        try:
+            built.append(make_backend(name, cfg, weights, size=size, device=device, batch=batch, threads=threads))
+        except DarktuneError as exc:
+            if not skip_unavailable:
+                raise
+            skipped[name] = str(exc)
+    if not built:
+        raise DarktuneError("no backend can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     x = verification_input(batch, built[0].net_hw)
     load_before = _loadavg()
     times = time_backends(built, x, iters, warmup, block=block, progress=progress)
@@ -78,6 +87,7 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
             "threads": threads, "iters": iters, "block": block,
             "machine": _cpu_name() or platform.machine(),
             "cpus": cpu_count(), "load_1min": [load_before, _loadavg()], "backends": results,
+            "skipped": skipped,
             "fastest": min(results, key=lambda n: results[n]["median_ms"]),
             "versions": _versions()}
 
@@ -122,12 +132,14 @@ def format_report(report: dict) -> str:
     lines = [f"bench infer: batch {report['batch']}, {report['size']}x{report['size']}, {report['device']}, "
              f"{report['threads']} threads, {report['machine']} ({report['cpus']} CPUs), "
              f"load {report['load_1min'][0]} -> {report['load_1min'][1]}",
-             f"{'backend':<12} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'vs OpenCV':>9}"]
+             f"{'backend':<12} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'vs OpenCV':>9} {'CPU ms':>7}"]
     for name, r in report["backends"].items():
         ratio = f"{r['speed_vs_opencv']:.2f}x" if "speed_vs_opencv" in r else "-"
         lines.append(f"{name:<12} {r['median_ms']:>10.2f} {r['p90_ms']:>8.2f} {r['images_per_s']:>9.1f} "
-                     f"{ratio:>9}")
-    lines.append(f"fastest: {report['fastest']} (vs OpenCV = OpenCV median / this median; >1 is faster)")
+                     f"{ratio:>9} {r['cpu_ms']:>7.1f}")
+    lines += [f"{name:<12} skipped: {why}" for name, why in report.get("skipped", {}).items()]
+    lines.append(f"fastest: {report['fastest']} (vs OpenCV = OpenCV median / this median; >1 is faster; "
+                 "CPU ms = median process CPU time per call, all threads)")
     return "\n".join(lines)
 
 
@@ -144,7 +156,7 @@ def cmd_bench_infer(args) -> int:
         cfg, weights = fetched.cfg, fetched.weights
     report = run_infer_bench(cfg, weights, backend_names(args.backend), args.device, args.batch, args.size,
                              args.iters, args.warmup, args.threads, args.block,
-                             progress=not args.json)
+                             progress=not args.json, skip_unavailable=args.backend == "all")
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 
