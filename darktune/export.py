@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from darktune.backends import inference_copy
-from darktune.boxes import cxcywh_to_xyxy, decode, nms
+from darktune.boxes import ImageGeometry, cxcywh_to_xyxy, decode, nms, postprocess, xyxy_to_cxcywh
+from darktune.cfg import format_cfg
 from darktune.errors import DarktuneError
 
 INPUT_NAME = "images"
@@ -139,7 +140,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp1
         raw_path = Path(tmp) / "model.onnx"
         _torch_export(net, x, raw_path, outputs, opset, dynamic if batch is None else None)
         proto = onnx.load(str(raw_path))
-    meta = {"darktune.cfg": _cfg_text(spec), "darktune.outputs": "detections" if decode else "raw",
+    meta = {"darktune.cfg": format_cfg(spec), "darktune.outputs": "detections" if decode else "raw",
             "darktune.input": "RGB float [0,1], plain resize, NCHW", "darktune.fp16": str(int(fp16))}
     if decode:
         meta.update({"darktune.conf_thresh": str(conf_thresh), "darktune.nms_thresh": str(nms_thresh),
@@ -187,12 +188,6 @@ def _readable(path: Path) -> Path:
     return path
 
 
-def _cfg_text(spec) -> str:
-    from darktune.cfg import format_cfg
-
-    return format_cfg(spec)
-
-
 def verification_input(batch: int, net_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
     """A fixed image-like batch: smooth random colour fields (not white noise, so heads see structure)."""
     rng = np.random.default_rng(seed)
@@ -217,20 +212,12 @@ def _verify(result: OnnxExport, model: nn.Module, conf: float, iou: float) -> No
             result.max_abs_diff[name] = diff
             result.max_rel_diff[name] = diff / max(float(np.abs(r.numpy()).max()), 1e-12)
         return
-    from darktune.boxes import postprocess
-
     specs = [h.spec for h in model.heads]
-    ours = postprocess(decode(list(ref), specs, result.net_hw),
-                       [_unit_geometry()] * len(x), result.net_hw, conf, iou)
+    ours = postprocess(decode(list(ref), specs, result.net_hw), [ImageGeometry(1, 1)] * len(x), result.net_hw,
+                       conf, iou)
     theirs = graph_detections(got[0], len(x), result.net_hw, [(1, 1)] * len(x))
     result.detections = (sum(len(t) for t in theirs), sum(len(o) for o in ours))
     result.max_abs_diff["detections"] = _max_box_diff(theirs, [o.numpy() for o in ours])
-
-
-def _unit_geometry():
-    from darktune.boxes import ImageGeometry
-
-    return ImageGeometry(1, 1, False)
 
 
 def _max_box_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
@@ -252,8 +239,6 @@ def graph_detections(detections: np.ndarray, batch: int, net_hw: tuple[int, int]
                      image_sizes: list[tuple[int, int]], letterbox: bool = False) -> list[np.ndarray]:
     """(K, 7) output of a decode graph -> per image (n, 6) [x1, y1, x2, y2, score, class] in pixels of the
     original image of (width, height) `image_sizes`, as `darktune.boxes.postprocess` returns them."""
-    from darktune.boxes import ImageGeometry, xyxy_to_cxcywh
-
     det = torch.as_tensor(np.asarray(detections, dtype=np.float32))
     out = []
     for b in range(batch):
@@ -367,7 +352,6 @@ def export_darknet(model: nn.Module, out_dir: str | Path, *, names: list[str] | 
     """Write <stem>.cfg (classes and head filters consistent with the model), <stem>.weights (darknet layout,
     header kept) and, with names, <stem>.names + obj.data, into out_dir. Refuses to overwrite any of `inputs`.
     With `verify`, OpenCV DNN loads the written files and its raw heads are compared with the model's."""
-    from darktune.cfg import format_cfg
     from darktune.weights import atomic_write_bytes, save_weights
 
     out_dir = Path(out_dir)
