@@ -19,6 +19,7 @@ from corpus import datasets
 from corpus.harness import added, changed, exception_outcome, snapshot
 from corpus.hostile import (HOSTILE_NAMES, MARKER_NAME, archive_cases, checkpoint_payloads, names_with_newline,
                             spec_cases, tar_gz)
+from corpus.special import SPECIAL_CASES
 from reliability_table import tally  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,11 +294,6 @@ def test_names_with_newlines_are_plain_data(tmp_path, tally, capsys):
 
 # ------------------------------------------------------------------------------------------- special files
 
-# target kind -> how the file is used; each is made a symlink to /dev/zero (endless zeros) or a FIFO (blocks
-# forever on open), in a subprocess with a memory limit and a 3 s alarm per case.
-SPECIAL_CASES = ["image:zero", "image:fifo", "label:zero", "label:fifo", "weights:zero", "cfg:zero", "names:zero",
-                 "checkpoint:zero", "obj_data:zero", "train_list:zero", "spec:zero", "coco:zero", "voc:zero",
-                 "openimages:zero"]
 SPECIAL_BUGS = {
     "obj_data:zero": "darktune/data/dataset.py _read_text (read_obj_data, from `darktune train --data`) reads "
                      "with path.read_bytes() without checking for a regular file: a symlink to /dev/zero is read "
@@ -323,8 +319,8 @@ def special_results(tmp_path_factory):
     """Run every special-file case once, in one subprocess (see _special_main)."""
     root = tmp_path_factory.mktemp("special")
     out = root / "results.json"
-    code = ("import sys; sys.path.insert(0, sys.argv[3]); import test_reliability_hostile as m; "
-            "m._special_main(sys.argv[1], sys.argv[2])")
+    code = ("import sys; sys.path.insert(0, sys.argv[3]); from corpus import special; "
+            "special.run_all(sys.argv[1], sys.argv[2])")
     proc = subprocess.run([sys.executable, "-c", code, str(root), str(out), str(Path(__file__).parent)],
                           capture_output=True, text=True, timeout=240, cwd=root,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -338,107 +334,14 @@ def test_special_files_are_refused(case, special_results, tally):
     assert tally("special_files").case(f"special:{case}", outcome, detail) == "handled", detail
 
 
-def _special_main(root: str, out: str) -> None:
-    """Subprocess body: build each special file, run the reader that meets it, record the outcome."""
-    import resource
-    import signal
+def test_corpus_generator_writes_every_case(tmp_path):
+    """`python -m tests.corpus.generate OUT_DIR` writes every case of the corpus and a manifest of them."""
+    from corpus import generate, images, labels
 
-    import darktune.cli  # noqa: F401 - import everything before limiting memory
-    import darktune.data.check  # noqa: F401
-    import darktune.experiment  # noqa: F401
-
-    root_p = Path(root)
-    cfg = datasets.write_tiny_cfg(root_p / "tiny.cfg")
-    weights = datasets.random_weights(cfg, root_p / "tiny.weights")
-    vm = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmSize:"))) * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (vm + (384 << 20), resource.RLIM_INFINITY))
-
-    def alarm(signum, frame):
-        raise TimeoutError("no answer within 3 s")
-
-    signal.signal(signal.SIGALRM, alarm)
-    results = {}
-    for case in SPECIAL_CASES:
-        folder = root_p / case.replace(":", "_")
-        folder.mkdir()
-        signal.alarm(3)
-        try:
-            results[case] = _special_case(case, folder, cfg, weights)
-        except TimeoutError as exc:
-            results[case] = ["crash", str(exc)]
-        except BaseException as exc:  # noqa: BLE001 - MemoryError included
-            results[case] = ["crash", type(exc).__name__]
-        finally:
-            signal.alarm(0)
-    Path(out).write_text(json.dumps(results))
-
-
-def _special_file(path: Path, how: str) -> Path:
-    if how == "zero":
-        path.symlink_to("/dev/zero")
-    else:
-        os.mkfifo(path)
-    return path
-
-
-def _special_case(case: str, folder: Path, cfg: Path, weights: Path) -> list:
-    """[outcome, detail] of one case: handled = a DarktuneError naming the file, or the file skipped and counted."""
-    import io
-    from contextlib import redirect_stderr, redirect_stdout
-
-    from darktune.cli import main
-
-    kind, how = case.split(":")
-    obj = datasets.make_dataset(folder, ["a.jpg", "b.jpg"], n_valid=1)
-    images = folder / "images"
-    err = io.StringIO()
-
-    def run(argv: list[str]) -> int:
-        with redirect_stdout(io.StringIO()), redirect_stderr(err):
-            return main(argv)
-
-    if kind in ("image", "label"):
-        target = images / ("a.jpg" if kind == "image" else "a.txt")
-        target.unlink()
-        _special_file(target, how)
-        rc = run(["data", "check", str(obj), "--no-cache", "--json"])
-        if kind == "image":
-            rc2 = run(["detect", "--cfg", str(cfg), "--weights", str(weights), str(target)])
-            return ["handled", ""] if rc == 1 and rc2 == 1 and str(target) in err.getvalue() else ["silent", "rc"]
-        return ["handled", ""] if rc == 0 else ["silent", f"exit {rc}"]  # counted as an image without labels
-    special = _special_file(folder / {"weights": "w.weights", "cfg": "c.cfg", "names": "n.names",
-                                      "checkpoint": "run/checkpoint.pt", "obj_data": "x.data",
-                                      "train_list": "list.txt", "spec": "s.yaml", "coco": "c.json",
-                                      "voc": "v.xml", "openimages": "o.csv"}[kind]
-                            if kind != "checkpoint" else _mkdir(folder / "run") / "checkpoint.pt", how)
-    argv = {
-        "weights": ["detect", "--cfg", str(cfg), "--weights", str(special), str(images / "a.jpg")],
-        "cfg": ["summary", str(special)],
-        "names": ["detect", "--cfg", str(cfg), "--weights", str(weights), "--names", str(special),
-                  str(images / "a.jpg")],
-        "checkpoint": ["train", "--cfg", str(cfg), "--data", str(obj), "--out", str(folder / "run"), "--resume",
-                       "--iterations", "1", "--batch", "2", "--no-progress"],
-        "obj_data": ["train", "--cfg", str(cfg), "--data", str(special), "--out", str(folder / "run"),
-                     "--iterations", "1", "--batch", "2", "--no-progress"],
-        "train_list": ["data", "check", _obj_with_list(folder, obj, special), "--no-cache"],
-        "spec": ["experiment", str(special), "--out", str(folder / "exp")],
-        "coco": ["data", "import", str(special), "--format", "coco", "--out", str(folder / "o")],
-        "voc": ["data", "import", str(special), "--format", "voc", "--out", str(folder / "o")],
-        "openimages": ["data", "import", str(special), "--format", "openimages", "--descriptions", str(special),
-                       "--images", str(images), "--out", str(folder / "o")],
-    }[kind]
-    rc = run(argv)
-    named = str(special) in err.getvalue() or str(special.parent) in err.getvalue()
-    return ["handled", ""] if rc == 2 and named else ["silent", f"exit {rc}"]
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _obj_with_list(folder: Path, obj: Path, listing: Path) -> str:
-    text = obj.read_text().replace(str(folder / "train.txt"), str(listing))
-    out = folder / "listed.data"
-    out.write_text(text)
-    return str(out)
+    assert generate.main([str(tmp_path / "corpus")]) == 0
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())
+    assert len(manifest["images"]) == len(images.image_cases()) == len(list((tmp_path / "corpus" / "images").iterdir()))
+    assert len(manifest["labels"]) == len(labels.label_cases())
+    assert len(manifest["annotations"]) == len(labels.annotation_cases())
+    assert not (tmp_path / "corpus" / generate.PAYLOAD_MARKER).exists()
+    assert len(list((tmp_path / "corpus" / "names" / "images").glob("*.txt"))) == len(HOSTILE_NAMES)
