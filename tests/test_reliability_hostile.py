@@ -178,6 +178,13 @@ def _spec_params() -> list:
                          else []) for n, _ in _SPECS]
 
 
+def _limit_memory() -> None:
+    """In the child: at most 4 GB of address space, so a bomb cannot take the machine down with it."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))
+
+
 @pytest.mark.parametrize("name", _spec_params())
 def test_spec_with_python_tags_or_bombs_is_refused(name, tmp_path, tally):
     """`darktune experiment SPEC` in a subprocess (a hang must not hang the suite): one error line naming the
@@ -191,6 +198,7 @@ def test_spec_with_python_tags_or_bombs_is_refused(name, tmp_path, tally):
     try:
         proc = subprocess.run([sys.executable, "-m", "darktune", "experiment", str(spec), "--out",
                                str(tmp_path / "exp")], cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=_limit_memory,
                               env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
         lines = [x for x in proc.stderr.splitlines() if x.strip()]
         refused = proc.returncode == 2 and len(lines) == 1 and str(spec) in lines[0]
