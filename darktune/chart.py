@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from darktune.errors import DarktuneError
+
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     """(training lines, evaluation lines) of a metrics.jsonl; unreadable lines are skipped."""
@@ -92,7 +94,12 @@ def write_chart(metrics_path: str | Path, out_path: str | Path, title: str = "",
     fig.subplots_adjust(left=0.08, right=0.92, top=0.92, bottom=0.1)  # fixed margins: tight_layout is slow
     out = Path(out_path)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp)
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DarktuneError(f"cannot write the chart: {exc.strerror or exc}", path=str(out)) from None
+    finally:
+        plt.close(fig)
     return out

@@ -220,8 +220,15 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
 
 
 # ------------------------------------------------------------------------------------------------ start / resume
+def write_run_file(path: Path, text: str) -> None:
+    """A whole run-folder file, atomically; a full disk or a permission problem is a DarktuneError naming it."""
+    from darktune.weights import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def _fresh_start(run: Run) -> None:
-    from darktune.cfg import write_cfg
+    from darktune.cfg import format_cfg
     from darktune.freeze import layer_digests, set_frozen
     from darktune.train_setup import init_model
 
@@ -233,13 +240,15 @@ def _fresh_start(run: Run) -> None:
                      bad_in_row=0, maps=[], init=report,
                      digests_before={str(k): v for k, v in layer_digests(run.model).items()})
     if run.dist.main:
-        run.dir.mkdir(parents=True, exist_ok=True)
-        (run.dir / "weights").mkdir(exist_ok=True)
-        (run.dir / "init.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_cfg(run.spec, run.dir / "model.cfg")
-        (run.dir / "metrics.jsonl").write_text("")
-        for stale in ("summary.json", "freeze_proof.json", "checkpoint.pt"):
-            (run.dir / stale).unlink(missing_ok=True)
+        try:
+            (run.dir / "weights").mkdir(parents=True, exist_ok=True)
+            for stale in ("summary.json", "freeze_proof.json", "checkpoint.pt"):
+                (run.dir / stale).unlink(missing_ok=True)
+        except OSError as exc:
+            raise DarktuneError(f"cannot prepare the run folder: {exc.strerror or exc}", path=str(run.dir)) from None
+        write_run_file(run.dir / "init.json", json.dumps(report, indent=1) + "\n")
+        write_run_file(run.dir / "model.cfg", format_cfg(run.spec))
+        write_run_file(run.dir / "metrics.jsonl", "")
     loaded, new = report["loaded_layers"], report["new_layers"]
     run.log(f"init: {report['mode']} from {report['weights'] or 'scratch'}; loaded conv layers {_ranges(loaded)}; "
             f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}", important=True)

@@ -10,8 +10,9 @@ import time
 
 import torch
 
+from darktune.errors import DarktuneError
 from darktune.train import TrainResult
-from darktune.train_loop import Run, wrap_model
+from darktune.train_loop import Run, wrap_model, write_run_file
 
 
 def _elapsed(run: Run) -> float:
@@ -24,7 +25,10 @@ def open_outputs(run: Run, progress: bool) -> None:
     run.state.setdefault("elapsed_base", run.state.get("elapsed_seconds", 0.0))
     if not run.dist.main:
         return
-    run.metrics = open(run.dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
+    try:
+        run.metrics = open(run.dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
+    except OSError as exc:
+        raise DarktuneError(f"cannot open: {exc.strerror or exc}", path=str(run.dir / "metrics.jsonl")) from None
     run.progress = tqdm(total=run.iterations, initial=run.step, disable=not progress, file=sys.stderr,
                         unit="it", dynamic_ncols=True, desc=run.dir.name)
     if run.config.tensorboard:
@@ -38,7 +42,10 @@ def open_outputs(run: Run, progress: bool) -> None:
 
 def _write(run: Run, record: dict) -> None:
     if run.metrics is not None:
-        run.metrics.write(json.dumps(record) + "\n")
+        try:
+            run.metrics.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise DarktuneError(f"cannot write: {exc.strerror or exc}", path=str(run.dir / "metrics.jsonl")) from None
     if run.tb is not None:
         for key, value in record.items():
             if key != "iteration" and isinstance(value, (int, float)) and value is not None:
@@ -275,7 +282,7 @@ def _write_proof(run: Run) -> dict:
                          [] if unfrozen else [i for i in initially if i in convs])
     proof["iterations"] = run.step
     proof["unfrozen_at"] = run.config.unfreeze_at if unfrozen else None
-    (run.dir / "freeze_proof.json").write_text(json.dumps(proof, indent=1) + "\n")
+    write_run_file(run.dir / "freeze_proof.json", json.dumps(proof, indent=1) + "\n")
     return proof
 
 

@@ -135,7 +135,15 @@ def cmd_map(args: argparse.Namespace) -> int:
     model.to(args.device)
     es = load_eval_set(args.data, (spec.net.height, spec.net.width), args.split, spec.net.letter_box,
                        args.max_images, progress=not args.json)
-    result = evaluate_model(model, es, args.protocol, args.batch, args.device, conf_thresh=args.thresh)
+    import torch
+
+    from darktune.errors import DarktuneError
+
+    try:
+        result = evaluate_model(model, es, args.protocol, args.batch, args.device, conf_thresh=args.thresh)
+    except torch.cuda.OutOfMemoryError:
+        raise DarktuneError(f"CUDA out of memory evaluating batches of {args.batch} images: use a smaller --batch "
+                            "(or a smaller --size, or --device cpu)") from None
     if args.json:
         out = result.to_dict()
         out.update(images=len(es), skipped_images=es.n_skipped, size=[spec.net.width, spec.net.height])
