@@ -11,6 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Collects the reliability tests' counts and keeps README's Reliability table equal to what the suite measured.
+pytest_plugins = ["reliability_plugin"]
+
 
 def pytest_configure(config):
     """Fetch the official weights once into the user's cache, then give the tests a private $DARKTUNE_HOME
