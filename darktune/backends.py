@@ -154,6 +154,7 @@ class OnnxRuntimeBackend(Backend):
                                 "backend needs a raw-heads export", path=self.path)
         if spec is None:
             spec = _spec_from_metadata(meta, self.path)
+        self.names = meta.get("darktune.names", "").splitlines() or None  # stored by `export onnx --names`
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32

@@ -48,7 +48,9 @@ def cmd_detect(args) -> int:
         raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
     backend = make_backend(args.backend, args.cfg, args.weights, size=args.size, device=args.device,
                            onnx=args.onnx, batch=1)
-    names = read_names(args.names, backend.spec.num_classes)
+    names = getattr(backend, "names", None)  # an ONNX model may carry its class names
+    if args.names or not names or len(names) != backend.spec.num_classes:
+        names = read_names(args.names, backend.spec.num_classes)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
