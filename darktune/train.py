@@ -68,6 +68,7 @@ class TrainConfig:
     resume: bool = False
     seed: int = 0
     workers: int = 0  # background threads preparing batches
+    threads: int | None = None  # torch CPU threads for this process (None: leave torch's setting)
     max_images: int | None = None  # seeded subset of the training list
     max_valid_images: int | None = None
     lr: float | None = None
@@ -100,6 +101,7 @@ class TrainConfig:
             (self.log_every >= 1 and self.checkpoint_every >= 1 and self.max_bad_steps >= 1,
              "--log-every, --checkpoint-every and --max-bad-steps must be >= 1"),
             (self.lr is None or self.lr >= 0, "--lr must be >= 0"),
+            (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
             (self.unfreeze_at is None or self.unfreeze_at >= 0, "--unfreeze-at must be >= 0"),
             (not (self.freeze and self.freeze_layers), "give --freeze or --freeze-layers, not both"),
         ]
@@ -116,7 +118,8 @@ class TrainConfig:
 # `iterations` also sets the length of the poly/sgdr schedules).
 RESUMABLE_CHANGES = frozenset({"iterations", "eval_every", "eval_at", "target_map", "stop_at_target", "device",
                                "out", "resume", "workers", "log_every", "checkpoint_every", "max_bad_steps",
-                               "eval_batch", "tensorboard", "compile", "max_valid_images", "protocol"})
+                               "eval_batch", "tensorboard", "compile", "max_valid_images", "protocol",
+                               "threads"})
 
 
 @dataclass

@@ -179,6 +179,8 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     from darktune.train_data import TrainBatches
     from darktune.train_setup import build_optimizer
 
+    if config.threads:
+        torch.set_num_threads(config.threads)  # e.g. 1 per process when several runs share 2 cores
     dist = _dist_setup(config.device)
     spec, od = _resolve_spec(config)
     batch = config.batch or spec.net.batch

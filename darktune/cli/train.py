@@ -53,6 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="background threads preparing batches")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; use 1 per process when "
+                                               "several trainings share the cores)")
     p.add_argument("--max-images", type=int, metavar="N", help="use a seeded subset of N training images")
     p.add_argument("--max-valid-images", type=int, metavar="N", help="evaluate on the first N valid images")
     p.add_argument("--lr", type=float, help="override [net] learning_rate")
@@ -99,6 +101,7 @@ def config_from_args(args: argparse.Namespace):
         subdivisions=args.subdivisions, size=args.size, eval_every=args.eval_every, eval_at=args.eval_at,
         target_map=args.target_map, stop_at_target=args.stop_at_target, protocol=args.protocol,
         device=args.device, out=args.out, resume=args.resume, seed=args.seed, workers=args.workers,
+        threads=args.threads,
         max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in,
         steps=args.steps, scales=args.scales, augment=args.augment, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, log_every=args.log_every,
