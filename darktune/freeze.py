@@ -5,7 +5,11 @@ require grad, holds no state for them and weight decay cannot reach them) and it
 `FrozenBatchNorm2d`, which stays in inference mode whatever ``model.train()`` says, so the running statistics
 never move. When the frozen layers form a prefix 0..P-1, `forward_frozen_prefix` runs that prefix under
 ``torch.no_grad()``: nothing of it is kept for backward (its outputs cannot need a gradient: their inputs are
-the image and frozen weights), and the first trainable layer computes only its weight gradient.
+the image and frozen weights), and the first trainable layer computes only its weight gradient. The prefix
+convs run with their batch norm folded in (`fold_frozen_bn`: one conv instead of conv + BN; same function,
+float rounding aside), and a conv reading a route of trainable + frozen outputs computes the input gradient of
+the trainable slice only. Measured on the 2-core CPU (yolov3-tiny, 416, batch 8, channels_last, 1 thread,
+CPU time): freeze 13 step 0.84 s -> 0.72 s with the folding (the slice trick: within noise), freeze 0 1.82 s.
 
 `layer_digests` hashes every conv layer's tensors (darknet order: BN bias, scale, mean, variance, weights; or
 bias, weights) so `freeze_proof` can show the frozen layers are bit-for-bit what they were.
