@@ -17,7 +17,7 @@ from pathlib import Path
 from darktune import study
 from darktune.report_data import (ExperimentData, best_transfer_decrease, eval_iterations, load_experiment,
                                   main_images, time_to_target)
-from darktune.report_findings import CLEAR_MARGIN, findings
+from darktune.report_findings import CLEAR_MARGIN, NOTHING_LEARNED, findings
 from darktune.report_machine import machine_lines
 
 
@@ -103,7 +103,8 @@ def time_table(data: ExperimentData) -> list[Block]:
             secs = f"{t.seconds:.1f}" if t.seconds is not None else "–"
             rows.append((start, str(freeze), its, secs, f"{t.reached_seeds}/{t.seeds}"))
     blocks = [Block("p", f"First evaluation at which the mAP reaches the target {pct(target)} (mean over seeds; "
-                         "seconds are the run's training clock at that evaluation)."),
+                         "seconds are the run's training clock at that evaluation, evaluations and checkpoints "
+                         "excluded)."),
               Block("table", items=tuple(rows), header=("start", "frozen N", "iterations to target",
                                                        "seconds to target", "seeds reaching it"))]
     lines = []
@@ -113,15 +114,19 @@ def time_table(data: ExperimentData) -> list[Block]:
             continue
         base = f"{dec.coco15_iterations:g}" if dec.coco15_iterations is not None else f"more than {dec.coco15_max}"
         bound = "at least " if dec.lower_bound else ""
+        secs = (f", {dec.seconds_fraction * 100:.0f}% fewer training seconds" if dec.seconds_fraction is not None
+                else "")
         lines.append(f"N={freeze}: best transfer path `{dec.best}` needs {dec.best_iterations:g} iterations, coco15 "
-                     f"{base}: **{bound}{dec.fraction * 100:.0f}% fewer iterations** (the study: "
+                     f"{base}: **{bound}{dec.fraction * 100:.0f}% fewer iterations**{secs} (the study: "
                      f"{study.HEADLINE_DECREASE * 100:.0f}% less time).")
     if lines:
         blocks.append(Block("list", items=tuple(lines)))
-    stage_its = sum(int(r.plan["iterations"]) for r in data.stages)
-    if stage_its:
-        blocks.append(Block("p", f"The transfer paths' figures do not count the pretraining stages "
-                                 f"({stage_its} iterations in all, see below), as in the study."))
+    if data.stages:
+        cost = ", ".join(f"`{r.name}` {r.plan['iterations']} iterations"
+                         + (f" ({r.train_s:.0f} training seconds)" if r.train_s is not None else "")
+                         for r in data.stages)
+        blocks.append(Block("p", f"These figures count the target runs only, not the pretraining stages they "
+                                 f"start from ({cost}): a stage is paid once and reused by every run after it."))
     return blocks
 
 
@@ -157,7 +162,9 @@ def build_blocks(data: ExperimentData) -> list[Block]:
     blocks.append(Block("list", items=tuple(
         f"**{f.verdict}** — {f.claim}. Study: {f.study}. Ours: {'; '.join(f.evidence) or 'no data'}."
         for f in findings(data))))
-    blocks.append(Block("p", f"'Clearly worse' means at least {CLEAR_MARGIN * 100:.0f} mAP points lower. "
+    blocks.append(Block("p", f"'Clearly worse' means at least {CLEAR_MARGIN * 100:.0f} mAP points lower; a start "
+                             "whose unfrozen run stays below that margin cannot show it and is listed as inconclusive, "
+                             f"as is a comparison where neither run exceeds {NOTHING_LEARNED * 100:g} mAP point. "
                              "Each verdict is computed from the runs' metrics files when this report is written."))
     blocks += [Block("h2", "Starting points"),
                Block("table", items=tuple((k, v["description"]) for k, v in data.record.get("starts", {}).items()),

@@ -239,6 +239,7 @@ class Decrease:
     coco15_max: int
     fraction: float  # 1 - best / coco15 (a lower bound when coco15 did not reach the target)
     lower_bound: bool
+    seconds_fraction: float | None = None  # the same in training seconds, when both reached the target
 
 
 TRANSFER_EXCLUDED = ("scratch", "backbone", "coco15")
@@ -256,7 +257,8 @@ def best_transfer_decrease(data: ExperimentData, freeze: int, images: int | None
         return None
     best = min(paths, key=lambda t: t.iterations)
     if base.iterations is not None:
+        secs = (1.0 - best.seconds / base.seconds if best.seconds is not None and base.seconds else None)
         return Decrease(freeze, best.start, best.iterations, base.iterations, base.max_iterations,
-                        1.0 - best.iterations / base.iterations, False)
+                        1.0 - best.iterations / base.iterations, False, secs)
     return Decrease(freeze, best.start, best.iterations, None, base.max_iterations,
                     1.0 - best.iterations / base.max_iterations, True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from darktune.report_data import ExperimentData, best_transfer_decrease, cell_map, main_images, time_to_target
 
 CLEAR_MARGIN = 0.10  # "clearly worse": at least 10 mAP points lower (the study's gaps were 25 to 91 points)
+NOTHING_LEARNED = 0.01  # a run at or below 1 mAP point learned nothing: it cannot show that another is better
 REQUIRED_DECREASE = 0.80  # "at least 80% fewer iterations" (the study: 83%)
 
 
@@ -33,23 +34,31 @@ def _last_common(data: ExperimentData, a: str, b: str) -> list[int]:
     return sorted(its_a & its_b)
 
 
+def _table_mean(data: ExperimentData, start: str, freeze: int, images: int | None) -> tuple[float | None, list[int]]:
+    """Mean mAP over the start's table rows (its planned evaluation iterations): one noisy evaluation does not
+    decide a finding."""
+    its = sorted({int(i) for r in data.select(start, freeze, images) for i in r.plan["eval_at"]})
+    values = [v for i in its for v in [cell_map(data, start, freeze, i, images)] if v is not None]
+    return (sum(values) / len(values) if values else None), its
+
+
 def freeze_20_worse(data: ExperimentData) -> Finding:
     claim = "Freezing 20 layers is clearly worse than freezing none, for every starting point"
     study = "Table I 92 vs <1, Table II 98 vs 27, Table III 98.1 vs 72.8 (N=0 vs N=20)"
     images = main_images(data)
     evidence, ok = [], []
     for start in data.starts():
-        runs0, runs20 = data.select(start, 0, images), data.select(start, 20, images)
-        if not runs0 or not runs20:
-            continue
-        last = max(int(r.plan["iterations"]) for r in runs0 + runs20)
-        m0, m20 = cell_map(data, start, 0, last, images), cell_map(data, start, 20, last, images)
+        (m0, its), (m20, _) = _table_mean(data, start, 0, images), _table_mean(data, start, 20, images)
         if m0 is None or m20 is None:
-            evidence.append(f"{start}: not evaluated at iteration {last}")
             continue
+        where = f"{start}, mean over iterations {', '.join(map(str, its))}"
         good = m0 - m20 >= CLEAR_MARGIN
+        if m0 < CLEAR_MARGIN and not good:
+            evidence.append(f"{where}: N=0 {_pct(m0)} vs N=20 {_pct(m20)} mAP (inconclusive: without frozen layers "
+                            f"it reached less than the {CLEAR_MARGIN * 100:.0f}-point margin itself)")
+            continue
         ok.append(good)
-        evidence.append(f"{start} at {last} it.: N=0 {_pct(m0)} vs N=20 {_pct(m20)} mAP "
+        evidence.append(f"{where}: N=0 {_pct(m0)} vs N=20 {_pct(m20)} mAP "
                         f"({'clearly worse' if good else 'NOT clearly worse'}: margin {CLEAR_MARGIN * 100:.0f} points)")
     verdict = "not measured" if not ok else ("agrees" if all(ok) else "DISAGREES")
     return Finding(claim, study, verdict, evidence)
@@ -74,10 +83,13 @@ def coco15_beats(data: ExperimentData) -> Finding:
             mean_a = sum(a for a, _ in pairs) / len(pairs)
             mean_b = sum(b for _, b in pairs) / len(pairs)
             wins = sum(a > b for a, b in pairs)
-            good = mean_a > mean_b
-            ok.append(good)
-            evidence.append(f"N={freeze}: coco15 {_pct(mean_a)} vs {other} {_pct(mean_b)} mean mAP over iterations "
-                            f"{', '.join(map(str, its))} (coco15 higher at {wins} of {len(pairs)})")
+            text = (f"N={freeze}: coco15 {_pct(mean_a)} vs {other} {_pct(mean_b)} mean mAP over iterations "
+                    f"{', '.join(map(str, its))} (coco15 higher at {wins} of {len(pairs)})")
+            if max(mean_a, mean_b) <= NOTHING_LEARNED:
+                evidence.append(text + f" (inconclusive: neither learned anything, both <= {NOTHING_LEARNED * 100:g})")
+                continue
+            ok.append(mean_a > mean_b)
+            evidence.append(text)
     verdict = "not measured" if not ok else ("agrees" if all(ok) else "DISAGREES")
     return Finding(claim, study, verdict, evidence)
 

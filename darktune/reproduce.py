@@ -6,7 +6,7 @@ Steps (each reuses its result when run again in the same folder):
      Images CSV with IsGroupOf boxes), both seeded;
   3. the domain set's group boxes filtered out (images that had one are dropped whole, as the study kept only
      images with reasonable boxes), written in darknet layout;
-  4. the experiment: stage `domain` (COCO conv.15 -> domain set), then the grid over the target set with the
+  4. the experiment: stage `domain` (COCO, every layer that fits -> domain set), then the grid over the target set with the
      starting points scratch, backbone, coco15, domain and 0, 13, 20 frozen layers;
   5. the report (report.md, report.html).
 
@@ -61,11 +61,11 @@ PROFILES: dict[str, Profile] = {
         domain_eval_at=(1, 2), domain_eval_every=0, target_map=0.5, checkpoint_every=2,
         note="smoke: checks that the pipeline runs end to end; its numbers mean nothing"),
     "quick": Profile(
-        name="quick", size=128, target_images=200, domain_images=600, batch=8, subdivisions=1, lr=0.01,
-        burn_in=10, stage_iterations=60, iterations=80, eval_at=(40, 60, 72, 80), eval_every=10,
-        domain_iterations=16, domain_eval_at=(4, 8, 12, 16), domain_eval_every=2, target_map=0.5,
-        max_valid_images=40, checkpoint_every=20,
-        note="quick: small images and short runs sized for 2 CPU cores; the iterations are the study's scaled"),
+        name="quick", size=128, target_images=200, domain_images=600, batch=8, subdivisions=1, lr=0.001,
+        burn_in=20, stage_iterations=400, iterations=200, eval_at=(100, 150, 180, 200), eval_every=25,
+        domain_iterations=40, domain_eval_at=(10, 20, 30, 40), domain_eval_every=5, target_map=0.3,
+        max_valid_images=40, checkpoint_every=50, augment=False,
+        note="quick: small images and short runs sized for 2 CPU cores; the study's iterations scaled by 0.1"),
     "full": Profile(
         name="full", size=416, target_images=1000, domain_images=5000, batch=64, subdivisions=2, lr=0.001,
         burn_in=100, stage_iterations=1000, iterations=2000, eval_at=(1000, 1500, 1800, 2000), eval_every=100,
@@ -91,10 +91,16 @@ def get_profile(name: str) -> Profile:
 
 
 def prepare_data(profile: Profile, out: Path, progress: bool = False) -> dict:
-    """Target set, domain set, filtered domain set in darknet layout; returns their paths and counts."""
+    """Target set, domain set, filtered domain set in darknet layout; returns their paths and counts.
+    A set left half-written by an interrupted run (no synth.json yet) is written again."""
+    import shutil
+
     from darktune.data.synth import make_domain_set, make_target_set
 
     data_dir = out / "data"
+    for name in ("target", "domain_raw"):
+        if (data_dir / name).is_dir() and not (data_dir / name / "synth.json").is_file():
+            shutil.rmtree(data_dir / name)
     target = make_target_set(data_dir / "target", profile.target_images, profile.size, SEED,
                              val_fraction=profile.val_fraction, progress=progress)
     raw = make_domain_set(data_dir / "domain_raw", profile.domain_images, profile.size, SEED + 1, progress=progress)
@@ -145,8 +151,8 @@ def build_spec(profile: Profile, data: dict) -> dict:
         "cfg": "yolov3-tiny",
         "train": train,
         "notes": notes,
-        "stages": {"domain": {"data": data["domain"], "weights": "coco15", "iterations": p.stage_iterations,
-                              "eval_at": [p.stage_iterations]}},
+        "stages": {"domain": {"data": data["domain"], "weights": "coco", "iterations": p.stage_iterations,
+                              "eval_at": [p.stage_iterations // 2, p.stage_iterations]}},
         "grid": {"data": data["target"], "starts": list(STARTS), "freeze": list(FREEZE), "images": ["all"],
                  "seeds": [SEED], "iterations": p.iterations, "eval_at": list(p.eval_at),
                  "eval_every": p.eval_every, "target_map": p.target_map,
@@ -169,7 +175,6 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
 
     profile = get_profile(profile_name)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     _check_profile_folder(out, profile)
     zoo.fetch("yolov3-tiny")
     data = prepare_data(profile, out, progress)
@@ -191,9 +196,13 @@ def _device(name: str) -> str:
 
 
 def _check_profile_folder(out: Path, profile: Profile) -> None:
-    """One folder holds one profile: continuing a folder with another profile is refused, not mixed."""
+    """One folder holds one profile: continuing a folder with another profile is refused, not mixed; a
+    non-empty folder that is not a reproduction is refused too (nothing of the user's is touched)."""
     marker = out / "profile.json"
     wanted = asdict(profile)
+    if not marker.is_file() and out.is_dir() and any(out.iterdir()):
+        raise DarktuneError("is not empty and holds no reproduction (profile.json); choose a new --out",
+                            path=str(out))
     if marker.is_file():
         try:
             found = json.loads(marker.read_text())
@@ -206,4 +215,4 @@ def _check_profile_folder(out: Path, profile: Profile) -> None:
         return
     from darktune.weights import atomic_write_bytes
 
-    atomic_write_bytes(marker, (json.dumps(wanted, indent=1) + "\n").encode())
+    atomic_write_bytes(marker, (json.dumps(wanted, indent=1) + "\n").encode())  # creates the folder too

@@ -184,3 +184,14 @@ def test_cli_reports_bad_spec_in_one_line(tmp_path, capsys):
     assert main(["experiment", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{path}:4:" in err and "unknown key 'frozen'" in err
+
+
+def test_help_example_spec_is_valid(tmp_path):
+    from darktune.cli.experiment import SPEC_EXAMPLE
+
+    text = SPEC_EXAMPLE.split("\n", 1)[1]
+    (tmp_path / "other.weights").write_bytes(b"")
+    spec = load_spec(_write(tmp_path, "\n".join(line[2:] for line in text.splitlines())))
+    plans = plan_runs(spec)
+    assert len(plans) == 1 + 6 * 3 * 2 and plans[-1].name == "w-other-f20-n50-s0"
+    assert spec.weights["backbone"] == str(tmp_path / "darknet.weights")

@@ -146,3 +146,14 @@ def test_cli_report_json(experiment, capsys):
     assert main(["report", str(experiment), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["report_md"].endswith("report.md") and len(out["figures"]) == 2
+
+
+def test_runs_that_learned_nothing_are_inconclusive_not_evidence(copy):
+    for n in (0, 20):  # scratch learned nothing at all: it can show neither finding
+        _set_maps(copy / "runs" / f"scratch-f{n}-nall-s0", lambda it, m: 0.0)
+    _set_maps(copy / "runs" / "backbone-f20-nall-s0", lambda it, m: 0.0)
+    _set_maps(copy / "runs" / "coco15-f20-nall-s0", lambda it, m: 0.005)
+    found = findings(load_experiment(copy))
+    assert found[0].verdict == "agrees" and "scratch" in found[0].evidence[0] and "inconclusive" in found[0].evidence[0]
+    assert found[1].verdict == "agrees"
+    assert sum("inconclusive" in e for e in found[1].evidence) == 2  # N=20 against backbone and scratch

@@ -59,7 +59,7 @@ def test_spec_is_the_study_grid(smoke_data):
     _, data = smoke_data
     spec = spec_from_dict(build_spec(PROFILES["quick"], data), "generated.yaml")
     plans = plan_runs(spec)
-    assert plans[0].group == "stage" and plans[0].start == "coco15"
+    assert plans[0].group == "stage" and plans[0].start == "coco"
     grid = [p for p in plans if p.group == "grid"]
     assert {(p.start, p.freeze) for p in grid} == {(s, n) for s in ("scratch", "backbone", "coco15", "domain")
                                                    for n in (0, 13, 20)}
@@ -137,3 +137,21 @@ def test_interrupted_experiment_continues_to_the_same_tables(smoke_data, tmp_pat
     a = _tables(write_report(reference).markdown.read_text())
     b = _tables(write_report(out).markdown.read_text())
     assert len(a) == 2 and a == b
+
+
+def test_foreign_folder_is_refused_untouched(tmp_path):
+    (tmp_path / "mine.txt").write_text("user data")
+    with pytest.raises(DarktuneError, match="holds no reproduction"):
+        _check_profile_folder(tmp_path, PROFILES["smoke"])
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
+def test_half_written_set_is_written_again(tmp_path):
+    out = tmp_path / "r"
+    data = prepare_data(PROFILES["smoke"], out)
+    target = Path(data["target"]).parent
+    (target / "synth.json").unlink()  # as if interrupted while writing images
+    (target / "images" / "000000.jpg").write_bytes(b"half")
+    again = prepare_data(PROFILES["smoke"], out)
+    assert again == data and (target / "synth.json").is_file()
+    assert (target / "images" / "000000.jpg").read_bytes()[:2] == b"\xff\xd8"

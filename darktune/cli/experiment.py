@@ -6,9 +6,32 @@ from __future__ import annotations
 import argparse
 
 
+SPEC_EXAMPLE = """\
+example SPEC.yaml (paths relative to the spec file):
+  cfg: yolov3-tiny                  # a zoo model name or a .cfg path
+  weights: {backbone: darknet.weights}   # optional: your own ImageNet backbone / coco weights
+  train: {batch: 16, size: 416, lr: 0.001, burn_in: 100}   # options for every run
+  stages:
+    domain: {data: domain/obj.data, weights: coco15, iterations: 1000}
+  grid:
+    data: target/obj.data
+    starts: [scratch, backbone, coco15, coco, domain, other.weights]
+    freeze: [0, 13, 20]
+    images: [all, 50]
+    seeds: [0]
+    iterations: 2000
+    eval_at: [1000, 1500, 1800, 2000]
+    eval_every: 100
+    target_map: 0.9
+    per_start:
+      domain: {iterations: 400, eval_at: [100, 200, 300, 400], eval_every: 20}
+"""
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="run a grid of training runs (starts x frozen layers x images x seeds) "
-                                          "from a YAML spec and write its report")
+                                          "from a YAML spec and write its report",
+                       epilog=SPEC_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", metavar="SPEC.yaml")
     p.add_argument("--out", required=True, help="experiment folder (runs, report); rerun to resume")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time on one device (default 1)")
