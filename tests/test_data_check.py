@@ -323,7 +323,7 @@ def test_label_line_reasons_have_line_numbers(tmp_path):
     assert rows.shape == (1, 5)
     assert [(p.line, p.severity) for p in problems] == [(3, "error"), (4, "warning"), (5, "error")]
     rows, problems = read_label_file(tmp_path / "missing.txt", 2)
-    assert rows.shape == (0, 5) and "cannot read" in problems[0].reason
+    assert rows.shape == (0, 5) and "not found" in problems[0].reason
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -350,3 +350,67 @@ def test_cli_check_exit_codes_and_json(tmp_path, capsys):
     assert main(["data", "check", str(good), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert any("both train and valid" in p["reason"] for p in doc[0]["problems"])
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int, big_endian: bool = False) -> bytes:
+    o = ">" if big_endian else "<"
+    tiff = (b"MM\x00*" if big_endian else b"II*\x00") + struct.pack(o + "IH", 8, 2)
+    tiff += struct.pack(o + "HHII", 0x010F, 2, 4, 0)  # Make, before Orientation
+    tiff += struct.pack(o + "HHIHH", 0x0112, 3, 1, orientation, 0) + b"\0" * 4
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_exif_orientation_is_a_warning_and_the_image_is_kept(tmp_path):
+    from darktune.data.formats.image import exif_orientation
+
+    jpeg = encode(".jpg", picture())
+    for o, big in ((1, False), (6, False), (3, True), (8, True)):
+        data = _with_exif_orientation(jpeg, o, big)
+        assert exif_orientation(data, "jpeg") == o
+        (tmp_path / f"o{o}.jpg").write_bytes(data)
+        (tmp_path / f"o{o}.txt").write_text(GOOD_LABEL)
+    assert exif_orientation(jpeg, "jpeg") is None and exif_orientation(b"\xff\xd8\xff\xe1\x00", "jpeg") is None
+    report = scan_folder(tmp_path, n_classes=2, cache=False, progress=False)
+    assert len(report.good) == 4 and report.n_errors == 0
+    warned = {Path(p.path).name: p.reason for p in report.problems if p.severity == "warning"}
+    assert sorted(warned) == ["o3.jpg", "o6.jpg", "o8.jpg"]
+    assert "EXIF orientation is ignored" in warned["o6.jpg"] and "stored pixels" in warned["o6.jpg"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "folder"])
+def test_label_file_that_is_not_a_regular_file_is_reported_and_never_read(tmp_path, kind):
+    """A FIFO (would block), /dev/zero (endless) or a folder named like the label: a warning naming it, the
+    image kept without labels; import refuses it (or skips the image with --skip-bad)."""
+    from darktune.data.formats.yolo import read_yolo
+
+    (tmp_path / "a.jpg").write_bytes(encode(".jpg", picture()))
+    label = tmp_path / "a.txt"
+    {"fifo": lambda: os.mkfifo(label), "zero": lambda: label.symlink_to("/dev/zero"),
+     "folder": label.mkdir}[kind]()
+    (tmp_path / "obj.names").write_text("window\ndoor\n")
+    report = scan_folder(tmp_path, cache=False, progress=False)
+    assert len(report.good) == 1 and report.n_errors == 0 and report.n_missing_labels == 0
+    assert [(p.path, p.severity) for p in report.problems] == [(str(label), "warning")]
+    assert "not a regular file" in report.problems[0].reason
+    with pytest.raises(DarktuneError, match="a.txt: label file is not a regular file"):
+        read_yolo(tmp_path)
+    ds = read_yolo(tmp_path, skip_bad=True)
+    assert not ds.images and len(ds.skipped) == 1
+
+
+def test_image_that_is_not_a_regular_file_is_an_error(tmp_path):
+    from darktune.data.check import check_images
+
+    os.mkfifo(tmp_path / "a.jpg")  # as listed in a train.txt: a folder scan lists regular files only
+    report = check_images([tmp_path / "a.jpg"], 1, source="list", progress=False)
+    assert not report.good and [p.reason for p in report.problems] == ["image is not a regular file (not read)"]
+
+
+def test_huge_class_id_and_long_number_tokens_are_errors_not_crashes():
+    rows, problems = parse_label_bytes(("9" * 5000 + " 0.5 0.5 0.2 0.2\n").encode(), "l.txt", None)
+    assert len(rows) == 0 and problems[0].line == 1 and "5000 digits" in problems[0].reason
+    rows, problems = parse_label_bytes(b"0000000001 0.5 0.5 0.2 0.2\n", "l.txt", 2)  # leading zeros are fine
+    assert np.allclose(rows, [[1, 0.5, 0.5, 0.2, 0.2]])
+    rows, problems = parse_label_bytes(("0 0." + "5" * 5000 + " 0.5 0.2 0.2\n").encode(), "l.txt", 2)
+    assert len(rows) == 0 and "characters long" in problems[0].reason

@@ -358,3 +358,62 @@ def test_cli_import_coco(tmp_path, capsys):
     assert {k: v for k, v in _tree_hash(tmp_path).items() if not k.startswith("out/")} == before
     rc = main(["data", "import", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out2")])
     assert rc == 2 and "missing.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, what", [
+    (json.dumps(_coco_doc()).replace('"id": 7', '"id": NaN'), "'id' must be"),
+    (json.dumps(_coco_doc()).replace('"id": 7', '"id": 1e999'), "'id' must be"),
+    (json.dumps(_coco_doc()).replace('"id": 7', '"id": 7.5'), "'id' must be"),
+    (json.dumps(_coco_doc()).replace('"name": "door"', '"name": "do\\nor"'), "line break"),
+    ('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    (json.dumps(_coco_doc()).replace('"id": 7', '"id": ' + "7" * 5000), "bad JSON"),
+])
+def test_coco_hostile_values_are_errors_naming_the_file(tmp_path, text, what):
+    write_image(tmp_path / "a.jpg", 40, 30)
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(DarktuneError, match=what) as err:
+        read_coco(path)
+    assert str(err.value).startswith(f"{path}:")
+
+
+def test_voc_unknown_encoding_and_line_break_in_a_name_are_named(tmp_path):
+    write_image(tmp_path / "a.jpg", 40, 30)
+    (tmp_path / "a.xml").write_text('<?xml version="1.0" encoding="klingon"?>' + VOC_OK)
+    with pytest.raises(DarktuneError, match="bad XML: unknown encoding") as err:
+        read_voc(tmp_path)
+    assert str(err.value).startswith(str(tmp_path / "a.xml"))
+    (tmp_path / "a.xml").write_text(VOC_OK.replace("<name>window</name>", "<name>win\ndow</name>"))
+    with pytest.raises(DarktuneError, match="line break") as err:
+        read_voc(tmp_path)
+    assert str(err.value).startswith(str(tmp_path / "a.xml"))
+
+
+def test_openimages_non_utf8_header_and_line_break_in_a_name_are_named(tmp_path):
+    good = "000a,x,/m/0d4v4,1,0.1,0.5,0.2,0.6,0,1,1,0,-1"
+    b, d, i = _oi_files(tmp_path, [good])
+    b.write_bytes(b"ImageID,Source\xe9,LabelName\n")
+    with pytest.raises(DarktuneError, match="bad CSV") as err:
+        read_openimages(b, d, i)
+    assert str(err.value).startswith(f"{b}:")
+    b, d, i = _oi_files(tmp_path, [good], desc='/m/0d4v4,"Win\ndow"\n')
+    with pytest.raises(DarktuneError, match="line break") as err:
+        read_openimages(b, d, i)
+    assert str(err.value).startswith(f"{d}:")
+
+
+def test_import_with_every_record_skipped_writes_nothing(tmp_path, capsys):
+    from darktune.cli import main
+
+    b, d, i = _oi_files(tmp_path, ["000a,x,/m/0d4v4,1,0.1,abc,0.2,0.6,0,0,0,0,0"])
+    argv = ["data", "import", str(b), "--format", "openimages", "--descriptions", str(d), "--images", str(i),
+            "--skip-bad", "--out"]
+    assert main(argv + [str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no images left after skipping 1 bad records" in err and f"{b}:2:" in err  # the skipped line too
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "empty_out").mkdir()
+    assert main(argv + [str(tmp_path / "empty_out")]) == 2 and not any((tmp_path / "empty_out").iterdir())
+    with pytest.raises(DarktuneError, match="nothing to write"):
+        write_darknet(Dataset(["window"], []), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -146,6 +146,42 @@ def test_unreadable_images_are_skipped_and_counted(items, tmp_path):
         ds[4]
 
 
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    import struct
+
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + b"\0" * 4
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_decode_image_uses_the_stored_pixels_and_the_checks_of_data_check(tmp_path):
+    """EXIF orientation ignored (labels refer to the stored pixels, as in darknet); a JPEG cut before its end
+    marker, a header declaring 100000 x 100000 pixels and a FIFO are unreadable (None), never a crash."""
+    import os
+    import struct
+    import zlib
+
+    from darktune.data.loader import decode_image
+
+    img = np.zeros((30, 60, 3), np.uint8)
+    img[:, :20] = (0, 0, 255)  # red left third (BGR)
+    jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    for o in (1, 3, 6, 8):
+        (tmp_path / f"o{o}.jpg").write_bytes(_with_exif_orientation(jpeg, o))
+        rgb = decode_image(tmp_path / f"o{o}.jpg")
+        assert rgb.shape == (30, 60, 3) and rgb[15, 5, 0] > 200 and rgb[15, 55, 0] < 50, o
+    (tmp_path / "cut.jpg").write_bytes(jpeg[:-2])
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    os.mkfifo(tmp_path / "fifo.jpg")
+    for name in ("cut.jpg", "bomb.png", "fifo.jpg", "missing.jpg"):
+        assert decode_image(tmp_path / name) is None, name
+    ds = DetectionDataset([(tmp_path / "bomb.png", np.zeros((0, 5))), (tmp_path / "o6.jpg", np.zeros((0, 5)))], 32)
+    assert ds.load(0) is None and ds.load(1) is not None
+
+
 def test_all_unreadable_is_an_error(tmp_path):
     ds = DetectionDataset([(tmp_path / f"missing{i}.jpg", np.zeros((0, 5))) for i in range(3)], 64)
     with pytest.raises(DarktuneError, match="none of the 3 images"):

@@ -132,9 +132,6 @@ def _disk_full_outcome(run, folder: Path, path_named: str | None) -> tuple[str, 
 
 
 DISK_FULL_BUGS = {
-    "data-import": "darktune/data/dataset.py write_darknet writes labels, lists, obj.names and obj.data with "
-                   "Path.write_text and copies images with shutil: ENOSPC escapes as OSError (a traceback from "
-                   "`darktune data import`); catch OSError and raise DarktuneError naming the file",
     "train": "darktune/train_loop.py _fresh_start writes init.json / model.cfg / metrics.jsonl with plain writes: "
              "ENOSPC escapes as OSError (a traceback from `darktune train`); wrap run-folder writes (OSError -> "
              "DarktuneError naming the file)",

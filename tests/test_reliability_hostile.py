@@ -303,17 +303,8 @@ def test_names_with_newlines_are_plain_data(tmp_path, tally, capsys):
 # ------------------------------------------------------------------------------------------- special files
 
 SPECIAL_BUGS = {
-    "obj_data:zero": "darktune/data/dataset.py _read_text (read_obj_data, from `darktune train --data`) reads "
-                     "with path.read_bytes() without checking for a regular file: a symlink to /dev/zero is read "
-                     "until memory runs out (MemoryError); refuse non-regular files (and cap the size) first",
-    "train_list:zero": "darktune/data/dataset.py _read_text (read_image_list): a train.txt symlinked to "
-                       "/dev/zero is read until memory runs out; refuse non-regular files",
     "spec:zero": "darktune/experiment_spec.py load_spec: path.read_text() of a spec symlinked to /dev/zero reads "
                  "until memory runs out (MemoryError, not caught); refuse non-regular files",
-    "coco:zero": "darktune/data/formats/coco.py _load: path.read_text() of a JSON symlinked to /dev/zero reads "
-                 "until memory runs out (MemoryError, not caught); refuse non-regular files",
-    "openimages:zero": "darktune/data/formats/openimages.py _open_csv: a CSV symlinked to /dev/zero is one endless "
-                       "line for the csv module (MemoryError, not caught); refuse non-regular files",
 }
 
 

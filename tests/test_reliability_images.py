@@ -115,11 +115,7 @@ def trainer_items(image_dir) -> dict:
 
 
 # The trainer reads images through darktune.data.loader (DetectionDataset.read_image -> decode_image).
-TRAINER_BUGS = {
-    f"exif_orientation_{o}.jpg": "darktune/data/loader.py decode_image applies EXIF orientation "
-    "(cv2.IMREAD_COLOR) while data check, evaluation and detect use the stored pixels: the training picture is "
-    "turned under its label (silent wrong box); use IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION" for o in (3, 6, 8)
-}
+TRAINER_BUGS: dict[str, str] = {}
 
 
 def _params(cases, bugs: dict) -> list:
@@ -158,17 +154,7 @@ def test_trainer_gets_the_stored_pixels_and_the_box_on_the_object(trainer_items,
 
 # The data loader (darktune.data.loader.DetectionDataset) decodes with its own cv2.imdecode(IMREAD_COLOR) and
 # no checks. Open bugs there (file darktune/data/loader.py, function decode_image): see the report of issue 8.
-LOADER_BUGS = {
-    "exif_orientation_3.jpg": "decode_image applies EXIF orientation (cv2.IMREAD_COLOR): the picture is turned "
-                              "180 degrees under its label; use IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION",
-    "exif_orientation_6.jpg": "decode_image applies EXIF orientation: picture rotated 90 degrees under its label",
-    "exif_orientation_8.jpg": "decode_image applies EXIF orientation: picture rotated 90 degrees under its label",
-    "flip_jpeg_eoi.jpg": "decode_image accepts a JPEG without its end-of-image marker (truncated data is grey-"
-                         "filled); reuse darktune.detect.read_image or formats.image checks",
-    "bomb_100000x100000.png": "decode_image lets cv2.error escape (OpenCV raises past its pixel limit) and has no "
-                              "header-size guard: crash",
-    "bomb_50000x50000.bmp": "decode_image lets cv2.error escape (OpenCV raises past its pixel limit): crash",
-}
+LOADER_BUGS: dict[str, str] = {}
 # Not run through the loader: decoding this valid 110 MP bomb takes seconds (the loader has no header-size
 # guard; bomb_100000x100000.png above shows the same gap as a crash).
 LOADER_SKIPPED = {"bomb_zeros_10500.png"}

@@ -137,10 +137,24 @@ def _add_import(sub) -> None:
     p.set_defaults(func=cmd_import)
 
 
+def _require_images(dataset, args) -> None:
+    """Refuse, before anything is written, a dataset that has no image left (or no class)."""
+    from darktune.errors import DarktuneError
+
+    if dataset.images and dataset.classes:
+        return
+    _print_skipped(dataset)
+    n = len(dataset.skipped)
+    what = "no images" if not dataset.images else "no classes"
+    reason = f"{what} left after skipping {n} bad records; nothing written" if n else f"{what} found; nothing written"
+    raise DarktuneError(reason, path=args.src[0] if len(args.src) == 1 else ", ".join(args.src))
+
+
 def cmd_import(args) -> int:
     from darktune.data.dataset import read_obj_data, write_darknet
 
     dataset = load_sources(args)
+    _require_images(dataset, args)
     obj_data = write_darknet(dataset, args.out, args.val_fraction, args.seed, link=args.link)
     od = read_obj_data(obj_data)
     summary = {"obj_data": str(obj_data), "classes": dataset.classes, "n_images": len(dataset.images),

@@ -25,11 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from darktune.data.dataset import Problem, label_path_for, parse_label_bytes, read_names, read_obj_data
+from darktune.data.dataset import (MAX_LABEL_BYTES, Problem, label_path_for, parse_label_bytes, read_names,
+                                   read_obj_data)
+from darktune.data.formats.files import read_regular
 from darktune.data.formats.image import IMAGE_EXTENSIONS, MAX_PIXELS, inspect_image_bytes, sniff_format
 from darktune.errors import DarktuneError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: EXIF orientation warnings, label files that are not regular files
 _RACY_NS = 2_000_000_000
 MAX_IMAGE_BYTES = 1 << 30
 _LIST_FILES = {"obj.names", "classes.txt", "train.txt", "valid.txt", "test.txt", "obj.data"}
@@ -155,23 +157,24 @@ def _no_rows() -> np.ndarray:
     return np.zeros((0, 5), np.float32)
 
 
-def _read_or_none(path: Path | None) -> bytes | None:
+def _read(path: Path | None, what: str, max_bytes: int) -> bytes | str | None:
+    """The file's bytes, or why it cannot be read (a str), or None when there is no file."""
     if path is None:
         return None
     try:
-        return path.read_bytes()
-    except OSError:
-        return None
+        return read_regular(path, what, max_bytes)
+    except DarktuneError as exc:
+        return str(exc).removeprefix(f"{path}: ")
 
 
-def _check_bytes(image: Path, data: bytes, label: Path | None, label_data: bytes | None,
+def _check_bytes(image: Path, data: bytes, label: Path | None, label_data: bytes | str | None,
                  n_classes: int | None, max_pixels: int) -> ImageResult:
     _, found, _ = inspect_image_bytes(image, data, max_pixels)
     problems = [Problem(str(image), None, reason, severity) for severity, reason in found]
     labels = _no_rows()
     if label is not None:
-        if label_data is None:
-            problems.append(Problem(str(label), None, "cannot read label file"))
+        if not isinstance(label_data, bytes):
+            problems.append(Problem(str(label), None, label_data or "cannot read label file"))
         else:
             labels, label_problems = parse_label_bytes(label_data, label, n_classes)
             problems += label_problems
@@ -203,21 +206,24 @@ def check_one(image: Path, n_classes: int | None, entry: dict | None = None, max
     -> (result, cache entry to keep or None, "hit" | "miss" | "damaged")."""
     img_sig = _stat_sig(image)
     if img_sig is None or not image.is_file():
-        return ImageResult(image, _no_rows(), [Problem(str(image), None, "image not found")], False), None, "miss"
+        reason = "image not found" if img_sig is None else "image is not a regular file (not read)"
+        return ImageResult(image, _no_rows(), [Problem(str(image), None, reason)], False), None, "miss"
     if img_sig[0] > MAX_IMAGE_BYTES:
         reason = f"file of {img_sig[0]} bytes is larger than {MAX_IMAGE_BYTES} (not read)"
         return ImageResult(image, _no_rows(), [Problem(str(image), None, reason)], False), None, "miss"
     label = label_path_for(image)
+    if label.exists() and not label.is_file():  # a folder, device or FIFO: never read (it could block)
+        return _special_label(image, label, n_classes, max_pixels), None, "miss"
     label = label if label.is_file() else None
     sigs = [str(label) if label else None, img_sig, _stat_sig(label) if label else None]
     cached, damaged = _reuse(image, entry, sigs, None)
     if cached is not None:
         return cached, entry, "hit"
     checked_ns = time.time_ns()
-    data, label_data = _read_or_none(image), _read_or_none(label)
-    if data is None:
-        return ImageResult(image, _no_rows(), [Problem(str(image), None, "cannot read image")], False), None, "miss"
-    shas = [_sha(data), _sha(label_data)]
+    data, label_data = _read(image, "image", MAX_IMAGE_BYTES), _read(label, "label file", MAX_LABEL_BYTES)
+    if not isinstance(data, bytes):
+        return ImageResult(image, _no_rows(), [Problem(str(image), None, data)], False), None, "miss"
+    shas = [_sha(data), _sha(label_data if isinstance(label_data, bytes) else None)]
     cached, damaged2 = _reuse(image, None if damaged else entry, sigs, shas)
     if cached is not None:
         return cached, {**entry, "sigs": sigs, "checked_ns": checked_ns}, "hit"
@@ -226,6 +232,18 @@ def check_one(image: Path, n_classes: int | None, entry: dict | None = None, max
              "result": {"labels": res.labels.tolist(), "has_label": res.has_label,
                         "problems": [[p.path, p.line, p.reason, p.severity] for p in res.problems]}}
     return res, entry, "damaged" if damaged or damaged2 else "miss"
+
+
+def _special_label(image: Path, label: Path, n_classes: int | None, max_pixels: int) -> ImageResult:
+    """The image checked as usual; its label file, a device or FIFO, is reported and not read."""
+    data = _read(image, "image", MAX_IMAGE_BYTES)
+    if not isinstance(data, bytes):
+        return ImageResult(image, _no_rows(), [Problem(str(image), None, data)], False)
+    res = _check_bytes(image, data, None, None, n_classes, max_pixels)
+    res.problems.append(Problem(str(label), None, "label file is not a regular file (not read; the image is used "
+                                                  "without labels)", "warning"))
+    res.has_label = True
+    return res
 
 
 # ------------------------------------------------------------------------------------------ many images

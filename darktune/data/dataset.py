@@ -2,7 +2,8 @@
 
 Owns: `Box` / `ImageRecord` / `Dataset` (boxes as normalised corners in [0, 1]), `Problem` (one finding about
 one file, with its line), placing image copies under new unique names, the darknet writer (`write_darknet`),
-and the plain darknet readers the trainer uses: `read_obj_data`, `label_path_for`, `read_label_file`.
+and the plain darknet readers the trainer uses: `read_obj_data`, `label_path_for`, `read_label_file` (files
+are read and written through `formats.files`: regular files only, a full disk named, nothing half-written).
 
 Darknet layout written here (AlexeyAB darknet finds each label beside its image):
     out/obj.data  out/obj.names  out/train.txt  out/valid.txt  out/backup/
@@ -13,20 +14,22 @@ from __future__ import annotations
 
 import codecs
 import math
-import os
 import re
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from darktune.data.formats.files import (MAX_TEXT_BYTES, copy_file, output_folder, read_regular,
+                                         write_text)
 from darktune.errors import DarktuneError
 
 # A box may overshoot the image by this much (normalised) and is clipped; more is an error.
 BOX_TOLERANCE = 1e-3
 MIN_BOX_SIZE = 1e-6  # smaller is no box (and would be 0 in float32)
 MAX_LABEL_BYTES = 16 * 1024 * 1024
+MAX_CLASS_DIGITS = 9  # a class id is an index into obj.names; longer would only feed int() a huge string
+MAX_NUMBER_CHARS = 100  # a coordinate token longer than this is not a coordinate
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _INT = re.compile(r"\+?[0-9]+")
 _NO_ROWS = np.zeros((0, 5), np.float32)
@@ -93,6 +96,15 @@ class Box:
                 "is_truncated": self.is_truncated, "is_occluded": self.is_occluded, "is_inside": self.is_inside}
 
 
+def class_name_problem(name) -> str | None:
+    """Why `name` cannot be a class name (one line of obj.names), or None."""
+    if not isinstance(name, str) or not name.strip():
+        return f"bad class name {name!r} (empty)"
+    if "\n" in name or "\r" in name:
+        return f"bad class name {name[:60]!r} (a line break cannot be written to obj.names)"
+    return None
+
+
 def clipped_box(class_name: str, x1: float, y1: float, x2: float, y2: float, *,
                 tol: float = BOX_TOLERANCE, **flags: bool) -> Box:
     """A Box from normalised corners; overshoot up to `tol` is clipped. Raises ValueError(reason) otherwise."""
@@ -127,8 +139,9 @@ class Dataset:
 
     def __post_init__(self):
         for name in self.classes:
-            if not isinstance(name, str) or not name.strip() or "\n" in name or "\r" in name:
-                raise DarktuneError(f"bad class name {name!r}")
+            reason = class_name_problem(name)
+            if reason:
+                raise DarktuneError(reason)
         if len(set(self.classes)) != len(self.classes):
             raise DarktuneError(f"duplicate class names in {self.classes}")
 
@@ -179,27 +192,16 @@ def merge_datasets(datasets: list[Dataset]) -> Dataset:
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def prepare_out_dir(out_dir: str | Path) -> Path:
-    """Create `out_dir`; refuse a non-empty one so nothing the user has is ever overwritten."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DarktuneError("output folder exists and is not empty; choose a new folder", path=str(out))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def place_images(records: list[ImageRecord], images_dir: Path, link: bool = False) -> list[Path]:
     """Copy (or hardlink, falling back to a copy) each image into `images_dir` under a unique safe name.
 
     Names keep the source stem (unsafe characters -> '_'); stems are unique case-insensitively, so label
-    files `<stem>.txt` never collide either. Sources are only read."""
+    files `<stem>.txt` never collide either. Sources are only read. Use inside `output_folder`."""
     images_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     out = []
     for rec in records:
         src = Path(rec.path)
-        if not src.is_file():
-            raise DarktuneError("image not found", path=str(src))
         stem = _NAME_UNSAFE.sub("_", src.stem).strip("._") or "image"
         candidate, n = stem, 0
         while candidate.lower() in used:
@@ -207,19 +209,9 @@ def place_images(records: list[ImageRecord], images_dir: Path, link: bool = Fals
             candidate = f"{stem}_{n}"
         used.add(candidate.lower())
         dst = images_dir / (candidate + src.suffix.lower())
-        _copy_or_link(src, dst, link)
+        copy_file(src, dst, link)
         out.append(dst)
     return out
-
-
-def _copy_or_link(src: Path, dst: Path, link: bool) -> None:
-    if link:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
-    shutil.copyfile(src, dst)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -241,22 +233,28 @@ def write_darknet(dataset: Dataset, out_dir: str | Path, val_fraction: float = 0
                   link: bool = False) -> Path:
     """Write `dataset` in the darknet layout (see module docstring) and return the path of obj.data.
 
-    Paths in obj.data and the list files are absolute, so darknet runs from any folder."""
+    Paths in obj.data and the list files are absolute, so darknet runs from any folder. A failure (a full
+    disk, an unreadable image) is a DarktuneError naming the file, and the output folder is left as it was
+    found (see `output_folder`); obj.data is written last, so its presence means a complete dataset."""
     dataset.validate()
-    out = prepare_out_dir(out_dir).resolve()
-    placed = place_images(dataset.images, out / "images", link=link)
-    index = {c: i for i, c in enumerate(dataset.classes)}
-    for rec, dst in zip(dataset.images, placed):
-        lines = [label_line(index[b.class_name], b) for b in rec.boxes]
-        dst.with_suffix(".txt").write_text("".join(line + "\n" for line in lines))
-    train, valid = split_indices(len(placed), val_fraction, seed)
-    (out / "train.txt").write_text("".join(f"{placed[i]}\n" for i in train))
-    (out / "valid.txt").write_text("".join(f"{placed[i]}\n" for i in valid))
-    (out / "obj.names").write_text("".join(c + "\n" for c in dataset.classes))
-    (out / "backup").mkdir(exist_ok=True)
-    obj_data = out / "obj.data"
-    obj_data.write_text(f"classes={len(dataset.classes)}\ntrain={out / 'train.txt'}\nvalid={out / 'valid.txt'}\n"
-                        f"names={out / 'obj.names'}\nbackup={out / 'backup'}\n")
+    if not dataset.images or not dataset.classes:
+        raise DarktuneError(f"nothing to write: the dataset has {len(dataset.images)} images and "
+                            f"{len(dataset.classes)} classes", path=str(out_dir))
+    split_indices(len(dataset.images), val_fraction, seed)  # a bad fraction fails before anything is written
+    with output_folder(out_dir) as folder:
+        out = folder.resolve()
+        placed = place_images(dataset.images, out / "images", link=link)
+        index = {c: i for i, c in enumerate(dataset.classes)}
+        for rec, dst in zip(dataset.images, placed):
+            write_text(dst.with_suffix(".txt"), "".join(label_line(index[b.class_name], b) + "\n" for b in rec.boxes))
+        train, valid = split_indices(len(placed), val_fraction, seed)
+        write_text(out / "train.txt", "".join(f"{placed[i]}\n" for i in train))
+        write_text(out / "valid.txt", "".join(f"{placed[i]}\n" for i in valid))
+        write_text(out / "obj.names", "".join(c + "\n" for c in dataset.classes))
+        (out / "backup").mkdir(exist_ok=True)
+        obj_data = out / "obj.data"
+        write_text(obj_data, f"classes={len(dataset.classes)}\ntrain={out / 'train.txt'}\n"
+                             f"valid={out / 'valid.txt'}\nnames={out / 'obj.names'}\nbackup={out / 'backup'}\n")
     return obj_data
 
 
@@ -290,12 +288,7 @@ def _resolve(value: str, bases: list[Path]) -> Path:
 
 
 def _read_text(path: Path, what: str) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DarktuneError(f"{what} not found", path=str(path)) from None
-    except OSError as exc:
-        raise DarktuneError(f"cannot read {what}: {exc.strerror}", path=str(path)) from None
+    data = read_regular(path, what, MAX_TEXT_BYTES)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -377,11 +370,15 @@ def parse_label_line(line: str, n_classes: int | None, tol: float = BOX_TOLERANC
         return None, f"expected 5 fields 'class cx cy w h', got {len(tokens)}"
     if not _INT.fullmatch(tokens[0]):
         return None, f"class {tokens[0][:20]!r} is not a non-negative integer"
+    if len(tokens[0].lstrip("+0")) > MAX_CLASS_DIGITS:  # int() of a huge string is slow, or refused past 4300
+        return None, f"class {tokens[0][:20]!r}... ({len(tokens[0])} digits) out of range"
     cls = int(tokens[0])
     if n_classes is not None and cls >= n_classes:
         return None, f"class {cls} out of range (dataset has {n_classes} classes: 0..{n_classes - 1})"
     values = []
     for name, tok in zip(("cx", "cy", "w", "h"), tokens[1:]):
+        if len(tok) > MAX_NUMBER_CHARS:
+            return None, f"{name} {tok[:20]!r}... is {len(tok)} characters long, not a coordinate"
         v = float(tok) if _FLOAT.fullmatch(tok) else math.nan
         if not math.isfinite(v):
             return None, f"{name} {tok[:20]!r} is not a finite number"
@@ -403,11 +400,9 @@ def read_label_file(path: str | Path, n_classes: int | None, dtype=np.float32) -
     exact duplicate lines are warnings (BOM ignored, duplicates dropped). Blank lines are fine."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_LABEL_BYTES:
-            return _NO_ROWS.copy(), [Problem(str(path), None, f"label file larger than {MAX_LABEL_BYTES} bytes")]
-        data = path.read_bytes()
-    except OSError as exc:
-        return _NO_ROWS.copy(), [Problem(str(path), None, f"cannot read label file: {exc.strerror or exc}")]
+        data = read_regular(path, "label file", MAX_LABEL_BYTES)
+    except DarktuneError as exc:
+        return _NO_ROWS.copy(), [Problem(str(path), None, str(exc).removeprefix(f"{path}: "))]
     return parse_label_bytes(data, path, n_classes, dtype)
 
 

@@ -7,8 +7,10 @@ Reproducibility: the randomness of a sample comes only from numpy Generator([see
 order of an epoch only from Generator([seed, epoch]); batches come back in order. So the same seed gives the
 same batches, whatever the number of workers.
 
-Unreadable images are skipped when loaded (the batch is one image smaller), counted in
-BatchIterator.skipped / bad_paths; the loader stops with a DarktuneError only when no image is readable.
+Images are decoded as everywhere else in darktune (`darktune.detect.read_image`: the stored pixels, EXIF
+orientation ignored as darknet does, with the checks of `darktune data check`). Unreadable images are skipped
+when loaded (the batch is one image smaller), counted in BatchIterator.skipped / bad_paths; the loader stops
+with a DarktuneError only when no image is readable.
 
 Boxes: float32 (n, 5) [cls, cx, cy, w, h] normalised. Images: RGB uint8, (3, S, S) tensors.
 """
@@ -26,23 +28,22 @@ import numpy as np
 import torch
 
 from darktune.data.augment import AugmentConfig, augment_mosaic, augment_sample, resize_sample
+from darktune.detect import read_image
 from darktune.errors import DarktuneError
 
 Sample = tuple[torch.Tensor, torch.Tensor]
 
 
 def decode_image(path: str | Path) -> np.ndarray | None:
-    """RGB uint8 (H, W, 3), or None when the file is missing or not a decodable image."""
+    """RGB uint8 (H, W, 3) of the stored pixels, or None when the file is missing, not a regular file, or not
+    an image `darktune data check` accepts (damaged, truncated, a decompression bomb: see
+    `darktune.detect.read_image`, which evaluation and detect use too). EXIF orientation is ignored, as
+    darknet does, so labels drawn on the stored pixels stay on the object."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
+        bgr = read_image(path)
+    except DarktuneError:
         return None
-    if data.size == 0:
-        return None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
-        return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class DetectionDataset:

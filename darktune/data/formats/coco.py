@@ -14,7 +14,8 @@ import json
 import math
 from pathlib import Path
 
-from darktune.data.dataset import Dataset, ImageRecord, Problem, clipped_box, place_images, prepare_out_dir
+from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, clipped_box, place_images
+from darktune.data.formats.files import MAX_ANNOTATION_BYTES, output_folder, read_regular, write_text
 from darktune.data.formats.image import known_size
 from darktune.errors import DarktuneError
 
@@ -28,20 +29,25 @@ class _Bad(ValueError):
 
 def _int(rec: dict, key: str, positive: bool = False) -> int:
     v = rec.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or (positive and v <= 0):
+    # JSON NaN / 1e999 parse to float nan / inf: int() of those raises, so finiteness comes first
+    if (isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v))
+            or v != int(v) or (positive and v <= 0)):
         raise _Bad(f"{key!r} must be a {'positive ' if positive else ''}integer, got {v!r}")
     return int(v)
 
 
 def _load(path: Path) -> dict:
+    data = read_regular(path, "COCO file", MAX_ANNOTATION_BYTES)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise DarktuneError("COCO file not found", path=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DarktuneError(f"cannot read COCO file: {exc}", path=str(path)) from None
+        doc = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise DarktuneError(f"COCO file is not UTF-8 text (byte {exc.start})", path=str(path)) from None
     except json.JSONDecodeError as exc:
         raise DarktuneError(f"bad JSON: {exc.msg}", path=str(path), line=exc.lineno) from None
+    except RecursionError:
+        raise DarktuneError("bad JSON: nested too deeply", path=str(path)) from None
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit limit
+        raise DarktuneError(f"bad JSON: {exc}", path=str(path)) from None
     if not isinstance(doc, dict):
         raise DarktuneError("COCO file must hold a JSON object", path=str(path))
     for key in ("images", "annotations", "categories"):
@@ -56,6 +62,9 @@ def _categories(doc: dict, path: Path) -> dict[int, str]:
         try:
             if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"].strip():
                 raise _Bad("needs 'id' and a non-empty 'name'")
+            reason = class_name_problem(c["name"].strip())
+            if reason:
+                raise _Bad(reason)
             cid = _int(c, "id")
             if cid in cats:
                 raise _Bad(f"duplicate category id {cid}")
@@ -145,8 +154,15 @@ def write_coco(dataset: Dataset, out_dir: str | Path, *, link: bool = False) -> 
     """Write out/annotations.json and out/images/; returns the JSON path. Box flags go to `iscrowd`
     (group-of) and `attributes`."""
     dataset.validate()
-    out = prepare_out_dir(out_dir)
-    placed = place_images(dataset.images, out / "images", link=link)
+    with output_folder(out_dir) as out:
+        placed = place_images(dataset.images, out / "images", link=link)
+        doc = _coco_doc(dataset, placed)
+        json_path = out / "annotations.json"
+        write_text(json_path, json.dumps(doc))
+    return json_path
+
+
+def _coco_doc(dataset: Dataset, placed: list[Path]) -> dict:
     cat_id = {c: i + 1 for i, c in enumerate(dataset.classes)}
     images, anns = [], []
     for i, (rec, dst) in enumerate(zip(dataset.images, placed), 1):
@@ -158,8 +174,5 @@ def write_coco(dataset: Dataset, out_dir: str | Path, *, link: bool = False) -> 
             anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat_id[b.class_name],
                          "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(b.is_group_of),
                          "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]], "attributes": attrs})
-    doc = {"info": {"description": "written by darktune"}, "images": images, "annotations": anns,
-           "categories": [{"id": cat_id[c], "name": c, "supercategory": ""} for c in dataset.classes]}
-    json_path = out / "annotations.json"
-    json_path.write_text(json.dumps(doc))
-    return json_path
+    return {"info": {"description": "written by darktune"}, "images": images, "annotations": anns,
+            "categories": [{"id": cat_id[c], "name": c, "supercategory": ""} for c in dataset.classes]}

@@ -5,7 +5,8 @@ decompression bomb (a small file that declares a huge image) is refused cheaply.
 truncated JPEG, so completeness is checked on the bytes: JPEG needs an EOI marker after its last SOS marker
 (0xFF inside entropy-coded data is always stuffed, so markers found there are real), PNG needs every chunk's
 CRC to match and an IEND chunk, BMP needs its whole pixel array. Decoding ignores EXIF orientation, as
-darknet's stb_image does, so labels stay aligned with the stored pixels.
+darknet's stb_image does, so labels stay aligned with the stored pixels; an orientation other than 1 is a
+warning (a viewer shows the picture turned, and labels drawn in such a viewer would not fit).
 """
 
 from __future__ import annotations
@@ -151,6 +152,51 @@ def _bmp_incomplete(data: bytes, info: ImageInfo) -> str | None:
     return None
 
 
+def _tiff_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag (0x0112) of IFD0 of an EXIF/TIFF block, or None."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return None
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    (count,) = struct.unpack(order + "H", tiff[ifd: ifd + 2])
+    for k in range(min(count, 1000)):
+        entry = tiff[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+        if len(entry) < 12:
+            break
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag == 0x0112 and kind == 3:  # SHORT, stored in the first 2 bytes of the value field
+            return struct.unpack(order + "H", entry[8:10])[0]
+    return None
+
+
+def _exif_block(data: bytes, fmt: str) -> bytes | None:
+    """The EXIF (TIFF) block of a JPEG (APP1 "Exif") or PNG (eXIf chunk), or None."""
+    if fmt == "jpeg":
+        pos = 2
+        while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] not in (0xDA, 0xD9):
+            (length,) = struct.unpack(">H", data[pos + 2: pos + 4])
+            if data[pos + 1] == 0xE1 and data[pos + 4: pos + 10] == b"Exif\x00\x00":
+                return data[pos + 10: pos + 2 + length]
+            pos += 2 + max(length, 2)
+    elif fmt == "png":
+        pos = 8
+        while pos + 8 <= len(data):
+            length, ctype = struct.unpack(">I4s", data[pos: pos + 8])
+            if ctype in (b"eXIf", b"IDAT", b"IEND"):
+                return data[pos + 8: pos + 8 + length] if ctype == b"eXIf" else None
+            pos += 12 + length
+    return None
+
+
+def exif_orientation(data: bytes, fmt: str) -> int | None:
+    """EXIF orientation of a JPEG or PNG (1 = as stored, 3/6/8 = rotated on display), or None when absent."""
+    try:
+        block = _exif_block(data, fmt)
+        return _tiff_orientation(block) if block else None
+    except struct.error:
+        return None
+
+
 def completeness_problem(data: bytes, info: ImageInfo) -> str | None:
     """Why the bytes are not a complete image (truncated, bad CRC), or None."""
     try:
@@ -197,6 +243,10 @@ def inspect_image_bytes(path: Path, data: bytes, max_pixels: int = MAX_PIXELS,
     expected = IMAGE_EXTENSIONS.get(path.suffix.lower())
     if expected != info.format:
         found.append(("warning", f"extension {path.suffix or '(none)'!r} but the content is {info.format.upper()}"))
+    orientation = exif_orientation(data, info.format)
+    if orientation not in (None, 1):
+        found.append(("warning", f"EXIF orientation {orientation}: labels refer to the stored pixels; EXIF "
+                                 "orientation is ignored (as darknet does)"))
     megapixels = info.width * info.height / 1e6
     if info.width * info.height > max_pixels:
         found.append(("error", f"image too large: {info.width}x{info.height} = {megapixels:.0f} MP > "

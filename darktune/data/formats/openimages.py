@@ -13,11 +13,14 @@ being one row per box, an image without boxes has no row and does not come back 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
+from typing import TextIO
 
-from darktune.data.dataset import Dataset, ImageRecord, Problem, clipped_box, place_images, prepare_out_dir
+from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, clipped_box, place_images
+from darktune.data.formats.files import open_regular, output_folder, write_error
 from darktune.errors import DarktuneError
 
 BOX_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax", "IsOccluded",
@@ -32,13 +35,10 @@ class _Bad(ValueError):
     pass
 
 
-def _open_csv(path: Path):
-    try:
-        return open(path, newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DarktuneError("CSV file not found", path=str(path)) from None
-    except OSError as exc:
-        raise DarktuneError(f"cannot read: {exc.strerror or exc}", path=str(path)) from None
+def _open_csv(path: Path) -> TextIO:
+    """A CSV opened as text (UTF-8, BOM dropped). Only a regular file: one symlinked to /dev/zero would be one
+    endless line for the csv module, a FIFO would block. CSVs are streamed, so no size cap."""
+    return io.TextIOWrapper(open_regular(path, "CSV file"), encoding="utf-8-sig", newline="")
 
 
 def read_descriptions(path: str | Path) -> dict[str, str]:
@@ -54,6 +54,9 @@ def read_descriptions(path: str | Path) -> dict[str, str]:
                 if len(row) != 2 or not row[0].strip() or not row[1].strip():
                     raise DarktuneError(f"expected 'LabelName,DisplayName', got {row[:3]}", path=str(path),
                                         line=reader.line_num)
+                reason = class_name_problem(row[1].strip())
+                if reason:
+                    raise DarktuneError(reason, path=str(path), line=reader.line_num)
                 out[row[0].strip()] = row[1].strip()
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DarktuneError(f"bad CSV: {exc}", path=str(path), line=reader.line_num) from None
@@ -147,10 +150,10 @@ def read_openimages(boxes_csv: str | Path, descriptions_csv: str | Path, images_
     collect = _Collector(path, Path(images_dir), set(descriptions), wanted, skip_bad)
     with _open_csv(path) as f:
         reader = csv.DictReader(f)
-        missing = [c for c in BOX_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DarktuneError(f"missing columns {missing}", path=str(path), line=1)
         try:
+            missing = [c for c in BOX_COLUMNS if c not in (reader.fieldnames or [])]  # reads the first lines
+            if missing:
+                raise DarktuneError(f"missing columns {missing}", path=str(path), line=1)
             for row in reader:
                 collect.add(row, reader.line_num)
         except (csv.Error, UnicodeDecodeError) as exc:
@@ -170,21 +173,25 @@ def write_openimages(dataset: Dataset, out_dir: str | Path, *, link: bool = Fals
     label_names: class name -> LabelName (e.g. {"Window": "/m/0d4v4"}); default /darktune/<index>.
     Returns (boxes CSV, descriptions CSV, images folder)."""
     dataset.validate()
-    out = prepare_out_dir(out_dir)
-    placed = place_images(dataset.images, out / "images", link=link)
-    mids = {c: (label_names or {}).get(c, f"/darktune/{i}") for i, c in enumerate(dataset.classes)}
-    desc = out / "class-descriptions.csv"
-    with open(desc, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["LabelName", "DisplayName"])
-        writer.writerows([mids[c], c] for c in dataset.classes)
-    boxes = out / "boxes.csv"
-    with open(boxes, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(BOX_COLUMNS)
+    with output_folder(out_dir) as out:
+        placed = place_images(dataset.images, out / "images", link=link)
+        mids = {c: (label_names or {}).get(c, f"/darktune/{i}") for i, c in enumerate(dataset.classes)}
+        desc = out / "class-descriptions.csv"
+        _write_csv(desc, [["LabelName", "DisplayName"], *([mids[c], c] for c in dataset.classes)])
+        rows = [list(BOX_COLUMNS)]
         for rec, dst in zip(dataset.images, placed):
             for b in rec.boxes:
                 flags = [int(getattr(b, _FLAGS[k])) for k in BOX_COLUMNS[8:]]
-                writer.writerow([dst.stem, "darktune", mids[b.class_name], 1, repr(b.x1), repr(b.x2), repr(b.y1),
-                                 repr(b.y2), *flags])
+                rows.append([dst.stem, "darktune", mids[b.class_name], 1, repr(b.x1), repr(b.x2), repr(b.y1),
+                             repr(b.y2), *flags])
+        boxes = out / "boxes.csv"
+        _write_csv(boxes, rows)
     return boxes, desc, out / "images"
+
+
+def _write_csv(path: Path, rows: list[list]) -> None:
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+    except OSError as exc:
+        raise write_error(exc, path) from None

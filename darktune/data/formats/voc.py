@@ -15,12 +15,16 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from darktune.data.dataset import Dataset, ImageRecord, Problem, clipped_box, place_images, prepare_out_dir
+from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, clipped_box, place_images
+from darktune.data.formats.files import output_folder, read_regular, write_error
 from darktune.data.formats.image import IMAGE_EXTENSIONS, known_size, read_image_size
 from darktune.errors import DarktuneError
 
 _FLAG_TAGS = {"group_of": "is_group_of", "depiction": "is_depiction", "truncated": "is_truncated",
               "occluded": "is_occluded", "inside": "is_inside"}
+
+
+MAX_XML_BYTES = 64 << 20  # one image's annotation
 
 
 class _Bad(ValueError):
@@ -73,12 +77,15 @@ def _parse(xml_path: Path, images_dir: Path | None) -> ImageRecord:
     from defusedxml import ElementTree as SafeET
     from defusedxml.common import DefusedXmlException
 
+    data = read_regular(xml_path, "XML file", MAX_XML_BYTES)
     try:
-        root = SafeET.parse(str(xml_path)).getroot()
+        root = SafeET.fromstring(data)
     except (ET.ParseError, DefusedXmlException) as exc:
         raise DarktuneError(f"bad XML: {exc}", path=str(xml_path)) from None
-    except OSError as exc:
-        raise DarktuneError(f"cannot read: {exc.strerror or exc}", path=str(xml_path)) from None
+    except (LookupError, ValueError) as exc:  # an unknown encoding in the XML declaration
+        raise DarktuneError(f"bad XML: {exc}", path=str(xml_path)) from None
+    except RecursionError:
+        raise DarktuneError("bad XML: nested too deeply", path=str(xml_path)) from None
     if root.tag != "annotation":
         raise _Bad(f"root element is <{root.tag}>, expected <annotation>")
     rec = ImageRecord(_image_path(root, xml_path, images_dir))
@@ -100,6 +107,9 @@ def _object_box(obj, rec: ImageRecord):
     bnd = obj.find("bndbox")
     if not name or bnd is None:
         raise _Bad("needs <name> and <bndbox>")
+    reason = class_name_problem(name)
+    if reason:
+        raise _Bad(reason)
     xmin, ymin, xmax, ymax = (_number(bnd, t) for t in ("xmin", "ymin", "xmax", "ymax"))
     flags = {flag: _text(obj, tag) in ("1", "true", "True") for tag, flag in _FLAG_TAGS.items()}
     try:
@@ -156,11 +166,15 @@ def _annotation_xml(rec: ImageRecord, filename: str, width: int, height: int) ->
 def write_voc(dataset: Dataset, out_dir: str | Path, *, link: bool = False) -> Path:
     """Write out/Annotations/<name>.xml and out/JPEGImages/<name>.<ext>; returns out."""
     dataset.validate()
-    out = prepare_out_dir(out_dir)
-    placed = place_images(dataset.images, out / "JPEGImages", link=link)
-    (out / "Annotations").mkdir()
-    for rec, dst in zip(dataset.images, placed):
-        width, height = known_size(rec)
-        tree = _annotation_xml(rec, dst.name, width, height)
-        tree.write(out / "Annotations" / (dst.stem + ".xml"), encoding="utf-8", xml_declaration=True)
+    with output_folder(out_dir) as out:
+        placed = place_images(dataset.images, out / "JPEGImages", link=link)
+        (out / "Annotations").mkdir()
+        for rec, dst in zip(dataset.images, placed):
+            width, height = known_size(rec)
+            xml_path = out / "Annotations" / (dst.stem + ".xml")
+            try:
+                _annotation_xml(rec, dst.name, width, height).write(xml_path, encoding="utf-8",
+                                                                    xml_declaration=True)
+            except OSError as exc:
+                raise write_error(exc, xml_path) from None
     return out

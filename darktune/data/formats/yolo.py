@@ -53,6 +53,8 @@ def _boxes_for(image: Path, names: list[str]) -> tuple[list[Box], list[Problem]]
     """Boxes of one image from its label file (none when there is no label file) and its error problems."""
     label = label_path_for(image)
     if not label.is_file():
+        if label.exists():  # a folder, device or FIFO: an image whose labels cannot be read is not a negative
+            return [], [Problem(str(label), None, "label file is not a regular file (not read)")]
         return [], []
     rows, problems = read_label_file(label, len(names), dtype=np.float64)
     errors = [p for p in problems if p.severity == "error"]
