@@ -83,7 +83,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise DarktuneError("no checkpoint to resume from (run without --resume first)", path=str(path))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError / UnpicklingError / zip errors on damaged files
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, zip errors, EOFError...
         raise DarktuneError(f"checkpoint is damaged or not a darktune checkpoint ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})", path=str(path)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -39,7 +39,7 @@ class EvalSet:
         return len(self.paths)
 
 
-_CACHE: "OrderedDict[tuple, EvalSet]" = OrderedDict()  # a few decoded sets, reused by runs in one process
+_CACHE: OrderedDict[tuple, EvalSet] = OrderedDict()  # a few decoded sets, reused by runs in one process
 
 
 def _decode_one(path: Path, net_hw: tuple[int, int], letterbox: bool) -> tuple[np.ndarray, int, int]:
@@ -55,7 +55,7 @@ def _decode_one(path: Path, net_hw: tuple[int, int], letterbox: bool) -> tuple[n
         out = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
     else:
         scale = min(nw / w, nh / h)
-        rw, rh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+        rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
         out = np.full((nh, nw, 3), 128, np.uint8)
         top, left = (nh - rh) // 2, (nw - rw) // 2
         out[top:top + rh, left:left + rw] = cv2.resize(rgb, (rw, rh), interpolation=cv2.INTER_LINEAR)
@@ -141,7 +141,12 @@ def load_for_data(cfg: str | Path, weights: str | Path, data: str | Path, size: 
     from darktune.cfg import parse_cfg
     from darktune.data.dataset import read_obj_data
     from darktune.model import Darknet
-    from darktune.weights import expected_floats, infer_num_classes, load_weights, read_weights_file
+    from darktune.weights import (
+        expected_floats,
+        infer_num_classes,
+        load_weights,
+        read_weights_file,
+    )
 
     spec = parse_cfg(cfg)
     n_names = len(read_obj_data(data).names)

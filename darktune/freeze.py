@@ -31,7 +31,7 @@ from darktune.errors import DarktuneError
 class FrozenBatchNorm2d(nn.BatchNorm2d):
     """Batch norm that always normalises with its running statistics and never updates them."""
 
-    def train(self, mode: bool = True) -> "FrozenBatchNorm2d":
+    def train(self, mode: bool = True) -> FrozenBatchNorm2d:
         return super().train(False)
 
 

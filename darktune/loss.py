@@ -59,7 +59,8 @@ def bbox_iou_variant(a: torch.Tensor, b: torch.Tensor, kind: str = "iou", eps: f
     rho2 = ((a[..., :2] - b[..., :2]) ** 2).sum(-1)
     if kind == "diou":
         return iou - rho2 / c2
-    v = (4 / math.pi ** 2) * (torch.atan(b[..., 2] / (b[..., 3] + eps)) - torch.atan(a[..., 2] / (a[..., 3] + eps))) ** 2
+    v = (4 / math.pi ** 2) * (torch.atan(b[..., 2] / (b[..., 3] + eps))
+                              - torch.atan(a[..., 2] / (a[..., 3] + eps))) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return iou - rho2 / c2 - alpha * v
@@ -190,7 +191,7 @@ def assign_targets(spec: YoloSpec, t: torch.Tensor, net_hw: tuple[int, int], gri
 
 def _decode_boxes(p: torch.Tensor, anchors_n: torch.Tensor, s: float) -> torch.Tensor:
     """(B, A, H, W, 4) raw -> cxcywh fractions of the input (classic coords; used for ignore_thresh)."""
-    b, na, h, w, _ = p.shape
+    _, na, h, w, _ = p.shape
     gy = torch.arange(h, device=p.device, dtype=p.dtype).view(1, 1, h, 1)
     gx = torch.arange(w, device=p.device, dtype=p.dtype).view(1, 1, 1, w)
     xy = torch.sigmoid(p[..., :2]) * s - 0.5 * (s - 1)

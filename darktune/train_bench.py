@@ -75,14 +75,14 @@ def _measure(cfg: str, tmp: Path, size: int, batch: int, iterations: int, repeat
     spec = parse_cfg(cfg).with_classes(1).with_size(size, size)
     cases = {"bare_f0": [], "train_f0": [], f"bare_f{freeze}": [], f"train_f{freeze}": []}
     for r in range(repeats):
-        for name in cases:
+        for name, samples in cases.items():
             kind, fr = name.split("_f")
             if kind == "bare":
                 ips = _bare(spec, batch, int(fr), iterations, channels_last, amp, device)
             else:
                 ips = _train(cfg, data, tmp / f"run{size}_{name}_{r}", size, batch, int(fr), iterations,
                              channels_last, amp, device)
-            cases[name].append(round(ips, 3))
+            samples.append(round(ips, 3))
             if progress:
                 print(f"  size {size} {name} repeat {r + 1}/{repeats}: {ips:.2f} images/s", flush=True)
     return cases

@@ -4,7 +4,6 @@ the end of a run. Plain functions over one `Run` record (no trainer class hierar
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ from darktune.train import RESUMABLE_CHANGES, TrainConfig, TrainResult
 class Dist:
     rank: int = 0
     world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -349,7 +348,7 @@ def _fail(run: Run, message: str) -> None:
     if run.dist.main and run.dir.exists() and run.state:
         try:
             write_summary(run, "failed", message)
-        except Exception:  # never mask the original error
+        except (DarktuneError, OSError, ValueError, TypeError):  # never mask the original error
             pass
     if run.metrics is not None:
         run.metrics.close()

@@ -66,7 +66,12 @@ def _prefix_upto(spec: NetworkSpec, n_floats: int) -> int | None:
 def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, seed: int) -> dict:
     """Fill `model` (a re-headed `Darknet`) from `weights`; returns the report written to RUN/init.json."""
     from darktune.model import Darknet
-    from darktune.weights import expected_floats, infer_num_classes, load_weights, read_weights_file
+    from darktune.weights import (
+        expected_floats,
+        infer_num_classes,
+        load_weights,
+        read_weights_file,
+    )
 
     spec = model.spec
     convs = conv_layers(spec)

@@ -26,7 +26,7 @@ def open_outputs(run: Run, progress: bool) -> None:
     if not run.dist.main:
         return
     try:
-        run.metrics = open(run.dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
+        run.metrics = open(run.dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed at the end)
     except OSError as exc:
         raise DarktuneError(f"cannot open: {exc.strerror or exc}", path=str(run.dir / "metrics.jsonl")) from None
     run.progress = tqdm(total=run.iterations, initial=run.step, disable=not progress, file=sys.stderr,

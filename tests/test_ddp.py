@@ -76,11 +76,11 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     common = ["train", "--cfg", str(cfg), "--data", str(data), "--iterations", "3", "--no-progress",
               "--batch", "4", "--subdivisions", "2", "--seed", "3"]
     one = subprocess.run([sys.executable, "-m", "darktune", *common, "--out", str(tmp_path / "one")], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, check=False)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "darktune", *common, "--out", str(tmp_path / "two")], env=env, capture_output=True,
-                         text=True, timeout=180)
+                         text=True, timeout=180, check=False)
     assert two.returncode == 0, two.stderr[-3000:]
     a = np.fromfile(tmp_path / "one" / "weights" / "last.weights", dtype="<f4", offset=20)
     b = np.fromfile(tmp_path / "two" / "weights" / "last.weights", dtype="<f4", offset=20)

@@ -10,8 +10,16 @@ from torch import nn
 
 from darktune.cfg import parse_cfg_text
 from darktune.errors import DarktuneError
-from darktune.freeze import (FrozenBatchNorm2d, forward_frozen_prefix, freeze_proof, frozen_layers,
-                             frozen_prefix_length, layer_digests, parse_layer_list, set_frozen)
+from darktune.freeze import (
+    FrozenBatchNorm2d,
+    forward_frozen_prefix,
+    freeze_proof,
+    frozen_layers,
+    frozen_prefix_length,
+    layer_digests,
+    parse_layer_list,
+    set_frozen,
+)
 from darktune.model import Darknet
 from darktune.train_setup import build_optimizer, param_groups
 

@@ -1,6 +1,7 @@
 """darknet's learning-rate schedule: burn_in with power, steps/scales and the other policies."""
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -22,7 +23,7 @@ def test_burn_in_power_4_then_full_rate():
     assert learning_rate(n, 999) == pytest.approx(0.001 * 0.999 ** 4, rel=1e-12)
     assert learning_rate(n, 1000) == 0.001
     rates = [learning_rate(n, i) for i in range(1, 1001)]
-    assert all(a < b for a, b in zip(rates, rates[1:]))
+    assert all(a < b for a, b in itertools.pairwise(rates))
 
 
 def test_steps_scales_apply_at_the_step_itself():
