@@ -25,6 +25,10 @@ def pytest_configure(config):
     (home / "yolov3-tiny").symlink_to(result.weights.parent, target_is_directory=True)
     os.environ["DARKTUNE_HOME"] = str(home)
     config._darktune_home = home
+    if hasattr(config, "workerinput"):  # xdist worker: one torch thread each, so workers do not oversubscribe
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_unconfigure(config):

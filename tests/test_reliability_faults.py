@@ -132,9 +132,6 @@ def _disk_full_outcome(run, folder: Path, path_named: str | None) -> tuple[str, 
 
 
 DISK_FULL_BUGS = {
-    "train": "darktune/train_loop.py _fresh_start writes init.json / model.cfg / metrics.jsonl with plain writes: "
-             "ENOSPC escapes as OSError (a traceback from `darktune train`); wrap run-folder writes (OSError -> "
-             "DarktuneError naming the file)",
     "export-darknet": "darktune/export.py export_darknet replaces <stem>.cfg before writing <stem>.weights: a full "
                       "disk at the weights leaves the NEW cfg beside the OLD weights (a pair that does not "
                       "match); write every file to a temp name first, then rename them all",
@@ -279,8 +276,6 @@ def test_nan_loss_k_in_a_row_stops_the_run(tiny, tmp_path, monkeypatch, tally, c
 # -------------------------------------------------------------------------------------------- out of memory
 
 OOM_BUGS = {
-    "map": "darktune `map` (darktune/cli/train.py cmd_map -> darktune/evaluate.py evaluate_model) does not catch "
-           "torch.cuda.OutOfMemoryError: a traceback instead of advice; catch it and suggest a smaller --batch",
     "detect": "darktune `detect` (darktune/cli/detect.py) does not catch torch.cuda.OutOfMemoryError: a traceback "
               "instead of advice (a smaller --size, or --device cpu)",
 }
