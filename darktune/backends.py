@@ -93,7 +93,7 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """`Darknet` in torch, tuned for inference: folded BN, inference_mode, channels-last memory on CPU."""
+    """`Darknet` in torch, tuned for inference: folded BN, inference_mode, channels-last memory."""
 
     name = "torch"
 
