@@ -136,9 +136,13 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
             raise DarktuneError("--device cuda: this onnxruntime build has no CUDAExecutionProvider "
                                 "(install onnxruntime-gpu)")
         providers.insert(0, "CUDAExecutionProvider")
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    failures = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidArgument, ort_errors.NoSuchFile,
+                ort_errors.InvalidGraph, ort_errors.NotImplemented, ort_errors.RuntimeException, OSError)
     try:
         return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+    except failures as exc:
         raise DarktuneError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}",
                             path=str(path)) from None
 

@@ -30,7 +30,14 @@ import torch
 from torch import nn
 
 from darktune.backends import inference_copy
-from darktune.boxes import ImageGeometry, cxcywh_to_xyxy, decode, nms, postprocess, xyxy_to_cxcywh
+from darktune.boxes import (
+    ImageGeometry,
+    cxcywh_to_xyxy,
+    decode,
+    nms,
+    postprocess,
+    xyxy_to_cxcywh,
+)
 from darktune.cfg import format_cfg
 from darktune.errors import DarktuneError
 
@@ -75,7 +82,7 @@ class _OnnxNMS(torch.autograd.Function):
     [batch, class, box]. The eager forward (run while tracing) is darktune's NMS with the same semantics."""
 
     @staticmethod
-    def forward(ctx, boxes, scores, max_per_class: int, iou: float, thresh: float):  # noqa: ARG004
+    def forward(ctx, boxes, scores, max_per_class: int, iou: float, thresh: float):
         rows = []
         for b in range(scores.shape[0]):
             for c in range(scores.shape[1]):
@@ -153,7 +160,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp1
     proto.producer_name = "darktune"
     try:
         onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # onnx raises ValidationError / InferenceError
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise DarktuneError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
     from darktune.weights import atomic_write_bytes
 
@@ -314,7 +321,12 @@ def load_for_export(cfg: str | Path, weights: str | Path, classes: int | None = 
     classes/filters were not edited for the trained model), the cfg is re-headed to that count."""
     from darktune.cfg import parse_cfg
     from darktune.model import Darknet
-    from darktune.weights import expected_floats, infer_num_classes, load_weights, read_weights_file
+    from darktune.weights import (
+        expected_floats,
+        infer_num_classes,
+        load_weights,
+        read_weights_file,
+    )
 
     spec = parse_cfg(cfg)
     if classes is None:

@@ -16,8 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from darktune.backends import (OnnxRuntimeBackend, OpenCVBackend, Timings, TorchBackend, head_layer_names,
-                               inference_copy, latency_summary, make_backend, time_backends)
+from darktune.backends import (
+    OnnxRuntimeBackend,
+    OpenCVBackend,
+    Timings,
+    TorchBackend,
+    head_layer_names,
+    inference_copy,
+    latency_summary,
+    make_backend,
+    time_backends,
+)
 from darktune.boxes import decode
 from darktune.cfg import write_cfg
 from darktune.detect import preprocess_batch, read_image

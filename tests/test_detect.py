@@ -8,12 +8,12 @@ import json
 import cv2
 import numpy as np
 import pytest
+from test_backends import synthetic_scene
 
 from darktune.cli import main
 from darktune.detect import read_image
 from darktune.errors import DarktuneError
 from darktune.video import VideoSink, open_source
-from test_backends import synthetic_scene
 
 FRAMES = 10
 

@@ -13,6 +13,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_backends import (
+    assert_heads_close,
+    assert_same_boxes,
+    person_model,
+    synthetic_scene,
+    write_model,
+)
 
 from darktune.backends import OpenCVBackend, ort_session
 from darktune.cli import main
@@ -20,7 +27,6 @@ from darktune.detect import detect_from_heads, preprocess_batch, read_image
 from darktune.errors import DarktuneError
 from darktune.export import export_onnx, graph_detections
 from darktune.model import Darknet
-from test_backends import assert_heads_close, assert_same_boxes, person_model, synthetic_scene, write_model
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +140,7 @@ def test_export_darknet_loads_in_opencv_with_same_detections(coco, one_class, im
 
 
 def test_export_darknet_from_run_folder(one_class, tmp_path, capsys):
-    _, cfg, weights, names = one_class
+    _, cfg, weights, _names = one_class
     run = tmp_path / "run"
     (run / "weights").mkdir(parents=True)
     (run / "model.cfg").write_bytes(cfg.read_bytes())
@@ -148,7 +154,7 @@ def test_export_darknet_from_run_folder(one_class, tmp_path, capsys):
 
 
 def test_export_errors(coco, one_class, tmp_path, capsys):
-    _, cfg, weights, names = one_class
+    _, cfg, weights, _names = one_class
     cases = [
         (["darknet", "--cfg", str(cfg), "--weights", str(weights), "--out", str(cfg.parent)], "overwrite"),
         (["darknet", "--cfg", str(cfg), "--weights", str(weights), "--names", str(coco.names),
@@ -188,7 +194,7 @@ def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_pat
     assert (out / "model.weights").read_bytes() == (run / "weights" / "best.weights").read_bytes()
     assert (out / "model.weights").stat().st_mode & 0o044  # readable by others (umask allowing)
     model = load_model(out / "model.cfg", out / "model.weights")
-    scenes = images + [read_image(sorted((tmp_path / "target" / "images").glob("*.jpg"))[0])]
+    scenes = images + [read_image(min((tmp_path / "target" / "images").glob("*.jpg")))]
     ours = _torch_dets(model, scenes, conf=0.05)
     assert sum(len(d) for d in ours) >= 1
     theirs = OpenCVBackend(out / "model.cfg", out / "model.weights", model.spec).detect(scenes, 0.05, 0.45)

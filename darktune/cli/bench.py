@@ -9,7 +9,6 @@ import argparse
 import json
 
 
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: inference latency of the backends (and training, if present)")
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
@@ -58,7 +57,12 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
 
     import torch
 
-    from darktune.backends import cpu_count, latency_summary, make_backend, time_backends
+    from darktune.backends import (
+        cpu_count,
+        latency_summary,
+        make_backend,
+        time_backends,
+    )
     from darktune.errors import DarktuneError
     from darktune.export import verification_input
 
@@ -129,9 +133,9 @@ def _versions() -> dict[str, str]:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"bench infer: batch {report['batch']}, {report['size']}x{report['size']}, {report['device']}, "
-             f"{report['threads']} threads, {report['machine']} ({report['cpus']} CPUs), "
-             f"load {report['load_1min'][0]} -> {report['load_1min'][1]}",
+    lines = [(f"bench infer: batch {report['batch']}, {report['size']}x{report['size']}, {report['device']}, "
+              f"{report['threads']} threads, {report['machine']} ({report['cpus']} CPUs), "
+              f"load {report['load_1min'][0]} -> {report['load_1min'][1]}"),
              f"{'backend':<12} {'median ms':>10} {'p90 ms':>8} {'images/s':>9} {'vs OpenCV':>9} {'CPU ms':>7}"]
     for name, r in report["backends"].items():
         ratio = f"{r['speed_vs_opencv']:.2f}x" if "speed_vs_opencv" in r else "-"

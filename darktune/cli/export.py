@@ -94,7 +94,8 @@ def _names(path, num_classes: int) -> list[str] | None:
             raise DarktuneError(f"the run's dataset has {len(path)} classes, the model {num_classes}")
         return path
     names = read_names(path, num_classes)
-    total = len([1 for line in open(path, encoding="utf-8-sig") if line.strip()])
+    with open(path, encoding="utf-8-sig") as f:
+        total = sum(1 for line in f if line.strip())
     if total != num_classes:
         raise DarktuneError(f"{total} names for a model with {num_classes} classes", path=str(path))
     return names
