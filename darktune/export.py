@@ -164,7 +164,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp1
         raise DarktuneError(f"the exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
     from darktune.weights import atomic_write_bytes
 
-    _readable(atomic_write_bytes(out, proto.SerializeToString()))
+    atomic_write_bytes(out, proto.SerializeToString())
     result = OnnxExport(out, INPUT_NAME, outputs, batch, net_hw, fp16, decode)
     if verify:
         _verify(result, model, conf_thresh, nms_thresh)
@@ -182,17 +182,6 @@ def _torch_export(net: nn.Module, x: torch.Tensor, path: Path, outputs: list[str
                               do_constant_folding=True)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise DarktuneError(f"torch.onnx.export failed (opset {opset}): {str(exc).splitlines()[0]}") from None
-
-
-def _readable(path: Path) -> Path:
-    """Give a file written through a private temp file (mode 0600) the mode a plain new file gets, so exported
-    models can be copied to and read on a device by other users."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-    return path
 
 
 def verification_input(batch: int, net_hw: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -364,7 +353,7 @@ def export_darknet(model: nn.Module, out_dir: str | Path, *, names: list[str] | 
     """Write <stem>.cfg (classes and head filters consistent with the model), <stem>.weights (darknet layout,
     header kept) and, with names, <stem>.names + obj.data, into out_dir. Refuses to overwrite any of `inputs`.
     With `verify`, OpenCV DNN loads the written files and its raw heads are compared with the model's."""
-    from darktune.weights import atomic_write_bytes, save_weights
+    from darktune.weights import atomic_write_many, weights_bytes
 
     out_dir = Path(out_dir)
     spec = model.spec
@@ -378,12 +367,11 @@ def export_darknet(model: nn.Module, out_dir: str | Path, *, names: list[str] | 
         if path is not None and path.resolve() in protected:
             raise DarktuneError("export would overwrite one of its own input files; choose another --out",
                                 path=str(path))
-    _readable(atomic_write_bytes(cfg, format_cfg(spec).encode()))
-    _readable(save_weights(model, weights, header))
+    files = {cfg: format_cfg(spec).encode(), weights: weights_bytes(model, header)}
     if names is not None:
-        _readable(atomic_write_bytes(names_path, "".join(n + "\n" for n in names).encode()))
-        data = f"classes = {spec.num_classes}\nnames = {names_path.resolve()}\n"
-        _readable(atomic_write_bytes(data_path, data.encode()))
+        files[names_path] = "".join(n + "\n" for n in names).encode()
+        files[data_path] = f"classes = {spec.num_classes}\nnames = {names_path.resolve()}\n".encode()
+    atomic_write_many(files)  # all or nothing: a full disk never leaves a new cfg beside old weights
     result = DarknetExport(cfg, weights, names_path, data_path, spec.num_classes)
     if verify:
         result.max_abs_diff = _opencv_diff(model, cfg, weights)

@@ -7,6 +7,7 @@ Layout: int32 major, minor, revision; `seen` as uint64 when major*10+minor >= 2 
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from dataclasses import dataclass
@@ -146,9 +147,15 @@ def weights_bytes(model, header: Header | None = None, upto: int | None = None) 
     return b"".join(parts)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write via temp file + fsync + rename: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
+def _default_mode() -> int:
+    """The mode a plain new file gets (0666 less the umask); mkstemp's private 0600 is not wanted for outputs."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """`data` in a fsynced temp file beside `path`; returns the temp name (removed again on failure)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -156,19 +163,46 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.chmod(tmp, _default_mode())
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise DarktuneError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None
+        space = " (the disk may be full)" if exc.errno == errno.ENOSPC else ""
+        raise DarktuneError(f"cannot write: {exc.strerror or exc}{space}", path=str(path)) from None
+    return tmp
+
+
+def _fsync_dir(folder: Path) -> None:
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError:
         pass
-    return path
+
+
+def atomic_write_many(files: dict[Path, bytes]) -> list[Path]:
+    """Write several files so that none is replaced unless all were written (a cfg never lands beside stale
+    weights): every file goes to a temp name first, then all are renamed."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            temps.append((_write_temp(Path(path), data), Path(path)))
+    except DarktuneError:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, path in temps:
+        os.replace(tmp, path)
+    for folder in {path.parent for _, path in temps}:
+        _fsync_dir(folder)
+    return [path for _, path in temps]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write via temp file + fsync + rename: a reader sees the old file or the new one, never half of one."""
+    return atomic_write_many({Path(path): data})[0]
 
 
 def save_weights(model, path: str | Path, header: Header | None = None, upto: int | None = None) -> Path:

@@ -33,6 +33,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_detect(args) -> int:
+    import torch
+
+    from darktune.errors import DarktuneError
+
+    try:
+        return _detect(args)
+    except torch.cuda.OutOfMemoryError:
+        raise DarktuneError(f"out of memory on {args.device}: try a smaller --size, or --device cpu") from None
+
+
+def _detect(args) -> int:
     from pathlib import Path
 
     from tqdm import tqdm
@@ -96,7 +107,11 @@ def _image(args, backend, src, names, out_dir, bar) -> list[dict]:
     if out_dir:
         from pathlib import Path
 
-        cv2.imwrite(str(out_dir / (Path(src.name).stem + ".jpg")), draw(image, dets, names))
+        from darktune.errors import DarktuneError
+
+        target = out_dir / (Path(src.name).stem + ".jpg")
+        if not cv2.imwrite(str(target), draw(image, dets, names)):
+            raise DarktuneError("cannot write the annotated image (is the disk full?)", path=str(target))
     if not args.json:
         lines = [f"{src.name}: {len(dets)} objects"]
         lines += [f"  {d['name']}: {d['score'] * 100:.0f}%  box {d['box']}" for d in record["detections"]]
