@@ -110,16 +110,22 @@ def _err(path: str | None, message: str, line: int | None = None) -> DarktuneErr
     return DarktuneError(message, path=path, line=line)
 
 
-def _key_lines(node: Any, prefix: tuple = ()) -> dict[tuple, int]:
-    """Line (1-based) of every mapping key in a composed YAML node tree, keyed by the key path."""
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is not one
+
+
+def _key_lines(node: Any, prefix: tuple = (), seen: set[int] | None = None) -> dict[tuple, int]:
+    """Line (1-based) of every mapping key in a composed YAML node tree, keyed by the key path. A node reached
+    again through an alias is not walked again (nested aliases would otherwise expand exponentially)."""
     import yaml
 
+    seen = set() if seen is None else seen
     lines: dict[tuple, int] = {}
-    if isinstance(node, yaml.MappingNode):
+    if isinstance(node, yaml.MappingNode) and id(node) not in seen:
+        seen.add(id(node))
         for key_node, value_node in node.value:
             key = prefix + (str(key_node.value),)
             lines[key] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, key))
+            lines.update(_key_lines(value_node, key, seen))
     return lines
 
 
@@ -127,10 +133,12 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     """Read and validate an experiment spec (YAML, safe loader: tags such as !!python/object are refused)."""
     import yaml
 
+    from darktune.data.formats.files import read_regular
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    try:  # a regular file of sane size only: a FIFO or /dev/zero named *.yaml is refused, not read forever
+        text = read_regular(path, "experiment spec", MAX_SPEC_BYTES).decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise _err(str(path), f"cannot read experiment spec: {exc}") from None
     try:
         data = yaml.safe_load(text)
