@@ -17,7 +17,7 @@ from pathlib import Path
 from darktune import study
 from darktune.report_data import (ExperimentData, best_transfer_decrease, eval_iterations, load_experiment,
                                   main_images, time_to_target)
-from darktune.report_findings import CLEAR_MARGIN, NOTHING_LEARNED, findings
+from darktune.report_findings import BEAT_MARGIN, CLEAR_MARGIN, NOTHING_LEARNED, findings
 from darktune.report_machine import machine_lines
 
 
@@ -165,6 +165,7 @@ def build_blocks(data: ExperimentData) -> list[Block]:
     blocks.append(Block("p", f"'Clearly worse' means at least {CLEAR_MARGIN * 100:.0f} mAP points lower; a start "
                              "whose unfrozen run stays below that margin cannot show it and is listed as inconclusive, "
                              f"as is a comparison where neither run exceeds {NOTHING_LEARNED * 100:g} mAP point. "
+                             f"'Beats' means a mean mAP at least {BEAT_MARGIN * 100:g} points higher. "
                              "Each verdict is computed from the runs' metrics files when this report is written."))
     blocks += [Block("h2", "Starting points"),
                Block("table", items=tuple((k, v["description"]) for k, v in data.record.get("starts", {}).items()),
@@ -200,8 +201,8 @@ def runs_blocks(data: ExperimentData) -> list[Block]:
                      f"{r.train_s:.1f}" if r.train_s is not None else "–",
                      f"{r.images_per_s:.1f}" if r.images_per_s is not None else "–"))
     total = sum(r.train_s or 0.0 for r in data.runs)
-    return [Block("table", items=tuple(rows), header=("run", "kind", "status", "final mAP %", "train s",
-                                                      "images/s")),
+    header = ("run", "kind", "status", "final mAP % (its valid set)", "train s", "images/s")
+    return [Block("table", items=tuple(rows), header=header),
             Block("p", f"Training time of all runs together: {total:.0f} s.")]
 
 
