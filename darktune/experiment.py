@@ -149,10 +149,22 @@ def train_config(plan: RunPlan, cfg: str, start: StartWeights, run_dir: Path, de
             "out": str(run_dir), "device": device, **options}
 
 
-def prepare_run(plan: RunPlan, out_dir: Path) -> tuple[Path, bool, bool]:
+def start_identity(start: StartWeights, out_dir: Path) -> dict:
+    """Which weights a run starts from, as recorded in run.json (inside the folder: relative, so a moved
+    experiment folder still resumes)."""
+    path = start.path
+    if path is not None:
+        try:
+            path = str(Path(path).resolve().relative_to(out_dir.resolve()))
+        except ValueError:
+            path = str(Path(path).resolve())
+    return {"path": path, "upto": start.upto}
+
+
+def prepare_run(plan: RunPlan, out_dir: Path, start: StartWeights) -> tuple[Path, bool, bool]:
     """(run dir, done already, resume): checks run.json against the plan and writes it for a new run."""
     run_dir = out_dir / plan.folder
-    identity = plan.identity()
+    identity = {**plan.identity(), "start_weights": start_identity(start, out_dir)}
     recorded = read_json(run_dir / "run.json")
     if recorded is not None and recorded != identity:
         changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))

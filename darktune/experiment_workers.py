@@ -32,7 +32,7 @@ def execute(plans: list[RunPlan], out_dir: Path, cfg: str, starts: dict[str, Sta
     outcomes: dict[int, RunOutcome] = {}
     tasks = []
     for i, plan in enumerate(plans):
-        run_dir, done, resume = prepare_run(plan, out_dir)
+        run_dir, done, resume = prepare_run(plan, out_dir, starts[plan.start])
         if done:
             outcomes[i] = RunOutcome(plan, run_dir, run_status(run_dir) or "finished", reused=True)
         else:

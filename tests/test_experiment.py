@@ -195,3 +195,13 @@ def test_help_example_spec_is_valid(tmp_path):
     plans = plan_runs(spec)
     assert len(plans) == 1 + 6 * 3 * 2 and plans[-1].name == "w-other-f20-n50-s0"
     assert spec.weights["backbone"] == str(tmp_path / "darknet.weights")
+
+
+def test_other_start_weights_are_not_reused_silently(spec_file, tmp_path, coco):
+    out = tmp_path / "exp"
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    other = tmp_path / "darknet.weights"
+    other.write_bytes(Path(coco.weights).read_bytes())
+    spec_file.write_text(spec_file.read_text().replace("weights:\n  coco:", f"weights:\n  backbone: {other}\n  coco:"))
+    with pytest.raises(DarktuneError, match="backbone-f0-nall-s0.*start_weights"):
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)

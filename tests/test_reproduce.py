@@ -84,7 +84,7 @@ def test_smoke_profile_end_to_end_under_two_minutes(tmp_path, capsys):
     assert wall < 120, f"smoke profile took {wall:.0f} s"
     md = (tmp_path / "r" / "report.md").read_text()
     assert md.count("### Starting point") == 4 and "Time to the target mAP" in md
-    assert len(out["findings"]) == 4 and (tmp_path / "r" / "report.html").is_file()
+    assert len(out["findings"]) == 5 and (tmp_path / "r" / "report.html").is_file()
 
 
 TINY = """\
@@ -154,3 +154,12 @@ def test_half_written_set_is_written_again(tmp_path):
     again = prepare_data(PROFILES["smoke"], out)
     assert again == data and (target / "synth.json").is_file()
     assert (target / "images" / "000000.jpg").read_bytes()[:2] == b"\xff\xd8"
+
+
+def test_own_backbone_goes_into_the_spec(smoke_data, tmp_path):
+    _, data = smoke_data
+    mine = tmp_path / "darknet.weights"
+    mine.write_bytes(b"")
+    spec = spec_from_dict(build_spec(PROFILES["quick"], data, str(mine)), "generated.yaml")
+    assert spec.weights == {"backbone": str(mine.resolve())}
+    assert "weights" not in build_spec(PROFILES["quick"], data)

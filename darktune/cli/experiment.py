@@ -52,6 +52,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "study's sizes and iterations, for a GPU")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--out", default="runs/reproduce", help="output folder (rerun to resume); default %(default)s")
+    p.add_argument("--backbone", metavar="WEIGHTS", help="darknet's ImageNet darknet.weights for the backbone start "
+                                                        "(first 13 layers); default: the COCO weights' first 13 "
+                                                        "layers as a stand-in, said so in the report")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reproduce)
 
@@ -122,7 +125,7 @@ def cmd_report(args) -> int:
 def cmd_reproduce(args) -> int:
     from darktune.reproduce import reproduce
 
-    outcome = reproduce(args.profile, args.out, device=args.device, progress=True)
+    outcome = reproduce(args.profile, args.out, device=args.device, progress=True, backbone=args.backbone)
     _print_outcome(outcome.result, outcome.report, args.json,
                    {"profile": args.profile, "findings": outcome.verdicts})
     if not args.json:
