@@ -95,7 +95,8 @@ def test_experiment_refuses_payload_checkpoints_of_interrupted_runs(tiny, tmp_pa
     for plan, (name, data) in zip(plan_runs(spec), payloads):
         run = out / plan.folder
         run.mkdir(parents=True)
-        (run / "run.json").write_text(json.dumps(plan.identity(), indent=1, sort_keys=True) + "\n")
+        identity = {**plan.identity(), "start_weights": {"path": None, "upto": None}}  # a scratch run
+        (run / "run.json").write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
         (run / "checkpoint.pt").write_bytes(data)
     result = run_experiment(spec, out, progress=False)
     t = tally("checkpoints")
