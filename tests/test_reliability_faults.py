@@ -315,14 +315,13 @@ def test_cuda_out_of_memory_gives_advice(where, tiny, tmp_path, monkeypatch, tal
 
 
 def test_readme_reliability_section_is_the_measured_table():
-    """README.md ends with the Reliability section, one row per kind; after a full run of the reliability tests
-    (build/reliability-table.md, written by tests/reliability_plugin.py or `python -m tests.reliability_table`)
-    it must be exactly that run's table."""
+    """README.md ends with the Reliability section, one row per kind (its figures are checked against the
+    session's own measurements by tests/reliability_plugin.py at the end of a full run)."""
     import reliability_table as rt
 
     section = rt.readme_section((rt.ROOT / "README.md").read_text(encoding="utf-8"))
     assert section is not None, "no Reliability section: run `python -m tests.reliability_table --update-readme`"
     rows = [line.split(" | ")[0][2:] for line in section.splitlines() if line.startswith("| ") and " | " in line]
     assert rows[:2] == ["kind", "---"] and rows[2:-1] == list(rt.KINDS.values()) and rows[-1] == "**all**"
-    if rt.TABLE_FILE.is_file():
-        assert section == rt.TABLE_FILE.read_text(), "run `python -m tests.reliability_table --update-readme`"
+    # The figures themselves are compared with this session's own measurements by tests/reliability_plugin.py
+    # at the end of a full run (a table left in build/ by an earlier run may be stale, so it is not used here).
