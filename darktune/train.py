@@ -25,7 +25,13 @@ Semantics (darknet's unless said):
     ``max_bad_steps`` in a row fail the run. One host sync per iteration decides it (none other unless logged).
   * Data: darknet's augmentation from the cfg (jitter of the first [yolo]; hue, saturation, exposure, flip,
     mosaic of [net]); batches are a pure function of (seed, iteration) (`darktune.train_data`);
-    ``max_images=N`` takes a seeded subset (a smaller N is a subset of a larger one).
+    ``max_images=N`` takes a seeded subset (a smaller N is a subset of a larger one). Two input paths, the
+    same images per sample: the CPU loader (per-image OpenCV augmentation, `darktune.train_data`) or, with
+    ``gpu_augment`` (default on CUDA), a decode-once uint8 cache augmented batch-wise on the device
+    (`darktune.train_device`); metrics.jsonl and summary.json say which ("input").
+  * Multi-scale (``multi_scale``, default: the cfg's [yolo] random=1): a new square size every 10 iterations,
+    a multiple of 32 in [size / 1.4, size * 1.4], a pure function of (seed, iteration // 10); every
+    metrics.jsonl training row has its "size". Evaluation always runs at ``size``.
   * Outputs in ``out`` (RUN): metrics.jsonl, weights/last.weights, weights/best.weights, checkpoint.pt,
     init.json, model.cfg, freeze_proof.json, chart.png, summary.json (status finished / stopped_at_target /
     failed). ``resume=True`` continues from RUN/checkpoint.pt exactly (same batches, lr, step; on CPU the same
@@ -81,6 +87,8 @@ class TrainConfig:
     steps: list[int] | None = None
     scales: list[float] | None = None
     augment: bool = True
+    gpu_augment: bool | None = None  # None: on for CUDA (device-side input path, `darktune.train_device`)
+    multi_scale: bool | None = None  # None: as the cfg's [yolo] random=1 says
     amp: bool | None = None  # None: on for CUDA
     channels_last: bool | None = None  # None: on
     compile: bool | None = None  # None: on for CUDA

@@ -10,10 +10,19 @@ Images are decoded once and kept in RAM as RGB uint8, shrunk (INTER_AREA) to at 
 network size per side. Augmentation is darknet's (jitter, hue, saturation, exposure, flip, mosaic when the
 cfg asks) from `darktune.data.augment`.
 With ``workers > 0`` the next micro-batch is prepared in a background thread while the model computes.
+
+Multi-scale (darknet's ``random=1``): the network input of iteration ``it`` (0-based) is
+`network_size(seed, it, base)`, a multiple of 32 drawn uniformly in [base / 1.4, base * 1.4]
+(`darktune.data.augment.random_network_size`) from ``default_rng([seed, it // 10, 31])``: a new size every
+10 iterations, a pure function of (seed, it // 10), the same on every rank. This CPU loader *loads* each
+sample at that size (the augmentation warp writes straight into the new size; no second resize), with its
+RAM cache kept at ``CACHE_SCALE x`` the largest size. The device path (`darktune.train_device`) passes the
+size to `augment_batch` as ``out_size``.
 """
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,61 +44,113 @@ def subset(items: list, max_images: int | None, seed: int) -> list:
     return [items[i] for i in sorted(order[:max_images].tolist())]
 
 
-class TrainBatches:
-    """Micro-batches of (uint8 images (b, 3, S, S), targets (N, 6) [image, class, cx, cy, w, h])."""
+MULTI_SCALE_EVERY = 10  # darknet: a new network size every 10 iterations
 
-    def __init__(self, items: list[tuple[Path, np.ndarray]], size: tuple[int, int], augment, batch: int,
-                 subdivisions: int, seed: int, rank: int = 0, world: int = 1, workers: int = 0):
-        if not items:
-            raise DarktuneError("no usable training images")
+
+def size_range(base: int) -> tuple[int, int]:
+    """Smallest and largest multi-scale size for `base` (multiples of 32 in [base / 1.4, base * 1.4])."""
+    k_lo = max(1, math.ceil(base / 1.4 / 32 - 1e-9))
+    return 32 * k_lo, 32 * max(k_lo, math.floor(base * 1.4 / 32 + 1e-9))
+
+
+def network_size(seed: int, iteration: int, base: int, multi_scale: bool) -> int:
+    """Square network input of 0-based `iteration`: `base`, or with multi-scale darknet's random size,
+    a pure function of (seed, iteration // 10)."""
+    if not multi_scale:
+        return int(base)
+    from darktune.data.augment import random_network_size
+
+    rng = np.random.default_rng([int(seed), int(iteration) // MULTI_SCALE_EVERY, 31])
+    return random_network_size(rng, int(base))
+
+
+class SampleOrder:
+    """Which image each sample of the run is (see the module docstring), shared by the CPU loader
+    (`TrainBatches`) and the device path (`darktune.train_device.DeviceBatches`)."""
+
+    def __init__(self, n: int, size: tuple[int, int], batch: int, subdivisions: int, seed: int, rank: int = 0,
+                 world: int = 1, multi_scale: bool = False):
         micro = batch // subdivisions
         if batch % subdivisions or micro % world:
             raise DarktuneError(f"batch {batch} must split into {subdivisions} subdivisions of a size divisible "
                                 f"by the {world} processes")
-        from darktune.data.loader import DetectionDataset
-
         if size[0] != size[1]:
             raise DarktuneError(f"training needs a square network input, got {size[1]}x{size[0]}")
-        self.size = size  # (h, w)
-        self.dataset = DetectionDataset(items, size[0], augment, cache="ram",
-                                        cache_size=round(CACHE_SCALE * size[0]))
+        self.n, self.size, self.multi_scale = int(n), size, bool(multi_scale)
         self.batch, self.subdivisions, self.micro = batch, subdivisions, micro
+        self.per_rank = micro // world
         self.seed, self.rank, self.world = int(seed), rank, world
         self._perms: dict[int, np.ndarray] = {}
-        self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
-        self._pending: dict[tuple[int, int], Future] = {}
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.n
 
-    def _perm(self, epoch: int) -> np.ndarray:
+    @property
+    def largest_size(self) -> int:
+        return size_range(self.size[0])[1] if self.multi_scale else self.size[0]
+
+    def size_at(self, iteration: int) -> int:
+        """Network size of 0-based `iteration`."""
+        return network_size(self.seed, iteration, self.size[0], self.multi_scale)
+
+    def perm(self, epoch: int) -> np.ndarray:
         perm = self._perms.get(epoch)
         if perm is None:
-            perm = np.random.default_rng([self.seed, int(epoch), 17]).permutation(len(self.dataset))
+            perm = np.random.default_rng([self.seed, int(epoch), 17]).permutation(self.n)
             self._perms = {epoch: perm, **{e: p for e, p in self._perms.items() if e >= epoch - 1}}
         return perm
 
     def position(self, iteration: int) -> dict:
         """Loader position before 0-based `iteration` (for checkpoints and logs)."""
-        epoch, index = divmod(iteration * self.batch, len(self.dataset))
+        epoch, index = divmod(iteration * self.batch, self.n)
         return {"epoch": int(epoch), "index": int(index), "sample": int(iteration * self.batch)}
 
-    def _sample(self, g: int) -> tuple[np.ndarray, np.ndarray]:
-        epoch, k = divmod(g, len(self.dataset))
-        perm = self._perm(epoch)
-        for step in range(len(perm)):  # an image that became unreadable: the next one, deterministically
-            out = self.dataset.load(int(perm[(k + step) % len(perm)]), epoch, self.seed)
+    def samples(self, iteration: int, sub: int) -> range:
+        """Global sample numbers of this rank's slice of micro-batch `sub` of 0-based `iteration`."""
+        first = iteration * self.batch + sub * self.micro + self.rank * self.per_rank
+        return range(first, first + self.per_rank)
+
+    def candidates(self, g: int):
+        """(epoch, image index) for sample `g`, then the images that stand in, in order, when it is
+        unreadable (the next ones of the same permutation)."""
+        epoch, k = divmod(g, self.n)
+        perm = self.perm(epoch)
+        for step in range(self.n):
+            yield epoch, int(perm[(k + step) % self.n])
+
+
+class TrainBatches(SampleOrder):
+    """Micro-batches of (uint8 images (b, 3, S, S), targets (N, 6) [image, class, cx, cy, w, h])."""
+
+    input_path = "cpu_loader"
+
+    def __init__(self, items: list[tuple[Path, np.ndarray]], size: tuple[int, int], augment, batch: int,
+                 subdivisions: int, seed: int, rank: int = 0, world: int = 1, workers: int = 0,
+                 multi_scale: bool = False, device: torch.device | None = None):
+        if not items:
+            raise DarktuneError("no usable training images")
+        super().__init__(len(items), size, batch, subdivisions, seed, rank, world, multi_scale)
+        from darktune.data.loader import DetectionDataset
+
+        self.dataset = DetectionDataset(items, size[0], augment, cache="ram",
+                                        cache_size=round(CACHE_SCALE * self.largest_size))
+        self.device = device or torch.device("cpu")
+        self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
+        self._pending: dict[tuple[int, int], Future] = {}
+
+    def _sample(self, g: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        for epoch, i in self.candidates(g):  # an image that became unreadable: the next one, deterministically
+            out = self.dataset.load(i, epoch, self.seed, size=size)
             if out is not None:
                 return out
         raise DarktuneError("no training image is readable any more")
 
     def _build(self, iteration: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
-        per_rank = self.micro // self.world
-        first = iteration * self.batch + sub * self.micro + self.rank * per_rank
-        images = np.empty((per_rank, 3, self.size[0], self.size[1]), np.uint8)
+        size = self.size_at(iteration)
+        images = np.empty((self.per_rank, 3, size, size), np.uint8)
         targets = []
-        for j in range(per_rank):
-            img, boxes = self._sample(first + j)
+        for j, g in enumerate(self.samples(iteration, sub)):
+            img, boxes = self._sample(g, size)
             images[j] = img.transpose(2, 0, 1)
             if len(boxes):
                 b = np.asarray(boxes, np.float32).reshape(-1, 5)
@@ -107,6 +168,11 @@ class TrainBatches:
             if nxt not in self._pending:
                 self._pending[nxt] = self._pool.submit(self._build, *nxt)
         return out
+
+    def inputs(self, iteration: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float images (b, 3, S, S) in [0, 1] on the device, targets (N, 6)) for the training step."""
+        images, targets = self.get(iteration, sub)
+        return images.to(self.device, non_blocking=True).float().div_(255.0), targets
 
     def close(self) -> None:
         if self._pool is not None:

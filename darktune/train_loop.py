@@ -175,7 +175,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     from darktune.freeze import set_frozen
     from darktune.loss import YoloLoss
     from darktune.model import Darknet
-    from darktune.train_data import TrainBatches
+    from darktune.train_device import make_batches
     from darktune.train_setup import build_optimizer
 
     if config.threads:
@@ -207,8 +207,10 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     opt = build_optimizer(model, 0.0, spec.net.momentum, spec.net.decay)
     log_items = []
     items = _training_items(config, log_items.append)
-    data = TrainBatches(items, (spec.net.height, spec.net.width), _augment_config(config, spec), batch,
-                        subdivisions, config.seed, dist.rank, dist.world, config.workers)
+    data = make_batches(config, spec, items, _augment_config(config, spec), batch, subdivisions, dist,
+                        progress and dist.main)
+    if getattr(data, "skipped", 0):
+        log_items.append(f"image cache: {data.skipped} unreadable images skipped")
     points = set(config.eval_at) | set(range(config.eval_every, iterations + 1, config.eval_every or iterations + 1))
     points = {p for p in points if p <= iterations} | ({iterations} if od.valid else set())
     run = Run(config, dist, run_dir, spec, model, model, opt, data, YoloLoss([h.spec for h in model.heads]),
@@ -238,7 +240,7 @@ def _fresh_start(run: Run) -> None:
     set_frozen(run.model, run.frozen)  # init may have replaced tensors; make sure the flags hold
     report["frozen_layers"] = run.frozen
     run.state.update(best_map=None, final_map=None, time_to_target=None, train_seconds=0.0, skipped_steps=0,
-                     bad_in_row=0, maps=[], init=report,
+                     bad_in_row=0, maps=[], init=report, input=run.data.input_path,
                      digests_before={str(k): v for k, v in layer_digests(run.model).items()})
     if run.dist.main:
         try:
@@ -280,6 +282,10 @@ def _resume(run: Run) -> None:
     if diff:
         raise DarktuneError("cannot resume with different settings: " + ", ".join(
             f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff), path=str(run.dir / "checkpoint.pt"))
+    if ck["state"].get("input", run.data.input_path) != run.data.input_path:  # batches would differ
+        raise DarktuneError(f"cannot resume: the run used the {ck['state']['input']} input path, not "
+                            f"{run.data.input_path} (pass --{'no-' * (ck['state']['input'] != 'gpu_augment')}"
+                            "gpu-augment)", path=str(run.dir / "checkpoint.pt"))
     run.step = int(ck["step"])
     run.frozen = _frozen_at(run.config, run.step, len(run.spec.layers))
     set_frozen(run.model, run.frozen)

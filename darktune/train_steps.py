@@ -66,14 +66,13 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]
     """One darknet iteration (1-based). Returns (finite, loss parts per image as detached tensors)."""
     dist, dev = run.dist, run.dist.device
     per_rank = run.batch // dist.world
-    hw = (run.spec.net.height, run.spec.net.width)
     run.model.train()
     buffers = _bn_buffers(run)
     backup = [b.clone() for b in buffers]  # a skipped step must not move the batch-norm statistics either
     sums: dict[str, torch.Tensor] = {}
     for sub in range(run.subdivisions):
-        images, targets = run.data.get(iteration - 1, sub)
-        x = images.to(dev, non_blocking=True).float().div_(255.0)
+        x, targets = run.data.inputs(iteration - 1, sub)  # float (b, 3, S, S) in [0, 1] on the device
+        hw = (x.shape[-2], x.shape[-1])  # S changes every 10 iterations with multi-scale
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         sync = (run.net.no_sync() if dist.world > 1 and sub < run.subdivisions - 1 and hasattr(run.net, "no_sync")
@@ -169,7 +168,8 @@ def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_p
     values = dict(zip(keys, torch.stack([parts[k].float() for k in keys]).tolist()))  # one host sync
     record = {"iteration": it, "loss": values["loss"] if ok else None,
               **{k: values[k] if ok else None for k in ("box", "obj", "cls")}, "n_pos": values.get("n_pos"),
-              "lr": lr, "images_per_s": round(images_per_s, 3), "train_s": round(run.state["train_seconds"], 4),
+              "lr": lr, "size": run.data.size_at(it - 1), "input": run.data.input_path,
+              "images_per_s": round(images_per_s, 3), "train_s": round(run.state["train_seconds"], 4),
               "elapsed_s": round(_elapsed(run), 4)}
     if not ok:
         record.update(nonfinite=True, skipped_steps=run.state["skipped_steps"])
@@ -262,6 +262,7 @@ def write_summary(run: Run, status: str, message: str = "") -> dict:
         "images_per_s": round(run.step * run.batch / ts, 3) if ts > 0 else 0.0,
         "skipped_steps": st.get("skipped_steps", 0), "batch": run.batch, "subdivisions": run.subdivisions,
         "size": [run.spec.net.width, run.spec.net.height], "frozen_layers_at_end": run.frozen,
+        "input": run.data.input_path, "multi_scale": run.data.multi_scale,
         "device": str(run.dist.device), "world_size": run.dist.world, "amp": str(run.amp_dtype),
         "init": {k: st.get("init", {}).get(k) for k in ("mode", "weights", "upto", "loaded_layers", "new_layers")},
         "config": run.config.to_dict(),

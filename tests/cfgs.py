@@ -76,3 +76,28 @@ def yolov4_tiny_cfg(classes: int = 80) -> str:
                 "[upsample]\nstride=2\n", "[route]\nlayers = -1, 23\n", conv(256, 3),
                 conv(f, 1, bn=False, act="linear"), yolo("1,2,3", anchors, classes, extra)])
     return "\n".join(out)
+
+
+def small_cfg(net: dict | None = None, bn: bool = True, pools: bool = True, head: int = 18,
+              masks: tuple[str, str] = ("0,1,2", "0,1,2"), anchors: str = "10,14, 23,27, 37,58", classes: int = 1,
+              yolo_extra: str = "") -> str:
+    """A two-head darknet cfg small enough to train in a second: three 3x3 convs of 8, 16, 16 filters
+    (stride 1 with a maxpool after the first two, or stride 2 each without pools), a 1x1 linear head of
+    `head` filters + [yolo], then a route back and another 1x1 head + [yolo]. [net] gets width=height=64
+    and the keys of `net`."""
+    keys = {"width": 64, "height": 64, **(net or {})}
+    pool = "[maxpool]\nsize=2\nstride=2\n"
+    stride = 1 if pools else 2
+
+    def small_conv(filters: int, s: int) -> str:
+        bn_line = "batch_normalize=1\n" if bn else ""
+        return f"[convolutional]\n{bn_line}filters={filters}\nsize=3\nstride={s}\npad=1\nactivation=leaky\n"
+
+    def head_and_yolo(mask: str) -> str:
+        n = anchors.count(",") // 2 + 1
+        return (f"[convolutional]\nsize=1\nfilters={head}\nactivation=linear\n"
+                f"[yolo]\nmask={mask}\nanchors={anchors}\nclasses={classes}\nnum={n}\n{yolo_extra}")
+
+    body = [small_conv(8, stride), pool if pools else "", small_conv(16, stride), pool if pools else "",
+            small_conv(16, 2), head_and_yolo(masks[0]), "[route]\nlayers=-4\n", head_and_yolo(masks[1])]
+    return "[net]\n" + "".join(f"{k}={v}\n" for k, v in keys.items()) + "".join(body)

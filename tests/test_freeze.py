@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cfgs import small_cfg
 from torch import nn
 
 from darktune.cfg import parse_cfg_text
@@ -23,57 +24,7 @@ from darktune.freeze import (
 from darktune.model import Darknet
 from darktune.train_setup import build_optimizer, param_groups
 
-CFG = """[net]
-width=64
-height=64
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-filters=18
-size=1
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=10,14, 23,27, 37,58
-classes=1
-num=3
-[route]
-layers=-4
-[convolutional]
-filters=18
-size=1
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=10,14, 23,27, 37,58
-classes=1
-num=3
-"""
+CFG = small_cfg()
 
 
 @pytest.fixture(autouse=True)

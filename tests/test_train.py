@@ -11,75 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from cfgs import small_cfg
 
 from darktune.errors import DarktuneError
 from darktune.train import TrainConfig, train
 
-TINY = """[net]
-batch=4
-subdivisions=2
-width=64
-height=64
-learning_rate=0.002
-burn_in=3
-momentum=0.9
-decay=0.0005
-policy=steps
-steps=8
-scales=.5
-hue=.1
-saturation=1.5
-exposure=1.5
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-[maxpool]
-size=2
-stride=2
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=2
-pad=1
-activation=leaky
-[convolutional]
-size=1
-filters=16
-activation=linear
-[yolo]
-mask=1,2
-anchors=4,6, 10,14, 23,27
-classes=3
-num=3
-jitter=.2
-[route]
-layers=-4
-[convolutional]
-size=1
-filters=16
-activation=linear
-[yolo]
-mask=0,1
-anchors=4,6, 10,14, 23,27
-classes=3
-num=3
-jitter=.2
-"""
+TINY = small_cfg({"batch": 4, "subdivisions": 2, "learning_rate": 0.002, "burn_in": 3, "momentum": 0.9,
+                  "decay": 0.0005, "policy": "steps", "steps": 8, "scales": .5, "hue": .1, "saturation": 1.5,
+                  "exposure": 1.5}, head=16, masks=("1,2", "0,1"), anchors="4,6, 10,14, 23,27", classes=3,
+                 yolo_extra="jitter=.2\n")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
@@ -91,14 +31,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def tiny_set(root: Path) -> tuple[str, str]:
+    """(cfg, obj.data) of the tiny network and a 16-image synthetic set (12 train, 4 valid) under `root`."""
     from darktune.data.synth import make_target_set
 
-    root = tmp_path_factory.mktemp("train_data")
     data = make_target_set(root / "set", 16, 96, seed=5, val_fraction=0.25)
     (root / "tiny.cfg").write_text(TINY)
     return str(root / "tiny.cfg"), str(data)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return tiny_set(tmp_path_factory.mktemp("train_data"))
 
 
 def cfg_of(dataset, out, **kw) -> TrainConfig:
@@ -183,11 +127,17 @@ def _cli(dataset, out, iterations, *extra):
             "--size", "96", *extra]
 
 
+# the device input path with multi-scale (seed 5: iterations 1-10 at 128 px, 11-12 at 96), on the CPU here
+GPU_AUGMENT = ("--gpu-augment", "--multi-scale", "--seed", "5")
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_continues_exactly(dataset, tmp_path):
+@pytest.mark.parametrize("extra", [(), GPU_AUGMENT], ids=["cpu_loader", "gpu_augment_multiscale"])
+def test_sigkill_then_resume_continues_exactly(dataset, tmp_path, extra):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    subprocess.run(_cli(dataset, full, 12), env=ENV, check=True, capture_output=True)
-    proc = subprocess.Popen(_cli(dataset, cut, 400), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run(_cli(dataset, full, 12, *extra), env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen(_cli(dataset, cut, 400, *extra), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
         done = (cut / "metrics.jsonl").exists() and len(lines(cut)[0]) >= 8
@@ -199,16 +149,19 @@ def test_sigkill_then_resume_continues_exactly(dataset, tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     killed_at = len(lines(cut)[0])
     assert killed_at < 400
-    r = subprocess.run(_cli(dataset, cut, 12, "--resume"), env=ENV, capture_output=True, text=True, check=False)
+    r = subprocess.run(_cli(dataset, cut, 12, "--resume", *extra), env=ENV, capture_output=True, text=True,
+                       check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stderr
     a, b = lines(full)[0], lines(cut)[0]
     assert [x["iteration"] for x in b] == list(range(1, 13))
     for x, y in zip(a, b):
-        assert (x["iteration"], x["lr"]) == (y["iteration"], y["lr"])
+        assert (x["iteration"], x["lr"], x["size"], x["input"]) == (y["iteration"], y["lr"], y["size"], y["input"])
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-6), x["iteration"]
     assert [m["map"] for m in lines(full)[1]] == pytest.approx([m["map"] for m in lines(cut)[1]], abs=1e-6)
     assert json.loads((cut / "summary.json").read_text())["status"] == "finished"
+    if extra:
+        assert [x["size"] for x in b] == [128] * 10 + [96] * 2 and {x["input"] for x in b} == {"gpu_augment"}
 
 
 def test_a_cut_checkpoint_never_replaces_the_good_one(dataset, tmp_path, monkeypatch):

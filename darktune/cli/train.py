@@ -62,6 +62,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_int_list, help="override [net] steps (policy becomes steps)")
     p.add_argument("--scales", type=_float_list, help="override [net] scales")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no jitter/colour/flip")
+    _tristate(p, "gpu-augment", "device-side input path: images decoded once into a uint8 cache, whole batches "
+                                "augmented on --device (default: on for CUDA, off on CPU)")
+    _tristate(p, "multi-scale", "darknet multi-scale training: a new size in [size/1.4, size*1.4] every 10 "
+                                "iterations (default: on when the cfg's [yolo] layers say random=1)")
     _tristate(p, "amp", "mixed precision: bf16 (fp16 on GPUs without bf16); default on for CUDA, off on CPU")
     _tristate(p, "channels-last", "channels_last memory format (default: on)")
     _tristate(p, "compile", "torch.compile (default: on for CUDA)")
@@ -103,7 +107,8 @@ def config_from_args(args: argparse.Namespace):
         device=args.device, out=args.out, resume=args.resume, seed=args.seed, workers=args.workers,
         threads=args.threads,
         max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in,
-        steps=args.steps, scales=args.scales, augment=args.augment, amp=args.amp,
+        steps=args.steps, scales=args.scales, augment=args.augment, gpu_augment=args.gpu_augment,
+        multi_scale=args.multi_scale, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, max_bad_steps=args.max_bad_steps, tensorboard=args.tensorboard)
 

@@ -1,0 +1,128 @@
+"""Training inputs: the device-side path (`darktune.train_device`, run on the CPU here) picks the same images
+as the CPU loader, is a pure function of (seed, iteration, sub), splits exactly over DDP ranks; multi-scale
+sizes; the input path and size are recorded and a resume cannot switch paths."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_train import cfg_of, lines, tiny_set
+
+from darktune.data.augment import AugmentConfig
+from darktune.errors import DarktuneError
+from darktune.train import train
+from darktune.train_data import SampleOrder, TrainBatches, network_size, size_range
+from darktune.train_device import DeviceBatches, multi_scale_of
+
+AUG = AugmentConfig(jitter=0.2, hue=0.1, saturation=1.5, exposure=1.5, flip=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return tiny_set(tmp_path_factory.mktemp("inputs_data"))
+
+
+@pytest.fixture(scope="module")
+def items(dataset):
+    from darktune.data.check import check_dataset
+
+    return check_dataset(dataset[1], "train", progress=False).good
+
+
+def _device(items, tmp_path, aug=AUG, **kw) -> DeviceBatches:
+    args = {"batch": 4, "subdivisions": 2, "seed": 1, "cache_path": tmp_path / "cache", **kw}
+    return DeviceBatches(items, (64, 64), aug, **args)
+
+
+def test_device_batches_are_a_pure_function_and_split_exactly_over_ranks(items, tmp_path):
+    for aug in (AUG, AugmentConfig(jitter=0.2, flip=True, mosaic=True)):
+        one, again = _device(items, tmp_path, aug), _device(items, tmp_path, aug)  # again: the mmap cache reused
+        ranks = [_device(items, tmp_path, aug, rank=r, world=2) for r in (0, 1)]
+        for it, sub in ((7, 1), (0, 0), (3, 1)):  # any order: a restart at any iteration sees the same batch
+            x, t = one.inputs(it, sub)
+            y, u = again.inputs(it, sub)
+            assert x.dtype == torch.float32 and x.shape == (2, 3, 64, 64) and 0 <= x.min() and x.max() <= 1
+            assert torch.equal(x, y) and torch.equal(t, u)
+            parts = [rb.inputs(it, sub) for rb in ranks]
+            assert torch.equal(torch.cat([p[0] for p in parts]), x)
+            for r, (_, tr) in enumerate(parts):  # each rank's live boxes are the single process's of its image
+                live, mine = tr[tr[:, 4] > 0], t[(t[:, 4] > 0) & (t[:, 0] == r)]
+                assert torch.equal(live[:, 1:], mine[:, 1:]) and bool((live[:, 0] == 0).all())
+        assert not torch.equal(one.inputs(0, 0)[0], one.inputs(0, 1)[0])
+
+
+def test_device_path_picks_the_cpu_loaders_images_also_past_an_unreadable_one(items, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    listed = [items[0], (bad, np.zeros((0, 5), np.float32)), *items[1:]]
+    cpu = TrainBatches(listed, (64, 64), AUG, batch=4, subdivisions=2, seed=1)
+    dev = _device(listed, tmp_path)
+    assert dev.skipped == 1
+    loaded, real = [], cpu.dataset.load
+
+    def load(i, *args, **kw):
+        out = real(i, *args, **kw)
+        if out is not None:
+            loaded.append(i)
+        return out
+
+    cpu.dataset.load = load
+    picked = []
+    for it in range(8):  # 32 samples: more than two epochs of 12 readable + 1 broken images
+        for sub in (0, 1):
+            cpu.get(it, sub)
+            picked += dev.cache.items_index[dev.cache_indices(dev.samples(it, sub))].tolist()
+    assert picked == loaded and 1 not in picked
+
+
+def test_multi_scale_sizes(items):
+    for base in (96, 128, 416):
+        lo, hi = size_range(base)
+        sizes = [network_size(3, it, base, True) for it in range(400)]
+        assert all(s % 32 == 0 and lo <= s <= hi and base / 1.4 <= s <= base * 1.4 for s in sizes)
+        assert len(set(sizes)) > 1 and sizes == [network_size(3, it, base, True) for it in range(400)]
+        assert all(len(set(sizes[k:k + 10])) == 1 for k in range(0, 400, 10))  # a new size every 10 iterations
+        assert {network_size(3, it, base, False) for it in range(50)} == {base}
+    assert size_range(416) == (320, 576)
+    order = SampleOrder(len(items), (128, 128), 4, 2, seed=3, multi_scale=True)
+    cpu = TrainBatches(items, (128, 128), AUG, 4, 2, seed=3, multi_scale=True)
+    for it in (0, 10, 25):
+        assert cpu.inputs(it, 0)[0].shape[-1] == order.size_at(it) == network_size(3, it, 128, True)
+
+
+def test_multi_scale_follows_the_cfgs_random_unless_told(dataset):
+    from darktune.cfg import parse_cfg, parse_cfg_text
+
+    spec = parse_cfg(dataset[0])
+    with_random = parse_cfg_text(dataset_cfg_text(dataset).replace("jitter=.2", "jitter=.2\nrandom=1"))
+    assert not multi_scale_of(cfg_of(dataset, "x"), spec) and multi_scale_of(cfg_of(dataset, "x"), with_random)
+    assert not multi_scale_of(cfg_of(dataset, "x", multi_scale=False), with_random)
+    assert multi_scale_of(cfg_of(dataset, "x", multi_scale=True), spec)
+
+
+def dataset_cfg_text(dataset) -> str:
+    with open(dataset[0]) as f:
+        return f.read()
+
+
+def test_gpu_augment_run_records_its_input_path_and_resume_keeps_it(dataset, tmp_path):
+    run = tmp_path / "run"
+    res = train(cfg_of(dataset, run, iterations=2, gpu_augment=True, multi_scale=True, size=96, seed=4),
+                progress=False)
+    assert res.status == "finished"
+    rows = lines(run)[0]
+    assert {r["input"] for r in rows} == {"gpu_augment"} and [r["size"] for r in rows] == [96, 96]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["input"] == "gpu_augment" and summary["multi_scale"] is True
+    with pytest.raises(DarktuneError, match="gpu_augment"):
+        train(cfg_of(dataset, run, iterations=3, gpu_augment=False, multi_scale=True, size=96, seed=4,
+                     resume=True), progress=False)
