@@ -18,8 +18,10 @@ Semantics (darknet's unless said):
     statistics fixed, no backward through a frozen prefix. ``unfreeze_at=K``: frozen for iterations 1..K,
     trainable from K+1 (optimizer rebuilt, momentum of already-trained parameters kept).
   * Evaluation on the valid list every ``eval_every`` iterations, at ``eval_at`` and at the end, darknet's
-    ``detector map`` decoding (score 0.005, NMS 0.45), protocol ``protocol``. Time to target = the first
-    evaluated iteration with mAP >= ``target_map``, with training seconds (evaluation, checkpoints and
+    ``detector map`` decoding (score 0.005, NMS 0.45), protocol ``protocol``; with ``eval_every`` or
+    ``eval_at`` also the start weights, at iteration 0 before the first update (once: a resume does not
+    repeat it), so mAP curves start at the start. Time to target = the first
+    evaluated iteration with mAP >= ``target_map`` (0 when the start weights meet it), with training seconds (evaluation, checkpoints and
     start-up excluded) and elapsed seconds (everything since start); ``stop_at_target`` ends the run there.
   * Non-finite loss: the update is skipped (grads dropped, batch-norm statistics restored) and counted;
     ``max_bad_steps`` in a row fail the run. One host sync per iteration decides it (none other unless logged).

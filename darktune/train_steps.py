@@ -130,6 +130,9 @@ def training_loop(run: Run) -> tuple[str, str]:
     c, st = run.config, run.state
     cuda = run.dist.device.type == "cuda"
     window_t, window_imgs = 0.0, 0
+    if _evaluates_start(run) and _evaluate(run, 0):  # the start weights already meet the target
+        save_state(run)
+        return "stopped_at_target", f"mAP reached {c.target_map} at iteration 0 (the start weights)"
     for it in range(run.step + 1, run.iterations + 1):
         if c.unfreeze_at is not None and it - 1 >= c.unfreeze_at and run.frozen:
             _unfreeze(run)
@@ -161,6 +164,14 @@ def training_loop(run: Run) -> tuple[str, str]:
         if stop:
             return "stopped_at_target", f"mAP reached {c.target_map} at iteration {it}"
     return "finished", ""
+
+
+def _evaluates_start(run: Run) -> bool:
+    """mAP of the start weights (iteration 0) when the run evaluates (--eval-every / --eval-at), once: on a
+    fresh start, or on a resume before the first update if it was not recorded yet."""
+    c = run.config
+    return (run.step == 0 and bool(run.eval_points) and bool(c.eval_every or c.eval_at)
+            and not any(m[0] == 0 for m in run.state.get("maps", [])))
 
 
 def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_per_s: float) -> None:

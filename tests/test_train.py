@@ -62,17 +62,19 @@ def test_run_writes_every_output_and_time_to_target(dataset, tmp_path):
     run = tmp_path / "run"
     res = train(cfg_of(dataset, run, eval_at=[3, 6], target_map=0.0, freeze=2), progress=False)
     assert res.status == "finished" and res.iterations_done == 6 and res.final_map is not None
-    assert res.time_to_target["iteration"] == 3 and res.time_to_target["seconds"] <= res.elapsed_seconds
+    # the start weights are evaluated too (iteration 0) and already meet a target of 0
+    assert res.time_to_target["iteration"] == 0 and res.time_to_target["seconds"] == 0.0
     for name in ("metrics.jsonl", "weights/last.weights", "weights/best.weights", "checkpoint.pt", "chart.png",
                  "summary.json", "init.json", "model.cfg", "freeze_proof.json"):
         assert (run / name).is_file(), name
     train_lines, eval_lines = lines(run)
     assert [r["iteration"] for r in train_lines] == [1, 2, 3, 4, 5, 6]
-    assert [r["iteration"] for r in eval_lines] == [3, 6] and eval_lines[0]["protocol"] == "darknet"
+    assert [r["iteration"] for r in eval_lines] == [0, 3, 6] and eval_lines[0]["protocol"] == "darknet"
+    assert res.maps == [(0, eval_lines[0]["map"]), (3, eval_lines[1]["map"]), (6, eval_lines[2]["map"])]
     assert {"loss", "box", "obj", "cls", "lr", "images_per_s", "elapsed_s"} <= set(train_lines[0])
     assert train_lines[0]["lr"] == pytest.approx(0.002 * (1 / 3) ** 4)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["time_to_target"]["iteration"] == 3
+    assert summary["status"] == "finished" and summary["time_to_target"]["iteration"] == 0
     assert summary["init"]["mode"] == "scratch" and summary["batch"] == 4 and summary["subdivisions"] == 2
     ck = load_checkpoint(run / "checkpoint.pt")
     assert ck["step"] == 6 and ck["loader"]["sample"] == 24
@@ -84,7 +86,9 @@ def test_stop_at_target_and_map_command(dataset, tmp_path, capsys):
 
     run = tmp_path / "run"
     res = train(cfg_of(dataset, run, eval_every=2, target_map=0.0, stop_at_target=True), progress=False)
-    assert res.status == "stopped_at_target" and res.iterations_done == 2
+    assert res.status == "stopped_at_target" and res.iterations_done == 0  # the start weights meet 0 mAP
+    assert res.time_to_target["iteration"] == 0 and res.time_to_target["seconds"] == 0.0
+    assert [i for i, _ in res.maps] == [0]
     assert json.loads((run / "summary.json").read_text())["status"] == "stopped_at_target"
     cfg, data = dataset
     for c in (str(run / "model.cfg"), cfg):  # the run's cfg, or the original one (re-headed automatically)
@@ -184,6 +188,15 @@ def test_a_cut_checkpoint_never_replaces_the_good_one(dataset, tmp_path, monkeyp
     monkeypatch.undo()
     res = train(cfg_of(dataset, run, iterations=5, resume=True), progress=False)
     assert res.status == "finished" and res.iterations_done == 5
+
+
+def test_start_weights_evaluated_once_and_only_when_the_run_evaluates(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(cfg_of(dataset, run, iterations=2, eval_at=[2], checkpoint_every=1), progress=False)
+    res = train(cfg_of(dataset, run, iterations=3, eval_at=[2], resume=True), progress=False)
+    assert [r["iteration"] for r in lines(run)[1]] == [0, 2, 3] and [i for i, _ in res.maps] == [0, 2, 3]
+    train(cfg_of(dataset, tmp_path / "plain", iterations=1), progress=False)  # final mAP only
+    assert [r["iteration"] for r in lines(tmp_path / "plain")[1]] == [1]
 
 
 def test_resume_refuses_other_settings(dataset, tmp_path):
