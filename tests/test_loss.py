@@ -1,5 +1,6 @@
-"""YOLOv3 loss: darknet's assignment (best anchor over all anchors), ignore_thresh, and gradients equal to
-darknet's deltas; batch vectorisation; a tiny overfit."""
+"""YOLOv3 loss: darknet's assignment (best anchor over all anchors), ignore_thresh, iou_thresh, truth_thresh,
+and gradients equal to darknet's deltas; batch vectorisation; values equal to the previous implementation and to
+a per-truth loop reference; no host sync (the loss runs on the meta device); a tiny overfit."""
 
 import math
 
@@ -22,7 +23,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_cfg(size=64, mask26="0,1,2", classes=2, bn=False, iou_loss="mse"):
+def tiny_cfg(size=64, mask26="0,1,2", classes=2, bn=False, iou_loss="mse", extra=""):
     """Two heads like yolov3-tiny (stride 8 and 4 here), the tiny anchors."""
     bnl = "batch_normalize=1\n" if bn else ""
     return parse_cfg_text(f"""[net]
@@ -57,6 +58,7 @@ classes={classes}
 num=6
 ignore_thresh=.7
 iou_loss={iou_loss}
+{extra}
 [route]
 layers=-4
 [convolutional]
@@ -70,6 +72,7 @@ classes={classes}
 num=6
 ignore_thresh=.7
 iou_loss={iou_loss}
+{extra}
 """)
 
 
@@ -218,3 +221,256 @@ def test_tiny_overfit_loss_decreases(iou_loss):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.2 * losses[0]
+
+
+# ---------------------------------------------------------------- equality with the previous implementation
+
+def random_case(seed, iou_loss="mse", mask26="0,1,2", classes=2, n_img=4, n_truth=12, extra=""):
+    g = torch.Generator().manual_seed(seed)
+    spec = tiny_cfg(64, mask26=mask26, classes=classes, iou_loss=iou_loss, extra=extra)
+    heads = [torch.randn(n_img, 3 * (5 + classes), 8, 8, generator=g),
+             torch.randn(n_img, 3 * (5 + classes), 16, 16, generator=g)]
+    t = torch.cat([torch.randint(0, n_img, (n_truth, 1), generator=g).float(),
+                   torch.randint(0, classes, (n_truth, 1), generator=g).float(),
+                   torch.rand(n_truth, 2, generator=g),
+                   torch.rand(n_truth, 2, generator=g) * 0.6 + 0.02], 1)
+    return spec, heads, t
+
+
+def overlap_case(seed, extra=""):
+    """Small logits (predicted boxes ~ the anchors at the cell centres) and anchor-sized truths at cell centres:
+    many predictions overlap a truth well (ignore_thresh, truth_thresh)."""
+    g = torch.Generator().manual_seed(seed)
+    spec = tiny_cfg(64, classes=2, extra=extra)
+    heads = [torch.randn(2, 21, 8, 8, generator=g) * 0.1, torch.randn(2, 21, 16, 16, generator=g) * 0.1]
+    anchors = torch.tensor([[10, 14], [23, 27], [37, 58], [81, 82]]) / 64
+    k = torch.randint(0, 4, (10,), generator=g)
+    cells = torch.randint(2, 14, (10, 2), generator=g).float()
+    t = torch.cat([torch.randint(0, 2, (10, 1), generator=g).float(),
+                   torch.randint(0, 2, (10, 1), generator=g).float(),
+                   (cells + 0.5 + 0.1 * torch.randn(10, 2, generator=g)) / 16,
+                   anchors[k] * (1 + 0.1 * torch.rand(10, 2, generator=g))], 1)
+    return spec, heads, t
+
+
+# (total loss, sum of |gradient|) of the implementation before the sync-free rewrite (commit c2ae513), same cases
+GOLDEN = [
+    (lambda: random_case(0), 3156.662353515625, 1972.1854553222656),
+    (lambda: random_case(1, "ciou"), 3073.111572265625, 1913.9751586914062),
+    (lambda: random_case(2, "mse", "1,2,3"), 3110.37109375, 1936.4447021484375),
+    (lambda: random_case(3, "giou", "0,1,2", 3), 3142.95849609375, 1940.6936340332031),
+    (lambda: random_case(4, "mse", "0,1,2", 1, 2, 30), 1689.89892578125, 1093.181640625),
+    (lambda: overlap_case(5), 1311.1553955078125, 947.6946105957031),
+]
+
+
+@pytest.mark.parametrize("case", range(len(GOLDEN)))
+def test_values_and_gradients_equal_the_previous_implementation(case):
+    make, total_old, grad_old = GOLDEN[case]
+    spec, heads, t = make()
+    for h in heads:
+        h.requires_grad_(True)
+    total, _ = YoloLoss(heads_of(spec))(heads, t, (64, 64))
+    total.backward()
+    assert total.item() == pytest.approx(total_old, rel=1e-6)
+    assert sum(float(h.grad.abs().sum()) for h in heads) == pytest.approx(grad_old, rel=1e-5)
+
+
+# ---------------------------------------------------------------- a per-truth loop reference (darknet's order)
+
+def _iou_cxcywh(a, b):
+    ix = max(0.0, min(a[0] + a[2] / 2, b[0] + b[2] / 2) - max(a[0] - a[2] / 2, b[0] - b[2] / 2))
+    iy = max(0.0, min(a[1] + a[3] / 2, b[1] + b[3] / 2) - max(a[1] - a[3] / 2, b[1] - b[3] / 2))
+    inter = ix * iy
+    return inter / max(a[2] * a[3] + b[2] * b[3] - inter, 1e-12)
+
+
+def _softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def _bce(x, y):
+    return _softplus(x) - y * x
+
+
+def _xy(x, target):
+    q = min(max(target, 1e-6), 1 - 1e-6)
+    lq = math.log(q) - math.log1p(-q)
+    return _bce(x, target) - _bce(lq, target)
+
+
+def reference_loss(specs, heads, t, net):
+    """Loops as darknet: per prediction (ignore, truth_thresh), then per truth in order (best anchor, iou_thresh
+    extras), a later write to a slot replacing an earlier one. mse box term, scale_x_y 1. Returns (loss, number
+    of truth_thresh positives, number of iou_thresh extras)."""
+    total, n_tt, n_extra = 0.0, 0, 0
+    rows = [r for r in t.tolist() if r[4] > 0 and r[5] > 0]
+    for spec, raw in zip(specs, heads):
+        b, _, h, w = raw.shape
+        na, nc = len(spec.mask), spec.classes
+        p = raw.detach().double().view(b, na, 5 + nc, h, w).tolist()
+        anchors = [(spec.anchors[2 * i] / net, spec.anchors[2 * i + 1] / net) for i in range(spec.num)]
+        for bi in range(b):
+            truths = [r[1:] for r in rows if int(r[0]) == bi]
+            slots, weight = {}, {}
+            for a in range(na):
+                aw, ah = anchors[spec.mask[a]]
+                for j in range(h):
+                    for i in range(w):
+                        v = [p[bi][a][c][j][i] for c in range(4)]
+                        box = ((i + 1 / (1 + math.exp(-v[0]))) / w, (j + 1 / (1 + math.exp(-v[1]))) / h,
+                               math.exp(v[2]) * aw, math.exp(v[3]) * ah)
+                        ious = [_iou_cxcywh(box, tr[1:]) for tr in truths]
+                        best = max(ious, default=0.0)
+                        weight[a, j, i] = 0.0 if best > spec.ignore_thresh else 1.0
+                        if best > spec.truth_thresh:
+                            slots[a, j, i] = (truths[ious.index(best)], spec.mask[a])
+            n_tt += len(slots)
+            for tr in truths:
+                i, j = min(int(tr[1] * w), w - 1), min(int(tr[2] * h), h - 1)
+                ious = [_iou_cxcywh((0, 0, tr[3], tr[4]), (0, 0, aw, ah)) for aw, ah in anchors]
+                best_n = ious.index(max(ious))
+                for a, n in enumerate(spec.mask):
+                    if n == best_n or (spec.iou_thresh < 1 and ious[n] > spec.iou_thresh):
+                        slots[a, j, i] = (tr, n)
+                        n_extra += n != best_n
+            for (a, j, i), wgt in weight.items():
+                obj = p[bi][a][4][j][i]
+                if (a, j, i) not in slots:
+                    total += spec.obj_normalizer * wgt * _bce(obj, 0.0)
+                    continue
+                tr, n = slots[a, j, i]
+                v = [p[bi][a][c][j][i] for c in range(5 + nc)]
+                tx, ty = tr[1] * w - i, tr[2] * h - j
+                tw, th = math.log(tr[3] / anchors[n][0]), math.log(tr[4] / anchors[n][1])
+                box = (2 - tr[3] * tr[4]) * (_xy(v[0], tx) + _xy(v[1], ty) + 0.5 * (v[2] - tw) ** 2
+                                             + 0.5 * (v[3] - th) ** 2)
+                cls = sum(_bce(v[5 + c], float(c == int(tr[0]))) for c in range(nc))
+                total += spec.iou_normalizer * box + spec.obj_normalizer * _bce(obj, 1.0) + spec.cls_normalizer * cls
+    return total, n_tt, n_extra
+
+
+@pytest.mark.parametrize("extra,make", [
+    ("", lambda e: random_case(7, n_img=2, n_truth=8, extra=e)),
+    ("iou_thresh=0.25", lambda e: random_case(8, n_img=2, n_truth=8, extra=e)),
+    ("truth_thresh=0.6", lambda e: overlap_case(9, extra=e)),
+    ("iou_thresh=0.3\ntruth_thresh=0.55", lambda e: overlap_case(10, extra=e)),
+])
+def test_loss_equals_a_loop_reference(extra, make):
+    spec, heads, t = make(extra)
+    total, _ = YoloLoss(heads_of(spec))(heads, t, (64, 64))
+    ref, n_tt, n_extra = reference_loss(heads_of(spec), heads, t, 64)
+    assert total.item() == pytest.approx(ref, rel=1e-5)
+    if "truth_thresh" in extra:
+        assert n_tt > 0  # the case exercises the option
+    if "iou_thresh" in extra:
+        assert n_extra > 0
+
+
+# ---------------------------------------------------------------- iou_thresh and truth_thresh, by hand
+
+def test_iou_thresh_adds_every_anchor_above_the_threshold():
+    spec13, spec26 = heads_of(tiny_cfg(416, extra="iou_thresh=0.213"))
+    # 30x36 px: IoU with 23x27 (best) 0.575, with 37x58 0.503, with 10x14 0.130, with 81x82 0.163
+    t = torch.tensor([[0, 0, 0.5, 0.5, 30 / 416, 36 / 416]])
+    _, a, gj, gi, rows = assign_targets(spec26, t, (416, 416), (26, 26))
+    assert a.tolist() == [1, 2] and gj.tolist() == [13, 13] and gi.tolist() == [13, 13]
+    assert assign_targets(spec13, t, (416, 416), (13, 13))[4].numel() == 0  # 81x82 is under the threshold
+    spec13, spec26 = heads_of(tiny_cfg(416, extra="iou_thresh=0.1"))
+    _, a, _, _, _ = assign_targets(spec26, t, (416, 416), (26, 26))
+    _, a13, _, _, _ = assign_targets(spec13, t, (416, 416), (13, 13))
+    assert a.tolist() == [0, 1, 2] and a13.tolist() == [0]  # extras also in a head without the best anchor
+
+
+def test_iou_thresh_extra_slot_gets_darknets_deltas_for_its_anchor():
+    spec = tiny_cfg(64, extra="iou_thresh=0.4")
+    y13, y26 = heads_of(spec)
+    torch.manual_seed(3)
+    raw13 = (torch.randn(1, 21, 8, 8) * 0.5).requires_grad_(True)
+    raw26 = (torch.randn(1, 21, 16, 16) * 0.5).requires_grad_(True)
+    truth = torch.tensor([[0, 1, (5 + 0.4) / 16, (9 + 0.7) / 16, 30 / 64, 36 / 64]])  # best 23x27, extra 37x58
+    total, parts = YoloLoss([y13, y26])([raw13, raw26], truth, (64, 64))
+    total.backward()
+    assert parts["n_pos"].item() == 2
+    g = raw26.grad.view(1, 3, 7, 16, 16)[0, 2, :, 9, 5]
+    p = raw26.detach().view(1, 3, 7, 16, 16)[0, 2, :, 9, 5]
+    scale = 2 - (30 / 64) * (36 / 64)
+    n = y26.iou_normalizer
+    assert g[0].item() == pytest.approx(n * scale * (torch.sigmoid(p[0]).item() - 0.4), rel=1e-4)
+    assert g[2].item() == pytest.approx(n * scale * (p[2].item() - math.log(30 / 37)), rel=1e-4)
+    assert g[3].item() == pytest.approx(n * scale * (p[3].item() - math.log(36 / 58)), rel=1e-4)
+    assert g[4].item() == pytest.approx(torch.sigmoid(p[4]).item() - 1, rel=1e-4)
+    assert g[6].item() == pytest.approx(torch.sigmoid(p[6]).item() - 1, rel=1e-4)
+
+
+def test_truth_thresh_makes_a_well_placed_prediction_a_positive():
+    spec = tiny_cfg(64, extra="truth_thresh=0.75")
+    y13, y26 = heads_of(spec)
+    raw13 = torch.zeros(1, 21, 8, 8, requires_grad=True)
+    raw26 = torch.zeros(1, 21, 16, 16)
+    truth = torch.tensor([[0, 1, (6 + 0.5) / 16, (7 + 0.5) / 16, 23 / 64, 27 / 64]])  # anchor 1, cell (7, 6)
+    v = raw26.view(1, 3, 7, 16, 16)
+    v[0, 2, 0, 7, 7] = -30.0  # anchor 2 at cell (7, 7) shaped like the truth, half a cell right: IoU 0.8
+    v[0, 2, 2, 7, 7] = math.log(23 / 37)
+    v[0, 2, 3, 7, 7] = math.log(27 / 58)
+    raw26.requires_grad_(True)
+    total, parts = YoloLoss([y13, y26])([raw13, raw26], truth, (64, 64))
+    total.backward()
+    g = raw26.grad.view(1, 3, 7, 16, 16)
+    assert parts["n_pos"].item() == 1  # truth_thresh positives are not counted as assigned
+    assert g[0, 2, 4, 7, 7].item() == pytest.approx(torch.sigmoid(torch.tensor(0.0)).item() - 1)  # obj -> 1
+    assert g[0, 2, 5, 7, 7].item() == pytest.approx(0.5) and g[0, 2, 6, 7, 7].item() == pytest.approx(-0.5)
+    # box towards the truth from its own cell: tx = 6.5 - 7 = -0.5 (outside the cell), tw = log(23/37)
+    scale = 2 - (23 / 64) * (27 / 64)
+    n = y26.iou_normalizer
+    assert g[0, 2, 0, 7, 7].item() == pytest.approx(n * scale * (torch.sigmoid(torch.tensor(-30.0)).item() + 0.5))
+    assert g[0, 2, 2, 7, 7].item() == pytest.approx(0.0, abs=1e-6)
+    assert g[0, 1, 4, 7, 6].item() == pytest.approx(-0.5)  # the assigned one, unchanged
+    raw26.grad = None
+    YoloLoss(heads_of(tiny_cfg(64)))([raw13, raw26], truth, (64, 64))[0].backward()
+    assert raw26.grad.view(1, 3, 7, 16, 16)[0, 2, :, 7, 7].abs().sum().item() == 0.0  # without: just ignored
+
+
+# ---------------------------------------------------------------- no host syncs, capacity, invalid rows
+
+@pytest.mark.parametrize("extra", ["", "iou_thresh=0.3\ntruth_thresh=0.6"])
+@pytest.mark.parametrize("iou_loss", ["mse", "ciou"])
+def test_no_host_sync_the_loss_runs_on_the_meta_device(extra, iou_loss):
+    """Meta tensors have no data: .item(), int(tensor), nonzero, unique or boolean-mask indexing raise there,
+    so a forward+backward on meta proves the loss never waits for a CUDA device."""
+    spec = tiny_cfg(64, iou_loss=iou_loss, extra=extra)
+    heads = [torch.empty(2, 21, 8, 8, device="meta", requires_grad=True),
+             torch.empty(2, 21, 16, 16, device="meta", requires_grad=True)]
+    fn = YoloLoss(heads_of(spec))
+    for n in (0, 5):
+        total, parts = fn(heads, torch.empty(n, 6, device="meta"), (64, 64))
+        total.backward()
+        assert heads[1].grad.shape == heads[1].shape and set(parts) == {"box", "obj", "cls", "n_pos"}
+
+
+def test_capacity_rules_and_overflow():
+    spec = tiny_cfg(64)
+    fn = YoloLoss(heads_of(spec))
+    t = torch.tensor([[0, 0, 0.5, 0.5, 0.1, 0.1]] * 5 + [[1, 0, 0.5, 0.5, 0.1, 0.1]] * 2)
+    assert fn.capacity(t, 2) == 8  # 5 truths in image 0, rounded up to a power of two
+    assert fn.capacity(torch.zeros(0, 6), 2) == 1
+    assert YoloLoss(heads_of(spec), max_truths=3).capacity(t, 2) == 3
+    assert fn.capacity(torch.empty(7, 6, device="meta"), 2) == 8  # device targets: from the row count
+    assert fn.capacity(torch.empty(1000, 6, device="meta"), 2) == spec.layers[spec.yolo_indices[0]].max
+    # a capacity under the count drops the last truths of an image from ignore only
+    _, heads, t = overlap_case(5)
+    full = YoloLoss(heads_of(spec))(heads, t, (64, 64))[0].item()
+    assert YoloLoss(heads_of(spec), max_truths=16)(heads, t, (64, 64))[0].item() == pytest.approx(full, rel=1e-6)
+    one = YoloLoss(heads_of(spec), max_truths=1)(heads, t, (64, 64))
+    assert one[0].item() > full and one[1]["n_pos"].item() == 10
+
+
+def test_invalid_rows_are_masked_not_crashing():
+    spec, heads, t = random_case(11, n_img=2, n_truth=6)
+    fn = YoloLoss(heads_of(spec))
+    clean = fn(heads, t, (64, 64))[0].item()
+    junk = torch.tensor([[0, 0, float("nan"), 0.5, 0.1, 0.1], [1, 5, 0.5, 0.5, 0.1, 0.1],  # NaN; class 5 of 2
+                         [7, 0, 0.5, 0.5, 0.1, 0.1], [0, 0, 0.5, 0.5, 0.0, 0.1],  # image 7 of 2; w = 0
+                         [1, 0, 0.5, 0.5, float("inf"), 0.1]])
+    mixed = torch.cat((junk[:2], t[:3], junk[2:], t[3:]))
+    assert fn(heads, mixed, (64, 64))[0].item() == pytest.approx(clean, rel=1e-6)
