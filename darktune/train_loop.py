@@ -49,6 +49,7 @@ class Run:
     scaler: object
     channels_last: bool
     net_params: object = None  # [net] with the run's schedule overrides
+    names: list = field(default_factory=list)  # class names (RUN/obj.names)
     step: int = 0
     state: dict = field(default_factory=dict)
     eval_set: object = None
@@ -215,7 +216,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     points = {p for p in points if p <= iterations} | ({iterations} if od.valid else set())
     run = Run(config, dist, run_dir, spec, model, model, opt, data, YoloLoss([h.spec for h in model.heads]),
               iterations, batch, subdivisions, points if od.valid else set(), frozen, amp_dtype, scaler,
-              channels_last, _net_params(config, spec))
+              channels_last, _net_params(config, spec), names=list(od.names))
     if not od.valid and (config.eval_every or config.eval_at or config.target_map is not None):
         log_items.append("no valid list in the data file: no mAP will be measured")
     run.state["notes"] = log_items
@@ -251,10 +252,34 @@ def _fresh_start(run: Run) -> None:
             raise DarktuneError(f"cannot prepare the run folder: {exc.strerror or exc}", path=str(run.dir)) from None
         write_run_file(run.dir / "init.json", json.dumps(report, indent=1) + "\n")
         write_run_file(run.dir / "model.cfg", format_cfg(run.spec))
+        write_run_file(run.dir / "obj.names", _names_text(run.names))
         write_run_file(run.dir / "metrics.jsonl", "")
     loaded, new = report["loaded_layers"], report["new_layers"]
     run.log(f"init: {report['mode']} from {report['weights'] or 'scratch'}; loaded conv layers {_ranges(loaded)}; "
             f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}", important=True)
+
+
+def _names_text(names: list[str]) -> str:
+    return "".join(f"{n}\n" for n in names)
+
+
+# files a run writes atomically (temp + rename): a killed write leaves ".<name>.<random>.tmp" beside them
+RUN_FILES = ("checkpoint.pt", "summary.json", "metrics.jsonl", "init.json", "model.cfg", "obj.names",
+             "freeze_proof.json", "weights/last.weights", "weights/best.weights")
+
+
+def remove_stale_temps(run_dir: Path) -> int:
+    """Delete the temp files of writes that were killed before their rename; returns how many."""
+    removed = 0
+    for name in RUN_FILES:
+        target = run_dir / name
+        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def _ranges(xs: list[int]) -> str:
@@ -300,6 +325,11 @@ def _resume(run: Run) -> None:
     if run.dist.main:
         _truncate_metrics(run.dir / "metrics.jsonl", run.step)
         (run.dir / "summary.json").unlink(missing_ok=True)
+        if not (run.dir / "obj.names").exists():  # a run folder from before obj.names was written
+            write_run_file(run.dir / "obj.names", _names_text(run.names))
+        stale = remove_stale_temps(run.dir)
+        if stale:
+            run.log(f"removed {stale} stale temp file{'s' * (stale != 1)} left by killed writes", important=True)
     run.log(f"resumed from {run.dir / 'checkpoint.pt'} at iteration {run.step} "
             f"(epoch {ck['loader'].get('epoch')}, index {ck['loader'].get('index')})", important=True)
 

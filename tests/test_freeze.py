@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from cfgs import small_cfg
+from test_train import one_thread  # noqa: F401 (autouse fixture: one torch thread per test)
 from torch import nn
 
 from darktune.cfg import parse_cfg_text
@@ -25,14 +26,6 @@ from darktune.model import Darknet
 from darktune.train_setup import build_optimizer, param_groups
 
 CFG = small_cfg()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_model(seed=0):

@@ -25,6 +25,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).re
 
 @pytest.fixture(autouse=True)
 def one_thread():
+    """One torch thread per test (several test processes share 2 cores); imported by other test modules."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -65,7 +66,7 @@ def test_run_writes_every_output_and_time_to_target(dataset, tmp_path):
     # the start weights are evaluated too (iteration 0) and already meet a target of 0
     assert res.time_to_target["iteration"] == 0 and res.time_to_target["seconds"] == 0.0
     for name in ("metrics.jsonl", "weights/last.weights", "weights/best.weights", "checkpoint.pt", "chart.png",
-                 "summary.json", "init.json", "model.cfg", "freeze_proof.json"):
+                 "summary.json", "init.json", "model.cfg", "freeze_proof.json", "obj.names"):
         assert (run / name).is_file(), name
     train_lines, eval_lines = lines(run)
     assert [r["iteration"] for r in train_lines] == [1, 2, 3, 4, 5, 6]
@@ -190,11 +191,19 @@ def test_a_cut_checkpoint_never_replaces_the_good_one(dataset, tmp_path, monkeyp
     assert res.status == "finished" and res.iterations_done == 5
 
 
-def test_start_weights_evaluated_once_and_only_when_the_run_evaluates(dataset, tmp_path):
+def test_start_weights_evaluated_once_and_resume_removes_stale_temps(dataset, tmp_path, capsys):
     run = tmp_path / "run"
     train(cfg_of(dataset, run, iterations=2, eval_at=[2], checkpoint_every=1), progress=False)
+    assert (run / "obj.names").read_text() == "window\n"
+    stale = [run / ".checkpoint.pt.k1ll3d.tmp", run / "weights" / ".last.weights.x9.tmp"]
+    keep = run / ".checkpoint.pt.user-file"
+    for path in [*stale, keep]:
+        path.write_bytes(b"half a write")
+    capsys.readouterr()
     res = train(cfg_of(dataset, run, iterations=3, eval_at=[2], resume=True), progress=False)
     assert [r["iteration"] for r in lines(run)[1]] == [0, 2, 3] and [i for i, _ in res.maps] == [0, 2, 3]
+    assert not any(p.exists() for p in stale) and keep.exists()
+    assert "removed 2 stale temp files" in capsys.readouterr().err
     train(cfg_of(dataset, tmp_path / "plain", iterations=1), progress=False)  # final mAP only
     assert [r["iteration"] for r in lines(tmp_path / "plain")[1]] == [1]
 

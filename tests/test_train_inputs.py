@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train import cfg_of, lines, tiny_set
+from test_train import cfg_of, lines, one_thread, tiny_set  # noqa: F401 (one_thread: autouse fixture)
 
 from darktune.data.augment import AugmentConfig
 from darktune.errors import DarktuneError
@@ -16,14 +16,6 @@ from darktune.train_data import SampleOrder, TrainBatches, network_size, size_ra
 from darktune.train_device import DeviceBatches, multi_scale_of
 
 AUG = AugmentConfig(jitter=0.2, hue=0.1, saturation=1.5, exposure=1.5, flip=True)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
