@@ -373,7 +373,7 @@ def test_iou_thresh_adds_every_anchor_above_the_threshold():
     spec13, spec26 = heads_of(tiny_cfg(416, extra="iou_thresh=0.213"))
     # 30x36 px: IoU with 23x27 (best) 0.575, with 37x58 0.503, with 10x14 0.130, with 81x82 0.163
     t = torch.tensor([[0, 0, 0.5, 0.5, 30 / 416, 36 / 416]])
-    _, a, gj, gi, rows = assign_targets(spec26, t, (416, 416), (26, 26))
+    _, a, gj, gi, _ = assign_targets(spec26, t, (416, 416), (26, 26))
     assert a.tolist() == [1, 2] and gj.tolist() == [13, 13] and gi.tolist() == [13, 13]
     assert assign_targets(spec13, t, (416, 416), (13, 13))[4].numel() == 0  # 81x82 is under the threshold
     spec13, spec26 = heads_of(tiny_cfg(416, extra="iou_thresh=0.1"))
