@@ -1,7 +1,8 @@
-"""Training throughput: darktune's training loop vs the bare forward+backward+step of the same model, and
-freeze N vs freeze 0 (medians of interleaved repeats). Same as `darktune bench train`.
+"""Training throughput: darktune's training loop (CPU loader, and --gpu-augment: uint8 cache + augmentation of
+whole batches on the device) vs the bare forward+backward+step of the same model, and freeze N vs freeze 0
+(medians of interleaved repeats, ratios from the same run). Same as `darktune bench train`.
 
-    .venv/bin/python benchmarks/bench_train.py --sizes 416,160 --batch 8 [--json]
+    .venv/bin/python benchmarks/bench_train.py --sizes 416,160 --batch 8 [--freeze 0] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--freeze", type=int, default=13)
+    p.add_argument("--freeze", type=int, default=13, help="frozen layers to compare with freeze 0 (0: none)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in both cases")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     p.add_argument("--json", action="store_true")

@@ -4,9 +4,13 @@ For each network size, in the same process and interleaved (so background load h
   * bare: Darknet (yolov3-tiny, 1 class) on random tensors: forward, a sum-of-squares loss, backward, SGD step
     (same memory format and optimizer as training; frozen layers only have requires_grad off);
   * train: `darktune.train.train` on a synthetic target set at that size (augmentation, YOLO loss, non-finite
-    guard, logging): images/s over the iterations after the first `WARMUP` (the first one decodes the images).
-Each case is measured `repeats` times; the report gives medians and the ratios train/bare (goal >= 0.9) and
-train freeze N / train freeze 0 (goal >= 2.5).
+    guard, logging) with the CPU loader: images/s over the iterations after the first `WARMUP` (the first
+    one decodes the images);
+  * train_gpu_aug: the same with ``gpu_augment=True`` (uint8 cache + whole-batch augmentation on the device,
+    `darktune.train_device`), at freeze 0.
+Multi-scale is off in every case (fixed size). Each case is measured `repeats` times; the report gives
+medians and the ratios train/bare (goal >= 0.9), train_gpu_aug/train and train_gpu_aug/bare, and train
+freeze N / train freeze 0 (goal >= 2.5; ``freeze=0`` leaves the freeze cases out).
 """
 
 from __future__ import annotations
@@ -53,12 +57,12 @@ def _bare(spec, batch: int, freeze: int, iterations: int, channels_last: bool, a
 
 
 def _train(cfg: str, data: str, out: Path, size: int, batch: int, freeze: int, iterations: int,
-           channels_last: bool, amp: bool, device: str) -> float:
+           channels_last: bool, amp: bool, device: str, gpu_augment: bool = False) -> float:
     from darktune.train import TrainConfig, train
 
     train(TrainConfig(cfg=cfg, data=data, freeze=freeze, iterations=WARMUP + iterations, batch=batch, size=size,
                       out=str(out), device=device, checkpoint_every=10 ** 9, channels_last=channels_last,
-                      amp=amp, compile=False), progress=False)
+                      amp=amp, compile=False, gpu_augment=gpu_augment, multi_scale=False), progress=False)
     recs = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     t = {r["iteration"]: r["train_s"] for r in recs if "loss" in r}
     last = max(t)
@@ -67,21 +71,22 @@ def _train(cfg: str, data: str, out: Path, size: int, batch: int, freeze: int, i
 
 def _measure(cfg: str, tmp: Path, size: int, batch: int, iterations: int, repeats: int, freeze: int,
              channels_last: bool, amp: bool, device: str, progress: bool) -> dict[str, list[float]]:
-    """images/s samples of the four cases at one size, interleaved repeat by repeat."""
+    """images/s samples of every case at one size, interleaved repeat by repeat."""
     from darktune.cfg import parse_cfg
     from darktune.data.synth import make_target_set
 
     data = str(make_target_set(tmp / f"set{size}", max(2 * batch, 16), size, seed=0, val_fraction=0.0))
     spec = parse_cfg(cfg).with_classes(1).with_size(size, size)
-    cases = {"bare_f0": [], "train_f0": [], f"bare_f{freeze}": [], f"train_f{freeze}": []}
+    names = ["bare_f0", "train_f0", "train_gpu_aug_f0"] + ([f"bare_f{freeze}", f"train_f{freeze}"] if freeze else [])
+    cases = {name: [] for name in names}
     for r in range(repeats):
         for name, samples in cases.items():
-            kind, fr = name.split("_f")
+            kind, fr = name.rsplit("_f", 1)
             if kind == "bare":
                 ips = _bare(spec, batch, int(fr), iterations, channels_last, amp, device)
             else:
                 ips = _train(cfg, data, tmp / f"run{size}_{name}_{r}", size, batch, int(fr), iterations,
-                             channels_last, amp, device)
+                             channels_last, amp, device, gpu_augment=kind == "train_gpu_aug")
             samples.append(round(ips, 3))
             if progress:
                 print(f"  size {size} {name} repeat {r + 1}/{repeats}: {ips:.2f} images/s", flush=True)
@@ -91,22 +96,28 @@ def _measure(cfg: str, tmp: Path, size: int, batch: int, iterations: int, repeat
 def _summarise(size: int, batch: int, freeze: int, device: str, cases: dict) -> tuple[dict, str]:
     med = {k: statistics.median(v) for k, v in cases.items()}
     best = {k: max(v) for k, v in cases.items()}  # the least disturbed sample, when others share the CPU
-    f = f"f{freeze}"
-    entry = {"size": size, "samples": cases, "median_images_per_s": med, "best_images_per_s": best,
+    entry = {"size": size, "batch": batch, "samples": cases, "median_images_per_s": med, "best_images_per_s": best,
              "train_over_bare_f0": med["train_f0"] / med["bare_f0"],
-             f"train_over_bare_{f}": med[f"train_{f}"] / med[f"bare_{f}"],
-             f"freeze{freeze}_speedup_train": med[f"train_{f}"] / med["train_f0"],
-             f"freeze{freeze}_speedup_bare": med[f"bare_{f}"] / med["bare_f0"],
+             "gpu_aug_over_train_f0": med["train_gpu_aug_f0"] / med["train_f0"],
+             "gpu_aug_over_bare_f0": med["train_gpu_aug_f0"] / med["bare_f0"],
              "best_train_over_bare_f0": best["train_f0"] / best["bare_f0"],
-             f"best_freeze{freeze}_speedup_train": best[f"train_{f}"] / best["train_f0"],
-             "train_iterations_per_s_f0": med["train_f0"] / batch,
-             f"train_iterations_per_s_{f}": med[f"train_{f}"] / batch}
-    line = (f"size {size}, batch {batch}, {device}: train {med['train_f0']:.2f} img/s vs bare {med['bare_f0']:.2f} "
-            f"({entry['train_over_bare_f0']:.2f}x, goal >= 0.9); freeze {freeze}: train {med[f'train_{f}']:.2f} "
-            f"img/s ({entry[f'freeze{freeze}_speedup_train']:.2f}x freeze 0, goal >= 2.5), bare "
-            f"{med[f'bare_{f}']:.2f} img/s; best samples: train {best['train_f0']:.2f} vs bare {best['bare_f0']:.2f} "
-            f"({entry['best_train_over_bare_f0']:.2f}x), freeze {freeze} {best[f'train_{f}']:.2f} "
-            f"({entry[f'best_freeze{freeze}_speedup_train']:.2f}x)")
+             "best_gpu_aug_over_train_f0": best["train_gpu_aug_f0"] / best["train_f0"],
+             "train_iterations_per_s_f0": med["train_f0"] / batch}
+    line = (f"size {size}, batch {batch}, {device}: bare {med['bare_f0']:.2f} img/s; train (CPU loader) "
+            f"{med['train_f0']:.2f} img/s ({entry['train_over_bare_f0']:.2f}x bare, goal >= 0.9); train "
+            f"--gpu-augment {med['train_gpu_aug_f0']:.2f} img/s ({entry['gpu_aug_over_train_f0']:.2f}x the CPU "
+            f"loader, {entry['gpu_aug_over_bare_f0']:.2f}x bare); best samples: bare {best['bare_f0']:.2f}, train "
+            f"{best['train_f0']:.2f}, gpu-augment {best['train_gpu_aug_f0']:.2f}")
+    if freeze:
+        f = f"f{freeze}"
+        entry.update({f"train_over_bare_{f}": med[f"train_{f}"] / med[f"bare_{f}"],
+                      f"freeze{freeze}_speedup_train": med[f"train_{f}"] / med["train_f0"],
+                      f"freeze{freeze}_speedup_bare": med[f"bare_{f}"] / med["bare_f0"],
+                      f"best_freeze{freeze}_speedup_train": best[f"train_{f}"] / best["train_f0"],
+                      f"train_iterations_per_s_{f}": med[f"train_{f}"] / batch})
+        line += (f"; freeze {freeze}: train {med[f'train_{f}']:.2f} img/s "
+                 f"({entry[f'freeze{freeze}_speedup_train']:.2f}x freeze 0, goal >= 2.5), bare "
+                 f"{med[f'bare_{f}']:.2f} img/s")
     return entry, line
 
 

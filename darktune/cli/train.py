@@ -165,13 +165,15 @@ def cmd_map(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ bench train
 def add_bench_train_parser(bench_sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `darktune bench train` on the `bench` command group's subparsers."""
-    b = bench_sub.add_parser("train", help="training images/s vs the bare forward+backward+step; freeze speed-up")
+    b = bench_sub.add_parser("train", help="training images/s (CPU loader and --gpu-augment) vs the bare "
+                                           "forward+backward+step; freeze speed-up")
     b.add_argument("--device", default="cpu")
     b.add_argument("--sizes", type=_int_list, default=[416, 160], help="network sizes (default 416,160)")
     b.add_argument("--batch", type=int, default=8)
     b.add_argument("--iterations", type=int, default=6, help="timed iterations per measurement")
     b.add_argument("--repeats", type=int, default=3, help="measurements per case (median reported)")
-    b.add_argument("--freeze", type=int, default=13, help="frozen layers to compare with freeze 0")
+    b.add_argument("--freeze", type=int, default=13, help="frozen layers to compare with freeze 0 (0: no freeze "
+                                                           "cases)")
     b.add_argument("--amp", action="store_true", help="bf16 autocast in every case")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     b.add_argument("--json", action="store_true")
