@@ -14,6 +14,12 @@ import torch
 
 from darktune.errors import DarktuneError
 from darktune.train import RESUMABLE_CHANGES, TrainConfig, TrainResult
+from darktune.train_files import (
+    names_text,
+    remove_stale_temps,
+    truncate_metrics,
+    write_run_file,
+)
 
 
 @dataclass
@@ -224,13 +230,6 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
 
 
 # ------------------------------------------------------------------------------------------------ start / resume
-def write_run_file(path: Path, text: str) -> None:
-    """A whole run-folder file, atomically; a full disk or a permission problem is a DarktuneError naming it."""
-    from darktune.weights import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _fresh_start(run: Run) -> None:
     from darktune.cfg import format_cfg
     from darktune.freeze import layer_digests, set_frozen
@@ -252,34 +251,11 @@ def _fresh_start(run: Run) -> None:
             raise DarktuneError(f"cannot prepare the run folder: {exc.strerror or exc}", path=str(run.dir)) from None
         write_run_file(run.dir / "init.json", json.dumps(report, indent=1) + "\n")
         write_run_file(run.dir / "model.cfg", format_cfg(run.spec))
-        write_run_file(run.dir / "obj.names", _names_text(run.names))
+        write_run_file(run.dir / "obj.names", names_text(run.names))
         write_run_file(run.dir / "metrics.jsonl", "")
     loaded, new = report["loaded_layers"], report["new_layers"]
     run.log(f"init: {report['mode']} from {report['weights'] or 'scratch'}; loaded conv layers {_ranges(loaded)}; "
             f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}", important=True)
-
-
-def _names_text(names: list[str]) -> str:
-    return "".join(f"{n}\n" for n in names)
-
-
-# files a run writes atomically (temp + rename): a killed write leaves ".<name>.<random>.tmp" beside them
-RUN_FILES = ("checkpoint.pt", "summary.json", "metrics.jsonl", "init.json", "model.cfg", "obj.names",
-             "freeze_proof.json", "weights/last.weights", "weights/best.weights")
-
-
-def remove_stale_temps(run_dir: Path) -> int:
-    """Delete the temp files of writes that were killed before their rename; returns how many."""
-    removed = 0
-    for name in RUN_FILES:
-        target = run_dir / name
-        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
-            try:
-                tmp.unlink()
-                removed += 1
-            except OSError:
-                pass
-    return removed
 
 
 def _ranges(xs: list[int]) -> str:
@@ -323,30 +299,15 @@ def _resume(run: Run) -> None:
     if run.scaler is not None and "scaler" in run.state:
         run.scaler.load_state_dict(run.state["scaler"])
     if run.dist.main:
-        _truncate_metrics(run.dir / "metrics.jsonl", run.step)
+        truncate_metrics(run.dir / "metrics.jsonl", run.step)
         (run.dir / "summary.json").unlink(missing_ok=True)
         if not (run.dir / "obj.names").exists():  # a run folder from before obj.names was written
-            write_run_file(run.dir / "obj.names", _names_text(run.names))
+            write_run_file(run.dir / "obj.names", names_text(run.names))
         stale = remove_stale_temps(run.dir)
         if stale:
             run.log(f"removed {stale} stale temp file{'s' * (stale != 1)} left by killed writes", important=True)
     run.log(f"resumed from {run.dir / 'checkpoint.pt'} at iteration {run.step} "
             f"(epoch {ck['loader'].get('epoch')}, index {ck['loader'].get('index')})", important=True)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    from darktune.weights import atomic_write_bytes
-
-    keep = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("iteration", 0) <= step:
-                keep.append(line)
-    atomic_write_bytes(path, "".join(s + "\n" for s in keep).encode())
 
 
 # ------------------------------------------------------------------------------------------------ the run

@@ -12,7 +12,8 @@ import torch
 
 from darktune.errors import DarktuneError
 from darktune.train import TrainResult
-from darktune.train_loop import Run, wrap_model, write_run_file
+from darktune.train_files import write_run_file
+from darktune.train_loop import Run, wrap_model
 
 
 def _elapsed(run: Run) -> float:
