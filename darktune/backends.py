@@ -5,9 +5,17 @@ into the raw output of each [yolo] head's conv, (B, A*(5+C), H', W') float32 num
 Preprocessing, decoding and NMS are darktune's own and shared by all backends (`Backend.detect`), so the
 backends differ only in who runs the convolutions.
 
-- torch: an inference copy of `Darknet` with batch norm folded into the convs, channels-last on CPU.
-- onnxruntime: a raw-heads ONNX model (`darktune.export.export_onnx`), all graph optimisations on.
+- torch: an inference copy of `Darknet` (`darktune.fuse.fuse_model`: batch norm folded in float64, long dot
+  products on the accurate GEMM kernel), channels-last on CPU.
+- onnxruntime: a raw-heads ONNX model (`darktune.export.export_onnx`, the same folded weights), all graph
+  optimisations on.
 - opencv: `cv2.dnn.readNetFromDarknet` on the cfg + weights; we read the outputs that feed its yolo layers.
+  OpenCV folds batch norm itself (in float32) and by default runs 3x3 convs as Winograd (`winograd=False`
+  for exact parity).
+
+Parity (raw heads of yolov3-tiny at 416, COCO weights, max abs difference on real images, heads of magnitude
+~25; tests/test_backends.py): each runtime is within 1e-4 of a float64 run of the unfused model, except
+OpenCV with Winograd (~2.4e-4), so torch, ONNX Runtime and OpenCV without Winograd agree within 1e-4.
 """
 
 from __future__ import annotations
@@ -36,29 +44,12 @@ def cpu_count() -> int:
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of a `Darknet` for inference only: each conv+BN pair folded into one conv with a bias
-    (w' = w * gamma / sqrt(var + eps), b' = beta - mean * gamma / sqrt(var + eps)), values below the smallest
-    normal float32 flushed to zero (folding can create denormals, which make CPU convolutions ~10x slower),
-    eval mode, no gradients. Not for training and not for `save_weights` (the darknet layout needs BN)."""
-    fused = copy.deepcopy(model).eval()
-    tiny = torch.finfo(torch.float32).tiny
-    with torch.no_grad():
-        for block in fused.layers:
-            bn = getattr(block, "bn", None)
-            if bn is None:
-                continue
-            conv = block.conv
-            scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
-            weight = conv.weight.float() * scale[:, None, None, None]
-            weight[weight.abs() < tiny] = 0
-            new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                            dilation=conv.dilation, groups=conv.groups, bias=True).to(conv.weight.device)
-            new.weight.copy_(weight)
-            new.bias.copy_(bn.bias.float() - bn.running_mean.float() * scale)
-            block.conv, block.bn = new, None
-    for p in fused.parameters():
-        p.requires_grad_(False)
-    return fused
+    """A deep copy of a `Darknet` for inference only, as the torch backend runs it: batch norm folded into the
+    convs in float64 (rounded once), long-dot-product convs on torch's accurate GEMM kernel, eval mode, no
+    gradients (`darktune.fuse.fuse_model`). Not for training and not for `save_weights`."""
+    from darktune.fuse import fuse_model
+
+    return fuse_model(model)
 
 
 class Backend:
@@ -93,7 +84,9 @@ class Backend:
 
 
 class TorchBackend(Backend):
-    """`Darknet` in torch, tuned for inference: folded BN, inference_mode, channels-last memory."""
+    """`Darknet` in torch, tuned for inference: BN folded exactly and long dot products on the accurate GEMM
+    kernel (`darktune.fuse.fuse_model`; `fuse=False` runs the training model as it is), inference_mode,
+    channels-last memory."""
 
     name = "torch"
 
@@ -105,7 +98,7 @@ class TorchBackend(Backend):
             if not torch.cuda.is_available():
                 raise DarktuneError("--device cuda: torch sees no CUDA device")
             torch.backends.cudnn.benchmark = True
-        net = inference_copy(model) if fuse else copy.deepcopy(model).eval()
+        net = inference_copy(model) if fuse else copy.deepcopy(model).eval().requires_grad_(False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = net.to(self.device).to(memory_format=self.memory_format)
 
@@ -198,12 +191,17 @@ def _spec_from_metadata(meta: dict, path: str) -> NetworkSpec:
 
 class OpenCVBackend(Backend):
     """OpenCV DNN's own darknet importer. We read the blobs that feed its yolo layers (the head convs'
-    outputs, `conv_15`/`conv_22` in yolov3-tiny) and decode them ourselves."""
+    outputs, `conv_15`/`conv_22` in yolov3-tiny) and decode them ourselves.
+
+    `winograd` is OpenCV's own default (on since OpenCV 4.7): 3x3 convs use Winograd F(6x6, 3x3) on CPU,
+    ~2x faster here but ~1.4e-4 off exact float math on raw heads of magnitude ~25 (its transforms round
+    more than a direct sum; measured per layer from layer 0 on). `winograd=False` computes the convs directly
+    (~3e-5 off exact, as ONNX Runtime): the setting for parity checks."""
 
     name = "opencv"
 
     def __init__(self, cfg: str | Path, weights: str | Path, spec: NetworkSpec, device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, winograd: bool = True):
         import cv2
 
         super().__init__(spec)
@@ -219,6 +217,9 @@ class OpenCVBackend(Backend):
         else:
             self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
             self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        if hasattr(self.net, "enableWinograd"):  # must be set before the first forward
+            self.net.enableWinograd(winograd)
+        self.winograd = winograd
         cv2.setNumThreads(threads or cpu_count())
         self.outputs = head_layer_names(list(self.net.getLayerNames()), spec)
 
@@ -270,9 +271,10 @@ def load_model(cfg: str | Path, weights: str | Path | None, size: int | None = N
 
 def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, *, size: int | None = None,
                  device: str = "cpu", onnx: str | Path | None = None, batch: int | None = 1,
-                 threads: int | None = None) -> Backend:
+                 threads: int | None = None, fuse: bool = True, winograd: bool = True) -> Backend:
     """Build backend `name` for a cfg + weights. onnxruntime uses `onnx` if given, else exports the model to a
-    temporary raw-heads ONNX file (static `batch`, or a dynamic batch axis with batch=None)."""
+    temporary raw-heads ONNX file (static `batch`, or a dynamic batch axis with batch=None). `fuse` is the
+    torch backend's (False: the unfused training model); `winograd` OpenCV's (False: direct, exact convs)."""
     if name not in BACKENDS:
         raise DarktuneError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
     if name == "onnxruntime" and onnx is not None:
@@ -287,9 +289,9 @@ def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, 
         raise DarktuneError(f"the {name} backend needs --cfg and --weights")
     model = load_model(cfg, weights, size)
     if name == "torch":
-        return TorchBackend(model, device)
+        return TorchBackend(model, device, fuse=fuse)
     if name == "opencv":
-        return OpenCVBackend(cfg, weights, model.spec, device, threads)
+        return OpenCVBackend(cfg, weights, model.spec, device, threads, winograd=winograd)
     import tempfile
 
     from darktune.export import export_onnx

@@ -12,7 +12,8 @@ ONNX (`export_onnx`), made with the TorchScript-based exporter (`torch.onnx.expo
   (score > conf_thresh, suppress when IoU > nms_thresh: darknet's semantics). Rows come grouped by image, then
   class, by descending score. `graph_detections` maps them onto original-image pixels.
 - static shapes by default (TensorRT-friendly); `batch=None` makes the batch axis dynamic (`batch`).
-- batch norm is folded into the convs (`backends.inference_copy`); `fp16=True` stores weights and computes in
+- batch norm is folded into the convs in float64 (`darktune.fuse.fuse_model`), so the graph holds the same
+  float32 weights as darktune's torch backend runs; `fp16=True` stores weights and computes in
   float16, while the graph's input and outputs stay float32 (casts inside the graph).
 - metadata_props: `darktune.cfg` (cfg text at the exported size), `darktune.outputs` (`raw` | `detections`),
   `darktune.names` (newline-separated, if given), thresholds for decode graphs.
@@ -29,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from darktune.backends import inference_copy
 from darktune.boxes import (
     ImageGeometry,
     cxcywh_to_xyxy,
@@ -40,6 +40,7 @@ from darktune.boxes import (
 )
 from darktune.cfg import format_cfg
 from darktune.errors import DarktuneError
+from darktune.fuse import fuse_model
 
 INPUT_NAME = "images"
 DEFAULT_OPSET = 17
@@ -54,7 +55,7 @@ class OnnxExport:
     net_hw: tuple[int, int]
     fp16: bool
     decode: bool
-    max_abs_diff: dict[str, float] = field(default_factory=dict)  # vs the torch fp32 model, per output
+    max_abs_diff: dict[str, float] = field(default_factory=dict)  # vs darktune's torch backend, per output
     max_rel_diff: dict[str, float] = field(default_factory=dict)  # max abs diff / max |torch output|
     detections: tuple[int, int] | None = None  # decode graphs: (graph, darktune) detection counts
 
@@ -132,7 +133,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp1
     if batch is not None and batch < 1:
         raise DarktuneError(f"batch must be >= 1 or dynamic, got {batch}")
     spec, net_hw = model.spec, model.input_size
-    net: nn.Module = inference_copy(model).cpu()
+    net: nn.Module = fuse_model(model, precise=False).cpu()  # precise: a CPU kernel choice, same graph
     if fp16:
         net = _Half(net)
     heads = [f"head_{i}" for i in spec.yolo_indices]
@@ -201,7 +202,7 @@ def _verify(result: OnnxExport, model: nn.Module, conf: float, iou: float) -> No
     x = verification_input(result.batch or 2, result.net_hw)
     got = session.run(None, {result.input_name: x})
     with torch.inference_mode():
-        ref = model.eval()(torch.from_numpy(x))
+        ref = fuse_model(model).cpu()(torch.from_numpy(x))  # as the torch backend runs it
     if not result.decode:
         for name, g, r in zip(result.output_names, got, ref):
             diff = float(np.abs(g - r.numpy()).max())
@@ -382,7 +383,7 @@ def _opencv_diff(model: nn.Module, cfg: Path, weights: Path) -> float:
     from darktune.backends import OpenCVBackend
 
     x = verification_input(1, model.input_size)
-    theirs = OpenCVBackend(cfg, weights, model.spec, threads=None).raw(x)
+    theirs = OpenCVBackend(cfg, weights, model.spec, threads=None, winograd=False).raw(x)
     with torch.inference_mode():
-        ours = model.eval()(torch.from_numpy(x))
+        ours = fuse_model(model).cpu()(torch.from_numpy(x))
     return max(float(np.abs(t - o.numpy()).max()) for t, o in zip(theirs, ours))

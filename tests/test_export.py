@@ -1,8 +1,9 @@
 """Export: ONNX (raw heads, in-graph decode + NMS, fp16, dynamic batch) and darknet cfg + weights, each checked
 against darktune's torch model, ONNX Runtime and OpenCV DNN on a real photo and a synthetic scene.
 
-Raw heads are compared at a tolerance relative to their magnitude and decoded outputs at 1e-4 absolute (see
-test_backends for why); boxes after NMS must be the same boxes.
+Raw heads are compared at 1e-4 absolute (ONNX Runtime vs darktune's torch backend and vs OpenCV DNN without
+Winograd; see test_backends for the measured figures), decoded outputs at 1e-4; boxes after NMS must be the
+same boxes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import torch
 from test_backends import (
     assert_heads_close,
     assert_same_boxes,
+    float64_heads,
+    max_diff,
     person_model,
     synthetic_scene,
+    torch_heads,
     write_model,
 )
 
@@ -60,7 +64,7 @@ def test_export_onnx_cli_raw_heads(coco, coco_model, images, tmp_path, capsys):
                  "--names", str(coco.names), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["outputs"] == ["head_16", "head_23"] and report["batch"] == 1 and not report["fp16"]
-    assert max(report["max_abs_diff"].values()) < 1e-4  # the export's own check, on a smooth synthetic input
+    assert max(report["max_abs_diff"].values()) < 5e-5  # the export's own check (vs the torch backend)
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -71,11 +75,10 @@ def test_export_onnx_cli_raw_heads(coco, coco_model, images, tmp_path, capsys):
     session = ort_session(out)
     batch = preprocess_batch(images, (416, 416))
     got = [np.concatenate(parts) for parts in zip(*(session.run(None, {"images": b[None]}) for b in batch))]
-    with torch.inference_mode():
-        ref = [h.numpy() for h in coco_model(torch.from_numpy(batch))]
     specs = [h.spec for h in coco_model.heads]
-    assert_heads_close(got, ref, specs, (416, 416))
-    theirs = OpenCVBackend(coco.cfg, coco.weights, coco_model.spec).raw(batch)
+    assert_heads_close(got, torch_heads(coco_model, batch), specs, (416, 416))  # <= 1e-4 absolute
+    assert max_diff(got, float64_heads(coco_model, batch)) <= 5e-5  # ONNX Runtime is near exact (2.1e-5)
+    theirs = OpenCVBackend(coco.cfg, coco.weights, coco_model.spec, winograd=False).raw(batch)
     assert_heads_close(got, theirs, specs, (416, 416))  # ONNX Runtime equals OpenCV DNN too
     sizes = [(im.shape[1], im.shape[0]) for im in images]
     assert_same_boxes(detect_from_heads(got, specs, (416, 416), sizes, 0.1, 0.45), _torch_dets(coco_model, images))
@@ -129,7 +132,7 @@ def test_export_darknet_loads_in_opencv_with_same_detections(coco, one_class, im
     assert main(["export", "darknet", "--cfg", str(coco.cfg), "--weights", str(weights), "--names", str(names),
                  "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["classes"] == 1 and report["max_abs_diff"] < 1e-3
+    assert report["classes"] == 1 and report["max_abs_diff"] < 1e-4  # OpenCV (no Winograd) vs torch backend
     text = (out / "model.cfg").read_text()
     assert text.count("classes=1\n") == 2 and text.count("filters=18\n") == 2 and "filters=255" not in text
     assert (out / "model.weights").read_bytes() == weights.read_bytes()
@@ -189,7 +192,7 @@ def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_pat
     out = tmp_path / "deploy"
     assert main(["export", "darknet", "--run", str(run), "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["classes"] == 1 and report["max_abs_diff"] < 1e-3
+    assert report["classes"] == 1 and report["max_abs_diff"] < 1e-4
     assert (out / "model.names").read_text() == "window\n"
     assert (out / "model.weights").read_bytes() == (run / "weights" / "best.weights").read_bytes()
     assert (out / "model.weights").stat().st_mode & 0o044  # readable by others (umask allowing)

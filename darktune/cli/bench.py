@@ -19,7 +19,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                     "at the median, and speed relative to OpenCV DNN (its median / ours).")
     i.add_argument("--cfg", help="darknet cfg (default: the cached COCO yolov3-tiny)")
     i.add_argument("--weights", help="darknet weights (default: the cached COCO yolov3-tiny)")
-    i.add_argument("--backend", default="all", help="comma-separated torch,onnxruntime,opencv, or all")
+    i.add_argument("--backend", default="all",
+                   help="comma-separated torch,onnxruntime,opencv and the variants torch-unfused (BN not folded) "
+                        "and opencv-exact (no Winograd), or all")
     i.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     i.add_argument("--batch", type=int, default=1)
     i.add_argument("--size", type=int, default=416, help="square input size, multiple of 32")
@@ -37,14 +39,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         pass
 
 
+# Bench-only variants: name -> (backend, make_backend options). OpenCV's defaults (Winograd) stay the baseline.
+VARIANTS = {"torch-unfused": ("torch", {"fuse": False}), "opencv-exact": ("opencv", {"winograd": False})}
+
+
 def backend_names(text: str) -> list[str]:
     from darktune.backends import BACKENDS
     from darktune.errors import DarktuneError
 
-    names = list(BACKENDS) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
+    known = [*BACKENDS, *VARIANTS]
+    names = known if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise DarktuneError(f"unknown backend '{','.join(unknown) or text}'; use {','.join(BACKENDS)} or all")
+        raise DarktuneError(f"unknown backend '{','.join(unknown) or text}'; use {','.join(known)} or all")
     return list(dict.fromkeys(names))
 
 
@@ -72,12 +79,17 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
     torch.set_num_threads(threads)
     built, skipped = [], {}
     for name in backends:
+        base, options = VARIANTS.get(name, (name, {}))
         try:
-            built.append(make_backend(name, cfg, weights, size=size, device=device, batch=batch, threads=threads))
+            backend = make_backend(base, cfg, weights, size=size, device=device, batch=batch, threads=threads,
+                                   **options)
         except DarktuneError as exc:
             if not skip_unavailable:
                 raise
             skipped[name] = str(exc)
+            continue
+        backend.name = name  # timings are keyed by the variant's name
+        built.append(backend)
     if not built:
         raise DarktuneError("no backend can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     x = verification_input(batch, built[0].net_hw)
