@@ -120,14 +120,13 @@ def resolve_starts(spec: ExperimentSpec, cfg: str, out_dir: Path, plans: list[Ru
                 partial(cfg, coco, out, COCO15_LAYERS)
             starts["coco15"] = StartWeights(str(out), COCO15_LAYERS,
                                             f"layers 0..14 of {coco_name} (darknet `partial ... 15`, {out.name})")
-        if "backbone" in used:
-            starts["backbone"] = StartWeights(
-                coco, BACKBONE_LAYERS, f"layers 0..12 of {coco_name}: a STAND-IN for darknet's ImageNet "
-                "backbone (the study's Table I), which cannot be downloaded here; pass weights.backbone in the "
-                "spec to use your own darknet.weights")
+        if "backbone" in used and "backbone" not in spec.weights:
+            starts["backbone"] = StartWeights(coco, spec.backbone_layers, backbone_stand_in(coco_name,
+                                                                                            spec.backbone_layers))
     if "backbone" in used and "backbone" in spec.weights:
-        starts["backbone"] = StartWeights(spec.weights["backbone"], BACKBONE_LAYERS,
-                                          f"layers 0..12 of {spec.weights['backbone']}")
+        n = spec.backbone_layers
+        starts["backbone"] = StartWeights(spec.weights["backbone"], n,
+                                          f"layers 0..{n - 1} of {spec.weights['backbone']}")
     for name, stage in spec.stages.items():
         if name in used:
             last = out_dir / "stages" / name / "weights" / "last.weights"
@@ -136,6 +135,16 @@ def resolve_starts(spec: ExperimentSpec, cfg: str, out_dir: Path, plans: list[Ru
     for start in used - set(starts):
         starts[start] = StartWeights(start, None, f"every layer of {start} that fits the cfg")
     return starts
+
+
+def backbone_stand_in(coco_name: str, layers: int) -> str:
+    """How a backbone start made from the COCO weights is described (the report keys on 'STAND-IN')."""
+    text = (f"layers 0..{layers - 1} of {coco_name}: a STAND-IN for darknet's ImageNet classification backbone "
+            "(the study's Table I), which cannot be downloaded here")
+    if layers < BACKBONE_LAYERS:
+        text += (f"; layers {layers}..{BACKBONE_LAYERS - 1} of the backbone stay random, because COCO's deeper "
+                 "layers are detection features, which an ImageNet classifier does not have")
+    return text + "; pass weights.backbone in the spec (reproduce --backbone) to use your own darknet.weights"
 
 
 def train_config(plan: RunPlan, cfg: str, start: StartWeights, run_dir: Path, device: str) -> dict:
@@ -199,21 +208,39 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
     devices = devices or [_default_device()]
     train_fn = train_fn or default_train
     result = ExperimentResult(out_dir)
-    stages = [p for p in plans if p.group == "stage"]
-    grid = [p for p in plans if p.group == "grid"]
     bar = GridProgress(out_dir, plans, enabled=progress)
     try:
-        # Stages run one after another (each may feed the next); the grid fans out over the workers.
-        for plan in stages:
-            result.outcomes += execute([plan], out_dir, cfg, starts, train_fn, devices[:1], 1, bar)
-            if result.outcomes[-1].status not in DONE:
-                raise DarktuneError(f"stage '{plan.name}' did not finish ({result.outcomes[-1].error}); the "
-                                    "runs that start from it cannot run", path=str(result.outcomes[-1].run_dir))
-        result.outcomes += execute(grid, out_dir, cfg, starts, train_fn, devices, jobs, bar)
+        for wave, is_stage in waves(spec, plans):
+            result.outcomes += execute(wave, out_dir, cfg, starts, train_fn,
+                                       devices if not is_stage else devices[:1], jobs if not is_stage else 1, bar)
+            for o in result.outcomes:
+                if o.plan.group == "stage" and o.status not in DONE:
+                    raise DarktuneError(f"stage '{o.plan.name}' did not finish ({o.error}); the runs that start "
+                                        "from it cannot run", path=str(o.run_dir))
     finally:
         bar.close()
+    order = {p.folder: i for i, p in enumerate(plans)}
+    result.outcomes.sort(key=lambda o: order[o.plan.folder])
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def waves(spec: ExperimentSpec, plans: list[RunPlan]) -> list[tuple[list[RunPlan], bool]]:
+    """The order runs execute in, as (runs, stage-only) waves. The first wave holds the stages that start from
+    no other stage together with every grid run that needs no stage, so a stage trains beside those runs
+    instead of leaving the other workers idle; the remaining stages follow one at a time (each may feed the
+    next); the grid runs that start from a stage come last."""
+    stage_names = set(spec.stages)
+    stages = [p for p in plans if p.group == "stage"]
+    grid = [p for p in plans if p.group == "grid"]
+    roots = [p for p in stages if p.start not in stage_names]
+    first = roots + [p for p in grid if p.start not in stage_names]
+    out = [(first, False)] if first else []
+    out += [([p], True) for p in stages if p.start in stage_names]
+    dependent = [p for p in grid if p.start in stage_names]
+    if dependent:
+        out.append((dependent, False))
+    return out
 
 
 def _default_device() -> str:

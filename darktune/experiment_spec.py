@@ -4,7 +4,8 @@ Owns: `ExperimentSpec` / `StageSpec` / `GridSpec` (validated, paths resolved aga
 `load_spec(path)`, `spec_from_dict(data, path)`, and `plan_runs(spec) -> list[RunPlan]` (stages first, in
 dependency order, then the grid: starts x frozen layers x training images x seeds).
 
-Starting points: `scratch` (random init), `backbone` (the first 13 layers of a weights file), `coco15` (the
+Starting points: `scratch` (random init), `backbone` (the first 13 layers of a weights file; another count with
+`weights.backbone_layers`), `coco15` (the
 first 15 layers of the COCO weights, darknet's `partial ... 15`), `coco` (every COCO layer that fits), the name
 of a stage (its last weights), or a path to any `.weights` file (every layer that fits).
 """
@@ -27,6 +28,8 @@ _INT_OPTIONS = {"batch": 1, "subdivisions": 1, "size": 32, "eval_every": 0, "wor
                 "burn_in": 0, "max_valid_images": 1, "checkpoint_every": 1, "eval_batch": 1}
 TOP_KEYS = ("cfg", "weights", "train", "stages", "grid", "notes")
 WEIGHT_NAMES = ("coco", "backbone")
+WEIGHT_KEYS = WEIGHT_NAMES + ("backbone_layers",)
+DEFAULT_BACKBONE_LAYERS = 13  # the study's Table I start: the first 13 layers (0..12) of a weights file
 PROTOCOLS = ("darknet", "voc07", "coco101", "coco")  # darktune.metrics; repeated so a spec loads without torch
 STAGE_KEYS = ("data", "weights", "freeze", "iterations", "images", "seed", "eval_at") + TRAIN_OPTIONS
 GRID_KEYS = ("data", "starts", "freeze", "images", "seeds", "iterations", "eval_at", "per_start") + TRAIN_OPTIONS
@@ -70,6 +73,7 @@ class ExperimentSpec:
     grid: GridSpec
     stages: dict = field(default_factory=dict)  # name -> StageSpec, in dependency order
     weights: dict = field(default_factory=dict)  # "coco"/"backbone" -> path (default: the zoo's COCO weights)
+    backbone_layers: int = DEFAULT_BACKBONE_LAYERS  # layers 0..backbone_layers-1 of the backbone file are loaded
     options: dict = field(default_factory=dict)  # train options for every run
     notes: str = ""
     path: str | None = None
@@ -242,8 +246,10 @@ def spec_from_dict(data: Any, path: str | None = None, lines: dict[tuple, int] |
         raise check.error(("cfg",), f"must be a cfg path or a zoo model name, got {cfg!r}")
     if cfg.endswith(".cfg"):
         cfg = check.path_(cfg, ("cfg",))
-    weights = {k: check.path_(v, ("weights", k)) for k, v in check.mapping(top.get("weights"), ("weights",),
-                                                                          WEIGHT_NAMES).items()}
+    weights_raw = check.mapping(top.get("weights"), ("weights",), WEIGHT_KEYS)
+    weights = {k: check.path_(v, ("weights", k)) for k, v in weights_raw.items() if k in WEIGHT_NAMES}
+    backbone_layers = check.int_(weights_raw.get("backbone_layers", DEFAULT_BACKBONE_LAYERS),
+                                 ("weights", "backbone_layers"), 1)
     options = check.options(check.mapping(top.get("train"), ("train",), TRAIN_OPTIONS), ("train",))
     stages = _stages(check, top.get("stages"))
     grid = _grid(check, top["grid"], stages)
@@ -251,8 +257,8 @@ def spec_from_dict(data: Any, path: str | None = None, lines: dict[tuple, int] |
     if not isinstance(notes, str):
         raise check.error(("notes",), "must be text")
     _check_evals(check, stages, grid)
-    return ExperimentSpec(cfg=cfg, grid=grid, stages=stages, weights=weights, options=options, notes=notes,
-                          path=path)
+    return ExperimentSpec(cfg=cfg, grid=grid, stages=stages, weights=weights, backbone_layers=backbone_layers,
+                          options=options, notes=notes, path=path)
 
 
 def _check_evals(check: _Checker, stages: dict[str, StageSpec], grid: GridSpec) -> None:

@@ -67,8 +67,24 @@ def _call(train_fn: TrainFn, kwargs: dict) -> str | None:
     return None
 
 
-def _worker_main(device: str, threads: int, train_fn: TrainFn, tasks, results) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel end this worker when the process that started it dies, so a killed experiment
+    does not leave orphan runs training on (they resume from their checkpoints next time)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the daemon flag still ends workers on a normal exit
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(device: str, threads: int, train_fn: TrainFn, tasks, results, parent: int | None = None) -> None:
     """Worker process: take (index, kwargs) until a None arrives; answer (index, error or None)."""
+    if parent is not None:
+        _die_with_parent(parent)
     if device.startswith("cpu") and threads > 0:
         import torch
 
@@ -93,8 +109,8 @@ def _parallel(tasks: list, cfg: str, starts: dict[str, StartWeights], train_fn: 
         task_q.put((i, {**train_config(plan, cfg, starts[plan.start], run_dir, "cpu"), "resume": resume}))
     cpu_workers = sum(1 for w in workers if w.startswith("cpu"))
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
-    procs = [ctx.Process(target=_worker_main, args=(w, threads, train_fn, task_q, result_q), daemon=True)
-             for w in workers]
+    procs = [ctx.Process(target=_worker_main, args=(w, threads, train_fn, task_q, result_q, os.getpid()),
+                         daemon=True) for w in workers]
     for _ in procs:
         task_q.put(None)
     for p in procs:

@@ -70,18 +70,29 @@ def start_table(data: ExperimentData, start: str, protocol: str) -> list[Block]:
     if table:
         header += ("study iteration", f"study mAP % ({study.STUDY_PROTOCOL})")
     rows = []
+    start_row = any(e.iteration == 0 for r in runs for e in r.evals)  # the start weights, evaluated
     for freeze in data.freezes():
-        for it in its:
+        if not data.select(start, freeze, images):
+            continue
+        for it in ([0] if start_row else []) + its:
             values = [v for r in data.select(start, freeze, images) for v in [r.map_at(it)] if v is not None]
-            if not data.select(start, freeze, images):
-                continue
             row = (str(freeze), str(it), _seed_cell(values))
             if table:
-                s_it = study.study_iteration(table, its, it)
+                s_it = study.study_iteration(table, its, it) if it else None
                 cell = table.cell(freeze, s_it) if s_it is not None else None
-                row += (str(s_it) if s_it is not None else "layout differs", cell.text() if cell else "–")
+                where = "0 (start weights)" if it == 0 else (str(s_it) if s_it is not None else "layout differs")
+                row += (where, cell.text() if cell else "–")
             rows.append(row)
     note = f"Training images: {_images_text(images)}."
+    seeds = sorted({r.seed for r in runs})
+    if len(seeds) > 1:
+        note += (f" Each cell: mean ± standard deviation over the {len(seeds)} training seeds "
+                 f"({', '.join(map(str, seeds))}).")
+    if start_row:
+        note += " Iteration 0 is the start weights, evaluated before any training."
+    described = data.record.get("starts", {}).get(plan_start, {}).get("description", "")
+    if "STAND-IN" in described:
+        note += f" This start is a stand-in: {described}."
     if table:
         note += (" The study column faces our evaluation point at the same fraction of the run (the study's own "
                  "iteration is shown); '–' where the study's number is not in our notes (darktune/study.py).")

@@ -188,6 +188,25 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return mean(values) if values else None
 
 
+def spread(values: list[float]) -> float | None:
+    """Sample standard deviation (None for fewer than two values)."""
+    if len(values) < 2:
+        return None
+    m = mean(values)
+    return (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def seed_means(data: ExperimentData, start: str, freeze: int, images: int | None,
+               iterations: list[int]) -> list[float]:
+    """One number per seed: that seed's mean mAP over `iterations` (the evaluations it has of them)."""
+    out = []
+    for r in data.select(start, freeze, images):
+        values = [v for i in iterations for v in [r.map_at(i)] if v is not None]
+        if values:
+            out.append(mean(values))
+    return out
+
+
 def cell_map(data: ExperimentData, start: str, freeze: int, iteration: int, images: int | None) -> float | None:
     """mAP at (start, frozen layers, iteration) over the seeds of the main image count (mean)."""
     return mean_or_none([r.map_at(iteration) for r in data.select(start, freeze, images)])
@@ -222,7 +241,8 @@ def time_to_target(data: ExperimentData, start: str, freeze: int, images: int | 
     hits = [r.reached(target) for r in runs]
     reached = [h for h in hits if h is not None]
     its = mean(h.iteration for h in reached) if len(reached) == len(runs) else None
-    secs = [h.seconds for h in reached]
+    # an evaluation of the start weights (iteration 0) took no training time, whatever its line says
+    secs = [0.0 if h.iteration == 0 else h.seconds for h in reached]
     seconds = mean(secs) if its is not None and all(s is not None for s in secs) else None
     return TimeToTarget(start, freeze, its, seconds, max(int(r.plan["iterations"]) for r in runs),
                         len(reached), len(runs))
@@ -256,6 +276,9 @@ def best_transfer_decrease(data: ExperimentData, freeze: int, images: int | None
     if not paths:
         return None
     best = min(paths, key=lambda t: t.iterations)
+    if base.iterations == 0:  # coco15's start weights already meet the target: nothing to cut
+        return Decrease(freeze, best.start, best.iterations, 0.0, base.max_iterations, 0.0, False,
+                        0.0 if best.seconds == 0 else None)
     if base.iterations is not None:
         secs = (1.0 - best.seconds / base.seconds if best.seconds is not None and base.seconds else None)
         return Decrease(freeze, best.start, best.iterations, base.iterations, base.max_iterations,

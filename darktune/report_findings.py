@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from darktune.report_data import ExperimentData, best_transfer_decrease, cell_map, main_images, time_to_target
+from darktune.report_data import (ExperimentData, best_transfer_decrease, main_images, seed_means, spread,
+                                  time_to_target)
 
 CLEAR_MARGIN = 0.10  # "clearly worse": at least 10 mAP points lower (the study's gaps were 25 to 91 points)
 BEAT_MARGIN = 0.02  # "beats": a mean at least 2 mAP points higher; closer is a tie (evaluations swing more)
@@ -35,12 +36,42 @@ def _last_common(data: ExperimentData, a: str, b: str) -> list[int]:
     return sorted(its_a & its_b)
 
 
-def _table_mean(data: ExperimentData, start: str, freeze: int, images: int | None) -> tuple[float | None, list[int]]:
-    """Mean mAP over the start's table rows (its planned evaluation iterations): one noisy evaluation does not
-    decide a finding."""
-    its = sorted({int(i) for r in data.select(start, freeze, images) for i in r.plan["eval_at"]})
-    values = [v for i in its for v in [cell_map(data, start, freeze, i, images)] if v is not None]
-    return (sum(values) / len(values) if values else None), its
+@dataclass(frozen=True)
+class SeedStat:
+    """A group of runs (one start and frozen count, every seed) summarised over a set of table rows: the mean
+    and standard deviation over seeds of each seed's mean mAP over those rows."""
+
+    mean: float
+    sd: float | None
+    seeds: int
+
+    def text(self) -> str:
+        return _pct(self.mean) + (f" ± {_pct(self.sd)}" if self.sd is not None else "")
+
+
+def _stat(data: ExperimentData, start: str, freeze: int, images: int | None, its: list[int]) -> SeedStat | None:
+    values = seed_means(data, start, freeze, images, its)
+    if not values:
+        return None
+    return SeedStat(sum(values) / len(values), spread(values), len(values))
+
+
+def _seeds_text(a: SeedStat, b: SeedStat) -> str:
+    n = max(a.seeds, b.seeds)
+    return "1 seed" if n == 1 else f"mean ± sd over {n} seeds"
+
+
+def _within_spread(a: SeedStat, b: SeedStat) -> bool:
+    """The gap between two means is no larger than the seeds' spread (sd of the one plus sd of the other)."""
+    if a.sd is None or b.sd is None:
+        return False
+    return abs(a.mean - b.mean) <= a.sd + b.sd
+
+
+def _rows(data: ExperimentData, start: str, freeze: int, images: int | None) -> list[int]:
+    """A start's table rows: its planned evaluation iterations (an evaluation at iteration 0, of the start
+    weights, is the same for every frozen count and is not a row)."""
+    return sorted({int(i) for r in data.select(start, freeze, images) for i in r.plan["eval_at"]})
 
 
 def freeze_20_worse(data: ExperimentData) -> Finding:
@@ -49,53 +80,76 @@ def freeze_20_worse(data: ExperimentData) -> Finding:
     images = main_images(data)
     evidence, ok = [], []
     for start in data.starts():
-        (m0, its), (m20, _) = _table_mean(data, start, 0, images), _table_mean(data, start, 20, images)
-        if m0 is None or m20 is None:
+        its = _rows(data, start, 0, images)
+        s0, s20 = _stat(data, start, 0, images, its), _stat(data, start, 20, images, its)
+        if s0 is None or s20 is None:
             continue
-        where = f"{start}, mean over iterations {', '.join(map(str, its))}"
-        good = m0 - m20 >= CLEAR_MARGIN
-        if m0 < CLEAR_MARGIN and not good:
-            evidence.append(f"{where}: N=0 {_pct(m0)} vs N=20 {_pct(m20)} mAP (inconclusive: without frozen layers "
-                            f"it reached less than the {CLEAR_MARGIN * 100:.0f}-point margin itself)")
+        where = f"{start}, mean over iterations {', '.join(map(str, its))} ({_seeds_text(s0, s20)})"
+        good = s0.mean - s20.mean >= CLEAR_MARGIN
+        if s0.mean < CLEAR_MARGIN and not good:
+            evidence.append(f"{where}: N=0 {s0.text()} vs N=20 {s20.text()} mAP (inconclusive: without frozen "
+                            f"layers it reached less than the {CLEAR_MARGIN * 100:.0f}-point margin itself)")
             continue
         ok.append(good)
-        evidence.append(f"{where}: N=0 {_pct(m0)} vs N=20 {_pct(m20)} mAP "
-                        f"({'clearly worse' if good else 'NOT clearly worse'}: margin {CLEAR_MARGIN * 100:.0f} points)")
+        tag = "clearly worse" if good else "NOT clearly worse"
+        if _within_spread(s0, s20):
+            tag += "; the gap is within the seeds' spread"
+        evidence.append(f"{where}: N=0 {s0.text()} vs N=20 {s20.text()} mAP "
+                        f"({tag}: margin {CLEAR_MARGIN * 100:.0f} points)")
     verdict = "not measured" if not ok else ("agrees" if all(ok) else "DISAGREES")
     return Finding(claim, study, verdict, evidence)
 
 
+def _backbone_note(data: ExperimentData) -> tuple[str | None, int | None]:
+    """(a note on the stand-in backbone, the frozen count from which the comparison is decided by
+    construction), both None when the backbone is the user's own weights."""
+    start = data.record.get("starts", {}).get("backbone", {})
+    if "STAND-IN" not in start.get("description", ""):
+        return None, None
+    upto = start.get("upto") or 13
+    if upto >= 13:
+        return ("note: our backbone is a STAND-IN, the COCO weights' layers 0..12 (detection features, not the "
+                "study's ImageNet classification backbone), so backbone and coco15 share 13 of coco15's 15 loaded "
+                "layers; with 13 or 20 frozen layers they differ only in layers 13-14, and little difference is "
+                "expected there"), None
+    return (f"note: our backbone is a STAND-IN (no ImageNet weights offline): the COCO weights' layers 0..{upto - 1} "
+            f"(generic low-level filters) with layers {upto}..12 random, where the study's ImageNet backbone has "
+            "classification features; it is weaker than that backbone, while the COCO weights' layers 0..12 "
+            "(detection features, 13 of coco15's 15 layers) would be stronger. With 13 or 20 frozen layers its "
+            f"random layers {upto}..12 stay frozen, so coco15's lead there follows from the construction; N=0 "
+            "compares learned features"), upto
+
+
 def coco15_beats(data: ExperimentData, other: str) -> Finding:
-    """coco15 against `other` ("backbone" or "scratch") at every frozen count, mean mAP over shared iterations."""
+    """coco15 against `other` ("backbone" or "scratch") at every frozen count: per-seed mean mAP over the
+    evaluation iterations both have, then mean (and spread) over seeds."""
     claim = f"coco15 (COCO conv.15) beats {other} at equal iterations"
     study = {"backbone": "Table II (coco15) above Table I (backbone) at every frozen count: 98/80/27 vs 92/~3/<1",
              "scratch": "no scratch table in the study; Table II (coco15) is its weakest transfer start"}[other]
     images = main_images(data)
     evidence, ok = [], []
+    note, by_construction = _backbone_note(data) if other == "backbone" else (None, None)
     if "coco15" in data.starts() and other in data.starts():
         its = _last_common(data, "coco15", other)
         for freeze in data.freezes():
-            pairs = [(a, b) for i in its for a, b in [(cell_map(data, "coco15", freeze, i, images),
-                                                       cell_map(data, other, freeze, i, images))]
-                     if a is not None and b is not None]
-            if not pairs:
+            a, b = _stat(data, "coco15", freeze, images, its), _stat(data, other, freeze, images, its)
+            if a is None or b is None:
                 continue
-            mean_a = sum(a for a, _ in pairs) / len(pairs)
-            mean_b = sum(b for _, b in pairs) / len(pairs)
-            wins = sum(a > b for a, b in pairs)
-            text = (f"N={freeze}: coco15 {_pct(mean_a)} vs {other} {_pct(mean_b)} mean mAP over iterations "
-                    f"{', '.join(map(str, its))} (coco15 higher at {wins} of {len(pairs)})")
-            if max(mean_a, mean_b) <= NOTHING_LEARNED:
+            text = (f"N={freeze}: coco15 {a.text()} vs {other} {b.text()} mean mAP over iterations "
+                    f"{', '.join(map(str, its))} ({_seeds_text(a, b)})")
+            if max(a.mean, b.mean) <= NOTHING_LEARNED:
                 evidence.append(text + f" (inconclusive: neither learned anything, both <= {NOTHING_LEARNED * 100:g})")
                 continue
-            won = mean_a - mean_b >= BEAT_MARGIN
+            won = a.mean - b.mean >= BEAT_MARGIN
             ok.append(won)
-            evidence.append(text + ("" if won else f" (NOT beaten by {BEAT_MARGIN * 100:g} points)"))
-    backbone = data.record.get("starts", {}).get("backbone", {}).get("description", "")
-    if other == "backbone" and "STAND-IN" in backbone and ok:
-        evidence.append("note: our backbone is the COCO weights' layers 0..12 (a stand-in for the study's ImageNet "
-                        "backbone), so backbone and coco15 share 13 of coco15's 15 loaded layers; with 13 or 20 "
-                        "frozen layers they differ only in layers 13-14, and little difference is expected there")
+            tags = [] if won else [f"NOT beaten by {BEAT_MARGIN * 100:g} points"]
+            if _within_spread(a, b):
+                tags.append("the gap is within the seeds' spread")
+            if by_construction is not None and freeze >= by_construction:
+                tags.append("expected by construction, see the note")
+            evidence.append(text + (f" ({'; '.join(tags)})" if tags else ""))
+    if note and ok:
+        evidence.append(note)
     verdict = "not measured" if not ok else ("agrees" if all(ok) else "DISAGREES")
     return Finding(claim, study, verdict, evidence)
 
@@ -114,6 +168,10 @@ def domain_faster(data: ExperimentData) -> Finding:
         return Finding(claim, study, "DISAGREES",
                        [f"domain did not reach {_pct(target)} within {dom.max_iterations} iterations "
                         f"({dom.reached_seeds} of {dom.seeds} seeds did)"])
+    if base.iterations == 0:
+        return Finding(claim, study, "not measured",
+                       [f"coco15's start weights already meet the target {_pct(target)} (iteration 0): the target "
+                        "is too low to tell the starts apart"])
     if base.iterations is not None:
         fraction, bound = 1 - dom.iterations / base.iterations, ""
         line = f"domain {dom.iterations:g} it. vs coco15 {base.iterations:g} it.: {fraction * 100:.0f}% fewer"
@@ -121,10 +179,14 @@ def domain_faster(data: ExperimentData) -> Finding:
         fraction, bound = 1 - dom.iterations / base.max_iterations, "at least "
         line = (f"domain {dom.iterations:g} it.; coco15 did not reach the target in {base.max_iterations} it.: "
                 f"at least {fraction * 100:.0f}% fewer")
+    seeds = f", mean over {dom.seeds} seeds" if dom.seeds > 1 else ""
     good = fraction >= REQUIRED_DECREASE
-    evidence = [line + f" ({bound}{fraction * 100:.0f}% vs the required {REQUIRED_DECREASE * 100:.0f}%)"]
+    evidence = [line + f" ({bound}{fraction * 100:.0f}% vs the required {REQUIRED_DECREASE * 100:.0f}%{seeds})"]
     first = min((min(e.iteration for e in r.evals) for r in data.select("domain", 0, images) if r.evals), default=None)
-    if first is not None and dom.iterations <= first:
+    if dom.iterations == 0:
+        evidence.append("domain's start weights (the pretraining stage's result) meet the target before any "
+                        "training on the target set (its evaluation at iteration 0)")
+    elif first is not None and dom.iterations <= first:
         evidence.append(f"domain was at the target at its first evaluation (iteration {first}): the pretrained "
                         "weights alone reach it, before fine-tuning has changed much")
     return Finding(claim, study, "agrees" if good else "DISAGREES", evidence)
@@ -136,6 +198,9 @@ def headline(data: ExperimentData) -> Finding:
     dec = best_transfer_decrease(data, 0, main_images(data))
     if dec is None:
         return Finding(claim, study, "not measured", ["no transfer path and coco15 pair reached the target"])
+    if dec.coco15_iterations == 0:
+        return Finding(claim, study, "not measured", ["coco15's start weights already meet the target "
+                                                      "(iteration 0): nothing to cut"])
     prefix = "at least " if dec.lower_bound else ""
     base = f"{dec.coco15_iterations:g}" if dec.coco15_iterations is not None else f"> {dec.coco15_max}"
     verdict = "agrees" if dec.fraction >= REQUIRED_DECREASE else "DISAGREES"

@@ -18,8 +18,29 @@ def _pyplot():
     return plt
 
 
+def _curve_groups(data: ExperimentData) -> dict[tuple, list]:
+    """Grid runs grouped by (start, frozen layers, images): the seeds of one grid point."""
+    groups: dict[tuple, list] = {}
+    for r in data.grid:
+        groups.setdefault((r.start_label, r.freeze, r.images), []).append(r)
+    return groups
+
+
+def _mean_curve(runs: list) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(iterations, mean, min, max) of mAP (%) over the runs at every iteration any of them evaluated; an
+    evaluation at iteration 0 (the start weights) is a point like any other."""
+    by_it: dict[int, list[float]] = {}
+    for r in runs:
+        for it, m in {e.iteration: e.map for e in r.evals}.items():  # the last line of an iteration wins
+            by_it.setdefault(it, []).append(100 * m)
+    its = sorted(by_it)
+    return (its, [sum(by_it[i]) / len(by_it[i]) for i in its], [min(by_it[i]) for i in its],
+            [max(by_it[i]) for i in its])
+
+
 def curves_figure(data: ExperimentData) -> bytes:
-    """mAP (%) against iterations of every grid run: colour = starting point, line style = frozen layers."""
+    """mAP (%) against iterations of every grid point: colour = starting point, line style = frozen layers;
+    with several seeds the line is their mean and the band their range (min..max)."""
     from darktune.report import png_bytes
 
     plt = _pyplot()
@@ -27,25 +48,27 @@ def curves_figure(data: ExperimentData) -> bytes:
     colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(data.starts())}
     styles = {f: LINESTYLES[i % len(LINESTYLES)] for i, f in enumerate(data.freezes())}
     main = main_images(data)
-    several_seeds = len({r.seed for r in data.grid}) > 1
-    for r in data.grid:
-        points = sorted({e.iteration: e.map for e in r.evals}.items())
-        if not points:
+    for (start, freeze, images), runs in _curve_groups(data).items():
+        its, mid, low, high = _mean_curve(runs)
+        if not its:
             continue
-        xs, ys = zip(*points)
-        faint = r.images != main
-        label = f"{r.start_label} N={r.freeze}" + (f" {r.images} img" if faint else "") + \
-            (f" seed {r.seed}" if several_seeds else "")
-        ax.plot(xs, [100 * y for y in ys], styles[r.freeze], color=colours[r.start_label], marker=".",
-                markersize=4, linewidth=0.8 if faint else 1.6, alpha=0.45 if faint else 1.0, label=label)
+        faint = images != main
+        seeds = len({r.seed for r in runs})
+        label = f"{start} N={freeze}" + (f" {images} img" if faint else "") + \
+            (f" (mean of {seeds} seeds)" if seeds > 1 else "")
+        ax.plot(its, mid, styles[freeze], color=colours[start], marker=".", markersize=4,
+                linewidth=0.8 if faint else 1.6, alpha=0.45 if faint else 1.0, label=label)
+        if seeds > 1:
+            ax.fill_between(its, low, high, color=colours[start], alpha=0.08 if faint else 0.15, linewidth=0)
     if data.target_map is not None:
         ax.axhline(100 * data.target_map, color="grey", linewidth=0.8, linestyle="--", label="target")
-    ax.set_xlabel("iteration")
+    ax.set_xlabel("iteration (0: the start weights, when evaluated)")
     ax.set_ylabel(f"mAP % ({'/'.join(data.protocols()) or 'darknet'})")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    ax.set_title("mAP against iterations, every run")
+    several = any(len(runs) > 1 for runs in _curve_groups(data).values())
+    ax.set_title("mAP against iterations" + (": mean over seeds, band = min..max" if several else ", every run"))
     try:
         return png_bytes(fig)
     finally:

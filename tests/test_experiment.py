@@ -205,3 +205,47 @@ def test_other_start_weights_are_not_reused_silently(spec_file, tmp_path, coco):
     spec_file.write_text(spec_file.read_text().replace("weights:\n  coco:", f"weights:\n  backbone: {other}\n  coco:"))
     with pytest.raises(DarktuneError, match="backbone-f0-nall-s0.*start_weights"):
         run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+
+
+ORPHAN = """\
+import multiprocessing as mp, os, sys, time
+from darktune.experiment_workers import _die_with_parent
+
+def child(parent):
+    _die_with_parent(parent)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child, args=(os.getpid(),), daemon=True)
+    p.start()
+    time.sleep(1.5)  # let the child arm its parent-death signal
+    print(p.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="parent-death signal: Linux only")
+def test_killed_experiment_leaves_no_worker_running(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)  # no cleanup in the parent at all
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and Path(f"/proc/{child}").exists():
+        state = Path(f"/proc/{child}/stat").read_text().split()[2] if Path(f"/proc/{child}/stat").exists() else "X"
+        if state == "Z":  # ended, waiting to be reaped by init
+            break
+        time.sleep(0.1)
+    alive = Path(f"/proc/{child}/stat").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive, "the worker kept running after its parent was killed"

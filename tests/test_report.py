@@ -157,3 +157,84 @@ def test_runs_that_learned_nothing_are_inconclusive_not_evidence(copy):
     assert found[0].verdict == "agrees" and "scratch" in found[0].evidence[0] and "inconclusive" in found[0].evidence[0]
     assert found[1].verdict == "agrees" and found[2].verdict == "agrees"
     assert "inconclusive" in found[1].evidence[2] and "inconclusive" in found[2].evidence[2]  # N=20
+
+
+def _prepend_start_eval(run_dir: Path, value: float, with_clock: bool = False) -> None:
+    """Add an evaluation of the start weights (iteration 0) as the trainer may log it, with or without a clock."""
+    rec = {"iteration": 0, "map": value, "protocol": "darknet"}
+    if with_clock:
+        rec.update(train_s=0.0, elapsed_s=0.4)
+    text = (run_dir / "metrics.jsonl").read_text()
+    (run_dir / "metrics.jsonl").write_text(json.dumps(rec) + "\n" + text)
+
+
+def test_iteration_zero_row_gives_zero_time_to_target(copy):
+    for run_dir in (copy / "runs").iterdir():
+        _prepend_start_eval(run_dir, 0.85 if run_dir.name.startswith("domain") else 0.01)
+    data = load_experiment(copy)
+    domain = time_to_target(data, "domain", 0, None)
+    assert domain.iterations == 0 and domain.seconds == 0.0  # no clock on the line: 0 s all the same
+    assert time_to_target(data, "coco15", 0, None).iterations == 110  # a low start changes nothing
+    found = findings(data)
+    assert found[3].verdict == "agrees" and "100% fewer" in found[3].evidence[0]
+    assert "before any training" in found[3].evidence[1]
+    assert found[0].verdict == "agrees"  # iteration 0 is no table row: the freeze means are unchanged
+    md = write_report(copy).markdown.read_text()
+    assert re.search(r"\| 0 \| 0 \| 1\.0 \| 0 \(start weights\) \| – \|", md)  # coco15's start row
+    assert re.search(r"\| 0 \| 200 \| 94\.5 \| 2000 \| 98 \|", md)  # the study rows still face the study
+    assert "| domain | 0 | 0 | 0.0 | 1/1 |" in md
+
+
+def test_coco15_at_target_before_training_is_not_a_decrease(copy):
+    for run_dir in (copy / "runs").iterdir():
+        _prepend_start_eval(run_dir, 0.9, with_clock=True)
+    found = findings(load_experiment(copy))  # no division by zero; nothing to compare
+    assert found[3].verdict == "not measured" and "too low" in found[3].evidence[0]
+    assert found[4].verdict == "not measured"
+    assert "Time to the target mAP" in write_report(copy).markdown.read_text()
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory, coco):
+    """Two seeds per grid point, and the stand-in backbone with only layers 0..7 loaded."""
+    root = tmp_path_factory.mktemp("seeded")
+    data = root / "obj.data"
+    data.write_text("classes = 1\n")
+    spec = root / "spec.yaml"
+    text = SPEC.format(cfg=coco.cfg, weights=coco.weights, data=data)
+    text = text.replace("weights:\n  coco:", "weights:\n  backbone_layers: 8\n  coco:")
+    spec.write_text(text.replace("freeze: [0, 13, 20]", "freeze: [0, 13, 20]\n  seeds: [0, 1]"))
+    run_experiment(load_spec(spec), root / "exp", train_fn=fake_train, progress=False)
+    return root / "exp"
+
+
+def test_seeds_give_mean_and_spread(seeded):
+    data = load_experiment(seeded)
+    assert {r.seed for r in data.grid} == {0, 1} and len(data.grid) == 24
+    # the fake curve adds 0.001 per seed: mean of the two seeds, sd 0.0007 (0.1 points)
+    md = write_report(seeded).markdown.read_text()
+    assert re.search(r"\| 0 \| 200 \| 94\.6 ± 0\.1 \(2 seeds\) \| 2000 \| 98 \|", md)
+    assert "mean ± standard deviation over the 2 training seeds" in md
+    found = findings(data)
+    assert found[2].verdict == "agrees" and "mean ± sd over 2 seeds" in found[2].evidence[0]  # vs scratch
+    assert "mean of 2 seeds" not in md  # (the legend is inside the PNG)
+
+
+def test_weak_stand_in_backbone_is_said_so(seeded):
+    record = json.loads((seeded / "experiment.json").read_text())
+    backbone = record["starts"]["backbone"]
+    assert backbone["upto"] == 8 and "layers 8..12" in backbone["description"]
+    found = findings(load_experiment(seeded))[1]  # (the fake trainer's curve for upto=8 is COCO's: fast)
+    by_freeze = {e.split(":")[0]: e for e in found.evidence}
+    assert "by construction" not in by_freeze["N=0"]
+    assert "by construction" in by_freeze["N=13"] and "by construction" in by_freeze["N=20"]
+    assert "STAND-IN" in found.evidence[-1] and "random" in found.evidence[-1]
+    assert "This start is a stand-in" in write_report(seeded).markdown.read_text()
+
+
+def test_within_spread_is_flagged():
+    from darktune.report_findings import SeedStat, _within_spread
+
+    assert _within_spread(SeedStat(0.50, 0.05, 3), SeedStat(0.45, 0.03, 3))
+    assert not _within_spread(SeedStat(0.60, 0.02, 3), SeedStat(0.45, 0.03, 3))
+    assert not _within_spread(SeedStat(0.60, None, 1), SeedStat(0.59, None, 1))

@@ -17,7 +17,8 @@ import pytest
 from darktune import study
 from darktune.errors import DarktuneError
 from darktune.experiment_spec import plan_runs, spec_from_dict
-from darktune.reproduce import PROFILES, _check_profile_folder, build_spec, prepare_data
+from darktune.reproduce import (PROFILES, STAND_IN_BACKBONE_LAYERS, _check_profile_folder, build_spec, default_jobs,
+                                prepare_data)
 
 
 def test_full_profile_is_the_study():
@@ -72,16 +73,29 @@ def test_folder_of_another_profile_is_refused(tmp_path):
         _check_profile_folder(tmp_path, PROFILES["quick"])
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have been waited for."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @pytest.mark.slow
 def test_smoke_profile_end_to_end_under_two_minutes(tmp_path, capsys):
+    """The smoke profile's claim, "under 2 minutes on 2 CPU cores", measured as CPU time rather than wall time:
+    wall time depends on what else the machine runs (14 s quiet, 140 s at load 8+), CPU time hardly does. The
+    whole pipeline (both run workers included) must use less than 120 CPU seconds: even on ONE free core it
+    would then finish within 2 minutes. Quiet 2-core VM: about 14 s wall, about 25 CPU s."""
     from darktune.cli import main
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     code = main(["reproduce", "--profile", "smoke", "--device", "cpu", "--out", str(tmp_path / "r"), "--json"])
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["failed"] == 0 and len(out["runs"]) == 13, out
-    assert wall < 120, f"smoke profile took {wall:.0f} s"
+    load = os.getloadavg()[0]
+    assert cpu < 120, f"smoke profile used {cpu:.0f} CPU s (wall {wall:.0f} s at load {load:.1f})"
     md = (tmp_path / "r" / "report.md").read_text()
     assert md.count("### Starting point") == 4 and "Time to the target mAP" in md
     assert len(out["findings"]) == 5 and (tmp_path / "r" / "report.html").is_file()
@@ -161,5 +175,15 @@ def test_own_backbone_goes_into_the_spec(smoke_data, tmp_path):
     mine = tmp_path / "darknet.weights"
     mine.write_bytes(b"")
     spec = spec_from_dict(build_spec(PROFILES["quick"], data, str(mine)), "generated.yaml")
-    assert spec.weights == {"backbone": str(mine.resolve())}
-    assert "weights" not in build_spec(PROFILES["quick"], data)
+    assert spec.weights == {"backbone": str(mine.resolve())} and spec.backbone_layers == 13  # the study's 13
+    stand_in = spec_from_dict(build_spec(PROFILES["quick"], data), "generated.yaml")
+    assert stand_in.weights == {} and stand_in.backbone_layers == STAND_IN_BACKBONE_LAYERS == 8
+
+
+def test_quick_profile_has_several_seeds_and_runs_two_at_a_time_on_cpu(smoke_data):
+    _, data = smoke_data
+    spec = spec_from_dict(build_spec(PROFILES["quick"], data), "generated.yaml")
+    grid = [p for p in plan_runs(spec) if p.group == "grid"]
+    assert len(PROFILES["quick"].seeds) >= 2 and {p.seed for p in grid} == set(PROFILES["quick"].seeds)
+    assert len(grid) == 12 * len(PROFILES["quick"].seeds)
+    assert default_jobs("cpu") == min(4, os.cpu_count() or 1) and default_jobs("cuda:0") == 1
