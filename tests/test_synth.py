@@ -207,3 +207,66 @@ def test_cli_synth_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["images"] == 3 and out["train"] + out["valid"] == 3
     assert Path(out["path"]).name == "obj.data"
+
+
+def _norm(root: Path) -> dict[str, bytes]:
+    """Files of a target set with its absolute folder taken out of the list files."""
+    return {k: v.replace(str(root.resolve()).encode(), b"ROOT") for k, v in _files(root).items()}
+
+
+def test_workers_write_the_same_bytes(tmp_path):
+    make_target_set(tmp_path / "t1", 12, 80, seed=5, distractors=2)
+    make_target_set(tmp_path / "t2", 12, 80, seed=5, distractors=2, workers=2)
+    assert _norm(tmp_path / "t1") == _norm(tmp_path / "t2")
+    # the domain set's group boxes are chosen in image order from each image's random stream after drawing
+    make_domain_set(tmp_path / "d1", 12, 80, seed=5)
+    make_domain_set(tmp_path / "d2", 12, 80, seed=5, workers=3)
+    assert _files(tmp_path / "d1") == _files(tmp_path / "d2")
+    with pytest.raises(DarktuneError, match="workers"):
+        make_target_set(tmp_path / "t3", 2, 64, seed=0, workers=0)
+
+
+def test_distractor_cap_per_image():
+    free, capped = 0, 0
+    for i in range(30):
+        _, uncapped = render_scene(np.random.default_rng([4, 2, i]), 128, 128, "target")
+        free += sum(not r.target for r in uncapped)
+        for cap in (0, 2):
+            _, recs = render_scene(np.random.default_rng([4, 2, i]), 128, 128, "target", max_distractors=cap,
+                                   choice_rng=np.random.default_rng([4, 2, i, 1]))
+            assert sum(not r.target for r in recs) <= cap
+            capped += sum(not r.target for r in recs) if cap == 2 else 0
+    assert free > capped > 0  # the cap bites, and leaves distractors where it allows them
+
+
+def test_distractors_setting_is_seeded_and_recorded(tmp_path):
+    make_target_set(tmp_path / "a", 10, 96, seed=2, distractors=1)
+    make_target_set(tmp_path / "b", 10, 96, seed=2, distractors=1)
+    make_target_set(tmp_path / "none", 10, 96, seed=2, distractors=0)
+    make_target_set(tmp_path / "free", 10, 96, seed=2)
+    assert _norm(tmp_path / "a") == _norm(tmp_path / "b")
+    info = {k: json.loads((tmp_path / k / "synth.json").read_text()) for k in ("a", "none", "free")}
+    assert info["none"]["stats"]["distractor_windows"] == 0 and info["none"]["stats"]["target_boxes"] > 0
+    assert info["a"]["stats"]["distractor_windows"] <= 10
+    assert info["free"]["stats"]["distractor_windows"] > info["a"]["stats"]["distractor_windows"]
+    assert info["a"]["params"]["distractors"] == 1 and "distractors" not in info["free"]["params"]
+    with pytest.raises(DarktuneError, match="different synthetic set"):  # another cap is another set
+        make_target_set(tmp_path / "a", 10, 96, seed=2, distractors=3)
+    with pytest.raises(DarktuneError, match="distractors"):
+        make_target_set(tmp_path / "bad", 2, 64, seed=0, distractors=-1)
+
+
+def test_cli_positional_kind_distractors_and_workers(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_synth_parser(parser.add_subparsers())
+    args = parser.parse_args(["synth", "target", "--n", "4", "--size", "64", "--out", str(tmp_path / "t"),
+                              "--distractors", "0", "--workers", "2", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["distractor_windows"] == 0 and out["workers"] == 2 and out["images_per_s"] > 0
+    bad = parser.parse_args(["synth", "domain", "--n", "2", "--out", str(tmp_path / "d"), "--distractors", "1"])
+    with pytest.raises(DarktuneError, match="target set"):
+        bad.func(bad)
+    clash = parser.parse_args(["synth", "domain", "--kind", "target", "--n", "2", "--out", str(tmp_path / "c")])
+    with pytest.raises(DarktuneError, match="disagree"):
+        clash.func(clash)

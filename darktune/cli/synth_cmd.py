@@ -17,9 +17,11 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
         description="Write a seeded, deterministic synthetic windows data set. 'domain': facades with windows "
         "of many styles, Open Images CSV, with a fraction of IsGroupOf boxes around rows/blocks of windows. "
         "'target': one fixed window design among unlabelled distractors, darknet layout (obj.data with "
-        "absolute paths, train.txt, valid.txt).",
+        "absolute paths, train.txt, valid.txt). Output bytes depend only on the arguments, not on --workers.",
     )
-    p.add_argument("--kind", choices=("domain", "target"), required=True, help="which set to write")
+    p.add_argument("kind_arg", nargs="?", choices=("domain", "target"), metavar="KIND",
+                   help="domain or target (or give --kind)")
+    p.add_argument("--kind", choices=("domain", "target"), help="which set to write (same as KIND)")
     p.add_argument("--n", type=int, required=True, help="number of images")
     p.add_argument("--size", default="416", help="image size: 416 (square) or WIDTHxHEIGHT (default 416)")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
@@ -28,7 +30,12 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
                    help="domain: fraction of boxes that are IsGroupOf boxes (default 0.2)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="target: fraction of images in valid.txt (default 0.2)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--distractors", type=int, default=None, metavar="N",
+                   help="target: at most N distractor windows per image, a seeded choice; the others are left "
+                        "out (blank wall); 0 gives the target design only (default: no cap, about 6 per image)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes drawing images (default 1); the files are the same for any N")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (with images_per_s)")
     p.set_defaults(func=run_synth)
     return p
 
@@ -39,20 +46,29 @@ def run_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from darktune.data.synth import make_domain_set, make_target_set
+    from darktune.errors import DarktuneError
 
+    if args.kind and args.kind_arg and args.kind != args.kind_arg:
+        raise DarktuneError(f"KIND '{args.kind_arg}' and --kind '{args.kind}' disagree")
+    kind = args.kind or args.kind_arg
+    if kind is None:
+        raise DarktuneError("say which set to write: `darktune data synth target ...` or `... domain ...`")
+    if kind == "domain" and args.distractors is not None:
+        raise DarktuneError("--distractors is a setting of the target set")
     start = time.perf_counter()
-    if args.kind == "domain":
+    if kind == "domain":
         path = make_domain_set(args.out, args.n, args.size, args.seed, group_fraction=args.group_fraction,
-                               progress=not args.json)
+                               progress=not args.json, workers=args.workers)
     else:
         path = make_target_set(args.out, args.n, args.size, args.seed, val_fraction=args.val_fraction,
-                               progress=not args.json)
+                               progress=not args.json, distractors=args.distractors, workers=args.workers)
     seconds = time.perf_counter() - start
     info = json.loads((Path(args.out) / "synth.json").read_text())
-    result = {"kind": args.kind, "path": str(path), "seconds": round(seconds, 3), **info["stats"]}
+    result = {"kind": kind, "path": str(path), "seconds": round(seconds, 3), "workers": args.workers,
+              "images_per_s": round(args.n / seconds, 2) if seconds > 0 else None, **info["stats"]}
     if args.json:
         print(json.dumps(result))
     else:
         figures = ", ".join(f"{k} {v}" for k, v in info["stats"].items())
-        print(f"wrote {args.kind} set {path} ({figures}) in {seconds:.1f} s")
+        print(f"wrote {kind} set {path} ({figures}) in {seconds:.1f} s")
     return 0

@@ -182,10 +182,23 @@ def _records(placed: list[_Placed], mask: np.ndarray, hmat: np.ndarray, width: i
     return out
 
 
-def render_scene(rng: np.random.Generator, width: int, height: int,
-                 kind: str) -> tuple[np.ndarray, list[WindowRecord]]:
+def _cap_distractors(placed: list[_Placed], limit: int, rng: np.random.Generator) -> list[_Placed]:
+    """Keep at most `limit` distractor windows (a seeded choice); the others are not drawn (a blank bay)."""
+    distractors = [i for i, p in enumerate(placed) if not is_target_design(p.style)]
+    if len(distractors) <= limit:
+        return placed
+    dropped = set(rng.choice(distractors, size=len(distractors) - limit, replace=False).tolist())
+    return [p for i, p in enumerate(placed) if i not in dropped]
+
+
+def render_scene(rng: np.random.Generator, width: int, height: int, kind: str, max_distractors: int | None = None,
+                 choice_rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[WindowRecord]]:
     """Draw one scene of `kind` ("domain": windows of many styles; "target": the target design among
-    distractors). Returns (BGR uint8 image (height, width, 3), window records)."""
+    distractors). Returns (BGR uint8 image (height, width, 3), window records).
+
+    `max_distractors` (target scenes): at most this many distractor windows, the ones kept chosen with
+    `choice_rng`; the others are not drawn (blank wall). The layout is drawn as without the cap, the details
+    drawn after it (window details, occluders, lighting) differ."""
     mx, my = round(MARGIN * width), round(MARGIN * height)
     cw, ch = width + 2 * mx, height + 2 * my
     ground_y = int(ch * rng.uniform(0.85, 1.05)) if rng.random() < 0.6 else ch
@@ -193,6 +206,8 @@ def render_scene(rng: np.random.Generator, width: int, height: int,
     canvas = sky_and_ground(rng, ch, cw, ground_y)
     ww = min(width, height) * float(np.exp(rng.uniform(np.log(0.07), np.log(0.32))))
     placed = _draw_buildings(rng, canvas, kind, ground_y, ww)
+    if max_distractors is not None:
+        placed = _cap_distractors(placed, max_distractors, choice_rng or np.random.default_rng(0))
     for p in placed:
         draw_window(canvas, p.x, p.y, p.w, p.h, p.style, rng)
     mask = np.zeros((ch, cw), np.uint8)
