@@ -81,7 +81,7 @@ def open_source(source: str) -> FrameSource:
 
 
 def _open_image(path: Path) -> FrameSource:
-    from darktune.detect import read_image
+    from darktune.data.formats.image import read_image
 
     return FrameSource(str(path), "image", frame_count=1, _first=read_image(path))
 

@@ -33,7 +33,8 @@ from darktune.backends import (
 )
 from darktune.boxes import decode
 from darktune.cfg import write_cfg
-from darktune.detect import preprocess_batch, read_image
+from darktune.data.formats.image import read_image
+from darktune.detect import preprocess_batch
 from darktune.errors import DarktuneError
 from darktune.fuse import GemmConv2d, fold_batch_norm, fuse_model
 from darktune.model import Darknet

@@ -11,7 +11,7 @@ import pytest
 from test_backends import synthetic_scene
 
 from darktune.cli import main
-from darktune.detect import read_image
+from darktune.data.formats.image import read_image
 from darktune.errors import DarktuneError
 from darktune.video import VideoSink, open_source
 

@@ -47,3 +47,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["summary", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"darktune: error: {bad}:4: bad value for 'filters' in [convolutional]: 'x' is not an integer"
+
+
+def test_torch_detector_runs_the_fused_model(coco_model, photo_path):
+    """TorchDetector runs the inference copy (BN folded in float64) and finds the same boxes as the training
+    model; the model it was given is left as it was."""
+    from test_backends import assert_same_boxes
+
+    from darktune.data.formats.image import read_image
+    from darktune.detect import TorchDetector
+
+    detector = TorchDetector(coco_model)
+    assert detector.model is coco_model and coco_model.layers[0].bn is not None
+    assert all(getattr(b, "bn", None) is None for b in detector.net.layers)
+    image = read_image(photo_path)
+    fused = detector.detect([image], 0.1, 0.45)
+    assert len(fused[0]) >= 2
+    assert_same_boxes(fused, TorchDetector(coco_model, fuse=False).detect([image], 0.1, 0.45))

@@ -27,7 +27,8 @@ from test_backends import (
 
 from darktune.backends import OpenCVBackend, ort_session
 from darktune.cli import main
-from darktune.detect import detect_from_heads, preprocess_batch, read_image
+from darktune.data.formats.image import read_image
+from darktune.detect import detect_from_heads, preprocess_batch
 from darktune.errors import DarktuneError
 from darktune.export import export_onnx, graph_detections
 from darktune.model import Darknet

@@ -1,4 +1,5 @@
-"""Image files: format from content, size from the header, completeness, and decoding to 8-bit RGB.
+"""Image files: format from content, size from the header, completeness, decoding to 8-bit RGB, and
+`read_image` (BGR, after those checks) through which inference, training and evaluation read images.
 
 Darknet reads JPEG, PNG and BMP; so do we. The size is read from the header before anything is decoded, so a
 decompression bomb (a small file that declares a huge image) is refused cheaply. cv2 silently grey-fills a
@@ -21,6 +22,7 @@ import numpy as np
 from darktune.errors import DarktuneError
 
 MAX_PIXELS = 100_000_000
+MAX_IMAGE_BYTES = 1 << 30  # read_image refuses larger files before reading them
 IMAGE_EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".png": "png", ".bmp": "bmp"}
 SUPPORTED = ("jpeg", "png", "bmp")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -245,12 +247,12 @@ def inspect_image_bytes(path: Path, data: bytes, max_pixels: int = MAX_PIXELS,
         found.append(("warning", f"extension {path.suffix or '(none)'!r} but the content is {info.format.upper()}"))
     orientation = exif_orientation(data, info.format)
     if orientation not in (None, 1):
-        found.append(("warning", f"EXIF orientation {orientation}: labels refer to the stored pixels; EXIF "
-                                 "orientation is ignored (as darknet does)"))
+        found.append(("warning", (f"EXIF orientation {orientation}: labels refer to the stored pixels; EXIF "
+                                 "orientation is ignored (as darknet does)")))
     megapixels = info.width * info.height / 1e6
     if info.width * info.height > max_pixels:
-        found.append(("error", f"image too large: {info.width}x{info.height} = {megapixels:.0f} MP > "
-                               f"{max_pixels / 1e6:.0f} MP (decompression-bomb guard; not decoded)"))
+        found.append(("error", (f"image too large: {info.width}x{info.height} = {megapixels:.0f} MP > "
+                               f"{max_pixels / 1e6:.0f} MP (decompression-bomb guard; not decoded)")))
         return info, found, None
     incomplete = completeness_problem(data, info)
     if incomplete:
@@ -261,8 +263,8 @@ def inspect_image_bytes(path: Path, data: bytes, max_pixels: int = MAX_PIXELS,
     if rgb is None:
         return info, found + [("error", f"{info.format.upper()} data cannot be decoded")], None
     if rgb.shape[:2] != (info.height, info.width):
-        return info, found + [("error", f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from the header "
-                                        f"{info.width}x{info.height}")], None
+        return info, found + [("error", (f"decoded size {rgb.shape[1]}x{rgb.shape[0]} differs from the header "
+                                        f"{info.width}x{info.height}"))], None
     return info, found, rgb
 
 
@@ -310,3 +312,38 @@ def known_size(record) -> tuple[int, int]:
     if record.width and record.height:
         return int(record.width), int(record.height)
     return read_image_size(record.path)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """BGR uint8 image of the stored pixels, for inference, training and evaluation; a clear error for a
+    missing, special, damaged or oversized file.
+
+    JPEG, PNG and BMP get the checks of `darktune data check` (decompression-bomb guard on the header size,
+    truncation, PNG CRCs), so everything reads exactly what the check accepted. EXIF orientation is ignored,
+    as darknet's stb_image ignores it: label coordinates refer to the stored pixels. Other formats OpenCV
+    reads (GIF, WebP, TIFF, ...) are decoded as they are."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():  # a device or FIFO named *.jpg would be read forever
+        raise DarktuneError("image not found" if not path.exists() else "not a regular file", path=str(path))
+    try:
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise DarktuneError(f"file larger than {MAX_IMAGE_BYTES} bytes (not read)", path=str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DarktuneError(f"cannot read image: {exc.strerror or exc}", path=str(path)) from None
+    if not data:
+        raise DarktuneError("zero-byte file", path=str(path))
+    if sniff_format(data[:32]) in SUPPORTED:
+        _, found, _ = inspect_image_bytes(path, data, decode=False)
+        errors = [reason for severity, reason in found if severity == "error"]
+        if errors:
+            raise DarktuneError(errors[0], path=str(path))
+    try:  # OpenCV raises (rather than returning None) past its own pixel limit
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        image = None
+    if image is None:
+        raise DarktuneError("not a decodable image", path=str(path))
+    return image
