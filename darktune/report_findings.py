@@ -145,7 +145,7 @@ def coco15_beats(data: ExperimentData, other: str) -> Finding:
             tags = [] if won else [f"NOT beaten by {BEAT_MARGIN * 100:g} points"]
             if _within_spread(a, b):
                 tags.append("the gap is within the seeds' spread")
-            if by_construction is not None and freeze >= by_construction:
+            if won and by_construction is not None and freeze >= by_construction:
                 tags.append("expected by construction, see the note")
             evidence.append(text + (f" ({'; '.join(tags)})" if tags else ""))
     if note and ok:

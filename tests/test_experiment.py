@@ -249,3 +249,24 @@ def test_killed_experiment_leaves_no_worker_running(tmp_path):
     if alive:
         os.kill(child, signal.SIGKILL)
     assert not alive, "the worker kept running after its parent was killed"
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "experiment_spec.md"
+
+
+def test_spec_doc_names_every_key_and_its_example_runs(tmp_path):
+    import re
+
+    from darktune.experiment_spec import GRID_KEYS, STAGE_KEYS, TOP_KEYS, WEIGHT_KEYS
+
+    text = DOC.read_text()
+    for key in set(TOP_KEYS + WEIGHT_KEYS + STAGE_KEYS + GRID_KEYS):
+        assert f"| `{key}` |" in text, f"docs/experiment_spec.md does not describe '{key}'"
+    example = re.search(r"`demo/spec.yaml`:\n\n```yaml\n(.*?)```", text, re.S).group(1)
+    for name in ("target", "domain"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "obj.data").write_text("classes = 1\n")
+    spec = load_spec(_write(tmp_path, example))
+    assert spec.grid.starts == ("scratch", "backbone", "coco15", "domain") and spec.backbone_layers == 13
+    result = run_experiment(spec, tmp_path / "exp", train_fn=fake_train, progress=False)
+    assert not result.failed and len(result.outcomes) == 13
