@@ -7,7 +7,9 @@ For each network size, in the same process and interleaved (so background load h
     guard, logging) with the CPU loader: images/s over the iterations after the first `WARMUP` (the first
     one decodes the images);
   * train_gpu_aug: the same with ``gpu_augment=True`` (uint8 cache + whole-batch augmentation on the device,
-    `darktune.train_device`), at freeze 0.
+    `darktune.train_device`), at freeze 0;
+  * inputs_cpu_loader / inputs_gpu_aug: the two input paths alone (augmented batches, no model), so their
+    own cost shows beside the step's.
 Multi-scale is off in every case (fixed size). Each case is measured `repeats` times; the report gives
 medians and the ratios train/bare (goal >= 0.9), train_gpu_aug/train and train_gpu_aug/bare, and train
 freeze N / train freeze 0 (goal >= 2.5; ``freeze=0`` leaves the freeze cases out).
@@ -69,6 +71,34 @@ def _train(cfg: str, data: str, out: Path, size: int, batch: int, freeze: int, i
     return batch * (last - WARMUP) / (t[last] - t[WARMUP])
 
 
+def _inputs_only(cfg: str, data: str, cache: Path, size: int, batch: int, iterations: int, gpu_augment: bool,
+                 device: str) -> float:
+    """images/s of the input path alone (no model): the CPU loader's or the device path's `inputs`."""
+    from darktune.cfg import parse_cfg
+    from darktune.data.check import check_dataset
+    from darktune.train_data import TrainBatches
+    from darktune.train_device import DeviceBatches
+    from darktune.train_loop import augment_config
+
+    spec = parse_cfg(cfg).with_classes(1).with_size(size, size)
+    items = check_dataset(data, "train", progress=False).good
+    aug, dev = augment_config(spec), torch.device(device)
+    if gpu_augment:
+        src = DeviceBatches(items, (size, size), aug, batch, 1, 0, device=dev, cache_path=cache)
+    else:
+        src = TrainBatches(items, (size, size), aug, batch, 1, 0, device=dev)
+    times = []
+    for i in range(WARMUP + iterations):  # the first pass decodes the images (RAM cache) or maps the file
+        t = time.perf_counter()
+        src.inputs(i, 0)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= WARMUP:
+            times.append(time.perf_counter() - t)
+    src.close()
+    return batch * len(times) / sum(times)
+
+
 def _measure(cfg: str, tmp: Path, size: int, batch: int, iterations: int, repeats: int, freeze: int,
              channels_last: bool, amp: bool, device: str, progress: bool) -> dict[str, list[float]]:
     """images/s samples of every case at one size, interleaved repeat by repeat."""
@@ -78,11 +108,14 @@ def _measure(cfg: str, tmp: Path, size: int, batch: int, iterations: int, repeat
     data = str(make_target_set(tmp / f"set{size}", max(2 * batch, 16), size, seed=0, val_fraction=0.0))
     spec = parse_cfg(cfg).with_classes(1).with_size(size, size)
     names = ["bare_f0", "train_f0", "train_gpu_aug_f0"] + ([f"bare_f{freeze}", f"train_f{freeze}"] if freeze else [])
-    cases = {name: [] for name in names}
+    cases = {name: [] for name in names + ["inputs_cpu_loader", "inputs_gpu_aug"]}
     for r in range(repeats):
         for name, samples in cases.items():
-            kind, fr = name.rsplit("_f", 1)
-            if kind == "bare":
+            kind, _, fr = name.rpartition("_f")
+            if name.startswith("inputs_"):
+                ips = _inputs_only(cfg, data, tmp / "cache", size, batch, 2 * iterations, name.endswith("gpu_aug"),
+                                   device)
+            elif kind == "bare":
                 ips = _bare(spec, batch, int(fr), iterations, channels_last, amp, device)
             else:
                 ips = _train(cfg, data, tmp / f"run{size}_{name}_{r}", size, batch, int(fr), iterations,
@@ -102,12 +135,15 @@ def _summarise(size: int, batch: int, freeze: int, device: str, cases: dict) -> 
              "gpu_aug_over_bare_f0": med["train_gpu_aug_f0"] / med["bare_f0"],
              "best_train_over_bare_f0": best["train_f0"] / best["bare_f0"],
              "best_gpu_aug_over_train_f0": best["train_gpu_aug_f0"] / best["train_f0"],
-             "train_iterations_per_s_f0": med["train_f0"] / batch}
+             "train_iterations_per_s_f0": med["train_f0"] / batch,
+             "inputs_gpu_aug_over_cpu_loader": med["inputs_gpu_aug"] / med["inputs_cpu_loader"]}
     line = (f"size {size}, batch {batch}, {device}: bare {med['bare_f0']:.2f} img/s; train (CPU loader) "
             f"{med['train_f0']:.2f} img/s ({entry['train_over_bare_f0']:.2f}x bare, goal >= 0.9); train "
             f"--gpu-augment {med['train_gpu_aug_f0']:.2f} img/s ({entry['gpu_aug_over_train_f0']:.2f}x the CPU "
             f"loader, {entry['gpu_aug_over_bare_f0']:.2f}x bare); best samples: bare {best['bare_f0']:.2f}, train "
-            f"{best['train_f0']:.2f}, gpu-augment {best['train_gpu_aug_f0']:.2f}")
+            f"{best['train_f0']:.2f}, gpu-augment {best['train_gpu_aug_f0']:.2f}; input path alone (no model): CPU "
+            f"loader {med['inputs_cpu_loader']:.1f} img/s, gpu-augment {med['inputs_gpu_aug']:.1f} img/s "
+            f"({entry['inputs_gpu_aug_over_cpu_loader']:.2f}x)")
     if freeze:
         f = f"f{freeze}"
         entry.update({f"train_over_bare_{f}": med[f"train_{f}"] / med[f"bare_{f}"],

@@ -147,8 +147,10 @@ def _training_items(config: TrainConfig, log) -> list:
     return items
 
 
-def _augment_config(config: TrainConfig, spec):
-    if not config.augment:
+def augment_config(spec, enabled: bool = True):
+    """Darknet's augmentation from the cfg (jitter of the first [yolo]; [net] hue, saturation, exposure,
+    flip, mosaic, letter_box), or None when off."""
+    if not enabled:
         return None
     from darktune.cfg import YoloSpec
     from darktune.data.augment import AugmentConfig
@@ -214,7 +216,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     opt = build_optimizer(model, 0.0, spec.net.momentum, spec.net.decay)
     log_items = []
     items = _training_items(config, log_items.append)
-    data = make_batches(config, spec, items, _augment_config(config, spec), batch, subdivisions, dist,
+    data = make_batches(config, spec, items, augment_config(spec, config.augment), batch, subdivisions, dist,
                         progress and dist.main)
     if getattr(data, "skipped", 0):
         log_items.append(f"image cache: {data.skipped} unreadable images skipped")
