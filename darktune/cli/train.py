@@ -52,7 +52,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/train", metavar="RUN", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="background threads preparing batches")
+    p.add_argument("--workers", type=int, default=0, help="background threads preparing batches (CPU loader; "
+                                                             "--gpu-augment needs none)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; use 1 per process when "
                                                "several trainings share the cores)")
     p.add_argument("--max-images", type=int, metavar="N", help="use a seeded subset of N training images")
