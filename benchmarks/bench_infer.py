@@ -1,11 +1,11 @@
 """Inference latency of darktune's backends against OpenCV DNN, measured in the same run.
 
-Default (the issue's CPU goal): yolov3-tiny (COCO weights from the cache) at 416x416, batch 1, all CPU threads:
-torch (BN folded, channels-last; and torch-unfused, the training model as it is), ONNX Runtime (all graph
-optimisations), OpenCV DNN with its defaults (Winograd 3x3 convs: the baseline) and opencv-exact (no Winograd,
-the setting of the parity checks) take turns in blocks; prints median / p90 latency, images/s and each
-backend's speed relative to OpenCV DNN (OpenCV median / its median), and whether darktune's fastest backend is
-at least as fast as OpenCV DNN.
+Default (the issue's CPU goal): yolov3-tiny (COCO weights from the cache) at 416x416, batch 1, all CPU threads.
+Backends take turns in blocks: torch (BN folded, channels-last), torch-onednn (folded, oneDNN for every conv),
+torch-unfused (the training model as it is), ONNX Runtime (all graph optimisations), OpenCV DNN with its
+defaults (Winograd 3x3 convs: the baseline) and opencv-exact (no Winograd: the parity setting). Prints median /
+p90 latency, images/s, each backend's speed relative to OpenCV DNN (OpenCV median / its median), and whether
+darktune's fastest backend is at least as fast as OpenCV DNN.
 With --device cuda: batch-1 latency and batch-64 throughput (the issue's GPU figures).
 
     .venv/bin/python benchmarks/bench_infer.py [--iters 100] [--repeats 3] [--json]

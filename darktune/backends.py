@@ -85,20 +85,25 @@ class Backend:
 
 class TorchBackend(Backend):
     """`Darknet` in torch, tuned for inference: BN folded exactly and long dot products on the accurate GEMM
-    kernel (`darktune.fuse.fuse_model`; `fuse=False` runs the training model as it is), inference_mode,
-    channels-last memory."""
+    kernel (`darktune.fuse.fuse_model`; `precise=False`: oneDNN everywhere; `fuse=False` runs the training
+    model as it is), inference_mode, channels-last memory."""
 
     name = "torch"
 
     def __init__(self, model: nn.Module, device: str = "cpu", fuse: bool = True, channels_last: bool = True,
-                 spec: NetworkSpec | None = None):
+                 spec: NetworkSpec | None = None, precise: bool = True):
         super().__init__(spec or model.spec)
         self.device = torch.device(device)
         if self.device.type == "cuda":
             if not torch.cuda.is_available():
                 raise DarktuneError("--device cuda: torch sees no CUDA device")
             torch.backends.cudnn.benchmark = True
-        net = inference_copy(model) if fuse else copy.deepcopy(model).eval().requires_grad_(False)
+        if fuse:
+            from darktune.fuse import fuse_model
+
+            net = fuse_model(model, precise=precise)
+        else:
+            net = copy.deepcopy(model).eval().requires_grad_(False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = net.to(self.device).to(memory_format=self.memory_format)
 
@@ -271,10 +276,11 @@ def load_model(cfg: str | Path, weights: str | Path | None, size: int | None = N
 
 def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, *, size: int | None = None,
                  device: str = "cpu", onnx: str | Path | None = None, batch: int | None = 1,
-                 threads: int | None = None, fuse: bool = True, winograd: bool = True) -> Backend:
+                 threads: int | None = None, fuse: bool = True, precise: bool = True,
+                 winograd: bool = True) -> Backend:
     """Build backend `name` for a cfg + weights. onnxruntime uses `onnx` if given, else exports the model to a
-    temporary raw-heads ONNX file (static `batch`, or a dynamic batch axis with batch=None). `fuse` is the
-    torch backend's (False: the unfused training model); `winograd` OpenCV's (False: direct, exact convs)."""
+    temporary raw-heads ONNX file (static `batch`, or a dynamic batch axis with batch=None). `fuse` and
+    `precise` are the torch backend's (see TorchBackend); `winograd` OpenCV's (False: direct, exact convs)."""
     if name not in BACKENDS:
         raise DarktuneError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
     if name == "onnxruntime" and onnx is not None:
@@ -289,7 +295,7 @@ def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, 
         raise DarktuneError(f"the {name} backend needs --cfg and --weights")
     model = load_model(cfg, weights, size)
     if name == "torch":
-        return TorchBackend(model, device, fuse=fuse)
+        return TorchBackend(model, device, fuse=fuse, precise=precise)
     if name == "opencv":
         return OpenCVBackend(cfg, weights, model.spec, device, threads, winograd=winograd)
     import tempfile

@@ -20,8 +20,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--cfg", help="darknet cfg (default: the cached COCO yolov3-tiny)")
     i.add_argument("--weights", help="darknet weights (default: the cached COCO yolov3-tiny)")
     i.add_argument("--backend", default="all",
-                   help="comma-separated torch,onnxruntime,opencv and the variants torch-unfused (BN not folded) "
-                        "and opencv-exact (no Winograd), or all")
+                   help="comma-separated torch,onnxruntime,opencv and the variants torch-unfused (BN not folded), "
+                        "torch-onednn (folded, oneDNN for every conv) and opencv-exact (no Winograd), or all")
     i.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     i.add_argument("--batch", type=int, default=1)
     i.add_argument("--size", type=int, default=416, help="square input size, multiple of 32")
@@ -40,7 +40,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # Bench-only variants: name -> (backend, make_backend options). OpenCV's defaults (Winograd) stay the baseline.
-VARIANTS = {"torch-unfused": ("torch", {"fuse": False}), "opencv-exact": ("opencv", {"winograd": False})}
+VARIANTS = {"torch-unfused": ("torch", {"fuse": False}), "torch-onednn": ("torch", {"precise": False}),
+            "opencv-exact": ("opencv", {"winograd": False})}
 
 
 def backend_names(text: str) -> list[str]:
