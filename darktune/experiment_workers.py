@@ -14,8 +14,16 @@ import traceback
 from pathlib import Path
 
 from darktune.errors import DarktuneError
-from darktune.experiment import (DONE, GridProgress, RunOutcome, StartWeights, TrainFn, prepare_run, run_status,
-                                 train_config)
+from darktune.experiment import (
+    DONE,
+    GridProgress,
+    RunOutcome,
+    StartWeights,
+    TrainFn,
+    prepare_run,
+    run_status,
+    train_config,
+)
 from darktune.experiment_spec import RunPlan
 
 

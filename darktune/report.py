@@ -15,9 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from darktune import study
-from darktune.report_data import (ExperimentData, best_transfer_decrease, eval_iterations, load_experiment,
-                                  main_images, time_to_target)
-from darktune.report_findings import BEAT_MARGIN, CLEAR_MARGIN, NOTHING_LEARNED, findings
+from darktune.report_data import (
+    ExperimentData,
+    best_transfer_decrease,
+    eval_iterations,
+    load_experiment,
+    main_images,
+    time_to_target,
+)
+from darktune.report_findings import (
+    BEAT_MARGIN,
+    CLEAR_MARGIN,
+    NOTHING_LEARNED,
+    findings,
+)
 from darktune.report_machine import machine_lines
 
 

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from darktune.report_data import (ExperimentData, best_transfer_decrease, main_images, seed_means, spread,
-                                  time_to_target)
+from darktune.report_data import (
+    ExperimentData,
+    best_transfer_decrease,
+    main_images,
+    seed_means,
+    spread,
+    time_to_target,
+)
 
 CLEAR_MARGIN = 0.10  # "clearly worse": at least 10 mAP points lower (the study's gaps were 25 to 91 points)
 BEAT_MARGIN = 0.02  # "beats": a mean at least 2 mAP points higher; closer is a tie (evaluations swing more)

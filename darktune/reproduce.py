@@ -6,8 +6,10 @@ Steps (each reuses its result when run again in the same folder):
      Images CSV with IsGroupOf boxes), both seeded;
   3. the domain set's group boxes filtered out (images that had one are dropped whole, as the study kept only
      images with reasonable boxes), written in darknet layout;
-  4. the experiment: stage `domain` (COCO conv.15 -> domain set, darknet's usual recipe), then the grid over the target set with the
-     starting points scratch, backbone, coco15, domain and 0, 13, 20 frozen layers;
+  4. the experiment: stage `domain` (COCO conv.15 -> domain set, darknet's usual recipe), then the grid over the
+     target set with the starting points scratch, backbone, coco15, domain, 0, 13, 20 frozen layers and the
+     profile's training seeds; on CPU two one-thread runs at a time (the stage trains beside the runs that do
+     not need it);
   5. the report (report.md, report.html).
 
 Owns: `PROFILES` (smoke / quick / full), `reproduce(profile, out, device) -> ReproduceOutcome`,
@@ -163,6 +165,11 @@ def build_spec(profile: Profile, data: dict, backbone: str | None = None) -> dic
              f"dropping every image with an IsGroupOf box ({f['group_boxes']} group boxes). Images and network "
              f"{p.size}x{p.size}, batch {p.batch}, lr {p.lr}, burn_in {p.burn_in}, augmentation "
              f"{'on' if p.augment else 'off'}.")
+    if not backbone:
+        notes += (f" The backbone start is a stand-in: without darknet's ImageNet weights it loads the COCO weights' "
+                  f"layers 0..{STAND_IN_BACKBONE_LAYERS - 1} only (generic low-level filters) and leaves layers "
+                  f"{STAND_IN_BACKBONE_LAYERS}..12 random; `reproduce --backbone darknet.weights` runs the study's "
+                  "Table I start (13 layers).")
     spec = {
         "cfg": "yolov3-tiny",
         "train": train,

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from fake_train import fake_train
 
 from darktune.errors import DarktuneError
 from darktune.experiment import run_experiment
 from darktune.experiment_spec import load_spec, plan_runs
-from fake_train import fake_train
 
 SPEC = """\
 cfg: {cfg}
@@ -262,7 +262,7 @@ def test_spec_doc_names_every_key_and_its_example_runs(tmp_path):
     text = DOC.read_text()
     for key in set(TOP_KEYS + WEIGHT_KEYS + STAGE_KEYS + GRID_KEYS):
         assert f"| `{key}` |" in text, f"docs/experiment_spec.md does not describe '{key}'"
-    example = re.search(r"`demo/spec.yaml`:\n\n```yaml\n(.*?)```", text, re.S).group(1)
+    example = re.search(r"`demo/spec.yaml`:\n\n```yaml\n(.*?)```", text, re.DOTALL).group(1)
     for name in ("target", "domain"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "obj.data").write_text("classes = 1\n")

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
+from fake_train import fake_train
+from test_experiment import SPEC
 
 from darktune import study
 from darktune.experiment import run_experiment
@@ -16,8 +18,6 @@ from darktune.experiment_spec import load_spec
 from darktune.report import write_report
 from darktune.report_data import load_experiment, time_to_target
 from darktune.report_findings import findings
-from fake_train import fake_train
-from test_experiment import SPEC
 
 
 @pytest.fixture(scope="module")

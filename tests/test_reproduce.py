@@ -17,8 +17,14 @@ import pytest
 from darktune import study
 from darktune.errors import DarktuneError
 from darktune.experiment_spec import plan_runs, spec_from_dict
-from darktune.reproduce import (PROFILES, STAND_IN_BACKBONE_LAYERS, _check_profile_folder, build_spec, default_jobs,
-                                prepare_data)
+from darktune.reproduce import (
+    PROFILES,
+    STAND_IN_BACKBONE_LAYERS,
+    _check_profile_folder,
+    build_spec,
+    default_jobs,
+    prepare_data,
+)
 
 
 def test_full_profile_is_the_study():

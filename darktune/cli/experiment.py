@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-
 SPEC_EXAMPLE = """\
 example SPEC.yaml (paths relative to the spec file):
   cfg: yolov3-tiny                  # a zoo model name or a .cfg path

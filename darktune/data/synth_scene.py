@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from darktune.data.synth_draw import WALL_KINDS, draw_occluders, draw_window, sky_and_ground, wall_texture
+from darktune.data.synth_draw import (
+    WALL_KINDS,
+    draw_occluders,
+    draw_window,
+    sky_and_ground,
+    wall_texture,
+)
 from darktune.data.synth_style import (
     TARGET_STYLE,
     WindowStyle,
