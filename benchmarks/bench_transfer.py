@@ -68,8 +68,12 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     net = {k: getattr(args, k) for k in ("hue", "saturation", "exposure") if getattr(args, k) is not None}
     yolo = {k: getattr(args, k) for k in ("iou_thresh", "truth_thresh", "ignore_thresh")
             if getattr(args, k) is not None}
-    spec = dataclasses.replace(spec, net=dataclasses.replace(spec.net, **net), layers=tuple(
-        dataclasses.replace(layer, **yolo) if isinstance(layer, YoloSpec) else layer for layer in spec.layers))
+    def changed(section, changes):  # written back by write_cfg only when listed in `explicit`
+        explicit = tuple(dict.fromkeys(section.explicit + tuple(changes)))
+        return dataclasses.replace(section, explicit=explicit, **changes)
+
+    spec = dataclasses.replace(spec, net=changed(spec.net, net), layers=tuple(
+        changed(layer, yolo) if isinstance(layer, YoloSpec) else layer for layer in spec.layers))
     tag = "_".join(f"{k}{v:g}" for k, v in sorted({**net, **yolo}.items())) or "official"
     cfg_out = write_cfg(spec, root / f"yolov3-tiny_{tag}.cfg")
     return data_dir / "obj.data", Path(cfg_out), conv15
