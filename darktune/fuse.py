@@ -1,20 +1,20 @@
 """Inference copies of a `Darknet`: batch norm folded into the convolutions exactly, and convolutions that
 add up long dot products routed to an accurate kernel.
 
-Why (measured on yolov3-tiny, COCO weights, two real 416x416 images, against a float64 run of the unfused
-model; see tests/test_backends.py):
-- Folding: w' = w * g / sqrt(var + eps), b' = beta - mean * g / sqrt(var + eps). Done in float32 (the old
-  way, and what OpenCV DNN does when it fuses) the folded values carry a few ulps of rounding on top of the
-  float32 inputs; done in float64 and cast once they are the correctly rounded exact values, so torch and
-  the ONNX export run bit-identical weights. Small effect on the heads (~1e-5), but free.
-- Accumulation: torch's default CPU convolution (oneDNN) sums each output's in_channels * k * k products in
-  a way that loses ~10x more than a blocked GEMM: on layer 12 (512 -> 1024, 3x3: 4,608-term dot products)
-  it alone puts 1.6e-4 of error on outputs of magnitude ~40, which reaches the raw heads as ~1e-4. torch's
-  im2col + BLAS GEMM path (oneDNN and NNPACK off) gives 1.7e-5 there. `GemmConv2d` takes that path for
-  convs with long dot products only (few, at small spatial sizes), so the fast oneDNN kernels keep the
-  high-resolution layers, whose short dot products it computes accurately enough.
-- What is left: every float32 conv rounds; over 13 layers torch ends within ~1e-4 of the float64 run (worst
-  of 10 test images: 9.4e-5 on heads of magnitude ~28), ONNX Runtime within ~3e-5. Pairwise <= 1e-4.
+Why (yolov3-tiny at 416, COCO weights, real images, max abs difference of the raw heads (magnitude ~25)
+against a float64 run of the unfused model; figures from an AMD EPYC, torch 2.13, 2 threads):
+- Accumulation is what matters. torch's default CPU convolution (oneDNN) sums each output's
+  in_channels * k * k products with ~10x the rounding of a blocked GEMM on long dot products: on layer 12
+  (512 -> 1024, 3x3: 4,608-term dot products) it alone puts 1.6e-4 on outputs of magnitude ~40 (GEMM:
+  1.7e-5), and the training model's heads end 1.1e-4 off. `GemmConv2d` sends convs with long dot products
+  (few, at small spatial sizes) to ATen's im2col + GEMM kernel; oneDNN keeps the high-resolution layers,
+  whose short dot products it sums about as well as anything else. Cost: +5% CPU time per image.
+- Folding batch norm (w' = w * g / sqrt(var + eps), b' = beta + (b - mean) * g / sqrt(var + eps)) in float64
+  and rounding once gives the correctly rounded weights, which torch and the ONNX export then share bit for
+  bit. The float32 folding that OpenCV DNN does itself differs by <= 2.4e-7 relative per weight, ~1e-5 on the
+  heads: not a source of the disagreement, and removing BN saves ~4% CPU time.
+- What is left is ordinary float32 rounding over 13 convs: torch ends within 9.4e-5 of float64 (worst of 10
+  test images), ONNX Runtime 2.7e-5, OpenCV DNN without Winograd 3.5e-5; pairwise <= 8.8e-5.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 # Convs whose dot products have at least this many terms (in_channels / groups * kh * kw) take the GEMM
-# path. yolov3-tiny: layers 10, 12, 13, 14, 21 (2,304..4,608 terms, 13x13 and 26x26 outputs).
+# path. yolov3-tiny: layers 10, 12, 14, 21 (2,304..4,608 terms, 13x13 and 26x26 outputs).
 LONG_DOT = 2048
 
 
