@@ -233,8 +233,10 @@ class TimeToTarget:
     seeds: int
 
 
-def time_to_target(data: ExperimentData, start: str, freeze: int, images: int | None) -> TimeToTarget | None:
-    target = data.target_map
+def time_to_target(data: ExperimentData, start: str, freeze: int, images: int | None,
+                   target: float | None = None) -> TimeToTarget | None:
+    """Iterations (and seconds) to `target` (default: the spec's target_map), mean over seeds."""
+    target = data.target_map if target is None else target
     runs = data.select(start, freeze, images)
     if target is None or not runs:
         return None
@@ -265,14 +267,15 @@ class Decrease:
 TRANSFER_EXCLUDED = ("scratch", "backbone", "coco15")
 
 
-def best_transfer_decrease(data: ExperimentData, freeze: int, images: int | None) -> Decrease | None:
+def best_transfer_decrease(data: ExperimentData, freeze: int, images: int | None,
+                           target: float | None = None) -> Decrease | None:
     """Percent decrease in iterations to target of the best transfer path (a start other than scratch,
     backbone and coco15: a stage, coco, another weights file) against coco15 — the study's 83% figure."""
-    base = time_to_target(data, "coco15", freeze, images)
+    base = time_to_target(data, "coco15", freeze, images, target)
     if base is None:
         return None
     paths = [t for s in data.starts() if s not in TRANSFER_EXCLUDED
-             for t in [time_to_target(data, s, freeze, images)] if t is not None and t.iterations is not None]
+             for t in [time_to_target(data, s, freeze, images, target)] if t is not None and t.iterations is not None]
     if not paths:
         return None
     best = min(paths, key=lambda t: t.iterations)
@@ -285,3 +288,25 @@ def best_transfer_decrease(data: ExperimentData, freeze: int, images: int | None
                         1.0 - best.iterations / base.iterations, False, secs)
     return Decrease(freeze, best.start, best.iterations, None, base.max_iterations,
                     1.0 - best.iterations / base.max_iterations, True)
+
+
+def its_text(iterations: float) -> str:
+    """Iterations as printed: whole numbers plain, a mean over seeds to one decimal."""
+    return f"{iterations:.0f}" if float(iterations).is_integer() else f"{iterations:.1f}"
+
+
+def start_map(data: ExperimentData, start: str, freeze: int, images: int | None) -> float | None:
+    """Mean over seeds of the start weights' mAP (the evaluation at iteration 0), None when not evaluated."""
+    return mean_or_none([r.map_at(0) for r in data.select(start, freeze, images)])
+
+
+def target_levels(data: ExperimentData, step: float = 0.1) -> list[float]:
+    """The spec's target and every higher multiple of `step` below 1 (the targets of the sensitivity table)."""
+    if data.target_map is None:
+        return []
+    levels = [data.target_map]
+    k = int(round(data.target_map / step, 6)) + 1
+    while k * step < 1.0 - 1e-9:
+        levels.append(round(k * step, 6))
+        k += 1
+    return levels

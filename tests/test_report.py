@@ -244,3 +244,28 @@ def test_within_spread_is_flagged():
     assert _within_spread(SeedStat(0.50, 0.05, 3), SeedStat(0.45, 0.03, 3))
     assert not _within_spread(SeedStat(0.60, 0.02, 3), SeedStat(0.45, 0.03, 3))
     assert not _within_spread(SeedStat(0.60, None, 1), SeedStat(0.59, None, 1))
+
+
+def test_agreement_resting_on_start_weights_is_said_so(copy):
+    """domain's start weights meet the spec's target (0.8) but fine-tuning is slow above it: the finding still
+    agrees at 0.8 and says that it is not robust; the sensitivity table shows the higher targets."""
+    _prepend_start_eval(copy / "runs" / "domain-f0-nall-s0", 0.85)
+    _set_maps(copy / "runs" / "domain-f0-nall-s0", lambda it, m: 0.85 if it <= 32 else 0.95)
+    data = load_experiment(copy)
+    found = findings(data)
+    assert found[3].verdict == "agrees" and "NOT robust to the target" in found[3].evidence[-1]
+    # 0.9: domain at 34 (evaluated every 2), coco15 0.98 (1 - exp(-it/60)) >= 0.9 from 151.5, evaluated every
+    # 10 -> 160: 79% fewer
+    assert "at the next target level, 90.0, domain 34 it. vs coco15 160 it.: 79% fewer" in found[3].evidence[-1]
+    assert "start weights, before any training" in found[4].evidence[-1]
+    md = write_report(copy).markdown.read_text()
+    assert "| 80.0 | 110 | `domain` | 0 | 100% |" in md and "| 90.0 | 160 | `domain` | 34 | 79% |" in md
+    assert "`domain` 85.0" in md  # the start weights' mAP
+
+
+def test_freeze_20_disagreement_shows_first_and_last_rows(copy):
+    _set_maps(copy / "runs" / "domain-f20-nall-s0", lambda it, m: 0.9 * (1 - 2.718 ** (-it / 8)))
+    found = findings(load_experiment(copy))[0]
+    line = next(e for e in found.evidence if e.startswith("domain"))
+    assert found.verdict == "DISAGREES" and "NOT clearly worse" in line
+    assert "at its last row (it. 40)" in line and "at its first (it. 10)" in line
