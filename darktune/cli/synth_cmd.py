@@ -32,7 +32,7 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
                    help="target: fraction of images in valid.txt (default 0.2)")
     p.add_argument("--distractors", type=int, default=None, metavar="N",
                    help="target: at most N distractor windows per image, a seeded choice; the others are left "
-                        "out (blank wall); 0 gives the target design only (default: no cap, about 6 per image)")
+                        "out (blank wall); 0 gives the target design only (default: no cap, about 5 to 6 per image)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="processes drawing images (default 1); the files are the same for any N")
     p.add_argument("--json", action="store_true", help="print the result as JSON (with images_per_s)")
