@@ -20,7 +20,7 @@ loaded 2-core machine), under 1% of a training iteration there. For each `[yolo]
   truths of a slot and divides by the number of distinct classes there; we do not copy that averaging.
 * Objectness: BCE towards 1 at assigned cells; BCE towards 0 elsewhere, except predictions whose decoded box
   has IoU > ``ignore_thresh`` with some truth of the image, whatever its class (no objectness loss for those;
-  pjreddie's rule; AlexeyAB only counts truths whose class the prediction already scores > 0.25). ×
+  pjreddie's rule; AlexeyAB ignores only predictions that already score some class > 0.25). ×
   ``obj_normalizer``.
 * ``truth_thresh < 1`` (both darknets): a prediction (any anchor, any cell of this head) whose decoded box has
   IoU > ``truth_thresh`` with its best truth of the image (any class) is a positive for that truth: objectness
@@ -33,8 +33,11 @@ loaded 2-core machine), under 1% of a training iteration there. For each `[yolo]
   loss whose gradient is exactly darknet's is a cross-entropy on the sigmoid for x/y (shifted so its minimum
   is 0 when the target lies in the cell) and ``0.5 * (t - x)^2`` on tw/th.
   ``iou_loss=iou|giou|diou|ciou``: ``iou_normalizer * (1 - IoU-variant)`` on the decoded box (no 2-wh scale).
-* Not implemented: ``focal_loss``, ``label_smooth_eps``, ``objectness_smooth``, ``max_delta``,
-  ``iou_thresh_kind`` other than IoU; ``new_coords`` box terms use their decoded form.
+* Not implemented: ``focal_loss`` (darknet applies it to the class deltas only; with one class that term is
+  ~0 after a few iterations, 0.01-0.05 per image against 3-5 for objectness in the transfer benchmark's
+  runs, so it could not change time to target there), ``label_smooth_eps``,
+  ``objectness_smooth``, ``max_delta``, ``iou_thresh_kind`` other than IoU; ``new_coords`` box terms use their
+  decoded form.
 
 Truths per image for the IoU of ``ignore_thresh``/``truth_thresh`` are padded to a capacity T: ``max_truths``
 if given; else, for targets that arrive on the CPU (the loader's), the most truths in one image rounded up to a
