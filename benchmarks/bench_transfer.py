@@ -2,14 +2,16 @@
 seed, mAP50 (darknet protocol) on the set's valid list over iterations, and iterations / seconds to the target.
 
     .venv/bin/python benchmarks/bench_transfer.py [--size 224] [--iterations 300] [--freeze 0] [--lr 0.001]
-        [--burn-in 50] [--hue 0] [--seeds 0] [--jobs 2] [--root /tmp/transfer_bench] [--json]
+        [--burn-in 50] [--iou-thresh 0.213] [--seeds 0,1,2] [--jobs 2] [--root /tmp/transfer_bench] [--json]
+
+The defaults are the setting of benchmarks/TRANSFER.md (224 px, batch 16, freeze 0, lr 0.001, burn_in 50,
+steps 240, 300 iterations, bf16 autocast on CPU, multi-scale as the cfg says); its figures were measured so.
 
 What it does, with `darktune` commands only (no private API):
   1. `darktune data synth --kind target` (default 1000 images at 416 px, seed 0; reused when present),
   2. `darktune weights fetch yolov3-tiny` and `darktune partial ... 15` (COCO layers 0..14: conv.15),
-  3. a copy of the official yolov3-tiny.cfg with the [net] overrides asked for (``--hue``, ``--saturation``,
-     ``--exposure``; the target is one window *design*, told apart from distractors partly by its glass colour,
-     and darknet's default hue jitter of +-0.1 turn moves dark-blue glass onto the teal distractors' hue),
+  3. a copy of the official yolov3-tiny.cfg with the overrides asked for: [net] ``--hue``, ``--saturation``,
+     ``--exposure``; [yolo] ``--iou-thresh``, ``--truth-thresh``, ``--ignore-thresh`` (none by default),
   4. `darktune train` from conv.15 (``--upto 15``) and from scratch (``--weights none``) with identical
      arguments and seed, ``--jobs`` of them at once (one torch thread each: on a 2-core machine two
      single-thread runs finish sooner than two 2-thread runs one after the other),
