@@ -104,8 +104,7 @@ def freeze_20_worse(data: ExperimentData) -> Finding:
             tag += "; the gap is within the seeds' spread"
         if not good and its:
             last0, last20 = (_stat(data, start, n, images, its[-1:]) for n in (0, 20))
-            early = [i for i in its[:1]]
-            e0, e20 = (_stat(data, start, n, images, early) for n in (0, 20))
+            e0, e20 = (_stat(data, start, n, images, its[:1]) for n in (0, 20))
             if last0 and last20 and e0 and e20:
                 tag += (f"; at its last row (it. {its[-1]}) N=0 {last0.text()} vs N=20 {last20.text()}, at its first "
                         f"(it. {its[0]}) {e0.text()} vs {e20.text()}")

@@ -190,8 +190,8 @@ def _drawn(jobs: list[tuple], workers: int, desc: str, progress: bool):
             from concurrent.futures import ProcessPoolExecutor
 
             # spawn: the caller may hold torch or OpenCV threads that fork would copy in a broken state
-            pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_init_worker,
-                                                           mp_context=mp.get_context("spawn")))
+            pool = stack.enter_context(ProcessPoolExecutor(
+                max_workers=min(workers, len(jobs)), initializer=_init_worker, mp_context=mp.get_context("spawn")))
             results = pool.map(draw_image, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
         if progress:
             from tqdm import tqdm
