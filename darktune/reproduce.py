@@ -161,15 +161,15 @@ def build_spec(profile: Profile, data: dict, backbone: str | None = None) -> dic
     f = data["filter"]
     seeds = ", ".join(map(str, p.seeds))
     notes = (f"Profile {p.name} ({p.note}). Training seeds {seeds}. Synthetic windows benchmark, seed {SEED}: "
-             f"target set {p.target_images} images, domain set {p.domain_images} images of which {f['images_out']} kept after "
-             f"dropping every image with an IsGroupOf box ({f['group_boxes']} group boxes). Images and network "
-             f"{p.size}x{p.size}, batch {p.batch}, lr {p.lr}, burn_in {p.burn_in}, augmentation "
-             f"{'on' if p.augment else 'off'}.")
+             f"target set {p.target_images} images, domain set {p.domain_images} images of which "
+             f"{f['images_out']} kept after dropping every image with an IsGroupOf box ({f['group_boxes']} group "
+             f"boxes). Images and network {p.size}x{p.size}, batch {p.batch}, lr {p.lr}, burn_in {p.burn_in}, "
+             f"augmentation {'on' if p.augment else 'off'}.")
     if not backbone:
+        n = STAND_IN_BACKBONE_LAYERS
         notes += (" The backbone start is a stand-in: without darknet's ImageNet weights it loads the COCO "
-                  f"weights' layers 0..{STAND_IN_BACKBONE_LAYERS - 1} only (generic low-level filters) and leaves "
-                  f"layers {STAND_IN_BACKBONE_LAYERS}..12 random; `reproduce --backbone darknet.weights` runs the study's "
-                  "Table I start (13 layers).")
+                  f"weights' layers 0..{n - 1} only (generic low-level filters) and leaves layers {n}..12 random; "
+                  "`reproduce --backbone darknet.weights` runs the study's Table I start (13 layers).")
     spec = {
         "cfg": "yolov3-tiny",
         "train": train,
