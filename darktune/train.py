@@ -90,7 +90,7 @@ class TrainConfig:
     scales: list[float] | None = None
     augment: bool = True
     gpu_augment: bool | None = None  # None: on for CUDA (device-side input path, `darktune.train_device`)
-    multi_scale: bool | None = None  # None: as the cfg's [yolo] random=1 says
+    multi_scale: bool | None = None  # None: as the cfg's [yolo] random=1 says (off with augment=False)
     amp: bool | None = None  # None: on for CUDA
     channels_last: bool | None = None  # None: on
     compile: bool | None = None  # None: on for CUDA

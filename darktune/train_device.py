@@ -123,9 +123,12 @@ def _rank_slice(x: torch.Tensor, t: torch.Tensor, first: int, n: int) -> tuple[t
 
 
 def multi_scale_of(config, spec) -> bool:
-    """--multi-scale / --no-multi-scale, else darknet's: on when a [yolo] layer of the cfg says random=1."""
+    """--multi-scale / --no-multi-scale, else darknet's: on when a [yolo] layer of the cfg says random=1.
+    `--no-augment` (no random transformation of the inputs) also means no random sizes unless asked for."""
     if config.multi_scale is not None:
         return bool(config.multi_scale)
+    if not config.augment:
+        return False
     from darktune.cfg import YoloSpec
 
     return any(isinstance(layer, YoloSpec) and layer.random for layer in spec.layers)

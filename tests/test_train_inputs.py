@@ -99,6 +99,8 @@ def test_multi_scale_follows_the_cfgs_random_unless_told(dataset):
     assert not multi_scale_of(cfg_of(dataset, "x"), spec) and multi_scale_of(cfg_of(dataset, "x"), with_random)
     assert not multi_scale_of(cfg_of(dataset, "x", multi_scale=False), with_random)
     assert multi_scale_of(cfg_of(dataset, "x", multi_scale=True), spec)
+    assert not multi_scale_of(cfg_of(dataset, "x", augment=False), with_random)  # no augmentation: one size
+    assert multi_scale_of(cfg_of(dataset, "x", augment=False, multi_scale=True), spec)
 
 
 def dataset_cfg_text(dataset) -> str:

@@ -66,7 +66,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _tristate(p, "gpu-augment", "device-side input path: images decoded once into a uint8 cache, whole batches "
                                 "augmented on --device (default: on for CUDA, off on CPU)")
     _tristate(p, "multi-scale", "darknet multi-scale training: a new size in [size/1.4, size*1.4] every 10 "
-                                "iterations (default: on when the cfg's [yolo] layers say random=1)")
+                                "iterations (default: on when the cfg's [yolo] layers say random=1, "
+                                "unless --no-augment)")
     _tristate(p, "amp", "mixed precision: bf16 (fp16 on GPUs without bf16); default on for CUDA, off on CPU")
     _tristate(p, "channels-last", "channels_last memory format (default: on)")
     _tristate(p, "compile", "torch.compile (default: on for CUDA)")
