@@ -62,18 +62,19 @@ def test_detect_backends_agree_on_images(coco, photo_path, tmp_path, capsys):
     scene = tmp_path / "scene.png"
     cv2.imwrite(str(scene), synthetic_scene(read_image(photo_path)))
     runs = {}
-    for backend, extra in [("torch", _model_args(coco)), ("opencv", _model_args(coco)),
-                           ("onnxruntime", ["--onnx", str(onnx_path)])]:  # cfg and names from the model
+    for key, backend, extra in [("torch", "torch", _model_args(coco)), ("opencv", "opencv", _model_args(coco)),
+                                ("opencv-direct", "opencv", [*_model_args(coco), "--no-winograd"]),
+                                ("onnxruntime", "onnxruntime", ["--onnx", str(onnx_path)])]:  # names from the model
         capsys.readouterr()
         assert main(["detect", str(photo_path), str(scene), "--backend", backend, *extra, "--json",
                      "--thresh", "0.1"]) == 0
-        runs[backend] = json.loads(capsys.readouterr().out)
+        runs[key] = json.loads(capsys.readouterr().out)
     for records in runs.values():
         assert [r["image"] for r in records] == [str(photo_path), str(scene)]
         assert "frame" not in records[0]
     ref = runs["torch"]
     assert sum(len(r["detections"]) for r in ref) >= 3
-    for other in (runs["opencv"], runs["onnxruntime"]):
+    for other in (runs["opencv"], runs["opencv-direct"], runs["onnxruntime"]):
         for a, b in zip(ref, other):
             key = (lambda d: (d["class_id"], -round(d["score"], 3), d["box"][0]))
             da, db = sorted(a["detections"], key=key), sorted(b["detections"], key=key)
@@ -118,3 +119,9 @@ def test_video_sink_is_atomic(tmp_path):
     aborted = VideoSink(tmp_path / "a.mp4", 5.0, (64, 48))
     aborted.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+
+
+def test_detect_no_winograd_is_only_for_opencv(coco, photo_path, capsys):
+    assert main(["detect", str(photo_path), *_model_args(coco), "--backend", "torch", "--no-winograd"]) != 0
+    err = capsys.readouterr().err
+    assert "--no-winograd is for --backend opencv" in err and "Traceback" not in err

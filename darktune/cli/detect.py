@@ -20,6 +20,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("torch", "onnxruntime", "opencv"), default="torch",
                    help="who runs the network; preprocessing, decoding and NMS are darktune's for all")
     p.add_argument("--onnx", help="raw-heads ONNX model for --backend onnxruntime (default: export on the fly)")
+    p.add_argument("--no-winograd", action="store_true",
+                   help="--backend opencv: direct convolutions instead of OpenCV's Winograd 3x3 ones (slower; "
+                        "raw outputs within 1e-4 of torch and ONNX Runtime, where Winograd is about 2e-4 away)")
     p.add_argument("--size", type=int, help="network input size (square, multiple of 32); default: the cfg's")
     p.add_argument("--thresh", type=float, default=0.25)
     p.add_argument("--nms", type=float, default=0.45)
@@ -53,12 +56,14 @@ def _detect(args) -> int:
     from darktune.errors import DarktuneError
     from darktune.video import open_source
 
+    if args.no_winograd and args.backend != "opencv":
+        raise DarktuneError("--no-winograd is for --backend opencv")
     if args.onnx and args.backend != "onnxruntime":
         raise DarktuneError("--onnx is for --backend onnxruntime")
     if args.cfg is None and not args.onnx:
         raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
     backend = make_backend(args.backend, args.cfg, args.weights, size=args.size, device=args.device,
-                           onnx=args.onnx, batch=1)
+                           onnx=args.onnx, batch=1, winograd=not args.no_winograd)
     names = getattr(backend, "names", None)  # an ONNX model may carry its class names
     if args.names or not names or len(names) != backend.spec.num_classes:
         names = read_names(args.names, backend.spec.num_classes)
