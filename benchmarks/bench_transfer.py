@@ -86,6 +86,7 @@ def train_args(args: argparse.Namespace, cfg: Path, data: Path, start: str, conv
     weights = ["--weights", str(conv15), "--upto", "15"] if start == "conv15" else ["--weights", "none"]
     extra = {None: [], True: ["--multi-scale"], False: ["--no-multi-scale"]}[args.multi_scale]
     extra += ["--amp"] if args.amp else []
+    extra += ["--obj-prior", str(args.obj_prior)] if args.obj_prior is not None else []
     extra += ["--eval-at", args.eval_at] if args.eval_at else []
     extra += ["--stop-at-target"] if args.stop_at_target else []
     freeze = args.freeze if start == "conv15" or args.freeze_scratch is None else args.freeze_scratch
@@ -168,6 +169,7 @@ def get_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ignore-thresh", type=float, help="[yolo] ignore_thresh override (official: .7)")
     p.add_argument("--multi-scale", action=argparse.BooleanOptionalAction, default=None,
                    help="darknet multi-scale training (default: as the cfg's random=1 says: on for yolov3-tiny)")
+    p.add_argument("--obj-prior", type=float, help="train --obj-prior P for the new heads (default: darknet's 0 bias)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="bf16 autocast on CPU (2.3-2.5x faster on AVX512-BF16 CPUs)")
     p.add_argument("--starts", default="conv15,scratch")

@@ -23,7 +23,8 @@ BUILTIN_STARTS = ("scratch", "backbone", "coco15", "coco")
 # Options passed through to every training run (TrainConfig fields the grid does not own).
 TRAIN_OPTIONS = ("batch", "subdivisions", "size", "lr", "burn_in", "steps", "scales", "eval_every", "protocol",
                  "workers", "unfreeze_at", "freeze_layers", "stop_at_target", "target_map", "augment",
-                 "max_valid_images", "checkpoint_every", "eval_batch", "multi_scale", "gpu_augment")
+                 "max_valid_images", "checkpoint_every", "eval_batch", "multi_scale", "gpu_augment",
+                 "obj_prior")
 _INT_OPTIONS = {"batch": 1, "subdivisions": 1, "size": 32, "eval_every": 0, "workers": 0, "unfreeze_at": 0,
                 "burn_in": 0, "max_valid_images": 1, "checkpoint_every": 1, "eval_batch": 1}
 TOP_KEYS = ("cfg", "weights", "train", "stages", "grid", "notes")
@@ -218,6 +219,10 @@ class _Checker:
                 raise self.error(where, f"must be a number >= 0, got {value!r}")
             if key == "target_map" and value > 1:
                 raise self.error(where, f"is a fraction in [0, 1] (0.9 = 90 mAP), got {value!r}")
+            return float(value)
+        if key == "obj_prior":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise self.error(where, f"must be a probability in (0, 1), got {value!r}")
             return float(value)
         if key == "scales":
             values = value if isinstance(value, list) else [value]

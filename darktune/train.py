@@ -89,6 +89,7 @@ class TrainConfig:
     steps: list[int] | None = None
     scales: list[float] | None = None
     augment: bool = True
+    obj_prior: float | None = None  # new yolo heads: objectness bias = logit(p) (None: darknet's 0)
     gpu_augment: bool | None = None  # None: on for CUDA (device-side input path, `darktune.train_device`)
     multi_scale: bool | None = None  # None: as the cfg's [yolo] random=1 says (off with augment=False)
     amp: bool | None = None  # None: on for CUDA
@@ -116,6 +117,7 @@ class TrainConfig:
             (self.log_every >= 1 and self.checkpoint_every >= 1 and self.max_bad_steps >= 1,
              "--log-every, --checkpoint-every and --max-bad-steps must be >= 1"),
             (self.lr is None or self.lr >= 0, "--lr must be >= 0"),
+            (self.obj_prior is None or 0 < self.obj_prior < 1, "--obj-prior is a probability in (0, 1)"),
             (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
             (self.unfreeze_at is None or self.unfreeze_at >= 0, "--unfreeze-at must be >= 0"),
             (not (self.freeze and self.freeze_layers), "give --freeze or --freeze-layers, not both"),

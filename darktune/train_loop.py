@@ -239,6 +239,10 @@ def _fresh_start(run: Run) -> None:
 
     c = run.config
     report = init_model(run.model, c.weights, c.upto, c.seed)
+    if c.obj_prior is not None:
+        from darktune.train_setup import set_objectness_prior
+
+        report["obj_prior_layers"] = set_objectness_prior(run.model, report["new_layers"], c.obj_prior)
     set_frozen(run.model, run.frozen)  # init may have replaced tensors; make sure the flags hold
     report["frozen_layers"] = run.frozen
     run.state.update(best_map=None, final_map=None, time_to_target=None, train_seconds=0.0, skipped_steps=0,

@@ -112,6 +112,26 @@ def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, s
     return report
 
 
+def set_objectness_prior(model: nn.Module, layers: list[int], prior: float) -> list[int]:
+    """Objectness bias of every anchor of the yolo heads' input convs among `layers` (new ones) := logit(prior),
+    so a fresh head starts by predicting about `prior` objects per cell and anchor instead of 0.5 (darknet: bias
+    0). Returns the layers changed."""
+    from darktune.cfg import YoloSpec
+
+    logit = math.log(prior / (1.0 - prior))
+    spec, changed = model.spec, []
+    with torch.no_grad():
+        for i in layers:
+            nxt = spec.layers[i + 1] if i + 1 < len(spec.layers) else None
+            conv = getattr(model.layers[i], "conv", None)
+            if not isinstance(nxt, YoloSpec) or conv is None or conv.bias is None:
+                continue
+            per_anchor = 5 + nxt.classes
+            conv.bias.view(-1, per_anchor)[:, 4] = logit
+            changed.append(i)
+    return changed
+
+
 def _copy_matching(source: nn.Module, target: nn.Module, convs: list[int]) -> list[int]:
     loaded = []
     with torch.no_grad():

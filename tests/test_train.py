@@ -278,3 +278,22 @@ def test_batches_are_a_pure_function_of_seed_and_iteration(dataset):
     again.close()
     assert subset(items, 5, 0) == [i for i in subset(items, 8, 0) if i in subset(items, 5, 0)]
     assert len(subset(items, 5, 0)) == 5 and subset(items, 5, 0) == subset(items, 5, 0)
+
+
+def test_obj_prior_sets_new_heads_objectness_bias_only(dataset, tmp_path):
+    import math
+
+    from darktune.weights import load_weights
+
+    res = train(cfg_of(dataset, tmp_path / "run", iterations=1, lr=0.0, obj_prior=0.01), progress=False)
+    init = json.loads((res.run_dir / "init.json").read_text())
+    model = _model(dataset)
+    load_weights(model, res.run_dir / "weights" / "last.weights")  # lr 0: the written weights are the start
+    heads = [i - 1 for i in model.head_indices]
+    assert init["obj_prior_layers"] == heads
+    for i in heads:
+        bias = model.layers[i].conv.bias.view(-1, 5 + model.spec.num_classes)
+        assert torch.allclose(bias[:, 4], torch.full((bias.shape[0],), math.log(0.01 / 0.99)))
+        assert torch.count_nonzero(bias[:, :4]) == 0 and torch.count_nonzero(bias[:, 5:]) == 0  # darknet's 0
+    with pytest.raises(DarktuneError, match="obj-prior"):
+        cfg_of(dataset, tmp_path / "bad", obj_prior=1.0)

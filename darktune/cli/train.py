@@ -59,6 +59,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, metavar="N", help="use a seeded subset of N training images")
     p.add_argument("--max-valid-images", type=int, metavar="N", help="evaluate on the first N valid images")
     p.add_argument("--lr", type=float, help="override [net] learning_rate")
+    p.add_argument("--obj-prior", type=float, metavar="P",
+                   help="start new yolo heads' objectness at probability P (bias logit(P), e.g. 0.01; "
+                        "default: darknet's bias 0, i.e. 0.5)")
     p.add_argument("--burn-in", type=int, help="override [net] burn_in")
     p.add_argument("--steps", type=_int_list, help="override [net] steps (policy becomes steps)")
     p.add_argument("--scales", type=_float_list, help="override [net] scales")
@@ -110,7 +113,7 @@ def config_from_args(args: argparse.Namespace):
         threads=args.threads,
         max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in,
         steps=args.steps, scales=args.scales, augment=args.augment, gpu_augment=args.gpu_augment,
-        multi_scale=args.multi_scale, amp=args.amp,
+        multi_scale=args.multi_scale, amp=args.amp, obj_prior=args.obj_prior,
         channels_last=args.channels_last, compile=args.compile, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, max_bad_steps=args.max_bad_steps, tensorboard=args.tensorboard)
 
