@@ -15,6 +15,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 pytest_plugins = ["reliability_plugin"]
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: tiny models train fastest so, and more threads oversubscribe a busy machine.
+    Test modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_configure(config):
     """Fetch the official weights once into the user's cache, then give the tests a private $DARKTUNE_HOME
     (check caches, runs) in which the model folder is a link to that cache: tests never write the user's cache."""

@@ -10,27 +10,19 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from corpus import datasets
 from reliability_table import tally  # noqa: F401 (fixture)
 
 TIMING_KEYS = {"images_per_s", "train_s", "elapsed_s", "eval_seconds"}
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("determinism")
-    obj = datasets.make_dataset(root / "data", [f"im{i}.jpg" for i in range(6)], n_valid=2)
-    return datasets.write_tiny_cfg(root / "tiny.cfg"), obj
+    return datasets.make_tiny(root)
 
 
 def _run(tiny, out: Path, seed: int = 7, iterations: int = 6, resume: bool = False):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from cfgs import small_cfg
-from test_train import one_thread  # noqa: F401 (autouse fixture: one torch thread per test)
 from torch import nn
 
 from darktune.cfg import parse_cfg_text
@@ -24,6 +23,8 @@ from darktune.freeze import (
 )
 from darktune.model import Darknet
 from darktune.train_setup import build_optimizer, param_groups
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CFG = small_cfg()
 

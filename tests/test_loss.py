@@ -14,13 +14,7 @@ from darktune.model import Darknet
 ANCHORS = "10,14, 23,27, 37,58, 81,82, 135,169, 344,319"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and two oversubscribe the 2 cores under pytest -n 2."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg(size=64, mask26="0,1,2", classes=2, bn=False, iou_loss="mse", extra=""):

@@ -24,15 +24,7 @@ TINY = datasets.tiny_cfg_text()
 TINY_MUTATIONS = cfg_mutations(TINY)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models train fastest on one thread, and a busy machine makes more threads much slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_weights_size() -> int:

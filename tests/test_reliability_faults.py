@@ -28,22 +28,13 @@ from reliability_table import tally  # noqa: F401 (fixture)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models train fastest on one thread, and a busy machine makes more threads much slower."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    obj = datasets.make_dataset(root / "data", [f"im{i}.jpg" for i in range(6)], n_valid=2)
-    return datasets.write_tiny_cfg(root / "tiny.cfg"), obj, root
+    return (*datasets.make_tiny(root), root)
 
 
 # ------------------------------------------------------------------------------- SIGKILL during checkpoint

@@ -27,15 +27,8 @@ X1, X2, Y1, Y2 = W // 8, W // 3, H // 5, H // 2
 RECT_LABEL = f"0 {(X1 + X2) / 2 / W:.6f} {(Y1 + Y2) / 2 / H:.6f} {(X2 - X1) / W:.6f} {(Y2 - Y1) / H:.6f}\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models train fastest on one thread, and a busy machine makes more threads much slower."""
-    import torch
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def _label_for(case) -> str:
     return "0 0.5 0.5 1 1\n" if case.shape in (None, (1, 1)) else RECT_LABEL

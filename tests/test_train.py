@@ -23,13 +23,7 @@ TINY = small_cfg({"batch": 4, "subdivisions": 2, "learning_rate": 0.002, "burn_i
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread per test (several test processes share 2 cores); imported by other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_set(root: Path) -> tuple[str, str]:

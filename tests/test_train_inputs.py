@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train import cfg_of, lines, one_thread, tiny_set  # noqa: F401 (one_thread: autouse fixture)
+from test_train import cfg_of, lines, tiny_set
 
 from darktune.data.augment import AugmentConfig
 from darktune.errors import DarktuneError
 from darktune.train import train
 from darktune.train_data import SampleOrder, TrainBatches, network_size, size_range
 from darktune.train_device import DeviceBatches, multi_scale_of
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 AUG = AugmentConfig(jitter=0.2, hue=0.1, saturation=1.5, exposure=1.5, flip=True)
 

@@ -94,3 +94,9 @@ def random_weights(cfg: Path, out: Path, seed: int = 0) -> Path:
     model = Darknet(parse_cfg(cfg))
     darknet_init(model, conv_layers(model.spec), torch.Generator().manual_seed(seed))
     return save_weights(model, out)
+
+
+def make_tiny(root: Path) -> tuple[Path, Path]:
+    """(tiny cfg, obj.data) of a 6-image dataset (4 train, 2 valid) with plain names under `root`."""
+    obj = make_dataset(Path(root) / "data", [f"im{i}.jpg" for i in range(6)], n_valid=2)
+    return write_tiny_cfg(Path(root) / "tiny.cfg"), obj
