@@ -27,6 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from darktune.data.batch_augment import (
+    BatchParams,
+    apply_params,
+    augment_batch,
+    sample_params,
+)
 from darktune.errors import DarktuneError
 from darktune.train_data import CACHE_SCALE, SampleOrder
 
@@ -79,12 +85,6 @@ class DeviceBatches(SampleOrder):
 
     def inputs(self, iteration: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(float images (b, 3, S, S) in [0, 1] on the device, targets (M, 6) on the device)."""
-        from darktune.data.batch_augment import (
-            apply_params,
-            augment_batch,
-            sample_params,
-        )
-
         size = self.size_at(iteration)
         rows = self._rows(iteration, sub)
         u8, t = self.cache.batch(rows, self.device)
@@ -106,8 +106,6 @@ class DeviceBatches(SampleOrder):
 
 def _param_rows(p, first: int, n: int):
     """The BatchParams of rows first..first+n-1 of a batch drawn without mosaic (each row its own image)."""
-    from darktune.data.batch_augment import BatchParams
-
     rows = slice(first, first + n)
     src = torch.arange(n, device=p.src.device)[:, None]
     return BatchParams(src, p.tiles[rows], p.pads[rows], p.flip[rows], p.hue[rows], p.sat[rows], p.exp[rows])
