@@ -270,3 +270,60 @@ def test_cli_positional_kind_distractors_and_workers(tmp_path, capsys):
     clash = parser.parse_args(["synth", "domain", "--kind", "target", "--n", "2", "--out", str(tmp_path / "c")])
     with pytest.raises(DarktuneError, match="disagree"):
         clash.func(clash)
+
+
+def _mean_box_width(recs) -> float:
+    return float(np.mean([r.box[2] - r.box[0] for r in recs])) if recs else 0.0
+
+
+def test_window_scale_gives_closer_views_and_defaults_are_unchanged():
+    near, far = [], []
+    for i in range(20):
+        rng = [3, 2, i]
+        img_a, default = render_scene(np.random.default_rng(rng), 128, 128, "target")
+        img_b, explicit = render_scene(np.random.default_rng(rng), 128, 128, "target", window_scale=(0.07, 0.32),
+                                       near_miss=0.5)
+        assert np.array_equal(img_a, img_b) and default == explicit  # the defaults are the named constants
+        _, close = render_scene(np.random.default_rng(rng), 128, 128, "target", window_scale=(0.2, 0.4))
+        near.append(_mean_box_width(close))
+        far.append(_mean_box_width(default))
+    assert np.mean(near) > 1.5 * np.mean(far)
+
+
+def test_near_miss_fraction_changes_the_distractors():
+    from darktune.data.synth_style import TARGET_STYLE, distractor_style
+
+    def near_misses(p: float) -> int:
+        rng = np.random.default_rng(9)
+        styles = [distractor_style(rng, p) for _ in range(400)]
+        # a near miss keeps most of the target's details: count those with the target's frame or glass
+        return sum(s.frame_bgr == TARGET_STYLE.frame_bgr or s.glass_bgr == TARGET_STYLE.glass_bgr for s in styles)
+
+    assert near_misses(0.0) < near_misses(0.5) < near_misses(1.0)
+
+
+def test_scene_options_are_recorded_and_checked(tmp_path, capsys):
+    make_target_set(tmp_path / "c", 4, 64, seed=1, window_scale=(0.2, 0.4), near_miss=0.25)
+    params = json.loads((tmp_path / "c" / "synth.json").read_text())["params"]
+    assert params["window_scale"] == [0.2, 0.4] and params["near_miss"] == 0.25
+    make_target_set(tmp_path / "d", 4, 64, seed=1)
+    assert "window_scale" not in json.loads((tmp_path / "d" / "synth.json").read_text())["params"]
+    with pytest.raises(DarktuneError, match="different synthetic set"):
+        make_target_set(tmp_path / "c", 4, 64, seed=1, window_scale=(0.2, 0.5), near_miss=0.25)
+    for bad in ((0.0, 0.3), (0.4, 0.2), (0.1, 1.5), "x"):
+        with pytest.raises(DarktuneError, match="window scale"):
+            make_target_set(tmp_path / "bad", 2, 64, seed=0, window_scale=bad)
+    with pytest.raises(DarktuneError, match="near-miss"):
+        make_target_set(tmp_path / "bad", 2, 64, seed=0, near_miss=1.5)
+    parser = argparse.ArgumentParser()
+    add_synth_parser(parser.add_subparsers())
+    args = parser.parse_args(["synth", "target", "--n", "2", "--size", "64", "--out", str(tmp_path / "cli"),
+                              "--window-scale", "0.2,0.4", "--near-miss", "0", "--json"])
+    assert args.func(args) == 0
+    params = json.loads((tmp_path / "cli" / "synth.json").read_text())["params"]
+    assert params["window_scale"] == [0.2, 0.4] and params["near_miss"] == 0.0
+    for flags, match in ((["--window-scale", "0.3"], "window scale"), (["--near-miss", "0.1"], "target set")):
+        kind = "target" if flags[0] == "--window-scale" else "domain"
+        bad = parser.parse_args(["synth", kind, "--n", "2", "--out", str(tmp_path / "e"), *flags])
+        with pytest.raises(DarktuneError, match=match):
+            bad.func(bad)

@@ -33,6 +33,12 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--distractors", type=int, default=None, metavar="N",
                    help="target: at most N distractor windows per image, a seeded choice; the others are left "
                         "out (blank wall); 0 gives the target design only (default: no cap, about 5 to 6 per image)")
+    p.add_argument("--window-scale", default=None, metavar="LO,HI",
+                   help="target: range of a building's window width as fractions of the image's shorter side, "
+                        "drawn log-uniformly (default 0.07,0.32; larger: closer views, fewer and bigger windows)")
+    p.add_argument("--near-miss", type=float, default=None, metavar="P",
+                   help="target: chance that a distractor is a near miss of the target design (one or two "
+                        "details changed) rather than any other design (default 0.5)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="processes drawing images (default 1); the files are the same for any N")
     p.add_argument("--json", action="store_true", help="print the result as JSON (with images_per_s)")
@@ -45,7 +51,7 @@ def run_synth(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from darktune.data.synth import make_domain_set, make_target_set
+    from darktune.data.synth import check_window_scale, make_domain_set, make_target_set
     from darktune.errors import DarktuneError
 
     if args.kind and args.kind_arg and args.kind != args.kind_arg:
@@ -53,15 +59,22 @@ def run_synth(args: argparse.Namespace) -> int:
     kind = args.kind or args.kind_arg
     if kind is None:
         raise DarktuneError("say which set to write: `darktune data synth target ...` or `... domain ...`")
-    if kind == "domain" and args.distractors is not None:
-        raise DarktuneError("--distractors is a setting of the target set")
+    for flag, value in (("--distractors", args.distractors), ("--window-scale", args.window_scale),
+                        ("--near-miss", args.near_miss)):
+        if kind == "domain" and value is not None:
+            raise DarktuneError(f"{flag} is a setting of the target set")
+    extra = {}
+    if args.window_scale is not None:
+        extra["window_scale"] = check_window_scale(args.window_scale.split(","))
+    if args.near_miss is not None:
+        extra["near_miss"] = args.near_miss
     start = time.perf_counter()
     if kind == "domain":
         path = make_domain_set(args.out, args.n, args.size, args.seed, group_fraction=args.group_fraction,
                                progress=not args.json, workers=args.workers)
     else:
         path = make_target_set(args.out, args.n, args.size, args.seed, val_fraction=args.val_fraction,
-                               progress=not args.json, distractors=args.distractors, workers=args.workers)
+                               progress=not args.json, distractors=args.distractors, workers=args.workers, **extra)
     seconds = time.perf_counter() - start
     info = json.loads((Path(args.out) / "synth.json").read_text())
     result = {"kind": kind, "path": str(path), "seconds": round(seconds, 3), "workers": args.workers,

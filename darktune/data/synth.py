@@ -33,7 +33,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from darktune.data.synth_scene import WindowRecord, render_scene
+from darktune.data.synth_scene import (
+    NEAR_MISS,
+    WINDOW_SCALE,
+    WindowRecord,
+    render_scene,
+)
 from darktune.errors import DarktuneError
 
 GENERATOR_VERSION = 1  # bump whenever the bytes written for a given seed change
@@ -152,6 +157,17 @@ def _check_common(n: int, seed: int) -> None:
         raise DarktuneError(f"seed must be a non-negative integer, got {seed!r}")
 
 
+def check_window_scale(window_scale) -> tuple[float, float]:
+    """(lo, hi) with 0 < lo <= hi <= 1, as floats, or a DarktuneError."""
+    try:
+        lo, hi = (float(v) for v in window_scale)
+    except (TypeError, ValueError):
+        raise DarktuneError(f"window scale must be two numbers LO,HI, got {window_scale!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise DarktuneError(f"window scale must satisfy 0 < LO <= HI <= 1, got {lo:g},{hi:g}")
+    return lo, hi
+
+
 def _image_rng(seed: int, kind: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _KIND_CODE[kind], int(index)])
 
@@ -169,11 +185,12 @@ def _init_worker() -> None:
 def draw_image(job: tuple) -> tuple[list[WindowRecord], dict]:
     """Draw image `index` of a set and write it as JPEG; returns its window records and the state of its random
     stream after drawing (the domain set's annotation goes on from there). A picklable job for a worker:
-    (kind, seed, index, width, height, path, max_distractors)."""
-    kind, seed, index, width, height, path, distractors = job
+    (kind, seed, index, width, height, path, max_distractors, window_scale, near_miss)."""
+    kind, seed, index, width, height, path, distractors, window_scale, near_miss = job
     rng = _image_rng(seed, kind, index)
     choice = np.random.default_rng([int(seed), _KIND_CODE[kind], int(index), 1]) if distractors is not None else None
-    img, recs = render_scene(rng, width, height, kind, max_distractors=distractors, choice_rng=choice)
+    img, recs = render_scene(rng, width, height, kind, max_distractors=distractors, choice_rng=choice,
+                             window_scale=window_scale, near_miss=near_miss)
     _write_jpeg(Path(path), img)
     return recs, rng.bit_generator.state
 
@@ -225,7 +242,8 @@ def make_domain_set(out_dir: str | Path, n: int, size: int | str | tuple[int, in
     totals = [0, 0]
     rows = []
     ids = [f"{int(seed) & 0xFFFFFFFF:08x}{i:08x}" for i in range(n)]
-    jobs = [("domain", int(seed), i, width, height, str(out / "images" / f"{ids[i]}.jpg"), None) for i in range(n)]
+    jobs = [("domain", int(seed), i, width, height, str(out / "images" / f"{ids[i]}.jpg"), None, WINDOW_SCALE,
+             NEAR_MISS) for i in range(n)]
     for i, (recs, state) in enumerate(_drawn(jobs, workers, "synth domain", progress)):
         image_id = ids[i]
         for b in annotate_domain(recs, _generator(state), group_fraction, totals):
@@ -254,9 +272,12 @@ def _split(n: int, seed: int, val_fraction: float) -> tuple[list[int], list[int]
 
 def make_target_set(out_dir: str | Path, n: int, size: int | str | tuple[int, int], seed: int,
                     val_fraction: float = 0.2, progress: bool = False, distractors: int | None = None,
-                    workers: int = 1) -> Path:
+                    workers: int = 1, window_scale: tuple[float, float] = WINDOW_SCALE,
+                    near_miss: float = NEAR_MISS) -> Path:
     """Write a target set of n images in darknet layout; returns the path of obj.data. `distractors`: at most
-    this many distractor windows per image (None: no cap)."""
+    this many distractor windows per image (None: no cap). `window_scale` (lo, hi): range of a building's
+    window width as a fraction of the shorter side (closer views: larger values). `near_miss`: chance that a
+    distractor is a near miss of the target design (the rest are any other design)."""
     _check_common(n, seed)
     workers = _check_workers(workers)
     width, height = parse_size(size)
@@ -265,17 +286,25 @@ def make_target_set(out_dir: str | Path, n: int, size: int | str | tuple[int, in
     if distractors is not None and (isinstance(distractors, bool) or not isinstance(distractors, (int, np.integer))
                                     or distractors < 0):
         raise DarktuneError(f"distractors must be a number of windows >= 0, got {distractors!r}")
+    window_scale = check_window_scale(window_scale)
+    if isinstance(near_miss, bool) or not isinstance(near_miss, (int, float)) or not 0.0 <= near_miss <= 1.0:
+        raise DarktuneError(f"near-miss fraction must be in [0, 1], got {near_miss!r}")
+    near_miss = float(near_miss)
     out = Path(out_dir)
     params = {"kind": "target", "n": int(n), "size": [width, height], "seed": int(seed),
               "val_fraction": float(val_fraction), "version": GENERATOR_VERSION}
     if distractors is not None:  # absent when not capped, so sets written before the option are reused
         params["distractors"] = int(distractors)
+    if window_scale != WINDOW_SCALE:  # likewise recorded only when not the default
+        params["window_scale"] = list(window_scale)
+    if near_miss != NEAR_MISS:
+        params["near_miss"] = near_miss
     if _prepare_out(out, params):
         return out / "obj.data"
     root = out.resolve()
     paths, n_boxes, n_windows = [], 0, 0
     jobs = [("target", int(seed), i, width, height, str(root / "images" / f"{i:06d}.jpg"),
-             None if distractors is None else int(distractors)) for i in range(n)]
+             None if distractors is None else int(distractors), window_scale, near_miss) for i in range(n)]
     for i, (recs, _) in enumerate(_drawn(jobs, workers, "synth target", progress)):
         stem = root / "images" / f"{i:06d}"
         lines = []

@@ -33,6 +33,8 @@ MAX_WINDOWS = 40  # per building, so tiny windows do not swamp an image
 MIN_VISIBLE = 0.35  # a window less than this fraction inside the image is left unlabelled
 MAX_OCCLUDED = 0.7  # a window more hidden than this is left unlabelled
 OCCLUDED_AT = 0.1  # IsOccluded when at least this fraction of the window is covered
+WINDOW_SCALE = (0.07, 0.32)  # default range of a building's window width, as a fraction of the shorter side
+NEAR_MISS = 0.5  # default chance that a target scene's distractor is a near miss of the target design
 
 
 @dataclass(frozen=True)
@@ -60,27 +62,29 @@ class _Placed:
     col: int
 
 
-def _building_styles(rng: np.random.Generator, kind: str, has_target: bool) -> tuple[WindowStyle, float]:
+def _building_styles(rng: np.random.Generator, kind: str, has_target: bool,
+                     near_miss: float) -> tuple[WindowStyle, float]:
     """(main style, chance that a row uses another style) for one building."""
     if kind == "domain":
         return random_style(rng), 0.2
     if has_target:
         return TARGET_STYLE, 0.35
-    return distractor_style(rng), 0.25
+    return distractor_style(rng, near_miss), 0.25
 
 
-def _row_style(rng: np.random.Generator, kind: str, main: WindowStyle) -> WindowStyle:
+def _row_style(rng: np.random.Generator, kind: str, main: WindowStyle, near_miss: float) -> WindowStyle:
     if kind == "domain":
         return random_style(rng)
-    return distractor_style(rng) if is_target_design(main) else (TARGET_STYLE if rng.random() < 0.3 else
-                                                                 distractor_style(rng))
+    if is_target_design(main):
+        return distractor_style(rng, near_miss)
+    return TARGET_STYLE if rng.random() < 0.3 else distractor_style(rng, near_miss)
 
 
 def _layout(rng: np.random.Generator, kind: str, bidx: int, span: tuple[int, int, int, int], ww: float,
-            has_target: bool) -> list[_Placed]:
+            has_target: bool, near_miss: float) -> list[_Placed]:
     """Windows of one building occupying span = (x0, y0, x1, y1) of the canvas, laid out in rows/columns."""
     xa, ya, xb, yb = span
-    main, mix = _building_styles(rng, kind, has_target)
+    main, mix = _building_styles(rng, kind, has_target, near_miss)
     ww = min(ww, (yb - ya) / (main.aspect * 1.1))  # a close-up window must still fit the storey
     px = ww * rng.uniform(1.5, 2.8) * (1.9 if main.shutters else 1.0)
     wh_main = ww * main.aspect
@@ -94,7 +98,7 @@ def _layout(rng: np.random.Generator, kind: str, bidx: int, span: tuple[int, int
     y_start = ya + ((yb - ya) - nrows * py) / 2 + (py - wh_main) / 3
     placed = []
     for r in range(nrows):
-        style = _row_style(rng, kind, main) if rng.random() < mix else main
+        style = _row_style(rng, kind, main, near_miss) if rng.random() < mix else main
         w = max(4, round(ww * (1.0 if style is main else rng.uniform(0.8, 1.4))))
         h = max(4, round(w * style.aspect))
         y = round(y_start + r * py + (wh_main - h) / 2)
@@ -106,7 +110,7 @@ def _layout(rng: np.random.Generator, kind: str, bidx: int, span: tuple[int, int
 
 
 def _draw_buildings(rng: np.random.Generator, canvas: np.ndarray, kind: str, ground_y: int,
-                    ww: float) -> list[_Placed]:
+                    ww: float, near_miss: float) -> list[_Placed]:
     ch, cw = canvas.shape[:2]
     two = rng.random() < (0.55 if kind == "target" else 0.4)
     cuts = [0, int(cw * rng.uniform(0.3, 0.7)), cw] if two else [0, cw]
@@ -125,7 +129,7 @@ def _draw_buildings(rng: np.random.Generator, canvas: np.ndarray, kind: str, gro
         margin = int(ww * 0.4)
         span = (xa + margin, top + int(ww * 0.6), xb - margin, ground_y - int(ww * 0.3))
         if span[2] - span[0] >= ww and span[3] - span[1] >= ww:
-            placed += _layout(rng, kind, b, span, ww, has_target=(b == target_building))
+            placed += _layout(rng, kind, b, span, ww, has_target=(b == target_building), near_miss=near_miss)
     return placed
 
 
@@ -198,20 +202,25 @@ def _cap_distractors(placed: list[_Placed], limit: int, rng: np.random.Generator
 
 
 def render_scene(rng: np.random.Generator, width: int, height: int, kind: str, max_distractors: int | None = None,
-                 choice_rng: np.random.Generator | None = None) -> tuple[np.ndarray, list[WindowRecord]]:
+                 choice_rng: np.random.Generator | None = None, window_scale: tuple[float, float] = WINDOW_SCALE,
+                 near_miss: float = NEAR_MISS) -> tuple[np.ndarray, list[WindowRecord]]:
     """Draw one scene of `kind` ("domain": windows of many styles; "target": the target design among
     distractors). Returns (BGR uint8 image (height, width, 3), window records).
 
     `max_distractors` (target scenes): at most this many distractor windows, the ones kept chosen with
     `choice_rng`; the others are not drawn (blank wall). The layout is drawn as without the cap, the details
-    drawn after it (window details, occluders, lighting) differ."""
+    drawn after it (window details, occluders, lighting) differ.
+
+    `window_scale` (lo, hi): a building's window width is drawn log-uniformly in [lo, hi] x the image's shorter
+    side (larger values: closer views, fewer and bigger windows). `near_miss` (target scenes): the chance that a
+    distractor is a near miss of the target design rather than any other design."""
     mx, my = round(MARGIN * width), round(MARGIN * height)
     cw, ch = width + 2 * mx, height + 2 * my
     ground_y = int(ch * rng.uniform(0.85, 1.05)) if rng.random() < 0.6 else ch
     ground_y = min(ground_y, ch)
     canvas = sky_and_ground(rng, ch, cw, ground_y)
-    ww = min(width, height) * float(np.exp(rng.uniform(np.log(0.07), np.log(0.32))))
-    placed = _draw_buildings(rng, canvas, kind, ground_y, ww)
+    ww = min(width, height) * float(np.exp(rng.uniform(np.log(window_scale[0]), np.log(window_scale[1]))))
+    placed = _draw_buildings(rng, canvas, kind, ground_y, ww, near_miss)
     if max_distractors is not None:
         placed = _cap_distractors(placed, max_distractors, choice_rng or np.random.default_rng(0))
     for p in placed:

@@ -130,10 +130,11 @@ def near_miss_style(rng: np.random.Generator) -> WindowStyle:
     return style
 
 
-def distractor_style(rng: np.random.Generator) -> WindowStyle:
-    """A window that is not the target: half near misses, half any other design."""
+def distractor_style(rng: np.random.Generator, near_miss: float = 0.5) -> WindowStyle:
+    """A window that is not the target: a near miss with chance `near_miss` (default half), else any other
+    design."""
     for _ in range(20):
-        style = near_miss_style(rng) if rng.random() < 0.5 else random_style(rng)
+        style = near_miss_style(rng) if rng.random() < near_miss else random_style(rng)
         if not is_target_design(style):
             return style
     return replace(TARGET_STYLE, panes=(1, 1))
