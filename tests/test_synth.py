@@ -315,6 +315,10 @@ def test_scene_options_are_recorded_and_checked(tmp_path, capsys):
             make_target_set(tmp_path / "bad", 2, 64, seed=0, window_scale=bad)
     with pytest.raises(DarktuneError, match="near-miss"):
         make_target_set(tmp_path / "bad", 2, 64, seed=0, near_miss=1.5)
+    make_domain_set(tmp_path / "dom", 3, 64, seed=1, window_scale=(0.2, 0.4))
+    assert json.loads((tmp_path / "dom" / "synth.json").read_text())["params"]["window_scale"] == [0.2, 0.4]
+    with pytest.raises(DarktuneError, match="window scale"):
+        make_domain_set(tmp_path / "dom2", 3, 64, seed=1, window_scale=(0.5, 0.2))
     parser = argparse.ArgumentParser()
     add_synth_parser(parser.add_subparsers())
     args = parser.parse_args(["synth", "target", "--n", "2", "--size", "64", "--out", str(tmp_path / "cli"),

@@ -34,7 +34,7 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
                    help="target: at most N distractor windows per image, a seeded choice; the others are left "
                         "out (blank wall); 0 gives the target design only (default: no cap, about 5 to 6 per image)")
     p.add_argument("--window-scale", default=None, metavar="LO,HI",
-                   help="target: range of a building's window width as fractions of the image's shorter side, "
+                   help="range of a building's window width as fractions of the image's shorter side, "
                         "drawn log-uniformly (default 0.07,0.32; larger: closer views, fewer and bigger windows)")
     p.add_argument("--near-miss", type=float, default=None, metavar="P",
                    help="target: chance that a distractor is a near miss of the target design (one or two "
@@ -59,22 +59,21 @@ def run_synth(args: argparse.Namespace) -> int:
     kind = args.kind or args.kind_arg
     if kind is None:
         raise DarktuneError("say which set to write: `darktune data synth target ...` or `... domain ...`")
-    for flag, value in (("--distractors", args.distractors), ("--window-scale", args.window_scale),
-                        ("--near-miss", args.near_miss)):
+    for flag, value in (("--distractors", args.distractors), ("--near-miss", args.near_miss)):
         if kind == "domain" and value is not None:
             raise DarktuneError(f"{flag} is a setting of the target set")
     extra = {}
     if args.window_scale is not None:
         extra["window_scale"] = check_window_scale(args.window_scale.split(","))
-    if args.near_miss is not None:
-        extra["near_miss"] = args.near_miss
+    target_only = {"near_miss": args.near_miss} if args.near_miss is not None else {}
     start = time.perf_counter()
     if kind == "domain":
         path = make_domain_set(args.out, args.n, args.size, args.seed, group_fraction=args.group_fraction,
-                               progress=not args.json, workers=args.workers)
+                               progress=not args.json, workers=args.workers, **extra)
     else:
         path = make_target_set(args.out, args.n, args.size, args.seed, val_fraction=args.val_fraction,
-                               progress=not args.json, distractors=args.distractors, workers=args.workers, **extra)
+                               progress=not args.json, distractors=args.distractors, workers=args.workers, **extra,
+                               **target_only)
     seconds = time.perf_counter() - start
     info = json.loads((Path(args.out) / "synth.json").read_text())
     result = {"kind": kind, "path": str(path), "seconds": round(seconds, 3), "workers": args.workers,

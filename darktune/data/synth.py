@@ -227,9 +227,12 @@ def _generator(state: dict) -> np.random.Generator:
 
 
 def make_domain_set(out_dir: str | Path, n: int, size: int | str | tuple[int, int], seed: int,
-                    group_fraction: float = 0.2, progress: bool = False, workers: int = 1) -> Path:
-    """Write a domain set of n images; returns the path of boxes.csv. See the module docstring."""
+                    group_fraction: float = 0.2, progress: bool = False, workers: int = 1,
+                    window_scale: tuple[float, float] = WINDOW_SCALE) -> Path:
+    """Write a domain set of n images; returns the path of boxes.csv. See the module docstring. `window_scale`:
+    as for make_target_set."""
     _check_common(n, seed)
+    window_scale = check_window_scale(window_scale)
     workers = _check_workers(workers)
     width, height = parse_size(size)
     if not 0.0 <= group_fraction < 1.0:
@@ -237,12 +240,14 @@ def make_domain_set(out_dir: str | Path, n: int, size: int | str | tuple[int, in
     out = Path(out_dir)
     params = {"kind": "domain", "n": int(n), "size": [width, height], "seed": int(seed),
               "group_fraction": float(group_fraction), "version": GENERATOR_VERSION}
+    if window_scale != WINDOW_SCALE:  # recorded only when not the default, so older sets are reused
+        params["window_scale"] = list(window_scale)
     if _prepare_out(out, params):
         return out / "boxes.csv"
     totals = [0, 0]
     rows = []
     ids = [f"{int(seed) & 0xFFFFFFFF:08x}{i:08x}" for i in range(n)]
-    jobs = [("domain", int(seed), i, width, height, str(out / "images" / f"{ids[i]}.jpg"), None, WINDOW_SCALE,
+    jobs = [("domain", int(seed), i, width, height, str(out / "images" / f"{ids[i]}.jpg"), None, window_scale,
              NEAR_MISS) for i in range(n)]
     for i, (recs, state) in enumerate(_drawn(jobs, workers, "synth domain", progress)):
         image_id = ids[i]
