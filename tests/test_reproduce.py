@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,12 @@ def test_quick_profile_has_several_seeds_and_runs_two_at_a_time_on_cpu(smoke_dat
     assert len(PROFILES["quick"].seeds) >= 2 and {p.seed for p in grid} == set(PROFILES["quick"].seeds)
     assert len(grid) == 12 * len(PROFILES["quick"].seeds)
     assert default_jobs("cpu") == min(4, os.cpu_count() or 1) and default_jobs("cuda:0") == 1
+
+
+def test_profile_views_reach_the_target_set(tmp_path):
+    close = replace(PROFILES["smoke"], target_window_scale=(0.2, 0.4))
+    data = prepare_data(close, tmp_path)
+    params = json.loads((Path(data["target"]).parent / "synth.json").read_text())["params"]
+    assert params["window_scale"] == [0.2, 0.4]
+    assert "window_scale" not in json.loads((Path(data["domain_raw"]).parent / "synth.json").read_text())["params"]
+    assert PROFILES["quick"].target_window_scale is not None and PROFILES["full"].target_window_scale is None
