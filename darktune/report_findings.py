@@ -23,6 +23,7 @@ CLEAR_MARGIN = 0.10  # "clearly worse": at least 10 mAP points lower (the study'
 BEAT_MARGIN = 0.02  # "beats": a mean at least 2 mAP points higher; closer is a tie (evaluations swing more)
 NOTHING_LEARNED = 0.01  # a run at or below 1 mAP point learned nothing: it cannot show that another is better
 REQUIRED_DECREASE = 0.80  # "at least 80% fewer iterations" (the study: 83%)
+STUDY_NETWORK = 416  # the study's network size, in pixels
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,49 @@ def freeze_20_worse(data: ExperimentData) -> Finding:
                         f"(it. {its[0]}) {e0.text()} vs {e20.text()}")
         evidence.append(f"{where}: N=0 {s0.text()} vs N=20 {s20.text()} mAP "
                         f"({tag}: margin {CLEAR_MARGIN * 100:.0f} points)")
+    note = _heads_note(data, 20)
+    if note and ok:
+        evidence.append(note)
     verdict = "not measured" if not ok else ("agrees" if all(ok) else "DISAGREES")
     return Finding(claim, study, verdict, evidence)
+
+
+def _heads_note(data: ExperimentData, frozen: int) -> str | None:
+    """Which [yolo] heads learn the target set's training boxes at the runs' network size and at the study's
+    416, and which of them `frozen` layers freeze (darktune/heads.py); None when a run's files are missing."""
+    from darktune.cfg import parse_cfg
+    from darktune.errors import DarktuneError
+    from darktune.heads import head_shares, training_box_sizes
+
+    runs = data.select(freeze=frozen)
+    if not runs:
+        return None
+    run = runs[0]
+    try:
+        spec = parse_cfg(run.run_dir / "model.cfg")
+        wh = training_box_sizes(run.plan["data"])
+    except (DarktuneError, OSError, ValueError, KeyError):
+        return None
+    size = int(run.plan.get("options", {}).get("size") or spec.net.width)
+    if len(wh) == 0:
+        return None
+
+    def shares(at: int) -> str:
+        return ", ".join(f"layer {h.layer} ({'frozen' if h.layer < frozen else 'trainable'}) {h.share * 100:.0f}%"
+                         for h in head_shares(spec, wh, at))
+
+    frozen_share = sum(h.share for h in head_shares(spec, wh, size) if h.layer < frozen)
+    text = (f"which [yolo] head learns the target set's {len(wh)} training boxes (darknet's best-anchor rule; "
+            f"anchors are network pixels), with N={frozen}: at {size} px {shares(size)}")
+    if size != STUDY_NETWORK:
+        study_frozen = sum(h.share for h in head_shares(spec, wh, STUDY_NETWORK) if h.layer < frozen)
+        text += f"; the same boxes in a {STUDY_NETWORK} px network, the study's size: {shares(STUDY_NETWORK)}"
+        if frozen_share < 0.5 <= study_frozen:
+            text += (f". So at {size} px N={frozen} leaves most boxes to a head that still learns, while at "
+                     f"{STUDY_NETWORK} px it would freeze the head that learns them: a likely reason why a start "
+                     "whose trainable head already detects the object (domain) loses less by freezing here than "
+                     "in the study")
+    return text
 
 
 def _backbone_note(data: ExperimentData) -> tuple[str | None, int | None]:
