@@ -290,6 +290,13 @@ def test_window_scale_gives_closer_views_and_defaults_are_unchanged():
     assert np.mean(near) > 1.5 * np.mean(far)
 
 
+def test_records_carry_each_window_design():
+    from darktune.data.synth_style import is_target_design
+
+    _, recs = render_scene(np.random.default_rng([5, 2, 0]), 128, 128, "target")
+    assert recs and all(r.style is not None and is_target_design(r.style) == r.target for r in recs)
+
+
 def test_near_miss_fraction_changes_the_distractors():
     from darktune.data.synth_style import TARGET_STYLE, distractor_style
 

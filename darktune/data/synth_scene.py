@@ -48,6 +48,7 @@ class WindowRecord:
     building: int
     row: int
     col: int
+    style: WindowStyle | None = None  # the window's design (frame, glass, panes...), for error analysis
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def _records(placed: list[_Placed], mask: np.ndarray, hmat: np.ndarray, width: i
             continue
         box = (float(clo[i, 0]), float(clo[i, 1]), float(chi[i, 0]), float(chi[i, 1]))
         out.append(WindowRecord(box, bool(visible < 0.99), bool(occ >= OCCLUDED_AT),
-                                is_target_design(p.style), p.building, p.row, p.col))
+                                is_target_design(p.style), p.building, p.row, p.col, p.style))
     return out
 
 
