@@ -4,9 +4,9 @@ target boxes go to the [yolo] head that freezing 20 layers freezes (layer 16, st
     .venv/bin/python benchmarks/bench_freeze_heads.py [--size 320] [--seeds 0,1] [--jobs 2]
         [--root /tmp/freeze_heads_bench] [--json]
 
-The quick profile (128 px) cannot show the study's freeze-20 penalty for the domain start: at 128 px 99% of its
-target boxes go to the stride-16 head (layer 23), which N=20 leaves trainable. This benchmark runs the quick
-profile's data and schedule (close views, batch 8, lr 0.001, burn_in 20, domain stage of 300 iterations from
+With whole scenes at 128 px the quick profile could not show the study's freeze-20 penalty for the domain start:
+99% of its target boxes went to the stride-16 head (layer 23), which N=20 leaves trainable. This benchmark runs
+that whole-scene profile's data and schedule (close views, batch 8, lr 0.001, burn_in 20, domain stage of 300 iterations from
 conv.15, 160 target iterations evaluated every 10) at `--size`, only for the domain start and N = 0, 20, and
 prints the mean mAP over the table rows (iterations 40, 80, 120, 160) next to the share of the training boxes that
 each head learns at that size. Figures: benchmarks/FREEZE20.md. Everything is written under ``--root``; a second
@@ -28,6 +28,15 @@ sys.path.insert(0, str(REPO))
 ROWS = (40, 80, 120, 160)
 
 
+def whole_scene_profile():
+    """The quick profile as it was before close-ups: whole scenes with window widths 14-40% of the image side,
+    200 target images, 40 evaluation images, target 60 mAP (the setting of FREEZE20.md)."""
+    from darktune.reproduce import PROFILES
+
+    return replace(PROFILES["quick"], target_images=200, max_valid_images=40, target_map=0.6,
+                   target_close_up=None, domain_close_up=None)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=320, help="network and image size (multiple of 32)")
@@ -46,10 +55,10 @@ def main() -> int:
     from darktune.heads import head_shares, training_box_sizes
     from darktune.report import write_report
     from darktune.report_data import load_experiment, seed_means
-    from darktune.reproduce import PROFILES, prepare_data
+    from darktune.reproduce import prepare_data
 
     root = Path(args.root) / f"size{args.size}"
-    quick = PROFILES["quick"]
+    quick = whole_scene_profile()
     data = prepare_data(replace(quick, size=args.size), root, progress=not args.json, workers=2)
     train = {"batch": quick.batch, "subdivisions": 1, "size": args.size, "lr": quick.lr, "burn_in": quick.burn_in,
              "protocol": "darknet", "checkpoint_every": 50, "augment": False,
@@ -95,9 +104,8 @@ def _coco15(args: argparse.Namespace, root: Path, spec: dict, domain_exp) -> dic
     from darktune.experiment import run_experiment
     from darktune.experiment_spec import spec_from_dict
     from darktune.report_data import load_experiment, time_to_target
-    from darktune.reproduce import PROFILES
 
-    quick = PROFILES["quick"]
+    quick = whole_scene_profile()
     grid = dict(spec["grid"], starts=["coco15"], freeze=[0], iterations=quick.iterations,
                 eval_at=list(quick.eval_at))
     other = {"cfg": spec["cfg"], "train": spec["train"], "grid": grid}

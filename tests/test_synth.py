@@ -329,12 +329,37 @@ def test_scene_options_are_recorded_and_checked(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_synth_parser(parser.add_subparsers())
     args = parser.parse_args(["synth", "target", "--n", "2", "--size", "64", "--out", str(tmp_path / "cli"),
-                              "--window-scale", "0.2,0.4", "--near-miss", "0", "--json"])
+                              "--window-scale", "0.2,0.4", "--near-miss", "0", "--close-up", "0.5,0.7", "--json"])
     assert args.func(args) == 0
     params = json.loads((tmp_path / "cli" / "synth.json").read_text())["params"]
-    assert params["window_scale"] == [0.2, 0.4] and params["near_miss"] == 0.0
-    for flags, match in ((["--window-scale", "0.3"], "window scale"), (["--near-miss", "0.1"], "target set")):
-        kind = "target" if flags[0] == "--window-scale" else "domain"
+    assert params["window_scale"] == [0.2, 0.4] and params["near_miss"] == 0.0 and params["close_up"] == [0.5, 0.7]
+    for flags, match in ((["--window-scale", "0.3"], "window scale"), (["--near-miss", "0.1"], "target set"),
+                         (["--close-up", "0.9,0.2"], "close-up")):
+        kind = "domain" if flags[0] == "--near-miss" else "target"
         bad = parser.parse_args(["synth", kind, "--n", "2", "--out", str(tmp_path / "e"), *flags])
         with pytest.raises(DarktuneError, match=match):
             bad.func(bad)
+
+
+def test_close_ups_centre_one_large_window_and_keep_honest_records(tmp_path):
+    from darktune.data.synth_scene import crop_close_up
+
+    large = 0
+    for i in range(12):
+        img, recs = render_scene(np.random.default_rng([6, 2, i]), 384, 384, "target", window_scale=(0.14, 0.4))
+        out, kept = crop_close_up(img, recs, np.random.default_rng([6, 2, i, 2]), (128, 128), (0.45, 0.75))
+        assert out.shape == (128, 128, 3) and out.dtype == np.uint8
+        for r in kept:
+            x0, y0, x1, y1 = r.box
+            assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+        widths = [(r.box[2] - r.box[0]) / 128 for r in kept if not r.truncated]
+        large += any(0.4 <= w <= 0.8 for w in widths)
+    assert large >= 9  # nearly every close-up shows its window whole at the drawn size (a few scenes have none)
+    make_target_set(tmp_path / "a", 6, 64, seed=3, close_up=(0.45, 0.75))
+    make_target_set(tmp_path / "b", 6, 64, seed=3, close_up=(0.45, 0.75), workers=2)
+    assert _norm(tmp_path / "a") == _norm(tmp_path / "b")
+    assert json.loads((tmp_path / "a" / "synth.json").read_text())["params"]["close_up"] == [0.45, 0.75]
+    with pytest.raises(DarktuneError, match="close-up"):
+        make_target_set(tmp_path / "c", 2, 64, seed=0, close_up=(0.8, 0.5))
+    make_domain_set(tmp_path / "d", 4, 64, seed=3, close_up=(0.45, 0.75))
+    assert json.loads((tmp_path / "d" / "synth.json").read_text())["params"]["close_up"] == [0.45, 0.75]

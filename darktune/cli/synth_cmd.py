@@ -36,6 +36,9 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--window-scale", default=None, metavar="LO,HI",
                    help="range of a building's window width as fractions of the image's shorter side, "
                         "drawn log-uniformly (default 0.07,0.32; larger: closer views, fewer and bigger windows)")
+    p.add_argument("--close-up", default=None, metavar="LO,HI",
+                   help="every image a close-up: the scene is drawn 3x larger and cropped around one of its windows, "
+                        "which spans LO..HI of the crop's width (default: whole scenes)")
     p.add_argument("--near-miss", type=float, default=None, metavar="P",
                    help="target: chance that a distractor is a near miss of the target design (one or two "
                         "details changed) rather than any other design (default 0.5)")
@@ -51,7 +54,12 @@ def run_synth(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from darktune.data.synth import check_window_scale, make_domain_set, make_target_set
+    from darktune.data.synth import (
+        check_close_up,
+        check_window_scale,
+        make_domain_set,
+        make_target_set,
+    )
     from darktune.errors import DarktuneError
 
     if args.kind and args.kind_arg and args.kind != args.kind_arg:
@@ -65,6 +73,8 @@ def run_synth(args: argparse.Namespace) -> int:
     extra = {}
     if args.window_scale is not None:
         extra["window_scale"] = check_window_scale(args.window_scale.split(","))
+    if args.close_up is not None:
+        extra["close_up"] = check_close_up(args.close_up.split(","))
     target_only = {"near_miss": args.near_miss} if args.near_miss is not None else {}
     start = time.perf_counter()
     if kind == "domain":

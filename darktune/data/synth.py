@@ -37,10 +37,12 @@ from darktune.data.synth_scene import (
     NEAR_MISS,
     WINDOW_SCALE,
     WindowRecord,
+    crop_close_up,
     render_scene,
 )
 from darktune.errors import DarktuneError
 
+CLOSE_UP_RENDER = 3  # close-ups: the scene is drawn this many times larger, then cropped and resized
 GENERATOR_VERSION = 1  # bump whenever the bytes written for a given seed change
 WINDOW_LABEL = "/m/0d4v4"
 OPEN_IMAGES_HEADER = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax",
@@ -168,6 +170,19 @@ def check_window_scale(window_scale) -> tuple[float, float]:
     return lo, hi
 
 
+def check_close_up(close_up) -> tuple[float, float] | None:
+    """None, or (lo, hi) with 0 < lo <= hi <= 1 as floats; else a DarktuneError."""
+    if close_up is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in close_up)
+    except (TypeError, ValueError):
+        raise DarktuneError(f"close-up must be two numbers LO,HI, got {close_up!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise DarktuneError(f"close-up must satisfy 0 < LO <= HI <= 1, got {lo:g},{hi:g}")
+    return lo, hi
+
+
 def _image_rng(seed: int, kind: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), _KIND_CODE[kind], int(index)])
 
@@ -185,12 +200,18 @@ def _init_worker() -> None:
 def draw_image(job: tuple) -> tuple[list[WindowRecord], dict]:
     """Draw image `index` of a set and write it as JPEG; returns its window records and the state of its random
     stream after drawing (the domain set's annotation goes on from there). A picklable job for a worker:
-    (kind, seed, index, width, height, path, max_distractors, window_scale, near_miss)."""
-    kind, seed, index, width, height, path, distractors, window_scale, near_miss = job
+    (kind, seed, index, width, height, path, max_distractors, window_scale, near_miss, close_up). With
+    `close_up` = (lo, hi), the scene is drawn CLOSE_UP_RENDER times larger and a crop around one of its windows,
+    which spans lo..hi of the crop's width, is resized to width x height."""
+    kind, seed, index, width, height, path, distractors, window_scale, near_miss, close_up = job
     rng = _image_rng(seed, kind, index)
     choice = np.random.default_rng([int(seed), _KIND_CODE[kind], int(index), 1]) if distractors is not None else None
-    img, recs = render_scene(rng, width, height, kind, max_distractors=distractors, choice_rng=choice,
+    big = (width * CLOSE_UP_RENDER, height * CLOSE_UP_RENDER) if close_up else (width, height)
+    img, recs = render_scene(rng, big[0], big[1], kind, max_distractors=distractors, choice_rng=choice,
                              window_scale=window_scale, near_miss=near_miss)
+    if close_up:
+        crop_rng = np.random.default_rng([int(seed), _KIND_CODE[kind], int(index), 2])
+        img, recs = crop_close_up(img, recs, crop_rng, (width, height), close_up)
     _write_jpeg(Path(path), img)
     return recs, rng.bit_generator.state
 
@@ -228,11 +249,13 @@ def _generator(state: dict) -> np.random.Generator:
 
 def make_domain_set(out_dir: str | Path, n: int, size: int | str | tuple[int, int], seed: int,
                     group_fraction: float = 0.2, progress: bool = False, workers: int = 1,
-                    window_scale: tuple[float, float] = WINDOW_SCALE) -> Path:
-    """Write a domain set of n images; returns the path of boxes.csv. See the module docstring. `window_scale`:
-    as for make_target_set."""
+                    window_scale: tuple[float, float] = WINDOW_SCALE,
+                    close_up: tuple[float, float] | None = None) -> Path:
+    """Write a domain set of n images; returns the path of boxes.csv. See the module docstring. `window_scale`,
+    `close_up`: as for make_target_set."""
     _check_common(n, seed)
     window_scale = check_window_scale(window_scale)
+    close_up = check_close_up(close_up)
     workers = _check_workers(workers)
     width, height = parse_size(size)
     if not 0.0 <= group_fraction < 1.0:
@@ -242,13 +265,15 @@ def make_domain_set(out_dir: str | Path, n: int, size: int | str | tuple[int, in
               "group_fraction": float(group_fraction), "version": GENERATOR_VERSION}
     if window_scale != WINDOW_SCALE:  # recorded only when not the default, so older sets are reused
         params["window_scale"] = list(window_scale)
+    if close_up:
+        params["close_up"] = list(close_up)
     if _prepare_out(out, params):
         return out / "boxes.csv"
     totals = [0, 0]
     rows = []
     ids = [f"{int(seed) & 0xFFFFFFFF:08x}{i:08x}" for i in range(n)]
     jobs = [("domain", int(seed), i, width, height, str(out / "images" / f"{ids[i]}.jpg"), None, window_scale,
-             NEAR_MISS) for i in range(n)]
+             NEAR_MISS, close_up) for i in range(n)]
     for i, (recs, state) in enumerate(_drawn(jobs, workers, "synth domain", progress)):
         image_id = ids[i]
         for b in annotate_domain(recs, _generator(state), group_fraction, totals):
@@ -278,11 +303,13 @@ def _split(n: int, seed: int, val_fraction: float) -> tuple[list[int], list[int]
 def make_target_set(out_dir: str | Path, n: int, size: int | str | tuple[int, int], seed: int,
                     val_fraction: float = 0.2, progress: bool = False, distractors: int | None = None,
                     workers: int = 1, window_scale: tuple[float, float] = WINDOW_SCALE,
-                    near_miss: float = NEAR_MISS) -> Path:
+                    near_miss: float = NEAR_MISS, close_up: tuple[float, float] | None = None) -> Path:
     """Write a target set of n images in darknet layout; returns the path of obj.data. `distractors`: at most
     this many distractor windows per image (None: no cap). `window_scale` (lo, hi): range of a building's
     window width as a fraction of the shorter side (closer views: larger values). `near_miss`: chance that a
-    distractor is a near miss of the target design (the rest are any other design)."""
+    distractor is a near miss of the target design (the rest are any other design). `close_up` (lo, hi): every
+    image a close-up around one window that spans lo..hi of its width (the scene drawn larger and cropped);
+    None: whole scenes."""
     _check_common(n, seed)
     workers = _check_workers(workers)
     width, height = parse_size(size)
@@ -292,6 +319,7 @@ def make_target_set(out_dir: str | Path, n: int, size: int | str | tuple[int, in
                                     or distractors < 0):
         raise DarktuneError(f"distractors must be a number of windows >= 0, got {distractors!r}")
     window_scale = check_window_scale(window_scale)
+    close_up = check_close_up(close_up)
     if isinstance(near_miss, bool) or not isinstance(near_miss, (int, float)) or not 0.0 <= near_miss <= 1.0:
         raise DarktuneError(f"near-miss fraction must be in [0, 1], got {near_miss!r}")
     near_miss = float(near_miss)
@@ -304,12 +332,14 @@ def make_target_set(out_dir: str | Path, n: int, size: int | str | tuple[int, in
         params["window_scale"] = list(window_scale)
     if near_miss != NEAR_MISS:
         params["near_miss"] = near_miss
+    if close_up:
+        params["close_up"] = list(close_up)
     if _prepare_out(out, params):
         return out / "obj.data"
     root = out.resolve()
     paths, n_boxes, n_windows = [], 0, 0
     jobs = [("target", int(seed), i, width, height, str(root / "images" / f"{i:06d}.jpg"),
-             None if distractors is None else int(distractors), window_scale, near_miss) for i in range(n)]
+             None if distractors is None else int(distractors), window_scale, near_miss, close_up) for i in range(n)]
     for i, (recs, _) in enumerate(_drawn(jobs, workers, "synth target", progress)):
         stem = root / "images" / f"{i:06d}"
         lines = []

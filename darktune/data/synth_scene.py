@@ -230,3 +230,45 @@ def render_scene(rng: np.random.Generator, width: int, height: int, kind: str, m
     draw_occluders(canvas, mask, rng, ground_y, ww)
     img, hmat = _warp(rng, canvas, width, height)
     return _light(rng, img), _records(placed, mask, hmat, width, height)
+
+
+def crop_close_up(img: np.ndarray, recs: list[WindowRecord], rng: np.random.Generator, size: tuple[int, int],
+                  fill: tuple[float, float]) -> tuple[np.ndarray, list[WindowRecord]]:
+    """A close-up of a scene: a crop around one fully visible window (a random one) in which that window spans a
+    fraction of the crop's width drawn uniformly in `fill` = (lo, hi), resized to `size` = (width, height).
+    The other windows keep a record when at least MIN_VISIBLE of them is inside the crop (truncated otherwise
+    flagged as in render_scene). A scene without a fully visible window gives a random crop of half its side."""
+    width, height = size
+    h, w = img.shape[:2]
+    whole = [r for r in recs if not r.truncated]
+    aspect = height / width
+    if whole:
+        pick = whole[int(rng.integers(len(whole)))]
+        x0, y0, x1, y1 = pick.box
+        cw = min((x1 - x0) / rng.uniform(*fill), w, h / aspect)
+        cx = (x0 + x1) / 2 + rng.uniform(-0.25, 0.25) * max(cw - (x1 - x0), 0)
+        cy = (y0 + y1) / 2 + rng.uniform(-0.25, 0.25) * max(cw * aspect - (y1 - y0), 0)
+    else:
+        cw = min(w, h / aspect) / 2
+        cx, cy = rng.uniform(cw / 2, w - cw / 2), rng.uniform(cw * aspect / 2, h - cw * aspect / 2)
+    cw = max(2, min(round(cw), w))
+    ch = max(2, min(round(cw * aspect), h))
+    left = int(np.clip(round(cx - cw / 2), 0, w - cw))
+    top = int(np.clip(round(cy - ch / 2), 0, h - ch))
+    sx, sy = width / cw, height / ch
+    out = cv2.resize(img[top:top + ch, left:left + cw], (width, height), interpolation=cv2.INTER_AREA)
+    kept = []
+    for r in recs:
+        x0, y0, x1, y1 = r.box
+        area = max((x1 - x0) * (y1 - y0), 1e-6)
+        ix0, iy0 = max(x0, left), max(y0, top)
+        ix1, iy1 = min(x1, left + cw), min(y1, top + ch)
+        if ix1 <= ix0 or iy1 <= iy0:
+            continue
+        inside = (ix1 - ix0) * (iy1 - iy0) / area
+        box = ((ix0 - left) * sx, (iy0 - top) * sy, (ix1 - left) * sx, (iy1 - top) * sy)
+        if inside < MIN_VISIBLE or box[2] - box[0] < 2 or box[3] - box[1] < 2:
+            continue
+        kept.append(WindowRecord(box, r.truncated or inside < 0.99, r.occluded, r.target, r.building, r.row, r.col,
+                                 r.style))
+    return out, kept
