@@ -221,7 +221,7 @@ def build_blocks(data: ExperimentData) -> list[Block]:
         for f in findings(data))))
     blocks.append(Block("p", f"'Clearly worse' means at least {CLEAR_MARGIN * 100:.0f} mAP points lower; a start "
                              "whose unfrozen run stays below that margin cannot show it and is listed as inconclusive, "
-                             f"as is a comparison where neither run exceeds {NOTHING_LEARNED * 100:g} mAP point. "
+                             f"as is a comparison where neither run reaches {NOTHING_LEARNED * 100:g} mAP points. "
                              f"'Beats' means a mean mAP at least {BEAT_MARGIN * 100:g} points higher. "
                              "Each verdict is computed from the runs' metrics files when this report is written."))
     blocks += [Block("h2", "Starting points"),

@@ -21,7 +21,10 @@ from darktune.report_data import (
 
 CLEAR_MARGIN = 0.10  # "clearly worse": at least 10 mAP points lower (the study's gaps were 25 to 91 points)
 BEAT_MARGIN = 0.02  # "beats": a mean at least 2 mAP points higher; closer is a tie (evaluations swing more)
-NOTHING_LEARNED = 0.01  # a run at or below 1 mAP point learned nothing: it cannot show that another is better
+# a start below the clear margin has not learned to detect the target (the rule freeze_20_worse applies to an
+# unfrozen run): a comparison where neither start reaches it shows nothing. It was 1 point until session 3, when
+# close-ups put every target box on the head that N=20 freezes, and runs of every start sat at 1.6-3.8 mAP there.
+NOTHING_LEARNED = CLEAR_MARGIN
 REQUIRED_DECREASE = 0.80  # "at least 80% fewer iterations" (the study: 83%)
 STUDY_NETWORK = 416  # the study's network size, in pixels
 
@@ -193,8 +196,9 @@ def coco15_beats(data: ExperimentData, other: str) -> Finding:
                 continue
             text = (f"N={freeze}: coco15 {a.text()} vs {other} {b.text()} mean mAP over iterations "
                     f"{', '.join(map(str, its))} ({_seeds_text(a, b)})")
-            if max(a.mean, b.mean) <= NOTHING_LEARNED:
-                evidence.append(text + f" (inconclusive: neither learned anything, both <= {NOTHING_LEARNED * 100:g})")
+            if max(a.mean, b.mean) < NOTHING_LEARNED:
+                evidence.append(text + f" (inconclusive: neither learned to detect the target, both below "
+                                       f"{NOTHING_LEARNED * 100:g})")
                 continue
             won = a.mean - b.mean >= BEAT_MARGIN
             ok.append(won)

@@ -157,6 +157,14 @@ def test_runs_that_learned_nothing_are_inconclusive_not_evidence(copy):
     assert found[0].verdict == "agrees" and "scratch" in found[0].evidence[0] and "inconclusive" in found[0].evidence[0]
     assert found[1].verdict == "agrees" and found[2].verdict == "agrees"
     assert "inconclusive" in found[1].evidence[2] and "inconclusive" in found[2].evidence[2]  # N=20
+    # a start that stays under the 10-point margin has not learned the target either (flat at a few points,
+    # as runs whose every box goes to a frozen head are); one that reaches it counts
+    _set_maps(copy / "runs" / "scratch-f20-nall-s0", lambda it, m: 0.025)
+    _set_maps(copy / "runs" / "coco15-f20-nall-s0", lambda it, m: 0.023)
+    assert "inconclusive" in findings(load_experiment(copy))[2].evidence[2]
+    _set_maps(copy / "runs" / "scratch-f20-nall-s0", lambda it, m: 0.15)
+    found = findings(load_experiment(copy))[2]
+    assert found.verdict == "DISAGREES" and "NOT beaten" in found.evidence[2]
 
 
 def _prepend_start_eval(run_dir: Path, value: float, with_clock: bool = False) -> None:

@@ -204,3 +204,11 @@ def test_profile_views_reach_the_target_set(tmp_path):
     assert params["window_scale"] == [0.2, 0.4]
     assert "window_scale" not in json.loads((Path(data["domain_raw"]).parent / "synth.json").read_text())["params"]
     assert PROFILES["quick"].target_window_scale is not None and PROFILES["full"].target_window_scale is None
+    assert PROFILES["quick"].target_close_up and PROFILES["quick"].domain_close_up
+    assert PROFILES["full"].target_close_up is None and PROFILES["full"].domain_close_up is None
+    close_ups = replace(PROFILES["smoke"], target_close_up=(0.45, 0.75), domain_close_up=(0.2, 0.7))
+    data = prepare_data(close_ups, tmp_path / "close")
+    def params(path: str) -> dict:
+        return json.loads((Path(path).parent / "synth.json").read_text())["params"]
+
+    assert params(data["target"])["close_up"] == [0.45, 0.75] and params(data["domain_raw"])["close_up"] == [0.2, 0.7]
