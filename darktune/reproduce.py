@@ -121,16 +121,16 @@ def prepare_data(profile: Profile, out: Path, progress: bool = False, workers: i
     drawing images (the files are the same for any number)."""
     import shutil
 
-    from darktune.data.synth import make_domain_set, make_target_set
+    from darktune.data.synth import WINDOW_SCALE, make_domain_set, make_target_set
 
     data_dir = out / "data"
     for name in ("target", "domain_raw"):
         if (data_dir / name).is_dir() and not (data_dir / name / "synth.json").is_file():
             shutil.rmtree(data_dir / name)
-    views = {"window_scale": profile.target_window_scale} if profile.target_window_scale else {}
     target = make_target_set(data_dir / "target", profile.target_images, profile.size, SEED,
                              val_fraction=profile.val_fraction, progress=progress, workers=workers,
-                             close_up=profile.target_close_up, **views)
+                             window_scale=profile.target_window_scale or WINDOW_SCALE,
+                             close_up=profile.target_close_up)
     raw = make_domain_set(data_dir / "domain_raw", profile.domain_images, profile.size, SEED + 1, progress=progress,
                           workers=workers, close_up=profile.domain_close_up)
     domain, stats = _filtered_domain(raw, data_dir / "domain", profile)
