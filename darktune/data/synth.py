@@ -159,28 +159,24 @@ def _check_common(n: int, seed: int) -> None:
         raise DarktuneError(f"seed must be a non-negative integer, got {seed!r}")
 
 
-def check_window_scale(window_scale) -> tuple[float, float]:
-    """(lo, hi) with 0 < lo <= hi <= 1, as floats, or a DarktuneError."""
+def _fraction_range(value, what: str) -> tuple[float, float]:
+    """(lo, hi) with 0 < lo <= hi <= 1, as floats, or a DarktuneError naming `what`."""
     try:
-        lo, hi = (float(v) for v in window_scale)
+        lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise DarktuneError(f"window scale must be two numbers LO,HI, got {window_scale!r}") from None
+        raise DarktuneError(f"{what} must be two numbers LO,HI, got {value!r}") from None
     if not 0.0 < lo <= hi <= 1.0:
-        raise DarktuneError(f"window scale must satisfy 0 < LO <= HI <= 1, got {lo:g},{hi:g}")
+        raise DarktuneError(f"{what} must satisfy 0 < LO <= HI <= 1, got {lo:g},{hi:g}")
     return lo, hi
+
+
+def check_window_scale(window_scale) -> tuple[float, float]:
+    return _fraction_range(window_scale, "window scale")
 
 
 def check_close_up(close_up) -> tuple[float, float] | None:
-    """None, or (lo, hi) with 0 < lo <= hi <= 1 as floats; else a DarktuneError."""
-    if close_up is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in close_up)
-    except (TypeError, ValueError):
-        raise DarktuneError(f"close-up must be two numbers LO,HI, got {close_up!r}") from None
-    if not 0.0 < lo <= hi <= 1.0:
-        raise DarktuneError(f"close-up must satisfy 0 < LO <= HI <= 1, got {lo:g},{hi:g}")
-    return lo, hi
+    """None (whole scenes), or a checked (lo, hi)."""
+    return None if close_up is None else _fraction_range(close_up, "close-up")
 
 
 def _image_rng(seed: int, kind: str, index: int) -> np.random.Generator:
