@@ -212,3 +212,16 @@ def test_profile_views_reach_the_target_set(tmp_path):
         return json.loads((Path(path).parent / "synth.json").read_text())["params"]
 
     assert params(data["target"])["close_up"] == [0.45, 0.75] and params(data["domain_raw"])["close_up"] == [0.2, 0.7]
+
+
+def test_quick_close_ups_put_the_target_boxes_on_the_head_freeze_20_freezes(tmp_path, coco_spec):
+    """The quick profile's reason for close-ups: at 128 px its target windows go to the stride-32 head (layer 16),
+    as large windows do in the study's 416 network, so freezing 20 layers freezes the head that learns them."""
+    from darktune.heads import head_shares, training_box_sizes
+
+    small = replace(PROFILES["quick"], target_images=40, domain_images=8)
+    data = prepare_data(small, tmp_path)
+    wh = training_box_sizes(data["target"])
+    assert len(wh) >= 8
+    shares = {h.layer: h.share for h in head_shares(coco_spec, wh, small.size)}
+    assert shares[16] >= 0.9
