@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from darktune.data.stats import wh_iou
 from darktune.specs import NetworkSpec
 
 
@@ -30,11 +31,9 @@ class HeadShare:
 
 
 def best_anchors(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """Index of the best anchor for each (w, h) box, both in pixels: (n, 2), (k, 2) -> (n,). Ties go to the
-    first anchor, as in darknet's loop."""
-    inter = np.minimum(wh[:, None, 0], anchors[None, :, 0]) * np.minimum(wh[:, None, 1], anchors[None, :, 1])
-    union = wh[:, None, 0] * wh[:, None, 1] + anchors[None, :, 0] * anchors[None, :, 1] - inter
-    return np.argmax(inter / union, axis=1)
+    """Index of the best anchor for each (w, h) box, both in pixels: (n, 2), (k, 2) -> (n,), by the shapes'
+    IoU at a common corner (the same as centred). Ties go to the first anchor, as in darknet's loop."""
+    return np.argmax(wh_iou(wh, anchors), axis=1)
 
 
 def head_shares(spec: NetworkSpec, wh: np.ndarray, size: int) -> list[HeadShare]:

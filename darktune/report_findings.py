@@ -141,17 +141,20 @@ def _heads_note(data: ExperimentData, frozen: int) -> str | None:
     if len(wh) == 0:
         return None
 
-    def shares(at: int) -> str:
+    def text_of(shares: list) -> str:
         return ", ".join(f"layer {h.layer} ({'frozen' if h.layer < frozen else 'trainable'}) {h.share * 100:.0f}%"
-                         for h in head_shares(spec, wh, at))
+                         for h in shares)
 
-    frozen_share = sum(h.share for h in head_shares(spec, wh, size) if h.layer < frozen)
+    def frozen_share(shares: list) -> float:
+        return sum(h.share for h in shares if h.layer < frozen)
+
+    at_size = head_shares(spec, wh, size)
     text = (f"which [yolo] head learns the target set's {len(wh)} training boxes (darknet's best-anchor rule; "
-            f"anchors are network pixels), with N={frozen}: at {size} px {shares(size)}")
+            f"anchors are network pixels), with N={frozen}: at {size} px {text_of(at_size)}")
     if size != STUDY_NETWORK:
-        study_frozen = sum(h.share for h in head_shares(spec, wh, STUDY_NETWORK) if h.layer < frozen)
-        text += f"; the same boxes in a {STUDY_NETWORK} px network, the study's size: {shares(STUDY_NETWORK)}"
-        if frozen_share < 0.5 <= study_frozen:
+        at_study = head_shares(spec, wh, STUDY_NETWORK)
+        text += f"; the same boxes in a {STUDY_NETWORK} px network, the study's size: {text_of(at_study)}"
+        if frozen_share(at_size) < 0.5 <= frozen_share(at_study):
             text += (f". So at {size} px N={frozen} leaves most boxes to a head that still learns, while at "
                      f"{STUDY_NETWORK} px it would freeze the head that learns them: a likely reason why a start "
                      "whose trainable head already detects the object (domain) loses less by freezing here than "
