@@ -417,3 +417,29 @@ def test_import_with_every_record_skipped_writes_nothing(tmp_path, capsys):
     with pytest.raises(DarktuneError, match="nothing to write"):
         write_darknet(Dataset(["window"], []), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_openimages_cli_takes_descriptions_and_images_from_beside_the_csv(tmp_path, capsys):
+    """`data import boxes.csv` finds class-descriptions.csv and images/ beside the CSV (as Open Images
+    downloads and `data synth domain` lay them out), says so, and names the CSV when either is missing."""
+    from darktune.cli import main
+
+    b, d, i = _oi_files(tmp_path, ["000a,x,/m/0d4v4,1,0.1,0.5,0.2,0.6,0,0,0,0,0"])
+    argv = ["data", "import", str(b), "--out"]
+    assert main(argv + [str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert str(b) in err and "--descriptions" in err and "class-descriptions.csv" in err
+    d.rename(tmp_path / "class-descriptions.csv")
+    assert main(argv + [str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert str(b) in err and "no images/ folder beside it" in err
+    i.rename(tmp_path / "images")
+    assert main(argv + [str(tmp_path / "o3")]) == 0
+    err = capsys.readouterr().err
+    assert f"class descriptions from {tmp_path / 'class-descriptions.csv'}" in err
+    assert f"images from {tmp_path / 'images'}" in err
+    assert read_obj_data(tmp_path / "o3" / "obj.data").names == ["Window"]
+    (tmp_path / "class-descriptions-boxable.csv").write_text("/m/0d4v4,Window\n")  # two candidates: ambiguous
+    assert main(argv + [str(tmp_path / "o4")]) == 2
+    assert "several of" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o4").exists()

@@ -11,7 +11,9 @@ def test_detect_finds_tie_and_person(coco, photo_path, tmp_path, capsys):
     rc = main(["detect", "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--names", str(coco.names),
                str(photo_path), "--json", "--thresh", "0.1", "--out", str(tmp_path / "out")])
     assert rc == 0
-    records = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "frames" not in captured.err  # no frame counter for a single image
+    records = json.loads(captured.out)
     found = {}
     for d in sorted(records[0]["detections"], key=lambda d: d["score"]):
         found[d["name"]] = d  # the best-scoring detection of each class
@@ -30,6 +32,7 @@ def test_detect_bad_image_others_still_processed(coco, photo_path, tmp_path, cap
     captured = capsys.readouterr()
     assert rc != 0
     assert "broken.jpg" in captured.err and "Traceback" not in captured.err
+    assert "frames" in captured.err  # several sources: the frame counter runs
     assert len(json.loads(captured.out)) == 1
 
 

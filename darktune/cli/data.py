@@ -16,6 +16,7 @@ Sources (SRC) per format:
               images in --images DIR (default: JPEGImages/ beside Annotations/, else the XML folder)
   openimages  one or more boxes CSV files (e.g. train-annotations-bbox.csv), with
               --descriptions CSV (LabelName,DisplayName) and --images DIR holding <ImageID>.jpg
+              (defaults: a class-descriptions CSV and an images/ folder beside the boxes CSV)
   auto        by the source: .json -> coco, .csv -> openimages, obj.data or a folder with obj.data /
               obj.names / classes.txt -> yolo, a folder of .xml -> voc
 Several sources are merged (classes in order of first appearance). --classes keeps only those classes
@@ -76,6 +77,36 @@ def _guess_format(src: str) -> str:
     raise DarktuneError("cannot tell the format of this source; pass --format", path=src)
 
 
+# the class-descriptions files Open Images publishes (v4..v7), and the one `data synth` / our writer make
+DESCRIPTION_NAMES = ("class-descriptions.csv", "class-descriptions-boxable.csv", "oidv6-class-descriptions.csv",
+                     "oidv7-class-descriptions.csv", "oidv7-class-descriptions-boxable.csv")
+
+
+def _openimages_beside(src: str, descriptions: str | None, images: str | None) -> tuple[str, str]:
+    """--descriptions and --images of an Open Images boxes CSV; each defaults to the one beside the CSV
+    (a class-descriptions file of a known name, an images/ folder), and the note says which was taken."""
+    import sys
+    from pathlib import Path
+
+    from darktune.errors import DarktuneError
+
+    folder = Path(src).parent
+    if not descriptions:
+        found = [folder / n for n in DESCRIPTION_NAMES if (folder / n).is_file()]
+        if len(found) != 1:
+            why = "several" if found else "none"
+            raise DarktuneError(f"openimages source needs --descriptions CSV ({why} of {', '.join(DESCRIPTION_NAMES)} "
+                                "beside it)", path=src)
+        descriptions = str(found[0])
+        print(f"note: class descriptions from {descriptions}", file=sys.stderr)
+    if not images:
+        if not (folder / "images").is_dir():
+            raise DarktuneError("openimages source needs --images DIR (no images/ folder beside it)", path=src)
+        images = str(folder / "images")
+        print(f"note: images from {images}", file=sys.stderr)
+    return descriptions, images
+
+
 def load_sources(args) -> "Dataset":  # noqa: F821 (imported lazily)
     """The merged Dataset of args.src per args.format (see SOURCES_HELP)."""
     from darktune.data.dataset import merge_datasets
@@ -96,10 +127,8 @@ def load_sources(args) -> "Dataset":  # noqa: F821 (imported lazily)
             parts.append(read_voc(src, args.images, skip_bad=args.skip_bad))
         else:
             from darktune.data.formats.openimages import read_openimages
-            if not args.descriptions or not args.images:
-                raise DarktuneError("openimages sources need --descriptions CSV and --images DIR")
-            parts.append(read_openimages(src, args.descriptions, args.images, classes=classes,
-                                         skip_bad=args.skip_bad))
+            descriptions, images = _openimages_beside(src, args.descriptions, args.images)
+            parts.append(read_openimages(src, descriptions, images, classes=classes, skip_bad=args.skip_bad))
     dataset = merge_datasets(parts)
     return dataset.select_classes(classes, keep_empty=args.keep_empty) if classes else dataset
 
@@ -248,9 +277,10 @@ def _add_filter(sub) -> None:
     p.add_argument("--like-iou", type=float, default=0.35, metavar="T",
                    help="keep boxes whose best shape IoU with a reference cluster is >= T (default 0.35)")
     p.add_argument("--like-k", type=int, default=9, metavar="K", help="shape clusters (default 9)")
-    p.add_argument("--whole-images", action="store_true", help="drop an image as soon as one of its boxes is")
+    p.add_argument("--whole-images", action="store_true", help="drop a whole image as soon as a rule rejects one of its boxes (its other objects would be "
+                        "unlabelled, i.e. false negatives; the study's group boxes hide their member windows)")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="darknet output: valid share")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split (default 0)")
     p.add_argument("--link", action="store_true", help="hardlink images instead of copying")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_filter)
@@ -331,7 +361,7 @@ def _add_stats(sub) -> None:
     p.add_argument("--anchors", type=int, default=6, metavar="K", help="number of anchors (0: none; default 6)")
     p.add_argument("--size", type=int, nargs=2, default=(416, 416), metavar=("W", "H"),
                    help="network size for the anchors (default 416 416)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the k-means anchors (default 0)")
     p.add_argument("--png", metavar="OUT.png", help="write histograms to this PNG")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_stats)

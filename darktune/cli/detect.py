@@ -54,7 +54,7 @@ def _detect(args) -> int:
     from darktune.backends import make_backend
     from darktune.detect import read_names
     from darktune.errors import DarktuneError
-    from darktune.video import open_source
+    from darktune.video import IMAGE_SUFFIXES, open_source
 
     if args.no_winograd and args.backend != "opencv":
         raise DarktuneError("--no-winograd is for --backend opencv")
@@ -71,7 +71,9 @@ def _detect(args) -> int:
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     records, failures = [], 0
-    bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+    # a frame counter helps with videos, cameras and many images; for one image it is only noise
+    one_image = len(args.sources) == 1 and Path(args.sources[0]).suffix.lower() in IMAGE_SUFFIXES
+    bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=one_image,
                bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
     try:
         for source in args.sources:
@@ -118,7 +120,7 @@ def _image(args, backend, src, names, out_dir, bar) -> list[dict]:
         if not cv2.imwrite(str(target), draw(image, dets, names)):
             raise DarktuneError("cannot write the annotated image (is the disk full?)", path=str(target))
     if not args.json:
-        lines = [f"{src.name}: {len(dets)} objects"]
+        lines = [f"{src.name}: {len(dets)} object{'' if len(dets) == 1 else 's'}"]
         lines += [f"  {d['name']}: {d['score'] * 100:.0f}%  box {d['box']}" for d in record["detections"]]
         bar.write("\n".join(lines), file=sys.stdout)
     return [record]
