@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -111,32 +112,99 @@ def forward_frozen_prefix(model: nn.Module, x: torch.Tensor, prefix: int,
     Also, when a [route] concatenates outputs that need a gradient with frozen ones that do not (yolov3-tiny's
     layer 20 = upsampled head + frozen layer 8) and only a conv reads it, that conv runs as a sum of convs over
     the channel slices, so backward computes the input gradient of the trainable slice only."""
-    from darktune.model import Route, Shortcut, YoloHead
+    return forward_rest(model, run_prefix(model, x, prefix, folded), folded)
+
+
+@dataclass
+class PrefixState:
+    """What layers `start`.. need from a forward pass through layers 0..start-1: the last output, the earlier
+    outputs a later [route]/[shortcut] reads, and the [yolo] outputs already produced."""
+
+    start: int
+    x: torch.Tensor
+    outputs: dict[int, torch.Tensor]
+    heads: list[torch.Tensor]
+
+    def nbytes(self) -> int:
+        tensors = [self.x, *self.outputs.values(), *self.heads]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _read_after(model: nn.Module, start: int) -> set[int]:
+    """Indices below `start` whose outputs a layer at or after `start` reads."""
+    from darktune.cfg import RouteSpec, ShortcutSpec
+
+    wanted: set[int] = set()
+    for layer in model.spec.layers[start:]:
+        if isinstance(layer, RouteSpec):
+            wanted.update(layer.layers)
+        elif isinstance(layer, ShortcutSpec):
+            wanted.add(layer.from_)
+    return {i for i in wanted if i < start}
+
+
+def run_prefix(model: nn.Module, x: torch.Tensor, prefix: int,
+               folded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> PrefixState:
+    """Layers 0..prefix-1 of `model` on `x` without autograd (the frozen part of `forward_frozen_prefix`)."""
+    from darktune.model import YoloHead
+
+    outputs: dict[int, torch.Tensor] = {}
+    heads: list[torch.Tensor] = []
+    with torch.no_grad():
+        for i in range(prefix):
+            x = _layer_forward(model, i, x, outputs, folded)
+            if isinstance(model.layers[i], YoloHead):
+                heads.append(x)
+            if i in model.keep:
+                outputs[i] = x
+    read = _read_after(model, prefix)
+    return PrefixState(prefix, x, {i: t for i, t in outputs.items() if i in read}, heads)
+
+
+def forward_rest(model: nn.Module, state: PrefixState,
+                 folded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[torch.Tensor]:
+    """Layers state.start.. of `model` from a `PrefixState` (autograd as the caller has it): the [yolo] outputs
+    of the whole network, the same tensors `model.forward` gives."""
+    from darktune.model import Route, YoloHead
 
     outputs: list = [None] * len(model.layers)
-    heads = []
+    for i, t in state.outputs.items():
+        outputs[i] = t
+    heads = list(state.heads)
+    x = state.x
     grad_enabled = torch.is_grad_enabled()
     parts = None
-    for i, layer in enumerate(model.layers):
-        with torch.set_grad_enabled(grad_enabled and i >= prefix):
-            if parts is not None:
-                x, parts = _split_conv(layer, parts), None
-            elif isinstance(layer, Route):
-                parts = _mixed_route_parts(model, i, layer, outputs) if grad_enabled else None
-                x = layer(outputs) if parts is None else None
-            elif isinstance(layer, Shortcut):
-                x = layer(x, outputs)
-            elif folded is not None and i in folded:
-                w, b = folded[i]
-                c = layer.conv
-                x = layer.act(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
-            else:
-                x = layer(x)
+    for i in range(state.start, len(model.layers)):
+        layer = model.layers[i]
+        if parts is not None:
+            x, parts = _split_conv(layer, parts), None
+        elif isinstance(layer, Route) and grad_enabled:
+            parts = _mixed_route_parts(model, i, layer, outputs)
+            x = layer(outputs) if parts is None else None
+        else:
+            x = _layer_forward(model, i, x, outputs, folded)
         if isinstance(layer, YoloHead):
             heads.append(x)
         if i in model.keep:
             outputs[i] = x
     return heads
+
+
+def _layer_forward(model: nn.Module, i: int, x: torch.Tensor | None, outputs,
+                   folded: dict[int, tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+    """Layer i alone; `outputs`: earlier outputs by index (a list or a dict), for [route] and [shortcut]."""
+    from darktune.model import Route, Shortcut
+
+    layer = model.layers[i]
+    if isinstance(layer, Route):
+        return layer(outputs)
+    if isinstance(layer, Shortcut):
+        return layer(x, outputs)
+    if folded is not None and i in folded:
+        w, b = folded[i]
+        c = layer.conv
+        return layer.act(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
+    return layer(x)
 
 
 def _mixed_route_parts(model: nn.Module, i: int, route: nn.Module, outputs: list) -> list | None:

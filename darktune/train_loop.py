@@ -59,6 +59,7 @@ class Run:
     step: int = 0
     state: dict = field(default_factory=dict)
     eval_set: object = None
+    eval_cache: object = None  # evaluate.PrefixCache: the frozen layers' outputs on eval_set
     metrics: object = None  # open file
     tb: object = None
     t_start: float = 0.0

@@ -226,8 +226,10 @@ def _evaluate(run: Run, it: int) -> bool:
 
 
 def _measure(run: Run):
-    from darktune.evaluate import evaluate_model, load_eval_set
+    from darktune.evaluate import PrefixCache, evaluate_model, load_eval_set
 
+    if run.eval_cache is None:
+        run.eval_cache = PrefixCache()
     if run.eval_set is None:
         hw = (run.spec.net.height, run.spec.net.width)
         run.eval_set = load_eval_set(run.config.data, hw, "valid", run.spec.net.letter_box,
@@ -235,7 +237,8 @@ def _measure(run: Run):
         if run.eval_set.n_skipped:
             run.log(f"valid list: {run.eval_set.n_skipped} bad images skipped", important=True)
     return evaluate_model(run.model, run.eval_set, run.config.protocol, run.config.eval_batch,
-                          run.dist.device, autocast_dtype=run.amp_dtype, channels_last=run.channels_last)
+                          run.dist.device, autocast_dtype=run.amp_dtype, channels_last=run.channels_last,
+                          prefix_cache=run.eval_cache)
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -1,0 +1,102 @@
+"""The frozen-prefix cache of evaluation (`evaluate.PrefixCache`): bit-identical detections, computed once per
+frozen set and rebuilt whenever the frozen tensors, the prefix or the evaluation set change."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from darktune.evaluate import PrefixCache, load_eval_set, predict
+from darktune.freeze import set_frozen
+from darktune.model import Darknet
+from darktune.weights import load_weights
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def eval_set(tmp_path_factory):
+    from darktune.data.synth import make_target_set
+
+    data = make_target_set(tmp_path_factory.mktemp("cache_set") / "set", 20, 128, seed=4, val_fraction=0.5)
+    return load_eval_set(data, (128, 128), "valid")
+
+
+@pytest.fixture()
+def model(coco, coco_spec):
+    net = Darknet(coco_spec)
+    load_weights(net, coco.weights)
+    return net
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("freeze", [13, 20])
+def test_cached_prefix_gives_bit_identical_detections_and_is_built_once(model, eval_set, freeze):
+    set_frozen(model, range(freeze))
+    plain = predict(model, eval_set, batch_size=4)
+    assert sum(len(d) for d in plain) > 0
+    cache = PrefixCache()
+    first = predict(model, eval_set, batch_size=4, prefix_cache=cache)
+    with torch.no_grad():  # a trainable layer moves, as in training: the cache stays valid
+        model.layers[freeze + 1].conv.weight.mul_(1.001)
+    moved = predict(model, eval_set, batch_size=4)
+    again = predict(model, eval_set, batch_size=4, prefix_cache=cache)
+    assert same(first, plain) and same(again, moved) and not same(moved, plain)
+    assert cache.builds == 1 and len(cache.states) == 3  # 10 images in batches of 4
+
+
+def test_cache_rebuilds_when_frozen_weights_prefix_or_set_change(model, eval_set, tmp_path):
+    set_frozen(model, range(13))
+    cache = PrefixCache()
+    predict(model, eval_set, batch_size=4, prefix_cache=cache)
+    with torch.no_grad():  # a frozen tensor edited in place (e.g. weights loaded again)
+        model.layers[4].conv.weight.mul_(1.01)
+    edited = predict(model, eval_set, batch_size=4, prefix_cache=cache)
+    assert cache.builds == 2 and same(edited, predict(model, eval_set, batch_size=4))
+    set_frozen(model, range(8))  # --unfreeze-at style: a shorter prefix
+    shorter = predict(model, eval_set, batch_size=4, prefix_cache=cache)
+    assert cache.builds == 3 and same(shorter, predict(model, eval_set, batch_size=4))
+    predict(model, eval_set, batch_size=5, prefix_cache=cache)  # another batching
+    other = load_eval_set(eval_set.paths[0].rsplit("/images/", 1)[0] + "/obj.data", (128, 128), "train")
+    predict(model, other, batch_size=5, prefix_cache=cache)
+    assert cache.builds == 5
+    set_frozen(model, [])  # nothing frozen: nothing to cache
+    predict(model, other, batch_size=5, prefix_cache=cache)
+    assert cache.builds == 5
+
+
+def test_cache_keeps_nothing_above_its_limit(model, eval_set):
+    set_frozen(model, range(13))
+    cache = PrefixCache(max_bytes=1000)
+    out = predict(model, eval_set, batch_size=4, prefix_cache=cache)
+    assert cache.too_big and cache.builds == 0 and cache.states == []
+    assert same(out, predict(model, eval_set, batch_size=4, prefix_cache=cache))
+
+
+def test_training_run_maps_are_the_same_with_and_without_the_cache(coco, tmp_path, monkeypatch):
+    """A freeze-13 run from the COCO weights logs the same mAP at every evaluation whether the evaluations reuse
+    the frozen layers' outputs or compute them each time."""
+    from darktune.data.synth import make_target_set
+    from darktune.train import TrainConfig, train
+
+    data = make_target_set(tmp_path / "data", 16, 96, seed=6, val_fraction=0.5)
+
+    def maps(out, lookup=None):
+        if lookup is not None:
+            monkeypatch.setattr(PrefixCache, "lookup", lookup)
+        res = train(TrainConfig(cfg=str(coco.cfg), data=str(data), weights=str(coco.weights), freeze=13,
+                                iterations=6, batch=2, size=96, lr=0.002, burn_in=0, eval_every=2, out=str(out),
+                                checkpoint_every=1000, augment=False), progress=False)
+        assert res.status == "finished"
+        rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["iteration"], r["map"], r["precision"], r["recall"]) for r in rows if "map" in r]
+
+    cached = maps(tmp_path / "cached")
+    uncached = maps(tmp_path / "uncached", lambda self, key: None)
+    assert len(cached) == 4 and cached == uncached
