@@ -95,6 +95,7 @@ class TrainConfig:
     amp: bool | None = None  # None: on for CUDA
     channels_last: bool | None = None  # None: on
     compile: bool | None = None  # None: on for CUDA
+    feature_cache: bool | None = None  # None/True: on where it applies (darktune.train_cache); False: off
     log_every: int = 1
     checkpoint_every: int = 100
     max_bad_steps: int = 10
@@ -136,7 +137,7 @@ class TrainConfig:
 RESUMABLE_CHANGES = frozenset({"iterations", "eval_every", "eval_at", "target_map", "stop_at_target", "device",
                                "out", "resume", "workers", "log_every", "checkpoint_every", "max_bad_steps",
                                "eval_batch", "tensorboard", "compile", "max_valid_images", "protocol",
-                               "threads"})
+                               "threads", "feature_cache"})
 
 
 @dataclass

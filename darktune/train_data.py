@@ -137,37 +137,45 @@ class TrainBatches(SampleOrder):
         self.device = device or torch.device("cpu")
         self._pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
         self._pending: dict[tuple[int, int], Future] = {}
+        self.last_indices: list[int] = []  # the image of each sample of the micro-batch `get` returned last
 
-    def _sample(self, g: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def deterministic(self) -> bool:
+        """Whether every image always becomes the same input tensor (no augmentation, one network size)."""
+        return self.dataset.augment is None and not self.multi_scale
+
+    def _sample(self, g: int, size: int) -> tuple[int, np.ndarray, np.ndarray]:
         for epoch, i in self.candidates(g):  # an image that became unreadable: the next one, deterministically
             out = self.dataset.load(i, epoch, self.seed, size=size)
             if out is not None:
-                return out
+                return i, *out
         raise DarktuneError("no training image is readable any more")
 
-    def _build(self, iteration: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _build(self, iteration: int, sub: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         size = self.size_at(iteration)
         images = np.empty((self.per_rank, 3, size, size), np.uint8)
-        targets = []
+        targets, indices = [], []
         for j, g in enumerate(self.samples(iteration, sub)):
-            img, boxes = self._sample(g, size)
+            i, img, boxes = self._sample(g, size)
+            indices.append(i)
             images[j] = img.transpose(2, 0, 1)
             if len(boxes):
                 b = np.asarray(boxes, np.float32).reshape(-1, 5)
                 targets.append(np.concatenate([np.full((len(b), 1), j, np.float32), b], 1))
         t = np.concatenate(targets) if targets else np.zeros((0, 6), np.float32)
-        return torch.from_numpy(images), torch.from_numpy(t)
+        return torch.from_numpy(images), torch.from_numpy(t), indices
 
     def get(self, iteration: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Micro-batch `sub` of 0-based `iteration` for this rank; prefetches the next one when threaded."""
+        """Micro-batch `sub` of 0-based `iteration` for this rank; prefetches the next one when threaded.
+        `last_indices` then names its images."""
         key = (iteration, sub)
         fut = self._pending.pop(key, None)
-        out = fut.result() if fut is not None else self._build(iteration, sub)
+        images, targets, self.last_indices = fut.result() if fut is not None else self._build(iteration, sub)
         if self._pool is not None:
             nxt = (iteration, sub + 1) if sub + 1 < self.subdivisions else (iteration + 1, 0)
             if nxt not in self._pending:
                 self._pending[nxt] = self._pool.submit(self._build, *nxt)
-        return out
+        return images, targets
 
     def inputs(self, iteration: int, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(float images (b, 3, S, S) in [0, 1] on the device, targets (N, 6)) for the training step."""

@@ -60,6 +60,7 @@ class Run:
     state: dict = field(default_factory=dict)
     eval_set: object = None
     eval_cache: object = None  # evaluate.PrefixCache: the frozen layers' outputs on eval_set
+    feature_cache: object = None  # train_cache.FeatureCache: the frozen layers' outputs on training images
     metrics: object = None  # open file
     tb: object = None
     t_start: float = 0.0

@@ -12,6 +12,7 @@ import torch
 
 from darktune.errors import DarktuneError
 from darktune.train import TrainResult
+from darktune.train_cache import feature_cache_for
 from darktune.train_files import write_run_file
 from darktune.train_loop import Run, wrap_model
 
@@ -71,6 +72,7 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]
     buffers = _bn_buffers(run)
     backup = [b.clone() for b in buffers]  # a skipped step must not move the batch-norm statistics either
     sums: dict[str, torch.Tensor] = {}
+    cache = feature_cache_for(run)
     for sub in range(run.subdivisions):
         x, targets = run.data.inputs(iteration - 1, sub)  # float (b, 3, S, S) in [0, 1] on the device
         hw = (x.shape[-2], x.shape[-1])  # S changes every 10 iterations with multi-scale
@@ -80,7 +82,7 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]
                 else contextlib.nullcontext())
         with sync:
             with torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-                heads = run.net(x)
+                heads = run.net(x) if cache is None else cache.forward(run.net, x, run.data.last_indices)
             loss, parts = run.loss_fn(heads, targets, hw)
             scaled = loss / per_rank
             (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
@@ -280,6 +282,7 @@ def write_summary(run: Run, status: str, message: str = "") -> dict:
         "input": run.data.input_path, "multi_scale": run.data.multi_scale,
         "device": str(run.dist.device), "world_size": run.dist.world, "amp": str(run.amp_dtype),
         "init": {k: st.get("init", {}).get(k) for k in ("mode", "weights", "upto", "loaded_layers", "new_layers")},
+        "feature_cache": run.feature_cache.summary() if run.feature_cache is not None else None,
         "config": run.config.to_dict(),
     }
     atomic_write_bytes(run.dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())

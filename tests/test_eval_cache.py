@@ -100,3 +100,62 @@ def test_training_run_maps_are_the_same_with_and_without_the_cache(coco, tmp_pat
     cached = maps(tmp_path / "cached")
     uncached = maps(tmp_path / "uncached", lambda self, key: None)
     assert len(cached) == 4 and cached == uncached
+
+
+def _train_run(coco, data, out, **kw):
+    from darktune.train import TrainConfig, train
+
+    base = {"cfg": str(coco.cfg), "data": str(data), "weights": str(coco.weights), "freeze": 13, "iterations": 12,
+            "batch": 4, "size": 64, "lr": 0.002, "burn_in": 0, "eval_at": [12], "out": str(out),
+            "checkpoint_every": 1000, "augment": False}
+    res = train(TrainConfig(**{**base, **kw}), progress=False)
+    assert res.status == "finished"
+    summary = json.loads((out / "summary.json").read_text())
+    return (out / "weights" / "last.weights").read_bytes(), summary
+
+
+@pytest.mark.parametrize("freeze", [13, 20])
+def test_feature_cache_trains_bit_identically_and_skips_the_prefix(coco, tmp_path, freeze):
+    """Training with the frozen layers' outputs cached per image (no augmentation) writes the same weights, byte
+    for byte, as training that computes them every step; after the first epoch every micro-batch comes from
+    the cache."""
+    from darktune.data.synth import make_target_set
+
+    data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)  # 8 train images: 2 batches/epoch
+    cached, s1 = _train_run(coco, data, tmp_path / "on", freeze=freeze)
+    plain, s2 = _train_run(coco, data, tmp_path / "off", freeze=freeze, feature_cache=False)
+    assert cached == plain and s1["final_map"] == s2["final_map"]
+    fc = s1["feature_cache"]
+    assert fc["off"] is None and fc["images"] == 8 and fc["misses"] == 2 and fc["hits"] == 10
+    assert s2["feature_cache"] is None
+
+
+def test_feature_cache_stays_off_where_inputs_change(coco, tmp_path):
+    from darktune.data.synth import make_target_set
+
+    data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
+    _, augmented = _train_run(coco, data, tmp_path / "aug", iterations=3, augment=True, multi_scale=False)
+    _, unfrozen = _train_run(coco, data, tmp_path / "f0", iterations=3, freeze=0)
+    assert augmented["feature_cache"] is None and unfrozen["feature_cache"] is None
+
+
+def test_feature_cache_turns_itself_off_when_a_cached_batch_differs(coco, tmp_path, monkeypatch):
+    """If the backend's per-sample results depended on the batch (the check on the first fully cached
+    micro-batch), the cache gives up, says so, and the run still trains exactly as without it."""
+    from darktune import train_cache
+    from darktune.data.synth import make_target_set
+
+    data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
+    real = train_cache.FeatureCache._assemble
+
+    def off_by_one_ulp(self, indices):
+        state = real(self, indices)
+        state.x = torch.nextafter(state.x, torch.full_like(state.x, float("inf")))
+        return state
+
+    monkeypatch.setattr(train_cache.FeatureCache, "_assemble", off_by_one_ulp)
+    broken, s1 = _train_run(coco, data, tmp_path / "on")
+    plain, _ = _train_run(coco, data, tmp_path / "off", feature_cache=False)
+    assert broken == plain
+    assert "feature cache off" in s1["feature_cache"]["off"] and "values" in s1["feature_cache"]["off"]
+    assert s1["feature_cache"]["hits"] == 0

@@ -74,6 +74,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _tristate(p, "amp", "mixed precision: bf16 (fp16 on GPUs without bf16); default on for CUDA, off on CPU")
     _tristate(p, "channels-last", "channels_last memory format (default: on)")
     _tristate(p, "compile", "torch.compile (default: on for CUDA)")
+    _tristate(p, "feature-cache", "with frozen layers and no augmentation, compute each training image's frozen "
+                                  "layers once and reuse them every epoch (bit-identical, checked on the run; "
+                                  "default: on where it applies)")
     p.add_argument("--log-every", type=int, default=1, help="metrics.jsonl line every N iterations")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--max-bad-steps", type=int, default=10, help="stop after K non-finite losses in a row")
@@ -114,7 +117,8 @@ def config_from_args(args: argparse.Namespace):
         max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in,
         steps=args.steps, scales=args.scales, augment=args.augment, gpu_augment=args.gpu_augment,
         multi_scale=args.multi_scale, amp=args.amp, obj_prior=args.obj_prior,
-        channels_last=args.channels_last, compile=args.compile, log_every=args.log_every,
+        channels_last=args.channels_last, compile=args.compile, feature_cache=args.feature_cache,
+        log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, max_bad_steps=args.max_bad_steps, tensorboard=args.tensorboard)
 
 
