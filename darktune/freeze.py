@@ -11,6 +11,10 @@ float rounding aside), and a conv reading a route of trainable + frozen outputs 
 the trainable slice only. Measured on the 2-core CPU (yolov3-tiny, 416, batch 8, channels_last, 1 thread,
 CPU time): freeze 13 step 0.84 s -> 0.72 s with the folding (the slice trick: within noise), freeze 0 1.82 s.
 
+`run_prefix` (layers 0..P-1, without autograd, to a `PrefixState`) and `forward_rest` (layers P.. from it) are
+the two halves of that forward; keeping the first half's result lets evaluation (`evaluate.PrefixCache`) and
+training without augmentation (`train_cache.FeatureCache`) skip the frozen layers after their first pass.
+
 `layer_digests` hashes every conv layer's tensors (darknet order: BN bias, scale, mean, variance, weights; or
 bias, weights) so `freeze_proof` can show the frozen layers are bit-for-bit what they were.
 """

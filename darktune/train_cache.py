@@ -117,19 +117,20 @@ def _difference(a: PrefixState, b: PrefixState) -> str:
 
 
 def feature_cache_for(run) -> FeatureCache | None:
-    """The run's cache when the run qualifies (see the module docstring), created on first use; else None."""
+    """The run's cache when the run qualifies now (see the module docstring; an unfreeze can end that), created
+    on first use; else None."""
     cache = getattr(run, "feature_cache", None)
-    if cache is not None:
-        if cache.off_reason and not cache.reported:
+    if cache is not None and cache.off_reason:
+        if not cache.reported:
             run.log(cache.off_reason, important=True)
             cache.reported = True
-        return None if cache.off_reason else cache
-    config = run.config
-    if config.feature_cache is False or run.dist.world != 1:
+        return None
+    if run.config.feature_cache is False or run.dist.world != 1:
         return None
     if not isinstance(run.net, PrefixFrozenModel) or run.net.prefix == 0:
         return None
     if not getattr(run.data, "deterministic", False) or not hasattr(run.data, "last_indices"):
         return None
-    run.feature_cache = FeatureCache()
-    return run.feature_cache
+    if cache is None:
+        run.feature_cache = cache = FeatureCache()
+    return cache

@@ -159,3 +159,16 @@ def test_feature_cache_turns_itself_off_when_a_cached_batch_differs(coco, tmp_pa
     assert broken == plain
     assert "feature cache off" in s1["feature_cache"]["off"] and "values" in s1["feature_cache"]["off"]
     assert s1["feature_cache"]["hits"] == 0
+
+
+def test_feature_cache_with_an_unfreeze_matches_plain_training(coco, tmp_path):
+    """--unfreeze-at ends the frozen prefix mid-run: the cache serves the frozen part only, and the weights
+    equal those of a run without it."""
+    from darktune.data.synth import make_target_set
+
+    data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
+    cached, s1 = _train_run(coco, data, tmp_path / "on", unfreeze_at=6)
+    plain, _ = _train_run(coco, data, tmp_path / "off", unfreeze_at=6, feature_cache=False)
+    assert cached == plain
+    fc = s1["feature_cache"]
+    assert fc["off"] is None and fc["misses"] == 2 and fc["hits"] == 4  # iterations 1..6 only
