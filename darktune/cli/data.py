@@ -110,7 +110,6 @@ def _openimages_beside(src: str, descriptions: str | None, images: str | None) -
 def load_sources(args) -> "Dataset":  # noqa: F821 (imported lazily)
     """The merged Dataset of args.src per args.format (see SOURCES_HELP)."""
     from darktune.data.dataset import merge_datasets
-    from darktune.errors import DarktuneError
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     parts = []
