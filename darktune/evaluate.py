@@ -105,10 +105,13 @@ class PrefixCache:
     thirds of yolov3-tiny's convolution work, with freeze 20 about five sixths; the detections are bit-identical
     (same batches, same kernels, same folded weights). The key holds every frozen tensor's storage and version
     counter, so loading or editing frozen weights, a different prefix (e.g. after `--unfreeze-at`), another
-    set, batch size, device or precision all recompute. Nothing is kept above `max_bytes`."""
+    set, batch size, device or precision all recompute. Nothing is kept above `max_bytes` (default: 1 GiB or an
+    eighth of the RAM, whichever is smaller)."""
 
-    def __init__(self, max_bytes: int = 1 << 30):
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int | None = None):
+        from darktune.train_cache import memory_budget
+
+        self.max_bytes = memory_budget(1 << 30, 0.125) if max_bytes is None else max_bytes
         self.key: tuple | None = None
         self.states: list = []
         self.es: EvalSet | None = None  # held so that id(es) in the key cannot be reused by another set

@@ -20,18 +20,27 @@ one process, the CPU loader without augmentation or multi-scale, a frozen prefix
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from darktune.freeze import PrefixFrozenModel, PrefixState, forward_rest, run_prefix
 
-DEFAULT_MAX_BYTES = 2 << 30
+def memory_budget(cap: int, fraction: float) -> int:
+    """min(cap, fraction of this machine's RAM) in bytes (`cap` where the RAM size cannot be read)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return cap
+    return int(min(cap, fraction * total)) if total > 0 else cap
 
 
 class FeatureCache:
-    """Per-image prefix outputs (`PrefixState` slices of one sample each), keyed by training image index."""
+    """Per-image prefix outputs (`PrefixState` slices of one sample each), keyed by training image index.
+    Default budget: 2 GiB or a quarter of the RAM, whichever is smaller."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = memory_budget(2 << 30, 0.25) if max_bytes is None else max_bytes
         self.prefix: int | None = None
         self.items: dict[int, PrefixState] = {}
         self.nbytes = 0

@@ -4,6 +4,7 @@ frozen set and rebuilt whenever the frozen tensors, the prefix or the evaluation
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -172,3 +173,12 @@ def test_feature_cache_with_an_unfreeze_matches_plain_training(coco, tmp_path):
     assert cached == plain
     fc = s1["feature_cache"]
     assert fc["off"] is None and fc["misses"] == 2 and fc["hits"] == 4  # iterations 1..6 only
+
+
+def test_memory_budget_is_capped_by_the_machine():
+    from darktune.train_cache import FeatureCache, memory_budget
+
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert memory_budget(1 << 60, 0.25) == int(0.25 * ram) and memory_budget(1000, 0.25) == 1000
+    assert FeatureCache().max_bytes == min(2 << 30, int(0.25 * ram)) and FeatureCache(5).max_bytes == 5
+    assert PrefixCache().max_bytes == min(1 << 30, int(0.125 * ram))
