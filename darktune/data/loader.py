@@ -18,6 +18,7 @@ Boxes: float32 (n, 5) [cls, cx, cy, w, h] normalised. Images: RGB uint8, (3, S, 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -110,14 +111,13 @@ class DetectionDataset:
         if self.cache != "ram":
             return 0
         todo = [i for i in range(len(self)) if self._cache[i] is None and not self._cache_bad[i]]
-        with ThreadPoolExecutor(max(1, threads)) as pool:  # cv2.imdecode releases the GIL
-            results = pool.map(self.read_image, todo)
-            if progress:
-                from tqdm import tqdm
+        results = _decode_pool(threads).map(self.read_image, todo)  # cv2.imdecode releases the GIL
+        if progress:
+            from tqdm import tqdm
 
-                results = tqdm(results, total=len(todo), desc="cache images", unit="img", leave=False)
-            for _ in results:
-                pass
+            results = tqdm(results, total=len(todo), desc="cache images", unit="img", leave=False)
+        for _ in results:
+            pass
         return int(self._cache_bad.sum())
 
     @property
@@ -230,6 +230,23 @@ class _BatchPlan:
     def _requests(self, pending: list[tuple[int, int]], batch_no: int) -> list[tuple[int, int, int]]:
         size = int(self.sizes(batch_no)) if self.sizes is not None else self.size
         return [(i, epoch, size) for i, epoch in pending]
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _decode_pool(threads: int) -> ThreadPoolExecutor:
+    """A decoding thread pool that lives as long as this process (one per size).
+
+    `make_loader` forks its workers right after `warm_cache`. A pool shut down just before would still have
+    threads running OpenCV's thread-local-storage destructors (they run after Python has joined the thread),
+    and a fork at that moment copies a locked OpenCV mutex into the child, whose next warpAffine then waits
+    forever (measured: 1 fork in 25-33 hung). Threads that stay, idle on their queue, hold no such lock."""
+    key = (os.getpid(), max(1, threads))  # a forked child inherits the object but not its threads
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = ThreadPoolExecutor(key[1], thread_name_prefix="darktune-decode")
+    return pool
 
 
 def _worker_init(worker_id: int) -> None:
