@@ -58,6 +58,7 @@ def fake_train(kwargs: dict, progress: bool) -> dict:
     (out / "weights").mkdir(exist_ok=True)
     (out / "weights" / "last.weights").write_bytes(b"fake")
     summary = {"status": "finished", "iterations_done": kwargs["iterations"], "device": kwargs["device"],
-               "train_seconds": kwargs["iterations"] * 0.01, "config": {k: v for k, v in kwargs.items()}}
+               "train_seconds": kwargs["iterations"] * 0.01, "train_images": kwargs.get("max_images") or 40,
+               "config": {k: v for k, v in kwargs.items()}}
     (out / "summary.json").write_text(json.dumps(summary))
     return summary

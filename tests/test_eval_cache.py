@@ -128,6 +128,7 @@ def test_feature_cache_trains_bit_identically_and_skips_the_prefix(coco, tmp_pat
     assert cached == plain and s1["final_map"] == s2["final_map"]
     fc = s1["feature_cache"]
     assert fc["off"] is None and fc["images"] == 8 and fc["misses"] == 2 and fc["hits"] == 10
+    assert s1["train_images"] == 8
     assert s2["feature_cache"] is None
 
 

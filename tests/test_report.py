@@ -82,7 +82,7 @@ def test_report_files_tables_and_study_numbers(experiment):
     assert re.search(r"\| 20 \| 40 \| 29\.8 \| 400 \| 72\.8 \|", md)  # Table III, N=20
     assert "87% fewer iterations" in md and "STAND-IN" in md
     assert "| coco15 | 0 | 110 | 1.1 | 1/1 |" in md
-    assert "20 images" in md and "map_vs_images.png" in md
+    assert "| 20 images | all (40) images |" in md and "map_vs_images.png" in md
     for fig in paths.figures:
         assert fig.read_bytes().startswith(b"\x89PNG") and f"report_files/{fig.name}" in md
     page = paths.html.read_text()
