@@ -86,6 +86,8 @@ class TrainConfig:
     max_valid_images: int | None = None
     lr: float | None = None
     burn_in: int | None = None
+    # darknet without -clear: the lr schedule goes on from the weights' seen / batch (no second burn-in)
+    continue_schedule: bool = False
     steps: list[int] | None = None
     scales: list[float] | None = None
     augment: bool = True
@@ -107,6 +109,8 @@ class TrainConfig:
             self.weights = None
         checks = [
             (self.freeze >= 0, f"--freeze must be >= 0, got {self.freeze}"),
+            (not self.continue_schedule or self.weights is not None,
+             "--continue-schedule needs --weights (a file whose header counts the images it has seen)"),
             (self.iterations is None or self.iterations >= 1, "--iterations must be >= 1"),
             (self.batch is None or self.batch >= 1, "--batch must be >= 1"),
             (self.subdivisions is None or self.subdivisions >= 1, "--subdivisions must be >= 1"),

@@ -247,7 +247,11 @@ def _fresh_start(run: Run) -> None:
         report["obj_prior_layers"] = set_objectness_prior(run.model, report["new_layers"], c.obj_prior)
     set_frozen(run.model, run.frozen)  # init may have replaced tensors; make sure the flags hold
     report["frozen_layers"] = run.frozen
+    # darknet without -clear: the schedule goes on at the iteration the file's `seen` counter says
+    offset = report.get("seen", 0) // run.batch if c.continue_schedule else 0
+    report["schedule_offset"] = offset
     run.state.update(best_map=None, final_map=None, time_to_target=None, train_seconds=0.0, skipped_steps=0,
+                     schedule_offset=offset,
                      bad_in_row=0, maps=[], init=report, input=run.data.input_path,
                      digests_before={str(k): v for k, v in layer_digests(run.model).items()})
     if run.dist.main:
@@ -264,6 +268,9 @@ def _fresh_start(run: Run) -> None:
     loaded, new = report["loaded_layers"], report["new_layers"]
     run.log(f"init: {report['mode']} from {report['weights'] or 'scratch'}; loaded conv layers {_ranges(loaded)}; "
             f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}", important=True)
+    if c.continue_schedule:
+        run.log(f"schedule: continues at iteration {offset} (the weights had seen {report.get('seen', 0):,} images, "
+                f"batch {run.batch})", important=True)
 
 
 def _ranges(xs: list[int]) -> str:

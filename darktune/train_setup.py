@@ -7,8 +7,8 @@ Initial weights (`init_model`), reported layer by layer (loaded / new):
     that class count, then every conv layer whose tensors have the same shapes is copied; the others (the
     convs before each [yolo]) start fresh.
   * ``upto=N`` (or a file that holds exactly layers 0..N-1 of the network, e.g. ``yolov3-tiny.conv.15``):
-    layers 0..N-1 loaded, the rest new. The header's ``seen`` is ignored: a run always starts at iteration 0
-    (darknet's ``-clear``).
+    layers 0..N-1 loaded, the rest new. The header's ``seen`` is reported; a run counts its iterations from 0
+    and, unless ``continue_schedule`` is set, also starts the learning-rate schedule there (darknet's ``-clear``).
 
 Optimizer: SGD with the cfg's momentum; weight decay (``decay``) on conv weights only, not on biases or batch
 norm scales/shifts, as darknet. With the loss divided by the iteration's batch this is exactly darknet's update
@@ -82,6 +82,7 @@ def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, s
     if weights is None:
         return report
     wf = read_weights_file(weights)
+    report["seen"] = int(wf.header.seen)  # images the file's training had seen (darknet's header)
     n = int(wf.floats.size)
     if upto is None and n != expected_floats(spec):
         file_classes = infer_num_classes(spec, n)

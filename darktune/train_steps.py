@@ -58,7 +58,8 @@ def _write(run: Run, record: dict) -> None:
 def _set_lr(run: Run, iteration: int) -> float:
     from darktune.schedule import learning_rate
 
-    lr = learning_rate(run.net_params, iteration, run.config.lr, run.iterations, run.config.seed)
+    offset = run.state.get("schedule_offset", 0)  # continue_schedule: where the weights' schedule was
+    lr = learning_rate(run.net_params, iteration + offset, run.config.lr, run.iterations + offset, run.config.seed)
     for group in run.opt.param_groups:
         group["lr"] = lr
     return lr
@@ -247,7 +248,8 @@ def _measure(run: Run):
 def _save_weights(run: Run, name: str) -> None:
     from darktune.weights import Header, save_weights
 
-    save_weights(run.model, run.dir / "weights" / name, Header(0, 2, 0, run.step * run.batch))
+    seen = (run.state.get("schedule_offset", 0) + run.step) * run.batch  # the lineage's images, as darknet counts
+    save_weights(run.model, run.dir / "weights" / name, Header(0, 2, 0, seen))
 
 
 def save_state(run: Run) -> None:
@@ -284,6 +286,7 @@ def write_summary(run: Run, status: str, message: str = "") -> dict:
         "device": str(run.dist.device), "world_size": run.dist.world, "amp": str(run.amp_dtype),
         "init": {k: st.get("init", {}).get(k) for k in ("mode", "weights", "upto", "loaded_layers", "new_layers")},
         "feature_cache": run.feature_cache.summary() if run.feature_cache is not None else None,
+        "schedule_offset": st.get("schedule_offset", 0),
         "config": run.config.to_dict(),
     }
     atomic_write_bytes(run.dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())

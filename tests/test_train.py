@@ -291,3 +291,32 @@ def test_obj_prior_sets_new_heads_objectness_bias_only(dataset, tmp_path):
         assert torch.count_nonzero(bias[:, :4]) == 0 and torch.count_nonzero(bias[:, 5:]) == 0  # darknet's 0
     with pytest.raises(DarktuneError, match="obj-prior"):
         cfg_of(dataset, tmp_path / "bad", obj_prior=1.0)
+
+
+def test_continue_schedule_goes_on_from_the_weights_seen_counter(dataset, tmp_path):
+    """Darknet without -clear: a run from a full .weights file continues its learning-rate schedule at
+    iteration seen / batch (no second burn-in) and writes the lineage's seen; by default it starts over."""
+    from darktune.weights import read_weights_file
+
+    first = tmp_path / "first"
+    train(cfg_of(dataset, first, iterations=10, batch=4, burn_in=8, lr=0.001), progress=False)
+    last = first / "weights" / "last.weights"
+    assert read_weights_file(last).header.seen == 40  # 10 iterations x 4 images
+
+    def lrs(out, **kw):
+        train(cfg_of(dataset, out, iterations=3, batch=4, burn_in=8, lr=0.001, weights=str(last), **kw),
+              progress=False)
+        steps, _ = lines(out)
+        return [r["lr"] for r in steps], json.loads((out / "summary.json").read_text())
+
+    again, s_again = lrs(tmp_path / "again")
+    cont, s_cont = lrs(tmp_path / "cont", continue_schedule=True)
+    assert again == pytest.approx([0.001 * (i / 8) ** 4 for i in (1, 2, 3)])  # burn-in from the start
+    # iterations 11..13 of the schedule: burn-in over, and the cfg's step at 8 (scale .5) already taken
+    assert cont == pytest.approx([0.0005] * 3) and s_cont["schedule_offset"] == 10 and s_again["schedule_offset"] == 0
+    assert read_weights_file(tmp_path / "cont" / "weights" / "last.weights").header.seen == (10 + 3) * 4
+    assert read_weights_file(tmp_path / "again" / "weights" / "last.weights").header.seen == 3 * 4
+    init = json.loads((tmp_path / "cont" / "init.json").read_text())
+    assert init["seen"] == 40 and init["schedule_offset"] == 10
+    with pytest.raises(DarktuneError, match="--continue-schedule needs --weights"):
+        cfg_of(dataset, tmp_path / "x", continue_schedule=True)

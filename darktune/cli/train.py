@@ -63,6 +63,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="start new yolo heads' objectness at probability P (bias logit(P), e.g. 0.01; "
                         "default: darknet's bias 0, i.e. 0.5)")
     p.add_argument("--burn-in", type=int, help="override [net] burn_in")
+    p.add_argument("--continue-schedule", action="store_true",
+                   help="go on with the learning-rate schedule of --weights, as darknet does without -clear: it "
+                        "starts at iteration seen/batch of the file's header (no second burn-in; steps count from "
+                        "there); this run's iterations and metrics still count from 0")
     p.add_argument("--steps", type=_int_list, help="override [net] steps (policy becomes steps)")
     p.add_argument("--scales", type=_float_list, help="override [net] scales")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no jitter/colour/flip")
@@ -114,7 +118,7 @@ def config_from_args(args: argparse.Namespace):
         target_map=args.target_map, stop_at_target=args.stop_at_target, protocol=args.protocol,
         device=args.device, out=args.out, resume=args.resume, seed=args.seed, workers=args.workers,
         threads=args.threads,
-        max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in,
+        max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in, continue_schedule=args.continue_schedule,
         steps=args.steps, scales=args.scales, augment=args.augment, gpu_augment=args.gpu_augment,
         multi_scale=args.multi_scale, amp=args.amp, obj_prior=args.obj_prior,
         channels_last=args.channels_last, compile=args.compile, feature_cache=args.feature_cache,
