@@ -84,7 +84,7 @@ from pathlib import Path
 from darktune.data.augment import AugmentConfig
 from darktune.data.loader import DetectionDataset, make_loader
 items = [(p, np.zeros((0, 5))) for p in sorted(Path(sys.argv[1]).glob("*.jpg"))]
-for _ in range(2):
+for _ in range(4):  # each a fresh RAM cache filled by threads, then a fork (1 in ~30 hung before the fix)
     it = make_loader(DetectionDataset(items, 416, AugmentConfig(jitter=0.3, flip=True), cache="ram"), 4, 2, 0)
     assert next(it)[0].shape == (4, 3, 416, 416)
     it.close()
