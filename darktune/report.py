@@ -23,7 +23,7 @@ from darktune.report_data import (
     load_experiment,
     main_images,
     start_map,
-    target_levels,
+    table_levels,
     time_to_target,
 )
 from darktune.report_findings import (
@@ -159,27 +159,29 @@ def time_table(data: ExperimentData) -> list[Block]:
 
 
 def sensitivity_blocks(data: ExperimentData, images: int | None) -> list[Block]:
-    """Time to target at the spec's target and at higher ones (N=0): a decrease that holds only at a target the
-    start weights already meet says little about training speed."""
+    """Time to target at the spec's target and at others from 50 mAP up (N=0): a decrease that holds only at a
+    target the start weights already meet says little about training speed, and one that holds only at one
+    target says little about the starts."""
     rows = []
-    for level in target_levels(data):
+    for level in table_levels(data):
         base = time_to_target(data, "coco15", 0, images, level)
         dec = best_transfer_decrease(data, 0, images, level)
         if base is None:
             break
+        label = pct(level) + (" (target)" if abs(level - data.target_map) < 1e-9 else "")
         coco = its_text(base.iterations) if base.iterations is not None else f"not reached in {base.max_iterations}"
         if dec is None:
             if base.iterations is None:
                 break
-            rows.append((pct(level), coco, "–", "–", "no transfer path reached it"))
+            rows.append((label, coco, "–", "–", "no transfer path reached it"))
             continue
         bound = "at least " if dec.lower_bound else ""
-        rows.append((pct(level), coco, f"`{dec.best}`", its_text(dec.best_iterations),
+        rows.append((label, coco, f"`{dec.best}`", its_text(dec.best_iterations),
                      f"{bound}{dec.fraction * 100:.0f}%"))
     if len(rows) < 2:
         return []
     starts = [f"`{s}` {pct(m)}" for s in data.starts() for m in [start_map(data, s, 0, images)] if m is not None]
-    text = ("The same with N=0 at higher targets (mean iterations over seeds; a start counts only where every seed "
+    text = ("The same with N=0 at other targets (mean iterations over seeds; a start counts only where every seed "
             "reached the target).")
     if starts:
         text += " mAP of the start weights (iteration 0): " + ", ".join(starts) + "."

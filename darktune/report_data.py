@@ -300,6 +300,15 @@ def start_map(data: ExperimentData, start: str, freeze: int, images: int | None)
     return mean_or_none([r.map_at(0) for r in data.select(start, freeze, images)])
 
 
+def table_levels(data: ExperimentData, lowest: float = 0.5, step: float = 0.1) -> list[float]:
+    """The targets of the sensitivity table: every multiple of `step` from `lowest` below 1, and the spec's."""
+    if data.target_map is None:
+        return []
+    k = int(round(lowest / step, 6))
+    levels = {round(j * step, 6) for j in range(k, int(round(1 / step, 6)))}
+    return sorted(levels | {data.target_map})
+
+
 def target_levels(data: ExperimentData, step: float = 0.1) -> list[float]:
     """The spec's target and every higher multiple of `step` below 1 (the targets of the sensitivity table)."""
     if data.target_map is None:

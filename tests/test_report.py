@@ -267,7 +267,8 @@ def test_agreement_resting_on_start_weights_is_said_so(copy):
     assert "at the next target level, 90.0, domain 34 it. vs coco15 160 it.: 79% fewer" in found[3].evidence[-1]
     assert "start weights, before any training" in found[4].evidence[-1]
     md = write_report(copy).markdown.read_text()
-    assert "| 80.0 | 110 | `domain` | 0 | 100% |" in md and "| 90.0 | 160 | `domain` | 34 | 79% |" in md
+    assert "| 80.0 (target) | 110 | `domain` | 0 | 100% |" in md and "| 90.0 | 160 | `domain` | 34 | 79% |" in md
+    assert re.search(r"\| 50\.0 \| \d+ \| `domain` \| 0 \| 100% \|", md)  # lower targets too, from 50
     assert "`domain` 85.0" in md  # the start weights' mAP
 
 
