@@ -29,7 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--warmup", type=int, default=10, help="untimed calls per backend first")
     i.add_argument("--threads", type=int, help="CPU threads for every backend (default: all CPUs)")
     i.add_argument("--block", type=int, default=5, help="timed calls per turn (each turn starts with one untimed)")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print the result as JSON")
     i.set_defaults(func=cmd_bench_infer)
     try:
         from darktune.cli.train import add_bench_train_parser

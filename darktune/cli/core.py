@@ -27,10 +27,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("model", help="e.g. yolov3-tiny")
     f.add_argument("--from", dest="files", nargs="+", metavar="FILE",
                    help="import local copies instead of downloading (verified the same way)")
-    f.add_argument("--json", action="store_true")
+    f.add_argument("--json", action="store_true", help="print the result as JSON")
     f.set_defaults(func=cmd_weights_fetch)
     ls = wsub.add_parser("list", help="known models and whether they are cached")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print the result as JSON")
     ls.set_defaults(func=cmd_weights_list)
 
 

@@ -42,7 +42,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="write report.md and report.html of an experiment folder")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="reproduce the transfer-learning study on the synthetic windows benchmark")
@@ -56,7 +56,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                         "layers 0..7 as a stand-in, said so in the report")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: one per CPU core up to 4 on "
                                                           "CPU, 1 on a GPU)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_reproduce)
 
 

@@ -29,7 +29,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--names", help="class names file (default: the run's obj.names, if any)")
     p.add_argument("--classes", type=int, help="re-head the cfg for this many classes (default: what the weights "
                                                "fit)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -100,7 +100,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--batch", type=int, default=32)
     m.add_argument("--device", default="cpu")
     m.add_argument("--max-images", type=int)
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=cmd_map)
 
 
@@ -189,7 +189,7 @@ def add_bench_train_parser(bench_sub: argparse._SubParsersAction) -> argparse.Ar
                                                            "cases)")
     b.add_argument("--amp", action="store_true", help="bf16 autocast in every case")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=bench_train)
     return b
 
