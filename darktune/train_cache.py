@@ -85,8 +85,8 @@ class FeatureCache:
         for j, i in enumerate(indices):
             if i in self.items or self.nbytes + per_sample > self.max_bytes:
                 continue
-            self.items[i] = PrefixState(state.start, _row(state.x, j), {k: _row(t, j) for k, t in state.outputs.items()},
-                                        [_row(h, j) for h in state.heads])
+            outputs = {k: _row(t, j) for k, t in state.outputs.items()}
+            self.items[i] = PrefixState(state.start, _row(state.x, j), outputs, [_row(h, j) for h in state.heads])
             self.nbytes += per_sample
 
     def _assemble(self, indices: list[int]) -> PrefixState:

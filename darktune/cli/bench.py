@@ -22,8 +22,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--backend", default="all",
                    help="comma-separated torch,onnxruntime,opencv and the variants torch-unfused (BN not folded), "
                         "torch-onednn (folded, oneDNN for every conv) and opencv-exact (no Winograd), or all")
-    i.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    i.add_argument("--batch", type=int, default=1)
+    i.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    i.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     i.add_argument("--size", type=int, default=416, help="square input size, multiple of 32")
     i.add_argument("--iters", type=int, default=50, help="timed calls per backend")
     i.add_argument("--warmup", type=int, default=10, help="untimed calls per backend first")

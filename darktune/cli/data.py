@@ -260,7 +260,8 @@ def _add_filter(sub) -> None:
                        epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
-    p.add_argument("--out-format", choices=("darknet", "coco", "voc", "openimages"), default="darknet")
+    p.add_argument("--out-format", choices=("darknet", "coco", "voc", "openimages"), default="darknet",
+                   help="format of the filtered set (default darknet)")
     for flag in ("group-of", "depiction", "truncated", "occluded"):
         p.add_argument(f"--drop-{flag}", action="store_true", help=f"drop boxes flagged Is{flag.title()}")
     p.add_argument("--drop-containers", action="store_true",
@@ -276,7 +277,8 @@ def _add_filter(sub) -> None:
     p.add_argument("--like-iou", type=float, default=0.35, metavar="T",
                    help="keep boxes whose best shape IoU with a reference cluster is >= T (default 0.35)")
     p.add_argument("--like-k", type=int, default=9, metavar="K", help="shape clusters (default 9)")
-    p.add_argument("--whole-images", action="store_true", help="drop a whole image as soon as a rule rejects one of its boxes (its other objects would be "
+    p.add_argument("--whole-images", action="store_true",
+                   help="drop a whole image as soon as a rule rejects one of its boxes (its other objects would be "
                         "unlabelled, i.e. false negatives; the study's group boxes hide their member windows)")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="darknet output: valid share")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split (default 0)")

@@ -16,7 +16,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, video file or camera index")
     p.add_argument("--cfg", help="darknet cfg (optional for --backend onnxruntime --onnx: read from the model)")
     p.add_argument("--weights", help="darknet weights (not needed with --onnx)")
-    p.add_argument("--names")
+    p.add_argument("--names", help="class names file, one per line (default: the model's, else class_N)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "opencv"), default="torch",
                    help="who runs the network; preprocessing, decoding and NMS are darktune's for all")
     p.add_argument("--onnx", help="raw-heads ONNX model for --backend onnxruntime (default: export on the fly)")
@@ -24,8 +24,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="--backend opencv: direct convolutions instead of OpenCV's Winograd 3x3 ones (slower; "
                         "raw outputs within 1e-4 of torch and ONNX Runtime, where Winograd is about 2e-4 away)")
     p.add_argument("--size", type=int, help="network input size (square, multiple of 32); default: the cfg's")
-    p.add_argument("--thresh", type=float, default=0.25)
-    p.add_argument("--nms", type=float, default=0.45)
+    p.add_argument("--thresh", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (default: plain resize as darknet)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")

@@ -50,7 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--conf", type=float, default=0.25, help="--decode: score threshold (score > conf)")
     o.add_argument("--iou", type=float, default=0.45, help="--decode: NMS IoU threshold (suppress IoU > iou)")
     o.add_argument("--max-det", type=int, default=1000, help="--decode: most boxes kept per class and image")
-    o.add_argument("--opset", type=int, default=17)
+    o.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     o.set_defaults(func=cmd_export_onnx)
 
     d = esub.add_parser("darknet", help="cfg + weights (+ names, obj.data) for darknet and OpenCV DNN",

@@ -47,11 +47,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-at", type=_int_list, default=[], metavar="LIST", help="and at these iterations")
     p.add_argument("--target-map", type=float, metavar="M", help="target mAP (fraction, e.g. 0.9)")
     p.add_argument("--stop-at-target", action="store_true", help="stop at the first evaluation reaching the target")
-    p.add_argument("--protocol", default="darknet", choices=("darknet", "voc07", "coco101", "coco"))
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--protocol", default="darknet", choices=("darknet", "voc07", "coco101", "coco"),
+                   help="mAP protocol: darknet (detector map), voc07 (11-point), coco101 (AP50, 101-point), "
+                        "coco (AP50-95); default darknet")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--out", default="runs/train", metavar="RUN", help="run folder")
     p.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, batches and augmentation")
     p.add_argument("--workers", type=int, default=0, help="background threads preparing batches (CPU loader; "
                                                              "--gpu-augment needs none)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; use 1 per process when "
@@ -82,7 +84,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                   "layers once and reuse them every epoch (bit-identical, checked on the run; "
                                   "default: on where it applies)")
     p.add_argument("--log-every", type=int, default=1, help="metrics.jsonl line every N iterations")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=100,
+                   help="checkpoint.pt and last.weights every N iterations")
     p.add_argument("--max-bad-steps", type=int, default=10, help="stop after K non-finite losses in a row")
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs (if tensorboard is installed)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -90,16 +93,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     m = sub.add_parser("map", help="mAP of a model on a dataset split (darknet's detector map, and more)")
-    m.add_argument("--cfg", required=True)
-    m.add_argument("--weights", required=True)
-    m.add_argument("--data", required=True)
-    m.add_argument("--split", default="valid", choices=("valid", "train"))
-    m.add_argument("--protocol", default="darknet", choices=("darknet", "voc07", "coco101", "coco"))
+    m.add_argument("--cfg", required=True, help="darknet .cfg")
+    m.add_argument("--weights", required=True, help="darknet .weights (a run's weights/best.weights)")
+    m.add_argument("--data", required=True, help="obj.data")
+    m.add_argument("--split", default="valid", choices=("valid", "train"), help="which list (default valid)")
+    m.add_argument("--protocol", default="darknet", choices=("darknet", "voc07", "coco101", "coco"),
+                   help="mAP protocol: darknet (detector map), voc07 (11-point), coco101 (AP50, 101-point), "
+                        "coco (AP50-95); default darknet")
     m.add_argument("--size", type=int, help="network width=height (default: the cfg's)")
     m.add_argument("--thresh", type=float, default=0.25, help="threshold for precision/recall/F1/IoU")
-    m.add_argument("--batch", type=int, default=32)
-    m.add_argument("--device", default="cpu")
-    m.add_argument("--max-images", type=int)
+    m.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
+    m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    m.add_argument("--max-images", type=int, help="evaluate on the first N images of the list")
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=cmd_map)
 
@@ -118,7 +123,8 @@ def config_from_args(args: argparse.Namespace):
         target_map=args.target_map, stop_at_target=args.stop_at_target, protocol=args.protocol,
         device=args.device, out=args.out, resume=args.resume, seed=args.seed, workers=args.workers,
         threads=args.threads,
-        max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in, continue_schedule=args.continue_schedule,
+        max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in,
+        continue_schedule=args.continue_schedule,
         steps=args.steps, scales=args.scales, augment=args.augment, gpu_augment=args.gpu_augment,
         multi_scale=args.multi_scale, amp=args.amp, obj_prior=args.obj_prior,
         channels_last=args.channels_last, compile=args.compile, feature_cache=args.feature_cache,
@@ -180,9 +186,9 @@ def add_bench_train_parser(bench_sub: argparse._SubParsersAction) -> argparse.Ar
     """Register `darktune bench train` on the `bench` command group's subparsers."""
     b = bench_sub.add_parser("train", help="training images/s (CPU loader and --gpu-augment) vs the bare "
                                            "forward+backward+step; freeze speed-up")
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     b.add_argument("--sizes", type=_int_list, default=[416, 160], help="network sizes (default 416,160)")
-    b.add_argument("--batch", type=int, default=8)
+    b.add_argument("--batch", type=int, default=8, help="images per iteration (default 8)")
     b.add_argument("--iterations", type=int, default=6, help="timed iterations per measurement")
     b.add_argument("--repeats", type=int, default=3, help="measurements per case (median reported)")
     b.add_argument("--freeze", type=int, default=13, help="frozen layers to compare with freeze 0 (0: no freeze "
