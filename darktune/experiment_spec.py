@@ -24,7 +24,7 @@ BUILTIN_STARTS = ("scratch", "backbone", "coco15", "coco")
 TRAIN_OPTIONS = ("batch", "subdivisions", "size", "lr", "burn_in", "steps", "scales", "eval_every", "protocol",
                  "workers", "unfreeze_at", "freeze_layers", "stop_at_target", "target_map", "augment",
                  "max_valid_images", "checkpoint_every", "eval_batch", "multi_scale", "gpu_augment",
-                 "obj_prior")
+                 "obj_prior", "continue_schedule", "feature_cache")
 _INT_OPTIONS = {"batch": 1, "subdivisions": 1, "size": 32, "eval_every": 0, "workers": 0, "unfreeze_at": 0,
                 "burn_in": 0, "max_valid_images": 1, "checkpoint_every": 1, "eval_batch": 1}
 TOP_KEYS = ("cfg", "weights", "train", "stages", "grid", "notes")
@@ -229,7 +229,7 @@ class _Checker:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
                 raise self.error(where, f"must be numbers >= 0, got {value!r}")
             return [float(v) for v in values]
-        if key in ("stop_at_target", "augment", "multi_scale", "gpu_augment"):
+        if key in ("stop_at_target", "augment", "multi_scale", "gpu_augment", "continue_schedule", "feature_cache"):
             if not isinstance(value, bool):
                 raise self.error(where, f"must be true or false, got {value!r}")
             return value

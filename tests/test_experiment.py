@@ -56,6 +56,14 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def test_per_start_options_reach_the_runs(tmp_path):
+    path = _write(tmp_path, "grid:\n  data: x\n  starts: [scratch, coco15]\n  feature_cache: false\n"
+                            "  per_start:\n    coco15: {continue_schedule: true}\n")
+    plans = {p.start: p for p in plan_runs(load_spec(path))}
+    assert plans["coco15"].options["continue_schedule"] is True and "continue_schedule" not in plans["scratch"].options
+    assert plans["scratch"].options["feature_cache"] is False
+
+
 def test_spec_expands_to_stage_then_grid(spec_file):
     plans = plan_runs(load_spec(spec_file))
     assert [p.name for p in plans[:2]] == ["domain", "scratch-f0-nall-s0"]
@@ -80,6 +88,7 @@ def test_spec_expands_to_stage_then_grid(spec_file):
     ("grid: [unclosed\n", "not a valid experiment spec", None),
     ("stages:\n  coco: {data: x, weights: scratch}\ngrid: {data: x, starts: [scratch]}\n", "stage name", 2),
     ("cfg: a.cfg\n", "missing 'grid'", None),
+    ("grid:\n  data: x\n  starts: [scratch]\n  continue_schedule: yes please\n", "true or false", 4),
 ])
 def test_bad_specs_name_file_line_and_key(tmp_path, text, message, line):
     path = _write(tmp_path, text)
