@@ -15,7 +15,8 @@ values and memory layout; on any difference the cache turns itself off for the r
 goes on uncached. Nothing is stored beyond `max_bytes` (later images are computed each time).
 
 Used by `train_steps.train_step` when `feature_cache` (TrainConfig) is on (the default) and the run qualifies:
-one process, the CPU loader without augmentation or multi-scale, a frozen prefix, no torch.compile.
+one process, no augmentation or multi-scale (CPU loader or the device input path), a frozen prefix, no
+torch.compile (nor DDP).
 """
 
 from __future__ import annotations

@@ -70,6 +70,14 @@ class DeviceBatches(SampleOrder):
         self.cache_of_item[self.cache.items_index] = np.arange(len(self.cache))
         self.skipped = len(self.cache.skipped)
         self._gen = torch.Generator(device=self.device)
+        self._plain = augment is None  # no augmentation: an image always becomes the same input
+        self.last_indices: list[int] = []  # cache row of each sample of the micro-batch `inputs` returned last
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether every image always becomes the same input tensor (no augmentation, one network size, and
+        each rank augments only its own samples)."""
+        return self._plain and not self.multi_scale and self.world == 1
 
     def cache_indices(self, samples: range) -> np.ndarray:
         """Cache rows of the given samples (host ints; an unreadable image replaced as the CPU loader does)."""
@@ -87,6 +95,7 @@ class DeviceBatches(SampleOrder):
         """(float images (b, 3, S, S) in [0, 1] on the device, targets (M, 6) on the device)."""
         size = self.size_at(iteration)
         rows = self._rows(iteration, sub)
+        self.last_indices = rows.tolist()
         u8, t = self.cache.batch(rows, self.device)
         ext = self.cache.extents(rows, self.device)
         self._gen.manual_seed(batch_seed(self.seed, iteration, sub))

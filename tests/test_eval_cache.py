@@ -183,3 +183,14 @@ def test_memory_budget_is_capped_by_the_machine():
     assert memory_budget(1 << 60, 0.25) == int(0.25 * ram) and memory_budget(1000, 0.25) == 1000
     assert FeatureCache().max_bytes == min(2 << 30, int(0.25 * ram)) and FeatureCache(5).max_bytes == 5
     assert PrefixCache().max_bytes == min(1 << 30, int(0.125 * ram))
+
+
+def test_feature_cache_on_the_device_input_path(coco, tmp_path):
+    """The --gpu-augment path without augmentation (here on the CPU) uses the cache too, bit-identically."""
+    from darktune.data.synth import make_target_set
+
+    data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
+    cached, s1 = _train_run(coco, data, tmp_path / "on", gpu_augment=True, multi_scale=False)
+    plain, s2 = _train_run(coco, data, tmp_path / "off", gpu_augment=True, multi_scale=False, feature_cache=False)
+    assert cached == plain and s1["input"] == "gpu_augment"
+    assert s1["feature_cache"]["hits"] == 10 and s1["feature_cache"]["off"] is None
