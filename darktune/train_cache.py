@@ -27,6 +27,7 @@ import torch
 
 from darktune.freeze import PrefixFrozenModel, PrefixState, forward_rest, run_prefix
 
+
 def memory_budget(cap: int, fraction: float) -> int:
     """min(cap, fraction of this machine's RAM) in bytes (`cap` where the RAM size cannot be read)."""
     try:

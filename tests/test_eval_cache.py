@@ -192,5 +192,5 @@ def test_feature_cache_on_the_device_input_path(coco, tmp_path):
     data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
     cached, s1 = _train_run(coco, data, tmp_path / "on", gpu_augment=True, multi_scale=False)
     plain, s2 = _train_run(coco, data, tmp_path / "off", gpu_augment=True, multi_scale=False, feature_cache=False)
-    assert cached == plain and s1["input"] == "gpu_augment"
+    assert cached == plain and s1["input"] == s2["input"] == "gpu_augment" and s2["feature_cache"] is None
     assert s1["feature_cache"]["hits"] == 10 and s1["feature_cache"]["off"] is None
