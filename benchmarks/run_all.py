@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = ("bench_infer.py", "bench_train.py", "bench_loader.py", "bench_metrics.py", "bench_batch_augment.py")
+SCRIPTS = ("bench_infer.py", "bench_train.py", "bench_loader.py", "bench_metrics.py", "bench_batch_augment.py",
+           "bench_prefix_cache.py")
 
 
 def main() -> int:
