@@ -109,7 +109,7 @@ class PrefixCache:
     eighth of the RAM, whichever is smaller)."""
 
     def __init__(self, max_bytes: int | None = None):
-        from darktune.train_cache import memory_budget
+        from darktune.freeze import memory_budget
 
         self.max_bytes = memory_budget(1 << 30, 0.125) if max_bytes is None else max_bytes
         self.key: tuple | None = None
@@ -124,10 +124,6 @@ class PrefixCache:
     def store(self, key: tuple, es: EvalSet, states: list) -> None:
         self.key, self.es, self.states = key, es, states
         self.builds += 1
-
-    def clear(self) -> None:
-        self.key, self.es, self.states = None, None, []
-
 
 def _prefix_key(net, prefix: int, es: EvalSet, batch_size: int, device, autocast_dtype, channels_last) -> tuple:
     tensors = [t for i in range(prefix) for t in (*net.layers[i].parameters(), *net.layers[i].buffers())]

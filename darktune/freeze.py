@@ -22,6 +22,7 @@ bias, weights) so `freeze_proof` can show the frozen layers are bit-for-bit what
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -132,6 +133,15 @@ class PrefixState:
     def nbytes(self) -> int:
         tensors = [self.x, *self.outputs.values(), *self.heads]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def memory_budget(cap: int, fraction: float) -> int:
+    """Bytes the prefix caches may keep: min(cap, fraction of this machine's RAM) in bytes (`cap` where the RAM size cannot be read)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return cap
+    return int(min(cap, fraction * total)) if total > 0 else cap
 
 
 def _read_after(model: nn.Module, start: int) -> set[int]:

@@ -21,20 +21,15 @@ torch.compile (nor DDP).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from darktune.freeze import PrefixFrozenModel, PrefixState, forward_rest, run_prefix
-
-
-def memory_budget(cap: int, fraction: float) -> int:
-    """min(cap, fraction of this machine's RAM) in bytes (`cap` where the RAM size cannot be read)."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return cap
-    return int(min(cap, fraction * total)) if total > 0 else cap
+from darktune.freeze import (
+    PrefixFrozenModel,
+    PrefixState,
+    forward_rest,
+    memory_budget,
+    run_prefix,
+)
 
 
 class FeatureCache:
