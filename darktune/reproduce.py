@@ -234,7 +234,8 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
     from darktune.report_findings import findings
 
     profile = get_profile(profile_name)
-    out = Path(out)
+    out = Path(out).resolve()  # the spec written into `out` holds the data paths; relative ones would be read
+    # against the spec's own folder, i.e. doubled
     _check_profile_folder(out, profile)
     zoo.fetch("yolov3-tiny")
     devices = [_device(device)] if device else None

@@ -30,8 +30,9 @@ from darktune.data.dataset import (MAX_LABEL_BYTES, Problem, label_path_for, par
 from darktune.data.formats.files import read_regular
 from darktune.data.formats.image import IMAGE_EXTENSIONS, MAX_PIXELS, inspect_image_bytes, sniff_format
 from darktune.errors import DarktuneError
+from darktune.plural import plural
 
-CACHE_VERSION = 2  # 2: EXIF orientation warnings, label files that are not regular files
+CACHE_VERSION = 3  # 2: EXIF orientation warnings, label files that are not regular files; 3: "1 class" wording
 _RACY_NS = 2_000_000_000
 MAX_IMAGE_BYTES = 1 << 30
 _LIST_FILES = {"obj.names", "classes.txt", "train.txt", "valid.txt", "test.txt", "obj.data"}
@@ -85,9 +86,10 @@ class CheckReport:
 
     def summary(self) -> str:
         split = f" [{self.split}]" if self.split else ""
-        return (f"{self.source}{split}: {self.n_images} images, {len(self.good)} good, {self.n_skipped_images} "
-                f"skipped, {self.n_missing_labels} without label file, {self.n_boxes} boxes, {self.n_errors} "
-                f"errors, {self.n_warnings} warnings (cache: {self.n_cache_hits} reused)")
+        return (f"{self.source}{split}: {plural(self.n_images, 'image')}, {len(self.good)} good, "
+                f"{self.n_skipped_images} skipped, {self.n_missing_labels} without label file, "
+                f"{plural(self.n_boxes, 'box')}, {plural(self.n_errors, 'error')}, "
+                f"{plural(self.n_warnings, 'warning')} (cache: {self.n_cache_hits} reused)")
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -109,6 +111,8 @@ def _load_cache(path: Path) -> tuple[dict, int]:
         return {}, 0
     except (OSError, ValueError):
         return {}, 1
+    if isinstance(doc, dict) and isinstance(doc.get("version"), int) and doc["version"] < CACHE_VERSION:
+        return {}, 0  # an older darktune's cache: checked again, not damaged
     if not isinstance(doc, dict) or doc.get("version") != CACHE_VERSION or not isinstance(doc.get("entries"), dict):
         return {}, 1
     return doc["entries"], 0
@@ -302,7 +306,7 @@ def _strict(report: CheckReport, path: Path) -> None:
     if report.problems:
         shown = "\n  ".join(str(p) for p in report.problems[:20])
         more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
-        raise DarktuneError(f"{len(report.problems)} problems (strict mode):\n  {shown}{more}", path=str(path))
+        raise DarktuneError(f"{plural(len(report.problems), 'problem')} (strict mode):\n  {shown}{more}", path=str(path))
 
 
 def check_dataset(obj_data_path: str | Path, split: str = "train", strict: bool = False, cache: bool = True,

@@ -23,6 +23,7 @@ import numpy as np
 from darktune.data.formats.files import (MAX_TEXT_BYTES, copy_file, output_folder, read_regular,
                                          write_text)
 from darktune.errors import DarktuneError
+from darktune.plural import plural
 
 # A box may overshoot the image by this much (normalised) and is clipped; more is an error.
 BOX_TOLERANCE = 1e-3
@@ -238,8 +239,8 @@ def write_darknet(dataset: Dataset, out_dir: str | Path, val_fraction: float = 0
     found (see `output_folder`); obj.data is written last, so its presence means a complete dataset."""
     dataset.validate()
     if not dataset.images or not dataset.classes:
-        raise DarktuneError(f"nothing to write: the dataset has {len(dataset.images)} images and "
-                            f"{len(dataset.classes)} classes", path=str(out_dir))
+        raise DarktuneError(f"nothing to write: the dataset has {plural(len(dataset.images), 'image')} and "
+                            f"{plural(len(dataset.classes), 'class')}", path=str(out_dir))
     split_indices(len(dataset.images), val_fraction, seed)  # a bad fraction fails before anything is written
     with output_folder(out_dir) as folder:
         out = folder.resolve()
@@ -340,7 +341,7 @@ def read_obj_data(path: str | Path) -> ObjData:
     if "classes" in values:
         text, line = values["classes"]
         if not _INT.fullmatch(text) or int(text) != len(names):
-            raise DarktuneError(f"classes={text} but the names file lists {len(names)} classes",
+            raise DarktuneError(f"classes={text} but the names file lists {plural(len(names), 'class')}",
                                 path=str(path), line=line)
     train = read_image_list(_resolve(values["train"][0], bases), bases)
     valid = read_image_list(_resolve(values["valid"][0], bases), bases) if values.get("valid", ("",))[0] else []
@@ -374,7 +375,7 @@ def parse_label_line(line: str, n_classes: int | None, tol: float = BOX_TOLERANC
         return None, f"class {tokens[0][:20]!r}... ({len(tokens[0])} digits) out of range"
     cls = int(tokens[0])
     if n_classes is not None and cls >= n_classes:
-        return None, f"class {cls} out of range (dataset has {n_classes} classes: 0..{n_classes - 1})"
+        return None, f"class {cls} out of range (dataset has {plural(n_classes, 'class')}: 0..{n_classes - 1})"
     values = []
     for name, tok in zip(("cx", "cy", "w", "h"), tokens[1:]):
         if len(tok) > MAX_NUMBER_CHARS:
