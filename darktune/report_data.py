@@ -69,6 +69,12 @@ class RunData:
         """mAP at the run's last planned iteration (None if it was never evaluated there)."""
         return self.map_at(int(self.plan["iterations"]))
 
+    @property
+    def complete(self) -> bool:
+        """The run ended as planned (or at its target); False for failed, interrupted and never-started runs,
+        whose curves say nothing of what they would have reached."""
+        return self.status in ("finished", "stopped_at_target")
+
     def reached(self, target: float) -> EvalPoint | None:
         """The first evaluation with mAP >= target, or None."""
         for e in sorted(self.evals, key=lambda e: e.iteration):
@@ -231,6 +237,7 @@ class TimeToTarget:
     max_iterations: int
     reached_seeds: int
     seeds: int
+    unfinished: int = 0  # runs that neither reached the target nor ended as planned: their outcome is unknown
 
 
 def time_to_target(data: ExperimentData, start: str, freeze: int, images: int | None,
@@ -246,8 +253,9 @@ def time_to_target(data: ExperimentData, start: str, freeze: int, images: int | 
     # an evaluation of the start weights (iteration 0) took no training time, whatever its line says
     secs = [0.0 if h.iteration == 0 else h.seconds for h in reached]
     seconds = mean(secs) if its is not None and all(s is not None for s in secs) else None
+    unfinished = sum(1 for r, h in zip(runs, hits) if h is None and not r.complete)
     return TimeToTarget(start, freeze, its, seconds, max(int(r.plan["iterations"]) for r in runs),
-                        len(reached), len(runs))
+                        len(reached), len(runs), unfinished)
 
 
 @dataclass(frozen=True)
@@ -279,6 +287,8 @@ def best_transfer_decrease(data: ExperimentData, freeze: int, images: int | None
     if not paths:
         return None
     best = min(paths, key=lambda t: t.iterations)
+    if base.iterations is None and base.unfinished:  # coco15 runs that failed say nothing of its time to target
+        return None
     if base.iterations == 0:  # coco15's start weights already meet the target: nothing to cut
         return Decrease(freeze, best.start, best.iterations, 0.0, base.max_iterations, 0.0, False,
                         0.0 if best.seconds == 0 else None)

@@ -1,4 +1,5 @@
-"""The study's findings, each checked against our own runs: "agrees", "DISAGREES" or "not measured".
+"""The study's findings, each checked against our own runs: "agrees", "DISAGREES", "inconclusive" (the runs are
+there but tell nothing, e.g. neither start learned) or "not measured" (the runs are missing or did not finish).
 
 Owns: `findings(data) -> list[Finding]`. Every verdict is computed from the runs' metrics (report_data); the
 thresholds that decide a verdict are constants here and are printed in the report beside the verdict.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from darktune.report_data import (
+    TRANSFER_EXCLUDED,
     ExperimentData,
     best_transfer_decrease,
     its_text,
@@ -33,8 +35,26 @@ STUDY_NETWORK = 416  # the study's network size, in pixels
 class Finding:
     claim: str  # the study's finding, as a sentence
     study: str  # what the study measured
-    verdict: str  # "agrees" | "DISAGREES" | "not measured"
+    verdict: str  # "agrees" | "DISAGREES" | "inconclusive" | "not measured"
     evidence: list[str]  # one line per comparison, numbers from our runs
+
+
+def _unfinished(data: ExperimentData, start: str, freeze: int | None, images: int | None) -> list[str]:
+    """Names of the runs of a group that did not end as planned (failed, interrupted, never started)."""
+    return [r.name for r in data.select(start, freeze, images) if not r.complete]
+
+
+def _unfinished_text(names: list[str]) -> str:
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"not compared: {len(names)} of its runs did not finish ({shown}; see the runs table)"
+
+
+def _verdict(ok: list[bool], evidence: list[str]) -> str:
+    """agrees / DISAGREES from the decisive comparisons; without any, inconclusive when some comparison was
+    made (and told nothing), else not measured."""
+    if ok:
+        return "agrees" if all(ok) else "DISAGREES"
+    return "inconclusive" if any("inconclusive" in e for e in evidence) else "not measured"
 
 
 def _pct(value: float | None) -> str:
@@ -93,6 +113,10 @@ def freeze_20_worse(data: ExperimentData) -> Finding:
     evidence, ok = [], []
     for start in data.starts():
         its = _rows(data, start, 0, images)
+        lost = _unfinished(data, start, 0, images) + _unfinished(data, start, 20, images)
+        if lost and data.select(start, 20, images):
+            evidence.append(f"{start}: {_unfinished_text(lost)}")
+            continue
         s0, s20 = _stat(data, start, 0, images, its), _stat(data, start, 20, images, its)
         if s0 is None or s20 is None:
             continue
@@ -117,8 +141,7 @@ def freeze_20_worse(data: ExperimentData) -> Finding:
     note = _heads_note(data, 20)
     if note and ok:
         evidence.append(note)
-    verdict = "not measured" if not ok else ("agrees" if all(ok) else "DISAGREES")
-    return Finding(claim, study, verdict, evidence)
+    return Finding(claim, study, _verdict(ok, evidence), evidence)
 
 
 def _heads_note(data: ExperimentData, frozen: int) -> str | None:
@@ -194,6 +217,10 @@ def coco15_beats(data: ExperimentData, other: str) -> Finding:
     if "coco15" in data.starts() and other in data.starts():
         its = _last_common(data, "coco15", other)
         for freeze in data.freezes():
+            lost = _unfinished(data, "coco15", freeze, images) + _unfinished(data, other, freeze, images)
+            if lost and data.select("coco15", freeze, images) and data.select(other, freeze, images):
+                evidence.append(f"N={freeze}: {_unfinished_text(lost)}")
+                continue
             a, b = _stat(data, "coco15", freeze, images, its), _stat(data, other, freeze, images, its)
             if a is None or b is None:
                 continue
@@ -222,8 +249,7 @@ def coco15_beats(data: ExperimentData, other: str) -> Finding:
                      "distractor windows only in small design details, which COCO's object features do not "
                      "single out)")
         evidence.append(note)
-    verdict = "not measured" if not ok else ("agrees" if all(ok) else "DISAGREES")
-    return Finding(claim, study, verdict, evidence)
+    return Finding(claim, study, _verdict(ok, evidence), evidence)
 
 
 def domain_faster(data: ExperimentData) -> Finding:
@@ -236,6 +262,10 @@ def domain_faster(data: ExperimentData) -> Finding:
     base = time_to_target(data, "coco15", 0, images)
     if dom is None or base is None:
         return Finding(claim, study, "not measured", ["the grid lacks domain or coco15 runs with N=0, or a target"])
+    lost = ([] if dom.iterations is not None else _unfinished(data, "domain", 0, images)) + (
+        [] if base.iterations is not None else _unfinished(data, "coco15", 0, images))
+    if lost:  # a run that failed before reaching the target: its time to target is unknown, not "never"
+        return Finding(claim, study, "not measured", [_unfinished_text(lost)])
     if dom.iterations is None:
         return Finding(claim, study, "DISAGREES",
                        [f"domain did not reach {_pct(target)} within {dom.max_iterations} iterations "
@@ -293,8 +323,13 @@ def _above_start(data: ExperimentData, images: int | None) -> str:
 def headline(data: ExperimentData) -> Finding:
     claim = "The best transfer path cuts the iterations to the target mAP by about 83% against coco15"
     study = "83% (the study's headline, in time)"
-    dec = best_transfer_decrease(data, 0, main_images(data))
+    images = main_images(data)
+    dec = best_transfer_decrease(data, 0, images)
+    lost = [name for start in data.starts() if start not in TRANSFER_EXCLUDED or start == "coco15"
+            for name in _unfinished(data, start, 0, images)]
     if dec is None:
+        if lost:
+            return Finding(claim, study, "not measured", [_unfinished_text(lost)])
         return Finding(claim, study, "not measured", ["no transfer path and coco15 pair reached the target"])
     if dec.coco15_iterations == 0:
         return Finding(claim, study, "not measured", ["coco15's start weights already meet the target "
@@ -304,6 +339,8 @@ def headline(data: ExperimentData) -> Finding:
     verdict = "agrees" if dec.fraction >= REQUIRED_DECREASE else "DISAGREES"
     evidence = [f"best path '{dec.best}' {its_text(dec.best_iterations)} it. vs coco15 {base} it.: "
                 f"{prefix}{dec.fraction * 100:.0f}% fewer iterations (N=0)"]
+    if lost:
+        evidence.append(f"best among the runs that finished; {_unfinished_text(lost)}")
     if dec.best_iterations == 0:
         evidence.append(f"'{dec.best}' meets the target with its start weights, before any training: see the target "
                         "sensitivity table for the decrease at higher targets")

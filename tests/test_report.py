@@ -167,6 +167,55 @@ def test_runs_that_learned_nothing_are_inconclusive_not_evidence(copy):
     assert found.verdict == "DISAGREES" and "NOT beaten" in found.evidence[2]
 
 
+def test_every_comparison_inconclusive_is_said_so(copy):
+    """A finding whose runs are all there but tell nothing is "inconclusive", not "not measured"."""
+    for start in ("coco15", "backbone"):
+        for n in (0, 13, 20):
+            _set_maps(copy / "runs" / f"{start}-f{n}-nall-s0", lambda it, m: 0.01)
+    found = findings(load_experiment(copy))[1]
+    assert found.verdict == "inconclusive" and all("inconclusive" in e for e in found.evidence[:3])
+
+
+def _fail(run_dir: Path, below: float | None = None) -> None:
+    """Mark a run failed (as the trainer does after non-finite losses, or the grid when it cannot start it); with
+    `below`, its curve is cut where it would first reach that mAP."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    if below is not None:
+        kept = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line).get("map", 0.0) < below]
+        (run_dir / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+
+
+def test_runs_that_failed_are_not_measured_never_disagreement(copy):
+    """A run that failed before the target says nothing of its time to target: the finding is "not measured"
+    and names the runs (once, the grid of a relative reproduce folder failed whole, and the report said domain
+    DISAGREES because it 'did not reach 90')."""
+    _fail(copy / "runs" / "domain-f0-nall-s0", below=copy_target(copy))
+    found = findings(load_experiment(copy))
+    assert found[3].verdict == "not measured" and "domain-f0-nall-s0" in found[3].evidence[0], found[3]
+    assert "did not finish" in found[3].evidence[0]
+    assert found[4].verdict == "not measured" and "domain-f0-nall-s0" in found[4].evidence[0]
+    assert found[0].verdict == "agrees" and "not compared" in " ".join(found[0].evidence)
+    # a failed coco15 run: no lower bound is drawn from it either
+    copy2 = copy
+    _fail(copy2 / "runs" / "coco15-f0-nall-s0", below=copy_target(copy2))
+    t = time_to_target(load_experiment(copy2), "coco15", 0, None)
+    assert t.iterations is None and t.unfinished == 1
+    found = findings(load_experiment(copy2))
+    assert found[1].verdict == "agrees" and any("N=0: not compared" in e for e in found[1].evidence)
+
+
+def test_a_failed_run_that_had_reached_the_target_still_counts(copy):
+    _fail(copy / "runs" / "domain-f0-nall-s0")  # failed later, after its curve reached the target
+    found = findings(load_experiment(copy))
+    assert found[3].verdict == "agrees" and found[4].verdict == "agrees"
+
+
+def copy_target(out: Path) -> float:
+    return load_experiment(out).target_map
+
+
 def _prepend_start_eval(run_dir: Path, value: float, with_clock: bool = False) -> None:
     """Add an evaluation of the start weights (iteration 0) as the trainer may log it, with or without a clock."""
     rec = {"iteration": 0, "map": value, "protocol": "darknet"}
