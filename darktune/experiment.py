@@ -200,6 +200,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    _check_data(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = plan_runs(spec)
     cfg = resolve_cfg(spec)
@@ -223,6 +224,16 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
     result.outcomes.sort(key=lambda o: order[o.plan.folder])
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _check_data(spec: ExperimentSpec) -> None:
+    """Every data set the spec names exists, before any run trains (a missing grid set used to show only after
+    the stages had trained, as one failure per grid run)."""
+    named = [(f"stages.{name}.data", st.data) for name, st in spec.stages.items()] + [("grid.data", spec.grid.data)]
+    for key, path in named:
+        if not Path(path).exists():
+            raise DarktuneError(f"{key}: {path} not found (relative paths are read from the spec's folder)",
+                                path=spec.path)
 
 
 def waves(spec: ExperimentSpec, plans: list[RunPlan]) -> list[tuple[list[RunPlan], bool]]:

@@ -162,6 +162,16 @@ def test_interrupted_grid_resumes_to_the_same_metrics(spec_file, tmp_path, monke
         assert a == (out / "runs" / run.name / "metrics.jsonl").read_text(), run.name
 
 
+def test_missing_data_set_is_an_error_before_any_run(spec_file, tmp_path):
+    text = spec_file.read_text().replace("grid:\n  data: " + str(tmp_path / "obj.data"), "grid:\n  data: nowhere/obj.data")
+    spec_file.write_text(text)
+    calls = []
+    with pytest.raises(DarktuneError, match=r"grid.data: .*nowhere/obj.data not found") as err:
+        run_experiment(load_spec(spec_file), tmp_path / "out", train_fn=lambda **kw: calls.append(kw),
+                       progress=False)
+    assert calls == [] and err.value.path == str(spec_file) and not (tmp_path / "out").exists()
+
+
 def test_failed_run_is_reported_and_others_go_on(spec_file, tmp_path):
     def flaky(kwargs, progress):
         if Path(kwargs["out"]).name == "backbone-f13-nall-s0":
