@@ -38,6 +38,16 @@ def _mean_curve(runs: list) -> tuple[list[int], list[float], list[float], list[f
             [max(by_it[i]) for i in its])
 
 
+def _legend_or_note(ax) -> None:
+    """The legend beside the axes; on a figure without any line (every run failed or has not been evaluated)
+    a note in its place, and no matplotlib warning about an empty legend."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.text(0.5, 0.5, "no run has an evaluation to draw (see the runs table)", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+
+
 def curves_figure(data: ExperimentData) -> bytes:
     """mAP (%) against iterations of every grid point: colour = starting point, line style = frozen layers;
     with several seeds the line is their mean and the band their range (min..max)."""
@@ -66,7 +76,7 @@ def curves_figure(data: ExperimentData) -> bytes:
     ax.set_ylabel(f"mAP % ({'/'.join(data.protocols()) or 'darknet'})")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    _legend_or_note(ax)
     several = any(len(runs) > 1 for runs in _curve_groups(data).values())
     ax.set_title("mAP against iterations" + (": mean over seeds, band = min..max" if several else ", every run"))
     try:
@@ -102,7 +112,7 @@ def images_figure(data: ExperimentData) -> bytes:
     ax.set_ylabel("final mAP %")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    _legend_or_note(ax)
     try:
         return png_bytes(fig)
     finally:

@@ -327,3 +327,16 @@ def test_freeze_20_disagreement_shows_first_and_last_rows(copy):
     line = next(e for e in found.evidence if e.startswith("domain"))
     assert found.verdict == "DISAGREES" and "NOT clearly worse" in line
     assert "at its last row (it. 40)" in line and "at its first (it. 10)" in line
+
+
+def test_report_of_runs_without_evaluations_warns_nothing(copy):
+    """Every run failed before its first evaluation (e.g. a device that is not there): the report is still
+    written, its figures say there is nothing to draw, and matplotlib prints no warning about an empty legend."""
+    import warnings
+
+    for metrics in (copy / "runs").glob("*/metrics.jsonl"):
+        metrics.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = write_report(copy)
+    assert paths.markdown.is_file() and len(paths.figures) == 2

@@ -37,6 +37,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", help="comma-separated devices, one worker process each, e.g. cuda:0,cuda:1 "
                                      "(default: cuda:0 if available, else cpu)")
     p.add_argument("--no-report", action="store_true", help="run the grid only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. when logging to a file)")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(func=cmd_experiment)
 
@@ -56,6 +57,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                         "layers 0..7 as a stand-in, said so in the report")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: one per CPU core up to 4 on "
                                                           "CPU, 1 on a GPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. when logging to a file)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_reproduce)
 
@@ -103,7 +105,8 @@ def cmd_experiment(args) -> int:
     if args.jobs < 1:
         raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
     spec = load_spec(args.spec)
-    result = run_experiment(spec, args.out, jobs=args.jobs, devices=_devices(args.devices), progress=True)
+    result = run_experiment(spec, args.out, jobs=args.jobs, devices=_devices(args.devices),
+                            progress=not args.no_progress)
     report = None if args.no_report else write_report(args.out)
     _print_outcome(result, report, args.json)
     return 1 if result.failed else 0
@@ -129,7 +132,7 @@ def cmd_reproduce(args) -> int:
 
     if args.jobs is not None and args.jobs < 1:
         raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
-    outcome = reproduce(args.profile, args.out, device=args.device, progress=True, backbone=args.backbone,
+    outcome = reproduce(args.profile, args.out, device=args.device, progress=not args.no_progress, backbone=args.backbone,
                         jobs=args.jobs)
     _print_outcome(outcome.result, outcome.report, args.json,
                    {"profile": args.profile, "findings": outcome.verdicts})
