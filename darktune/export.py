@@ -11,6 +11,11 @@ ONNX (`export_onnx`), made with the TorchScript-based exporter (`torch.onnx.expo
   probability; NMS is the ONNX NonMaxSuppression op, per class, with the threshold and IoU fixed at export
   (score > conf_thresh, suppress when IoU > nms_thresh: darknet's semantics). Rows come grouped by image, then
   class, by descending score. `graph_detections` maps them onto original-image pixels.
+- the check of a decode graph (`verify`) compares, on a fixed synthetic input, the decoded boxes and scores that
+  enter NMS (every candidate, before any threshold; read from a copy of the graph with them as extra outputs)
+  and the detections after NMS at the export's threshold; when that threshold leaves fewer than
+  `CHECK_MIN_DETECTIONS` on the check input, the copy is also run with a lower score threshold, so the
+  comparison after NMS covers boxes (`OnnxExport.check_conf`).
 - static shapes by default (TensorRT-friendly); `batch=None` makes the batch axis dynamic (`batch`).
 - batch norm is folded into the convs in float64 (`darktune.fuse.fuse_model`), so the graph holds the same
   float32 weights as darktune's torch backend runs; `fp16=True` stores weights and computes in
@@ -41,9 +46,11 @@ from darktune.boxes import (
 from darktune.cfg import format_cfg
 from darktune.errors import DarktuneError
 from darktune.fuse import fuse_model
+from darktune.plural import plural
 
 INPUT_NAME = "images"
 DEFAULT_OPSET = 17
+CHECK_MIN_DETECTIONS = 20  # fewer at the export threshold: the decode check also runs at a lower one
 
 
 @dataclass
@@ -57,14 +64,22 @@ class OnnxExport:
     decode: bool
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # vs darktune's torch backend, per output
     max_rel_diff: dict[str, float] = field(default_factory=dict)  # max abs diff / max |torch output|
-    detections: tuple[int, int] | None = None  # decode graphs: (graph, darktune) detection counts
+    # decode graphs (see the module docstring): max_abs_diff has "boxes" and "scores" (before NMS, over
+    # `candidates` boxes x classes) and "detections" (after NMS, inf when the counts differ), plus
+    # "check_detections" at check_conf when the check lowered the threshold
+    detections: tuple[int, int] | None = None  # (graph, darktune) detection counts at the export's threshold
+    candidates: tuple[int, int] | None = None  # (boxes, classes) entering NMS on the check input
+    check_conf: float | None = None  # the lowered score threshold of the check, if it needed one
+    check_detections: tuple[int, int] | None = None  # (graph, darktune) detection counts at check_conf
 
     def to_dict(self) -> dict:
         return {"path": str(self.path), "input": self.input_name, "outputs": self.output_names,
                 "batch": self.batch if self.batch is not None else "dynamic", "size": list(self.net_hw),
                 "fp16": self.fp16, "decode": self.decode, "max_abs_diff": self.max_abs_diff,
                 "max_rel_diff": self.max_rel_diff,
-                "detections": list(self.detections) if self.detections else None}
+                "detections": list(self.detections) if self.detections else None,
+                "candidates": list(self.candidates) if self.candidates else None, "check_conf": self.check_conf,
+                "check_detections": list(self.check_detections) if self.check_detections else None}
 
 
 class _Half(nn.Module):
@@ -209,27 +224,89 @@ def _verify(result: OnnxExport, model: nn.Module, conf: float, iou: float) -> No
             result.max_abs_diff[name] = diff
             result.max_rel_diff[name] = diff / max(float(np.abs(r.numpy()).max()), 1e-12)
         return
-    specs = [h.spec for h in model.heads]
-    ours = postprocess(decode(list(ref), specs, result.net_hw), [ImageGeometry(1, 1)] * len(x), result.net_hw,
-                       conf, iou)
+    decoded = decode(list(ref), [h.spec for h in model.heads], result.net_hw)  # (B, N, 5+C)
+    ours = _postprocess_fractions(decoded, result.net_hw, conf, iou)
     theirs = graph_detections(got[0], len(x), result.net_hw, [(1, 1)] * len(x))
     result.detections = (sum(len(t) for t in theirs), sum(len(o) for o in ours))
-    result.max_abs_diff["detections"] = _max_box_diff(theirs, [o.numpy() for o in ours])
+    result.max_abs_diff["detections"] = _max_box_diff(theirs, ours)
+    # the copy of the graph: NMS inputs as outputs, and a lower threshold when the export's left few boxes
+    ref_boxes = cxcywh_to_xyxy(decoded[..., :4]).numpy()  # (B, N, 4)
+    ref_scores = (decoded[..., 4:5] * decoded[..., 5:]).transpose(1, 2).numpy()  # (B, C, N)
+    result.candidates = (ref_scores.shape[0] * ref_scores.shape[2], ref_scores.shape[1])
+    if result.detections[1] < CHECK_MIN_DETECTIONS:
+        result.check_conf = _check_threshold(ref_scores, conf)
+    with tempfile.TemporaryDirectory(prefix="darktune-check-") as tmp:
+        check_path = Path(tmp) / "check.onnx"
+        check_path.write_bytes(_check_graph(result.path, result.check_conf))
+        det, boxes, scores = ort_session(check_path).run(None, {result.input_name: x})
+    result.max_abs_diff["boxes"] = float(np.abs(boxes - ref_boxes).max())
+    result.max_abs_diff["scores"] = float(np.abs(scores - ref_scores).max())
+    if result.check_conf is not None:
+        theirs = graph_detections(det, len(x), result.net_hw, [(1, 1)] * len(x))
+        ours = _postprocess_fractions(decoded, result.net_hw, result.check_conf, iou)
+        result.check_detections = (sum(len(t) for t in theirs), sum(len(o) for o in ours))
+        result.max_abs_diff["check_detections"] = _max_box_diff(theirs, ours)
+
+
+def _postprocess_fractions(decoded: torch.Tensor, net_hw: tuple[int, int], conf: float, iou: float
+                           ) -> list[np.ndarray]:
+    """darktune's detections, boxes as fractions of the input (as graph_detections gives them for size (1, 1))."""
+    return [o.numpy() for o in postprocess(decoded, [ImageGeometry(1, 1)] * len(decoded), net_hw, conf, iou)]
+
+
+def _check_threshold(scores: np.ndarray, conf: float, want: int = CHECK_MIN_DETECTIONS) -> float | None:
+    """A score threshold below `conf` that lets through at least `want` of the highest (box, class) scores of
+    the check input (10x that at most; NMS thins them), placed mid-way in the widest gap between neighbouring
+    scores there, so that float noise between ONNX Runtime and torch cannot move a candidate across it.
+    None when no candidate scores above 0."""
+    top = np.sort(scores[scores > 0].ravel())[::-1][: 10 * want + 1]
+    if len(top) == 0:
+        return None
+    lo = max(want - 1, int((top >= conf).sum()))
+    if lo >= len(top) - 1:  # few candidates at all: take every one
+        return min(float(top[-1]), conf) / 2
+    window = top[lo:]
+    i = int(np.argmax(window[:-1] - window[1:]))
+    return float(window[i] + window[i + 1]) / 2
+
+
+def _check_graph(path: Path, thresh: float | None) -> bytes:
+    """A copy of the decode graph at `path` with the decoded boxes (B, N, 4) and scores (B, C, N) that enter
+    NonMaxSuppression as extra outputs, and, if `thresh` is given, NMS's score threshold set to it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(str(path))
+    node = next(n for n in proto.graph.node if n.op_type == "NonMaxSuppression")
+    for name in node.input[:2]:
+        proto.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    if thresh is not None:
+        old = node.input[4]
+        proto.graph.initializer.append(helper.make_tensor("darktune_check_thresh", TensorProto.FLOAT, [1],
+                                                          [thresh]))
+        node.input[4] = "darktune_check_thresh"
+        if not any(old in n.input for n in proto.graph.node):  # the old threshold's Constant: unused now
+            for n in [n for n in proto.graph.node if old in n.output]:
+                proto.graph.node.remove(n)
+    return proto.SerializeToString()
 
 
 def _max_box_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    """Max difference between two detection lists (sorted rows), inf when their counts differ."""
+    """Max difference between two detection lists, rows (x1, y1, x2, y2, score, class), inf when their counts
+    differ, 0 when both are empty (then the comparison covered no box). Each row is paired with the nearest
+    row of its class in the other list (both ways), so near-equal scores that swap order do not pair the
+    wrong boxes."""
     worst = 0.0
     for x, y in zip(a, b):
         if len(x) != len(y):
             return float("inf")
-        if len(x):
-            worst = max(worst, float(np.abs(_sorted_rows(x) - _sorted_rows(y)).max()))
+        for cls in np.unique(x[:, 5]):
+            xc, yc = x[x[:, 5] == cls, :5], y[y[:, 5] == cls, :5]
+            if len(xc) != len(yc):
+                return float("inf")
+            gap = np.abs(xc[:, None, :] - yc[None, :, :]).max(2)  # (n, n): worst coordinate of each pairing
+            worst = max(worst, float(gap.min(1).max()), float(gap.min(0).max()))
     return worst
-
-
-def _sorted_rows(d: np.ndarray) -> np.ndarray:
-    return d[np.lexsort((d[:, 0], d[:, 1], -d[:, 4], d[:, 5]))]
 
 
 def graph_detections(detections: np.ndarray, batch: int, net_hw: tuple[int, int],
@@ -302,7 +379,8 @@ def _one(folder: Path, name: str, pattern: str, what: str) -> Path:
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
         raise DarktuneError(f"no {what} in the run folder" if not found else
-                            f"{len(found)} {pattern} files in the run folder and no {name}", path=str(folder))
+                            f"{plural(len(found), pattern + ' file')} in the run folder and no {name}",
+                            path=str(folder))
     return found[0]
 
 
@@ -359,7 +437,7 @@ def export_darknet(model: nn.Module, out_dir: str | Path, *, names: list[str] | 
     out_dir = Path(out_dir)
     spec = model.spec
     if names is not None and len(names) != spec.num_classes:
-        raise DarktuneError(f"{len(names)} names for a model with {spec.num_classes} classes")
+        raise DarktuneError(f"{plural(len(names), 'name')} for a model with {plural(spec.num_classes, 'class')}")
     cfg, weights = out_dir / f"{stem}.cfg", out_dir / f"{stem}.weights"
     names_path = out_dir / f"{stem}.names" if names is not None else None
     data_path = out_dir / "obj.data" if names is not None else None

@@ -352,6 +352,34 @@ def test_cli_check_exit_codes_and_json(tmp_path, capsys):
     assert any("both train and valid" in p["reason"] for p in doc[0]["problems"])
 
 
+def test_cli_check_report_goes_to_stdout_together(tmp_path, capsys):
+    """Both split summaries (the train one reporting errors, too) and the problem lines are on stdout, so
+    `darktune data check DIR > report.txt` keeps them; --json prints only JSON there."""
+    from darktune.cli import main
+
+    bad = make_obj_data(tmp_path / "bad", {"a.jpg": (encode(".jpg", picture())[:-5], GOOD_LABEL),
+                                           "b.jpg": (encode(".jpg", picture()), GOOD_LABEL)}, valid=["b.jpg"])
+    capsys.readouterr()
+    assert main(["data", "check", str(bad), "--no-cache"]) == 1
+    out, err = capsys.readouterr()
+    summaries = [line for line in out.splitlines() if "[train]" in line or "[valid]" in line]
+    assert len(summaries) == 2 and "[train]" in summaries[0] and "[valid]" in summaries[1]
+    assert "2 errors" in summaries[0] and "1 image, 1 good" in summaries[1]  # missing.jpg and a.jpg; plurals
+    assert "truncated JPEG" in out and "[train]" not in err and "[valid]" not in err
+    assert main(["data", "check", str(bad), "--json"]) == 1
+    out, _ = capsys.readouterr()
+    assert [d["split"] for d in json.loads(out)] == ["train", "valid"]
+
+
+def test_one_class_is_said_in_the_singular(tmp_path):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    _write(folder, "a.jpg", encode(".jpg", picture()), "1 0.5 0.5 0.2 0.2\n")
+    report = scan_folder(folder, 1, progress=False)
+    assert any("(dataset has 1 class: 0..0)" in p.reason for p in report.problems)
+    assert "1 image, 0 good" in report.summary() and "0 boxes, 1 error, 0 warnings" in report.summary()
+
+
 def _with_exif_orientation(jpeg: bytes, orientation: int, big_endian: bool = False) -> bytes:
     o = ">" if big_endian else "<"
     tiff = (b"MM\x00*" if big_endian else b"II*\x00") + struct.pack(o + "IH", 8, 2)

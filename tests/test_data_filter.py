@@ -258,6 +258,38 @@ def test_report_table_and_json():
     assert doc["n_boxes_out"] == 3 and {r["rule"] for r in doc["rules"]} == {"containers", "max_boxes"}
 
 
+def test_whole_images_counts_each_dropped_image_once_and_table_agrees():
+    """An image whose only box a rule removes is 'emptied' (as without --whole-images), not 'whole_image': the
+    whole_image row's images column and the images-dropped line count the same images."""
+    lone = _rec([GROUP], is_group_of=[True])  # every box removed by the rule itself
+    mixed = _rec(ROW + [GROUP], is_group_of=[False, False, False, True])  # whole_image takes the 3 others
+    clean = _rec(ROW, is_group_of=[False] * 3)
+    out, rep = filter_dataset(Dataset(["w"], [lone, mixed, clean]), FilterRules(drop_group_of=True,
+                                                                                whole_images=True))
+    by_rule = {r.rule: r for r in rep.rules}
+    assert rep.images_removed == {"max_boxes": 0, "emptied": 1, "whole_image": 1}
+    assert by_rule["whole_image"].images == rep.images_removed["whole_image"] == 1
+    assert (by_rule["whole_image"].flagged, by_rule["whole_image"].removed) == (3, 3)
+    assert by_rule["group_of"].images == 2 and len(out.images) == 1
+    assert sum(rep.images_removed.values()) == rep.n_images_in - rep.n_images_out
+    assert sum(r.removed for r in rep.rules) == rep.n_boxes_in - rep.n_boxes_out
+    table = rep.format_table()
+    assert "images in which the rule removed a box" in table
+    assert "images 3 -> 1 (images dropped: emptied 1, whole_image 1)" in table
+
+
+def test_report_without_rules_or_without_hits_says_so():
+    ds = Dataset(["w"], [_rec(ROW)])
+    _, rep = filter_dataset(ds, FilterRules())
+    assert rep.rules == [] and rep.format_table().splitlines() == [
+        "no filter rule given, so no box was removed", "boxes 3 -> 3, images 1 -> 1"]
+    _, rep = filter_dataset(ds, FilterRules(drop_group_of=True, area=(0.0, 1.0)))
+    assert [r.rule for r in rep.rules] == ["group_of", "area"]
+    assert "no rule flagged any box (active: group_of, area)" in rep.format_table()
+    _, rep = filter_dataset(Dataset(["w"], []), FilterRules(drop_containers=True))
+    assert [r.rule for r in rep.rules] == ["containers"]  # an active rule has a row even with no image
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 
@@ -296,3 +328,12 @@ def test_cli_filter_writes_a_new_dataset_and_leaves_the_source(tmp_path, capsys)
     assert read_yolo(tmp_path / "out").n_boxes == 6
     rc = main(["data", "filter", str(src), "--out", str(tmp_path / "out"), "--drop-containers"])
     assert rc == 2  # refuses a non-empty output folder
+
+
+def test_cli_filter_without_rules_prints_a_line_not_an_empty_table(tmp_path, capsys):
+    from darktune.cli import main
+
+    src = _darknet_folder(tmp_path, "src", [ROW])
+    assert main(["data", "filter", str(src), "--out", str(tmp_path / "out"), "--val-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "no filter rule given" in out and "flagged" not in out

@@ -30,7 +30,7 @@ from darktune.cli import main
 from darktune.data.formats.image import read_image
 from darktune.detect import detect_from_heads, preprocess_batch
 from darktune.errors import DarktuneError
-from darktune.export import export_onnx, graph_detections
+from darktune.export import OnnxExport, export_onnx, graph_detections
 from darktune.model import Darknet
 
 
@@ -105,6 +105,50 @@ def test_decode_graph_same_boxes_as_postprocess(which, coco_model, one_class, im
     assert_same_boxes(graph, ours)
 
 
+def test_decode_export_check_covers_boxes(coco, coco_model, tmp_path, capsys):
+    """At the default score threshold (0.25) the COCO model finds nothing on the check input, so the check
+    compares the decoded tensors before NMS and reruns a copy of the graph at a lower threshold: detections
+    are compared, and the CLI says at which threshold."""
+    result = export_onnx(coco_model, tmp_path / "d.onnx", decode=True)
+    assert result.candidates == (2535, 80)
+    assert result.max_abs_diff["boxes"] < 1e-4 and result.max_abs_diff["scores"] < 1e-4
+    assert result.detections == (0, 0)  # the premise: nothing above 0.25 on the synthetic input
+    assert 0 < result.check_conf < 0.25
+    graph, ours = result.check_detections
+    assert graph == ours >= 5 and result.max_abs_diff["check_detections"] < 1e-4
+    high = export_onnx(coco_model, tmp_path / "low.onnx", decode=True, conf_thresh=0.005)
+    assert high.detections[0] == high.detections[1] >= 20 and high.check_conf is None  # no second run needed
+    assert main(["export", "onnx", "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--out",
+                 str(tmp_path / "c.onnx"), "--decode"]) == 0
+    out = capsys.readouterr().out
+    assert "no box to compare" in out and "lowered for the check" in out and "DIFFER" not in out
+    assert f"{graph} detections in the graph, {ours} by darktune, max difference" in out
+
+
+def test_fp16_decode_check_pairs_boxes_despite_score_noise(coco_model, tmp_path):
+    """float16 noise (~4e-4 on scores) may swap near-equal scores: the check pairs each box with its nearest
+    twin of the same class, so the difference reported is the noise, not a mismatched pair."""
+    model = Darknet(coco_model.spec.with_size(256)).eval()
+    model.load_state_dict(coco_model.state_dict())
+    result = export_onnx(model, tmp_path / "h.onnx", decode=True, fp16=True)
+    counts = result.check_detections or result.detections
+    assert counts[0] == counts[1] >= 5
+    assert result.max_abs_diff.get("check_detections", result.max_abs_diff["detections"]) < 5e-3
+    assert result.max_abs_diff["scores"] < 5e-3
+
+
+def test_decode_check_without_any_box_says_so():
+    from darktune.cli.export import decode_check_lines
+
+    result = OnnxExport(None, "images", ["detections"], 1, (64, 64), False, True, detections=(0, 0),
+                        candidates=(1, 1), max_abs_diff={"boxes": 0.0, "scores": 0.0, "detections": 0.0})
+    lines = decode_check_lines(result, 0.25)
+    assert "1 box x 1 class" in lines[0]
+    assert lines[-1].startswith("the comparison after NMS covered no box")
+    result.detections, result.max_abs_diff["detections"] = (3, 2), float("inf")
+    assert "DIFFER" in "\n".join(decode_check_lines(result, 0.25))
+
+
 def test_fp16_export_float32_io(coco_model, images, tmp_path):
     model = Darknet(coco_model.spec.with_size(256)).eval()  # smaller input: float16 convs are slow on CPU
     model.load_state_dict(coco_model.state_dict())
@@ -152,7 +196,7 @@ def test_export_darknet_from_run_folder(one_class, tmp_path, capsys):
     (run / "weights" / "last.weights").write_bytes(b"\0" * 20)  # best wins
     (run / "obj.names").write_text("window\n")
     assert main(["export", "darknet", "--run", str(run), "--out", str(tmp_path / "out"), "--stem", "window"]) == 0
-    assert "1 classes" in capsys.readouterr().out
+    assert "(1 class)" in capsys.readouterr().out
     assert (tmp_path / "out" / "window.names").read_text() == "window\n"
     assert (tmp_path / "out" / "window.weights").read_bytes() == weights.read_bytes()
 
@@ -162,7 +206,7 @@ def test_export_errors(coco, one_class, tmp_path, capsys):
     cases = [
         (["darknet", "--cfg", str(cfg), "--weights", str(weights), "--out", str(cfg.parent)], "overwrite"),
         (["darknet", "--cfg", str(cfg), "--weights", str(weights), "--names", str(coco.names),
-          "--out", str(tmp_path / "o")], "80 names for a model with 1 classes"),
+          "--out", str(tmp_path / "o")], "80 names for a model with 1 class\n"),
         (["onnx", "--run", str(tmp_path), "--out", str(tmp_path / "m.onnx")], "no model.cfg in the run folder"),
         (["onnx", "--cfg", str(cfg), "--out", str(tmp_path / "m.onnx")], "give --run RUN, or --cfg and --weights"),
         (["onnx", "--cfg", str(coco.cfg), "--weights", str(coco.names), "--out", str(tmp_path / "m.onnx")],

@@ -192,9 +192,11 @@ def cmd_import(args) -> int:
     if args.json:
         _print_json(summary)
     else:
-        print(f"wrote {obj_data}: {summary['n_images']} images ({summary['n_train']} train, "
-              f"{summary['n_valid']} valid), {summary['n_boxes']} boxes, classes {dataset.classes}, "
-              f"{summary['n_skipped']} records skipped")
+        from darktune.plural import plural
+
+        print(f"wrote {obj_data}: {plural(summary['n_images'], 'image')} ({summary['n_train']} train, "
+              f"{summary['n_valid']} valid), {plural(summary['n_boxes'], 'box')}, classes {dataset.classes}, "
+              f"{plural(summary['n_skipped'], 'record')} skipped")
     return 0
 
 
@@ -218,7 +220,6 @@ def _add_check(sub) -> None:
 
 
 def cmd_check(args) -> int:
-    import sys
     from pathlib import Path
 
     from darktune.data.check import check_dataset, scan_folder, split_overlap
@@ -234,16 +235,18 @@ def cmd_check(args) -> int:
         reports = [scan_folder(target, args.classes, cache=cache)]
     if args.json:
         _print_json([r.to_dict() for r in reports])
-    else:
+    else:  # the report (each problem, then each split's summary) goes to stdout as one piece
         for r in reports:
             for problem in r.problems:
                 print(problem)
-            print(r.summary(), file=sys.stderr if r.problems else sys.stdout)
+        for r in reports:
+            print(r.summary())
     if args.strict and any(r.problems for r in reports):
         from darktune.errors import DarktuneError
+        from darktune.plural import plural
 
         n = sum(len(r.problems) for r in reports)
-        raise DarktuneError(f"{n} problems (strict mode)", path=str(target))
+        raise DarktuneError(f"{plural(n, 'problem')} (strict mode)", path=str(target))
     return 1 if any(r.n_errors for r in reports) else 0
 
 

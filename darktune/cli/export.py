@@ -86,18 +86,20 @@ def _resolve(args):
 def _names(path, num_classes: int) -> list[str] | None:
     from darktune.detect import read_names
     from darktune.errors import DarktuneError
+    from darktune.plural import plural
 
     if path is None:
         return None
     if isinstance(path, list):
         if len(path) != num_classes:
-            raise DarktuneError(f"the run's dataset has {len(path)} classes, the model {num_classes}")
+            raise DarktuneError(f"the run's dataset has {plural(len(path), 'class')}, the model {num_classes}")
         return path
     names = read_names(path, num_classes)
     with open(path, encoding="utf-8-sig") as f:
         total = sum(1 for line in f if line.strip())
     if total != num_classes:
-        raise DarktuneError(f"{total} names for a model with {num_classes} classes", path=str(path))
+        raise DarktuneError(f"{plural(total, 'name')} for a model with {plural(num_classes, 'class')}",
+                            path=str(path))
     return names
 
 
@@ -117,9 +119,8 @@ def cmd_export_onnx(args) -> int:
     print(f"wrote {result.path}: input {result.input_name} ({batch}, 3, {h}, {w}) float32, outputs "
           f"{', '.join(result.output_names)}{' (fp16 weights)' if result.fp16 else ''}")
     if result.decode:
-        graph, ours = result.detections
-        print(f"onnxruntime check: {graph} detections in the graph, {ours} by darktune on the check input, "
-              f"max difference {result.max_abs_diff['detections']:.3g}")
+        for line in decode_check_lines(result, args.conf):
+            print(f"onnxruntime check: {line}")
     else:
         for name, diff in result.max_abs_diff.items():
             print(f"onnxruntime check: {name} max abs diff vs torch {diff:.3g} "
@@ -127,8 +128,34 @@ def cmd_export_onnx(args) -> int:
     return 0
 
 
+def decode_check_lines(result, conf: float) -> list[str]:
+    """What the check of a decode graph compared (see darktune.export), in words that say so when the
+    comparison after NMS covered no box rather than implying a pass."""
+    from darktune.plural import plural
+
+    diff = result.max_abs_diff
+    boxes, classes = result.candidates
+    before = (f"decoded boxes and scores before NMS ({plural(boxes, 'box')} x {plural(classes, 'class')}, fixed "
+              f"synthetic input): max abs diff vs torch {diff['boxes']:.3g} (boxes), {diff['scores']:.3g} (scores)")
+    tries = [(conf, "as exported", result.detections, diff["detections"])]
+    if result.check_detections is not None:
+        tries.append((result.check_conf, "lowered for the check", result.check_detections,
+                      diff["check_detections"]))
+    lines = [before]
+    for thresh, how, (graph, ours), d in tries:
+        head = f"at score > {thresh:.3g} ({how}): {plural(graph, 'detection')} in the graph, {ours} by darktune"
+        if graph != ours or d == float("inf"):
+            lines.append(f"{head}; the detections DIFFER")
+        else:
+            lines.append(f"{head}, max difference {d:.3g}" if graph else f"{head}; no box to compare")
+    if not any(graph or ours for _, _, (graph, ours), _ in tries):
+        lines.append("the comparison after NMS covered no box: only the decoded tensors before NMS were compared")
+    return lines
+
+
 def cmd_export_darknet(args) -> int:
     from darktune.export import export_darknet, load_for_export
+    from darktune.plural import plural
 
     cfg, weights, names_path = _resolve(args)
     model, header = load_for_export(cfg, weights, args.classes, args.size)
@@ -139,7 +166,7 @@ def cmd_export_darknet(args) -> int:
         print(json.dumps(result.to_dict()))
         return 0
     print(f"wrote {result.cfg}, {result.weights}" + (f", {result.names}, {result.data}" if result.names else "")
-          + f" ({result.classes} classes)")
+          + f" ({plural(result.classes, 'class')})")
     if names is None:
         print("no --names given: darknet needs a names file listed in obj.data", file=sys.stderr)
     print(f"OpenCV DNN check (direct convs, no Winograd): raw heads max abs diff vs darktune's torch backend "

@@ -18,8 +18,10 @@ than any single window, and usually encloses other boxes:
 - max_boxes N: an image with more than N boxes is dropped whole (crowded scenes carry unlabelled objects).
 
 Each removed box is attributed to the first rule (in the order above, flags first) that flags it; the report
-also counts every box each rule flags. An image whose boxes were all removed is dropped (it still shows the
-objects, now unlabelled); with whole_images, an image loses all its boxes as soon as one is removed.
+also counts every box each rule flags. An image whose boxes were all removed is dropped ("emptied": it still
+shows the objects, now unlabelled); with whole_images, an image loses all its boxes as soon as one is removed,
+and the boxes the rules left are counted under the pseudo-rule "whole_image" (an image whose every box a rule
+removed is "emptied" either way, so each dropped image is counted once, under one reason).
 """
 
 from __future__ import annotations
@@ -76,17 +78,30 @@ class FilterRules:
             if len(self.like) == 0:
                 raise DarktuneError("the reference set for 'like' has no boxes")
 
+    def active(self) -> list[str]:
+        """Names of the rules that are on, in attribution order ("whole_image" last, with any other rule)."""
+        names = ["max_boxes"] if self.max_boxes is not None else []
+        names += [name for name, attr, _ in _FLAG_RULES if getattr(self, attr)]
+        names += [name for name, on in (("containers", self.drop_containers),
+                                        ("rel_size", self.max_rel_size is not None), ("area", self.area is not None),
+                                        ("aspect", self.aspect is not None), ("like", self.like is not None)) if on]
+        return names + ["whole_image"] if names and self.whole_images else names
+
 
 @dataclass
 class RuleCount:
     rule: str
     flagged: int = 0  # boxes this rule flags, whichever rule removed them
     removed: int = 0  # boxes removed because of this rule (first rule that flags a box)
-    images: int = 0  # images where this rule removed at least one box
+    images: int = 0  # images where this rule removed at least one box (not all of them are dropped)
 
 
 @dataclass
 class FilterReport:
+    """Counts of a filter run. `rules`: per active rule, boxes and images (see RuleCount); `images_removed`:
+    images dropped, by reason ("max_boxes", "emptied": every box removed, "whole_image": the rest of an image's
+    boxes removed with --whole-images), each dropped image under exactly one reason."""
+
     n_images_in: int = 0
     n_images_out: int = 0
     n_boxes_in: int = 0
@@ -102,11 +117,17 @@ class FilterReport:
                 "like_centres": self.like_centres}
 
     def format_table(self) -> str:
+        dropped = ", ".join(f"{k} {v}" for k, v in self.images_removed.items() if v)
+        totals = (f"boxes {self.n_boxes_in} -> {self.n_boxes_out}, images {self.n_images_in} -> "
+                  f"{self.n_images_out}" + (f" (images dropped: {dropped})" if dropped else ""))
+        if not self.rules:
+            return f"no filter rule given, so no box was removed\n{totals}"
         lines = [f"{'rule':<14} {'flagged':>8} {'removed':>8} {'images':>7}"]
         lines += [f"{r.rule:<14} {r.flagged:>8} {r.removed:>8} {r.images:>7}" for r in self.rules]
-        lines.append(f"boxes  {self.n_boxes_in} -> {self.n_boxes_out}   images  {self.n_images_in} -> "
-                     f"{self.n_images_out}  (dropped: " +
-                     ", ".join(f"{k} {v}" for k, v in self.images_removed.items()) + ")")
+        lines.append("(flagged, removed: boxes; images: images in which the rule removed a box)")
+        if not any(r.flagged for r in self.rules):
+            lines.append(f"no rule flagged any box (active: {', '.join(r.rule for r in self.rules)})")
+        lines.append(totals)
         return "\n".join(lines)
 
 
@@ -223,7 +244,7 @@ def filter_dataset(dataset: Dataset, rules: FilterRules) -> tuple[Dataset, Filte
     centres = like_centres(rules.like, rules.like_k, rules.seed) if rules.like is not None else None
     report = FilterReport(n_images_in=len(dataset.images), n_boxes_in=dataset.n_boxes,
                           like_centres=centres.tolist() if centres is not None else [])
-    counts: dict[str, RuleCount] = {}
+    counts = {name: RuleCount(name) for name in rules.active()}  # every active rule gets a row, even at 0
     images_removed = {"max_boxes": 0, "emptied": 0, "whole_image": 0}
     kept_images = []
     for rec in dataset.images:
@@ -232,23 +253,18 @@ def filter_dataset(dataset: Dataset, rules: FilterRules) -> tuple[Dataset, Filte
             images_removed[reason] += 1
         else:
             kept_images.append(replace(rec, boxes=kept))
-    order = ["max_boxes"] + [n for n, _, _ in _FLAG_RULES] + ["containers", "rel_size", "area", "aspect", "like",
-                                                              "whole_image"]
-    report.rules = [counts[n] for n in order if n in counts]
+    report.rules = list(counts.values())
     report.images_removed = images_removed
     report.n_images_out = len(kept_images)
     report.n_boxes_out = sum(len(r.boxes) for r in kept_images)
     return Dataset(list(dataset.classes), kept_images, list(dataset.skipped)), report
 
 
-def _count(counts: dict[str, RuleCount], name: str) -> RuleCount:
-    return counts.setdefault(name, RuleCount(name))
-
-
-def _filter_image(rec: ImageRecord, rules: FilterRules, centres, counts) -> tuple[list[Box], str | None]:
-    """(boxes kept, reason the image is dropped or None)."""
+def _filter_image(rec: ImageRecord, rules: FilterRules, centres, counts: dict[str, RuleCount]
+                  ) -> tuple[list[Box], str | None]:
+    """(boxes kept, reason the image is dropped or None); adds to `counts` (a RuleCount per active rule)."""
     if rules.max_boxes is not None:
-        c = _count(counts, "max_boxes")
+        c = counts["max_boxes"]
         if len(rec.boxes) > rules.max_boxes:
             c.flagged += len(rec.boxes)
             c.removed += len(rec.boxes)
@@ -256,18 +272,19 @@ def _filter_image(rec: ImageRecord, rules: FilterRules, centres, counts) -> tupl
             return [], "max_boxes"
     removed = np.zeros(len(rec.boxes), bool)
     for name, mask in _rule_masks(rec, rules, centres):
-        c = _count(counts, name)
+        c = counts[name]
         new = mask & ~removed
         c.flagged += int(mask.sum())
         c.removed += int(new.sum())
         c.images += bool(new.any())
         removed |= mask
     kept = [b for b, r in zip(rec.boxes, removed) if not r]
-    if rules.whole_images and removed.any():
-        c = _count(counts, "whole_image")
-        c.removed += len(kept)
-        c.images += bool(kept)
-        return [], "whole_image"
     if rec.boxes and not kept:
         return [], "emptied"
+    if rules.whole_images and removed.any():
+        c = counts["whole_image"]
+        c.flagged += len(kept)
+        c.removed += len(kept)
+        c.images += 1
+        return [], "whole_image"
     return kept, None

@@ -31,6 +31,7 @@ import torch
 from darktune.data.augment import AugmentConfig, augment_mosaic, augment_sample, resize_sample
 from darktune.detect import read_image
 from darktune.errors import DarktuneError
+from darktune.plural import plural
 
 Sample = tuple[torch.Tensor, torch.Tensor]
 
@@ -281,7 +282,7 @@ class BatchIterator:
                 return images, targets
             if self.images == 0 and self.skipped >= self._n:
                 first = sorted(self.bad_paths)[0] if self.bad_paths else "?"
-                raise DarktuneError(f"none of the {self._n} images could be read (first: {first})")
+                raise DarktuneError(f"none of the {plural(self._n, 'image')} could be read (first: {first})")
 
     def close(self) -> None:
         """Stop the worker processes."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from darktune.data.dataset import Dataset
 from darktune.errors import DarktuneError
+from darktune.plural import plural
 
 
 def wh_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,7 +66,8 @@ def kmeans_anchors(wh: np.ndarray, k: int, seed: int = 0, *, n_init: int = 3,
         raise DarktuneError(f"k must be >= 1, got {k}")
     n_distinct = len(np.unique(wh, axis=0))
     if n_distinct < k:
-        raise DarktuneError(f"{k} anchors need at least {k} distinct box shapes, got {n_distinct}")
+        raise DarktuneError(f"cannot make {plural(k, 'anchor')} from {plural(n_distinct, 'distinct box shape')} "
+                            f"(needs at least {k})")
     rng = np.random.default_rng(seed)
     best, best_iou = None, -1.0
     for _ in range(max(1, n_init)):
@@ -132,7 +134,8 @@ def dataset_stats(dataset: Dataset, anchors_k: int | None = 6, size: tuple[int, 
 
 
 def format_stats(stats: DatasetStats) -> str:
-    lines = [f"{stats.n_images} images ({stats.n_empty_images} without boxes), {stats.n_boxes} boxes"]
+    head = f"{plural(stats.n_images, 'image')} ({stats.n_empty_images} without boxes), {plural(stats.n_boxes, 'box')}"
+    lines = [head]
     lines += [f"  {name:<24} {count:>8}" for name, count in stats.class_counts.items()]
     for label, d in (("boxes/image", stats.boxes_per_image), ("width", stats.width), ("height", stats.height),
                      ("area", stats.area), ("aspect w/h", stats.aspect)):

@@ -43,6 +43,7 @@ import torch
 
 from darktune.data.formats.image import inspect_image_bytes
 from darktune.errors import DarktuneError
+from darktune.plural import plural
 
 CACHE_FORMAT = 1
 GREY = 127  # slot padding for keep_aspect: the CPU path's border value
@@ -273,7 +274,7 @@ def build_cache(items: Sequence[tuple[str | Path, np.ndarray]], size: int, path:
 def _finish(images, kept, extents, boxes, paths, skipped, key, npy) -> Uint8Cache:
     if len(kept) == 0:
         first = f" (first: {paths[skipped[0][0]]}: {skipped[0][1]})" if skipped else ""
-        raise DarktuneError(f"none of the {len(paths)} images could be read{first}")
+        raise DarktuneError(f"none of the {plural(len(paths), 'image')} could be read{first}")
     return Uint8Cache(images, kept, extents, [boxes[i] for i in kept], key, npy,
                       [(str(paths[i]), reason) for i, reason in skipped], kept)
 
