@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from darktune.cfg import NetworkSpec, YoloSpec
+from darktune.devices import parse_device, resolve_device
 from darktune.errors import DarktuneError
 
 BACKENDS = ("torch", "onnxruntime", "opencv")
@@ -93,10 +94,8 @@ class TorchBackend(Backend):
     def __init__(self, model: nn.Module, device: str = "cpu", fuse: bool = True, channels_last: bool = True,
                  spec: NetworkSpec | None = None, precise: bool = True):
         super().__init__(spec or model.spec)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # a bad name, no CUDA build, no such GPU: one line naming --device
         if self.device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise DarktuneError("--device cuda: torch sees no CUDA device")
             torch.backends.cudnn.benchmark = True
         if fuse:
             from darktune.fuse import fuse_model
@@ -129,11 +128,12 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
     # get preempted stall the others).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
+    dev = parse_device(device)  # ONNX Runtime has its own CUDA: torch's build does not matter here
+    if dev.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DarktuneError("--device cuda: this onnxruntime build has no CUDAExecutionProvider "
+            raise DarktuneError(f"--device {device}: this onnxruntime build has no CUDAExecutionProvider "
                                 "(install onnxruntime-gpu)")
-        providers.insert(0, "CUDAExecutionProvider")
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": dev.index or 0}))
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     failures = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidArgument, ort_errors.NoSuchFile,
@@ -214,9 +214,16 @@ class OpenCVBackend(Backend):
             self.net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
         except cv2.error as exc:
             raise DarktuneError(f"OpenCV DNN cannot load the model: {_cv_message(exc)}", path=str(weights)) from None
-        if device.startswith("cuda"):
-            if not hasattr(cv2, "cuda") or cv2.cuda.getCudaEnabledDeviceCount() == 0:
-                raise DarktuneError("--device cuda: this OpenCV build has no CUDA support")
+        dev = parse_device(device)  # OpenCV has its own CUDA: torch's build does not matter here
+        if dev.type == "cuda":
+            count = cv2.cuda.getCudaEnabledDeviceCount() if hasattr(cv2, "cuda") else 0
+            if count == 0:
+                raise DarktuneError(f"--device {device}: this OpenCV build has no CUDA support")
+            if dev.index is not None:
+                if dev.index >= count:
+                    raise DarktuneError(f"--device {device}: no such GPU; OpenCV sees {count} CUDA "
+                                        f"device{'s' * (count != 1)}")
+                cv2.cuda.setDevice(dev.index)
             self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_CUDA)
             self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CUDA)
         else:
@@ -257,6 +264,14 @@ def _cv_message(exc: Exception) -> str:
     return text[-1] if text else type(exc).__name__
 
 
+def check_size(size: int, option: str = "--size") -> int:
+    """`size` if it is a usable square network size (a positive multiple of 32, as darknet's strides need),
+    else a DarktuneError naming `option` (detect, summary, bench infer)."""
+    if size <= 0 or size % 32:
+        raise DarktuneError(f"{option} must be a positive multiple of 32, got {size}")
+    return size
+
+
 def load_model(cfg: str | Path, weights: str | Path | None, size: int | None = None) -> nn.Module:
     """A `Darknet` from cfg (+ darknet weights), at the cfg's size or a square `size` (a multiple of 32)."""
     from darktune.cfg import parse_cfg
@@ -265,9 +280,7 @@ def load_model(cfg: str | Path, weights: str | Path | None, size: int | None = N
 
     spec = parse_cfg(cfg)
     if size is not None:
-        if size <= 0 or size % 32:
-            raise DarktuneError(f"--size must be a positive multiple of 32, got {size}")
-        spec = spec.with_size(size)
+        spec = spec.with_size(check_size(size))
     model = Darknet(spec).eval()
     if weights is not None:
         load_weights(model, weights)
@@ -283,6 +296,11 @@ def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, 
     `precise` are the torch backend's (see TorchBackend); `winograd` OpenCV's (False: direct, exact convs)."""
     if name not in BACKENDS:
         raise DarktuneError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
+    # a misspelt --device (or, for torch, a GPU that is not there) fails before any model is loaded
+    if name == "torch":
+        resolve_device(device)
+    else:
+        parse_device(device)  # ONNX Runtime and OpenCV check their own CUDA support
     if name == "onnxruntime" and onnx is not None:
         from darktune.cfg import parse_cfg
 

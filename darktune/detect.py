@@ -23,8 +23,9 @@ from darktune.errors import DarktuneError
 
 
 def read_names(path: str | Path | None, num_classes: int) -> list[str]:
+    """The first `num_classes` names of a names file (one a line); without a file class_0, class_1, ..."""
     if path is None:
-        return [str(i) for i in range(num_classes)]
+        return [f"class_{i}" for i in range(num_classes)]
     if Path(path).exists() and not Path(path).is_file():  # a folder, device or FIFO: never read it
         raise DarktuneError("not a regular file", path=str(path))
     try:
@@ -34,6 +35,34 @@ def read_names(path: str | Path | None, num_classes: int) -> list[str]:
     if len(names) < num_classes:
         raise DarktuneError(f"{len(names)} names for a model with {num_classes} classes", path=str(path))
     return names[:num_classes]
+
+
+def names_beside(cfg: str | Path) -> Path | None:
+    """A names file that belongs with `cfg`: <stem>.names beside it (`darktune export darknet` writes
+    model.cfg + model.names), else obj.names (a `darktune train` run folder, darknet's habit), else the only
+    .names file in its folder (the zoo's yolov3-tiny.cfg + coco.names); None if there is none of these."""
+    cfg = Path(cfg)
+    for candidate in (cfg.with_suffix(".names"), cfg.parent / "obj.names"):
+        if candidate.is_file():
+            return candidate
+    found = [p for p in cfg.parent.glob("*.names") if p.is_file()]
+    return found[0] if len(found) == 1 else None
+
+
+def default_names(cfg: str | Path | None, num_classes: int) -> tuple[list[str], str]:
+    """(names, note) when no names file is given: those of `names_beside(cfg)` if it has exactly
+    `num_classes` names, else class_0, class_1, ...; `note` says which file was used or why it was not."""
+    found = names_beside(cfg) if cfg else None
+    if found is None:
+        return read_names(None, num_classes), ""
+    try:
+        names = [line.strip() for line in found.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        return read_names(None, num_classes), f"cannot read {found} ({exc}); classes are named class_N"
+    if len(names) != num_classes:
+        return read_names(None, num_classes), (f"{found} holds {len(names)} names for a model with {num_classes} "
+                                               "classes, not used; classes are named class_N")
+    return names, f"class names from {found}"
 
 
 def preprocess(image_bgr: np.ndarray, size: tuple[int, int], letterbox: bool = False) -> np.ndarray:
@@ -75,7 +104,7 @@ class TorchDetector:
     same weights as the ONNX export and within 1e-4 of it on raw heads; `model` itself is left untouched."""
 
     model: torch.nn.Module
-    device: str = "cpu"
+    device: str | torch.device = "cpu"
     fuse: bool = True
     net: torch.nn.Module = field(init=False, repr=False)
 
@@ -106,14 +135,16 @@ class TorchDetector:
 
 def load_torch_detector(cfg: str | Path, weights: str | Path | None, device: str = "cpu") -> TorchDetector:
     from darktune.cfg import parse_cfg
+    from darktune.devices import resolve_device
     from darktune.model import Darknet
     from darktune.weights import load_weights
 
+    dev = resolve_device(device)
     spec = parse_cfg(cfg)
     model = Darknet(spec)
     if weights is not None:
         load_weights(model, weights)
-    return TorchDetector(model.eval().to(device), device)
+    return TorchDetector(model.eval().to(dev), dev)
 
 
 def detections_to_json(path: str, dets: np.ndarray, names: list[str]) -> dict:

@@ -163,7 +163,9 @@ def run_bench_train(device: str = "cpu", sizes: list[int] = (416, 160), batch: i
     """Medians of images/s per case and size, ratios, and the machine; see the module docstring.
     `threads`: torch CPU threads for the measurement (default: torch's)."""
     from darktune import zoo
+    from darktune.devices import resolve_device
 
+    resolve_device(device)  # a bad --device fails here, in one line, before anything is fetched or timed
     if threads:
         torch.set_num_threads(threads)
     cfg = str(zoo.fetch("yolov3-tiny").cfg)

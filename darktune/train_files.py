@@ -1,6 +1,6 @@
 """The files of a run folder that the trainer writes whole (temp + fsync + rename): writing one, RUN/obj.names,
-cutting metrics.jsonl back to a checkpoint's iteration on resume, and removing the temp files of writes that
-a kill interrupted."""
+cutting metrics.jsonl back to a checkpoint's iteration on resume, removing the temp files of writes that a kill
+interrupted, and the command line's refusal to start a fresh run over an existing one (`check_fresh_run_folder`)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,29 @@ def names_text(names: list[str]) -> str:
 # files a run writes atomically (temp + rename): a killed write leaves ".<name>.<random>.tmp" beside them
 RUN_FILES = ("checkpoint.pt", "summary.json", "metrics.jsonl", "init.json", "model.cfg", "obj.names",
              "freeze_proof.json", "weights/last.weights", "weights/best.weights")
+
+
+def run_files_in(run_dir: Path) -> list[str]:
+    """The run files (RUN_FILES) that `run_dir` already holds, in RUN_FILES order; [] for a missing folder."""
+    return [name for name in RUN_FILES if (run_dir / name).is_file()]
+
+
+def check_fresh_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """`darktune train` without --resume must not silently replace a run: a folder that holds any run file (a
+    finished or an interrupted run) is refused unless `overwrite`. A missing or empty folder, or one with only
+    other files, is fine. Library callers (`darktune experiment`) manage their own folders and skip this."""
+    from darktune.errors import DarktuneError
+
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise DarktuneError("--resume continues a run and --overwrite replaces it: give one of them")
+    if resume or overwrite or not run_dir.is_dir():
+        return
+    found = run_files_in(run_dir)
+    if found:
+        listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise DarktuneError(f"already holds a training run's files ({listed}): pass --resume to continue it, "
+                            "--overwrite to replace it, or choose another --out", path=str(run_dir))
 
 
 def remove_stale_temps(run_dir: Path) -> int:

@@ -79,15 +79,16 @@ class Run:
 
 # ------------------------------------------------------------------------------------------------ set-up
 def _dist_setup(device: str) -> Dist:
+    from darktune.devices import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DarktuneError("--device cuda asked for, but torch sees no CUDA device")
+    dev = resolve_device(device)  # a bad name or a missing GPU: one line naming --device and the value
     if world <= 1:
-        return Dist(0, 1, torch.device(device))
+        return Dist(0, 1, dev)
     import torch.distributed as td
 
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
+    if dev.type == "cuda":  # one GPU per process: LOCAL_RANK's
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
     else:
@@ -257,7 +258,9 @@ def _fresh_start(run: Run) -> None:
     if run.dist.main:
         try:
             (run.dir / "weights").mkdir(parents=True, exist_ok=True)
-            for stale in ("summary.json", "freeze_proof.json", "checkpoint.pt"):
+            # a fresh start (--overwrite) must not leave a previous run's results behind to be taken for its own
+            for stale in ("summary.json", "freeze_proof.json", "checkpoint.pt", "weights/best.weights",
+                          "weights/last.weights"):
                 (run.dir / stale).unlink(missing_ok=True)
         except OSError as exc:
             raise DarktuneError(f"cannot prepare the run folder: {exc.strerror or exc}", path=str(run.dir)) from None

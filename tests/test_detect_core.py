@@ -67,3 +67,48 @@ def test_torch_detector_runs_the_fused_model(coco_model, photo_path):
     fused = detector.detect([image], 0.1, 0.45)
     assert len(fused[0]) >= 2
     assert_same_boxes(fused, TorchDetector(coco_model, fuse=False).detect([image], 0.1, 0.45))
+
+
+def test_summary_blames_a_bad_size_or_class_count_not_the_cfg(coco, capsys):
+    for argv, message in ((["--size", "100"], "--size must be a positive multiple of 32, got 100"),
+                          (["--size", "0"], "--size must be a positive multiple of 32, got 0"),
+                          (["--classes", "0"], "--classes must be at least 1, got 0"),
+                          (["--classes", "-3"], "--classes must be at least 1, got -3")):
+        assert main(["summary", str(coco.cfg), *argv]) == 2
+        assert capsys.readouterr().err == f"darktune: error: {message}\n"
+    assert main(["summary", str(coco.cfg), "--size", "320", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["input"] == [3, 320, 320]
+
+
+def test_detect_one_image_without_an_image_suffix_has_no_frame_counter(coco, photo_path, tmp_path, capsys):
+    plain = tmp_path / "hopper"  # an image all the same: read as one
+    plain.write_bytes(photo_path.read_bytes())
+    assert main(["detect", "--cfg", str(coco.cfg), "--weights", str(coco.weights), str(plain)]) == 0
+    captured = capsys.readouterr()
+    assert "frames" not in captured.err and captured.out.startswith(f"{plain}: ")
+
+
+def test_detect_names_default_to_class_n_or_the_names_beside_the_cfg(coco, photo_path, tmp_path, capsys):
+    """No --names: a names file beside the cfg (`export darknet`'s model.cfg + model.names, a run folder's
+    obj.names, the zoo's coco.names) when it has one name per class, else class_0, class_1, ..."""
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    cfg = deploy / "model.cfg"
+    cfg.write_bytes(coco.cfg.read_bytes())
+    argv = ["detect", "--cfg", str(cfg), "--weights", str(coco.weights), str(photo_path), "--json"]
+
+    def names() -> set[str]:
+        return {d["name"] for d in json.loads(capsys.readouterr().out)[0]["detections"]}
+
+    assert main(argv) == 0 and names() == {"class_27"}
+    (deploy / "model.names").write_text("person\nbicycle\n")  # not one name per class: not used, and said so
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "model.names holds 2 names for a model with 80 classes" in captured.err
+    assert {d["name"] for d in json.loads(captured.out)[0]["detections"]} == {"class_27"}
+    (deploy / "model.names").write_bytes(coco.names.read_bytes())
+    assert main(argv) == 0 and names() == {"tie"}
+    assert main([*argv, "--names", str(tmp_path / "missing.names")]) == 2  # --names wins, and must exist
+    assert "missing.names" in capsys.readouterr().err
+    assert main(["detect", "--cfg", str(coco.cfg), "--weights", str(coco.weights), str(photo_path), "--json"]) == 0
+    assert names() == {"tie"}  # the zoo folder: yolov3-tiny.cfg beside coco.names

@@ -211,6 +211,47 @@ def test_resume_refuses_other_settings(dataset, tmp_path):
         train(cfg_of(dataset, tmp_path / "empty", resume=True), progress=False)
 
 
+def test_cli_train_never_silently_replaces_a_run(dataset, tmp_path, capsys):
+    """`darktune train --out RUN` over a finished or interrupted run is refused (RUN named, --resume and
+    --overwrite suggested, nothing touched); --overwrite starts afresh; an empty folder is fine; --resume with
+    --overwrite is a contradiction."""
+    from darktune.cli import main
+
+    cfg, data = dataset
+    run, empty = tmp_path / "run", tmp_path / "empty"
+    argv = ["train", "--cfg", cfg, "--data", data, "--iterations", "2", "--size", "96", "--no-progress"]
+    empty.mkdir()
+    assert main([*argv, "--out", str(empty)]) == 0 and (empty / "checkpoint.pt").is_file()
+    assert main([*argv, "--out", str(run), "--eval-at", "2"]) == 0
+    assert (run / "weights" / "best.weights").is_file()
+    capsys.readouterr()
+
+    def snapshot():
+        return {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    before = snapshot()
+    (run / "checkpoint.pt").unlink()  # an interrupted run's folder (metrics, weights) counts too
+    del before[run / "checkpoint.pt"]
+    for extra in ([], ["--iterations", "3"]):
+        assert main([*argv, *extra, "--out", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"darktune: error: {run}: already holds" in err, err
+        assert "--resume" in err and "--overwrite" in err and "--out" in err and "Traceback" not in err
+        assert snapshot() == before
+    assert main([*argv, "--out", str(run), "--resume", "--overwrite"]) == 2
+    assert "give one of them" in capsys.readouterr().err and snapshot() == before
+    assert main([*argv, "--out", str(run), "--overwrite", "--seed", "1"]) == 0
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert [r["iteration"] for r in lines(run)[0]] == [1, 2] and (run / "checkpoint.pt").is_file()
+    assert (run / "weights" / "last.weights").read_bytes() != before[run / "weights" / "last.weights"]
+    no_valid = tmp_path / "train_only.data"  # a run that evaluates nothing must not keep the old best.weights
+    no_valid.write_text("".join(line + "\n" for line in Path(data).read_text().splitlines()
+                                if not line.startswith("valid")))
+    assert (run / "weights" / "best.weights").is_file()
+    assert main([*argv, "--data", str(no_valid), "--out", str(run), "--overwrite"]) == 0
+    assert not (run / "weights" / "best.weights").exists() and (run / "weights" / "last.weights").is_file()
+
+
 def test_unfreeze_at_rebuilds_the_optimizer(dataset, tmp_path):
     from darktune.checkpoint import load_checkpoint
 

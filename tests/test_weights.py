@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,12 @@ def test_infer_num_classes(coco, coco_spec):
     floats = read_weights_file(coco.weights).floats.size
     assert infer_num_classes(coco_spec.with_classes(1), floats) == 80
     assert infer_num_classes(coco_spec, floats + 1) is None
+
+
+def test_partial_json_reports_what_it_wrote(coco, tmp_path, capsys):
+    out = tmp_path / "yolov3-tiny.conv.15"
+    assert main(["partial", str(coco.cfg), str(coco.weights), str(out), "15", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # stdout is the JSON object and nothing else
+    assert report["out"] == str(out) and report["layers"] == 15 and report["last_layer"] == 14
+    assert report["bytes"] == out.stat().st_size == 20 + 4 * report["floats"] and report["seen"] == 0
+    assert report["cfg"] == str(coco.cfg) and report["weights"] == str(coco.weights)

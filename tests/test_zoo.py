@@ -145,6 +145,29 @@ def test_import_local_copies(fake_model, tmp_path):
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
 
 
+def test_import_says_which_file_is_missing_not_that_it_failed_verification(fake_model, tmp_path, capsys):
+    from darktune.cli import main
+
+    _, _, contents = fake_model
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in contents.items():
+        (src / name).write_bytes(data)
+    with pytest.raises(DarktuneError) as info:  # n.names left out, and not in the cache
+        zoo.import_files("fake", [str(src / "w.weights"), str(src / "tiny.cfg")])
+    assert str(info.value) == ("--from lacks n.names (and the cache has no valid copy): give all of w.weights, "
+                               "tiny.cfg, n.names")
+    assert not (zoo.darktune_home() / "fake" / "w.weights").exists()
+    (src / "w.weights").write_bytes(contents["w.weights"][:-1] + b"\xff")  # a wrong copy is named, as the user's
+    with pytest.raises(DarktuneError, match=r"w.weights: not the official w.weights: sha256 does not match"):
+        zoo.import_files("fake", [str(src / n) for n in contents])
+    (src / "w.weights").write_bytes(contents["w.weights"])
+    zoo.import_files("fake", [str(src / n) for n in contents])
+    assert zoo.import_files("fake", [str(src / "n.names")]).source == "import"  # the others come from the cache
+    assert main(["weights", "fetch", "yolov3-tiny", "--from", str(src / "w.weights")]) == 2
+    assert "not a file of 'yolov3-tiny'" in capsys.readouterr().err
+
+
 def test_unknown_model():
     with pytest.raises(DarktuneError, match="unknown model"):
         zoo.fetch("yolov9-huge")

@@ -22,7 +22,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--backend", default="all",
                    help="comma-separated torch,onnxruntime,opencv and the variants torch-unfused (BN not folded), "
                         "torch-onednn (folded, oneDNN for every conv) and opencv-exact (no Winograd), or all")
-    i.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
+    i.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     i.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     i.add_argument("--size", type=int, default=416, help="square input size, multiple of 32")
     i.add_argument("--iters", type=int, default=50, help="timed calls per backend")
@@ -71,11 +71,13 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
         make_backend,
         time_backends,
     )
+    from darktune.devices import parse_device
     from darktune.errors import DarktuneError
     from darktune.export import verification_input
 
     if batch < 1 or iters < 1 or warmup < 0 or block < 1:
         raise DarktuneError("--batch, --iters and --block must be >= 1, --warmup >= 0")
+    parse_device(device)  # a misspelt --device is an error even where unavailable backends are skipped
     threads = threads or cpu_count()
     torch.set_num_threads(threads)
     built, skipped = [], {}
@@ -161,6 +163,9 @@ def format_report(report: dict) -> str:
 
 
 def cmd_bench_infer(args) -> int:
+    from darktune.devices import parse_device
+
+    parse_device(args.device)  # before the default model is fetched
     cfg, weights = args.cfg, args.weights
     if cfg is None or weights is None:
         if cfg or weights:

@@ -9,8 +9,9 @@ import json
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="darknet-style layer table, BFLOPs and parameters of a cfg")
     p.add_argument("cfg")
-    p.add_argument("--size", type=int, help="network input size (square), default: the cfg's width/height")
-    p.add_argument("--classes", type=int, help="re-head the network for this many classes first")
+    p.add_argument("--size", type=int, help="network input size (square, a multiple of 32), default: the cfg's "
+                                            "width/height")
+    p.add_argument("--classes", type=int, help="re-head the network for this many classes (>= 1) first")
     p.add_argument("--json", action="store_true", help="print JSON with layers, bflops, params")
     p.set_defaults(func=cmd_summary)
 
@@ -19,6 +20,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("weights")
     p.add_argument("out")
     p.add_argument("n", type=int, metavar="N")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON (out, layers, floats, "
+                                                      "bytes)")
     p.set_defaults(func=cmd_partial)
 
     p = sub.add_parser("weights", help="known weights: fetch into the cache, list")
@@ -36,12 +39,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _load_spec(args):
     from darktune.cfg import parse_cfg
+    from darktune.errors import DarktuneError
 
+    classes, size = getattr(args, "classes", None), getattr(args, "size", None)
+    if classes is not None and classes < 1:
+        raise DarktuneError(f"--classes must be at least 1, got {classes}")
+    if size is not None:  # before the cfg: a bad size is the option's fault, not a layer's
+        from darktune.backends import check_size
+
+        check_size(size)
     spec = parse_cfg(args.cfg)
-    if getattr(args, "classes", None):
-        spec = spec.with_classes(args.classes)
-    if getattr(args, "size", None):
-        spec = spec.with_size(args.size)
+    if classes is not None:
+        spec = spec.with_classes(classes)
+    if size is not None:
+        spec = spec.with_size(size)
     return spec
 
 
@@ -57,7 +68,13 @@ def cmd_partial(args) -> int:
     from darktune.weights import partial
 
     out, floats = partial(args.cfg, args.weights, args.out, args.n)
-    print(f"wrote layers 0..{args.n - 1} ({floats:,} floats, {20 + 4 * floats:,} bytes) to {out}")
+    size = out.stat().st_size  # header (16 or 20 bytes, by the source's version) + 4 bytes a float
+    if args.json:
+        print(json.dumps({"cfg": str(args.cfg), "weights": str(args.weights), "out": str(out), "layers": args.n,
+                          "first_layer": 0, "last_layer": args.n - 1, "floats": floats, "bytes": size,
+                          "seen": 0}))
+    else:
+        print(f"wrote layers 0..{args.n - 1} ({floats:,} floats, {size:,} bytes) to {out}")
     return 0
 
 

@@ -16,7 +16,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, video file or camera index")
     p.add_argument("--cfg", help="darknet cfg (optional for --backend onnxruntime --onnx: read from the model)")
     p.add_argument("--weights", help="darknet weights (not needed with --onnx)")
-    p.add_argument("--names", help="class names file, one per line (default: the model's, else class_N)")
+    p.add_argument("--names", help="class names file, one per line (default: the names stored in an --onnx "
+                                   "model; else a names file beside --cfg with one name per class: <cfg "
+                                   "stem>.names, obj.names, or the folder's only .names file; else class_0, "
+                                   "class_1, ...)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "opencv"), default="torch",
                    help="who runs the network; preprocessing, decoding and NMS are darktune's for all")
     p.add_argument("--onnx", help="raw-heads ONNX model for --backend onnxruntime (default: export on the fly)")
@@ -27,7 +30,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--thresh", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (default: plain resize as darknet)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
     p.add_argument("--out", help="folder for annotated outputs: <name>.jpg for images, <name>.mp4 for videos "
                                  "and cameras")
@@ -52,9 +55,8 @@ def _detect(args) -> int:
     from tqdm import tqdm
 
     from darktune.backends import make_backend
-    from darktune.detect import read_names
     from darktune.errors import DarktuneError
-    from darktune.video import IMAGE_SUFFIXES, open_source
+    from darktune.video import open_source
 
     if args.no_winograd and args.backend != "opencv":
         raise DarktuneError("--no-winograd is for --backend opencv")
@@ -64,17 +66,11 @@ def _detect(args) -> int:
         raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
     backend = make_backend(args.backend, args.cfg, args.weights, size=args.size, device=args.device,
                            onnx=args.onnx, batch=1, winograd=not args.no_winograd)
-    names = getattr(backend, "names", None)  # an ONNX model may carry its class names
-    if args.names or not names or len(names) != backend.spec.num_classes:
-        names = read_names(args.names, backend.spec.num_classes)
+    names = _class_names(args, backend)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    records, failures = [], 0
-    # a frame counter helps with videos, cameras and many images; for one image it is only noise
-    one_image = len(args.sources) == 1 and Path(args.sources[0]).suffix.lower() in IMAGE_SUFFIXES
-    bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=one_image,
-               bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
+    records, failures, bar = [], 0, None
     try:
         for source in args.sources:
             try:
@@ -83,14 +79,37 @@ def _detect(args) -> int:
                 tqdm.write(f"darktune: error: {exc}", file=sys.stderr)
                 failures += 1
                 continue
+            if bar is None:
+                # a frame counter helps with videos, cameras and many sources; for one image it is only noise
+                # (decided on what the source turned out to be: an image need not have an image suffix)
+                one_image = len(args.sources) == 1 and src.kind == "image"
+                bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=one_image,
+                           bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
             bar.set_description(Path(src.name).name if src.kind != "camera" else src.name)
             run = _image if src.kind == "image" else _stream
             records += run(args, backend, src, names, out_dir, bar)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if args.json:
         print(json.dumps(records))
     return 1 if failures else 0
+
+
+def _class_names(args, backend) -> list[str]:
+    """--names; else the names an ONNX model carries; else a names file beside the cfg; else class_N."""
+    from darktune.detect import default_names, read_names
+
+    n = backend.spec.num_classes
+    if args.names:
+        return read_names(args.names, n)
+    names = getattr(backend, "names", None)
+    if names and len(names) == n:
+        return names
+    names, note = default_names(args.cfg, n)
+    if note:
+        print(f"darktune: note: {note}", file=sys.stderr)
+    return names
 
 
 def _record(src, frame_index: int | None, dets, names) -> dict:

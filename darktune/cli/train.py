@@ -51,8 +51,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="mAP protocol: darknet (detector map), voc07 (11-point), coco101 (AP50, 101-point), "
                         "coco (AP50-95); default darknet")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--out", default="runs/train", metavar="RUN", help="run folder")
+    p.add_argument("--out", default="runs/train", metavar="RUN", help="run folder (default runs/train); one that "
+                                                                       "already holds a run needs --resume or "
+                                                                       "--overwrite")
     p.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a fresh run in RUN even though it holds a previous run (its checkpoint, weights "
+                        "and metrics are replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, batches and augmentation")
     p.add_argument("--workers", type=int, default=0, help="background threads preparing batches (CPU loader; "
                                                              "--gpu-augment needs none)")
@@ -133,8 +138,12 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from darktune.devices import resolve_device
     from darktune.train import train
+    from darktune.train_files import check_fresh_run_folder
 
+    resolve_device(args.device)  # before anything is read or written (train() checks again, for library use)
+    check_fresh_run_folder(args.out, args.resume, args.overwrite)
     result = train(config_from_args(args), progress=args.progress)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     if args.json:
@@ -156,10 +165,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
+    from darktune.devices import resolve_device
     from darktune.evaluate import evaluate_model, load_eval_set, load_for_data
 
+    device = resolve_device(args.device)
     model, spec = load_for_data(args.cfg, args.weights, args.data, args.size)
-    model.to(args.device)
+    model.to(device)
     es = load_eval_set(args.data, (spec.net.height, spec.net.width), args.split, spec.net.letter_box,
                        args.max_images, progress=not args.json)
     import torch
@@ -167,7 +178,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     from darktune.errors import DarktuneError
 
     try:
-        result = evaluate_model(model, es, args.protocol, args.batch, args.device, conf_thresh=args.thresh)
+        result = evaluate_model(model, es, args.protocol, args.batch, device, conf_thresh=args.thresh)
     except torch.cuda.OutOfMemoryError:
         raise DarktuneError(f"CUDA out of memory evaluating batches of {args.batch} images: use a smaller --batch "
                             "(or a smaller --size, or --device cpu)") from None
