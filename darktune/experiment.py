@@ -201,6 +201,11 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _check_data(spec)
+    if devices:
+        from darktune.devices import resolve_device
+
+        for device in devices:  # a device that is not here fails every run; say so once, before any
+            resolve_device(device, "--devices")
     out_dir.mkdir(parents=True, exist_ok=True)
     plans = plan_runs(spec)
     cfg = resolve_cfg(spec)

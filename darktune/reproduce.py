@@ -236,9 +236,9 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
     profile = get_profile(profile_name)
     out = Path(out).resolve()  # the spec written into `out` holds the data paths; relative ones would be read
     # against the spec's own folder, i.e. doubled
+    devices = [_device(device)] if device else None
     _check_profile_folder(out, profile)
     zoo.fetch("yolov3-tiny")
-    devices = [_device(device)] if device else None
     jobs = jobs or default_jobs(devices[0] if devices else None)
     data = prepare_data(profile, out, progress, workers=min(8, os.cpu_count() or 1))
     if backbone and not Path(backbone).is_file():
@@ -254,8 +254,10 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
 
 
 def _device(name: str) -> str:
-    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise DarktuneError(f"--device must be cpu, cuda or cuda:N, got '{name}'")
+    """The device as the grid's workers take it, checked to exist here (before any file is written)."""
+    from darktune.devices import resolve_device
+
+    resolve_device(name, "--device")
     return "cuda:0" if name == "cuda" else name
 
 

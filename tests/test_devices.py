@@ -102,3 +102,25 @@ def test_the_training_library_checks_the_device_too(tmp_path):
     with pytest.raises(DarktuneError, match="^--device 'gpu' is not a device"):
         train(TrainConfig(cfg="x.cfg", data="x.data", out=str(tmp_path / "run"), device="gpu"), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["reproduce", "--profile", "smoke", "--device", "gpu"], "--device 'gpu'"),
+    (["reproduce", "--profile", "smoke", "--device", "cuda:7"], "--device cuda:7"),
+    (["experiment", "SPEC", "--devices", "cpu,gpu"], "--devices 'gpu'"),
+    (["experiment", "SPEC", "--devices", "cuda:7"], "--devices cuda:7"),
+])
+def test_grids_refuse_a_device_before_writing_anything(argv, option, tmp_path, capsys, monkeypatch):
+    """Before, `reproduce --device cuda` on a machine without one generated the data sets and then failed every
+    run, and `experiment --devices cuda:0` wrote an empty report."""
+    from darktune.cli import main
+
+    _fake_cuda(monkeypatch, count=1)
+    (tmp_path / "obj.data").write_text("classes = 1\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"grid:\n  data: {tmp_path / 'obj.data'}\n  starts: [scratch]\n  iterations: 2\n")
+    argv = [str(spec) if a == "SPEC" else a for a in argv]
+    rc = main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and option in err, err
+    assert not (tmp_path / "out").exists()

@@ -63,14 +63,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _devices(text: str | None) -> list[str] | None:
-    from darktune.errors import DarktuneError
+    from darktune.devices import resolve_device
 
     if not text:
         return None
     devices = [d.strip() for d in text.split(",") if d.strip()]
     for d in devices:
-        if not (d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
-            raise DarktuneError(f"--devices: '{d}' is not cpu, cuda or cuda:N")
+        resolve_device(d, "--devices")
     return devices
 
 
