@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from darktune import study
+from darktune.plural import plural
 from darktune.report_data import (
     ExperimentData,
     best_transfer_decrease,
@@ -79,7 +80,7 @@ def start_table(data: ExperimentData, start: str, protocol: str) -> list[Block]:
     table = study.table_for(plan_start)
     title = f"Starting point `{start}`"
     if table:
-        title += f" (the study's {table.name}: {table.description})"
+        title += f" (faces the study's {table.name}, whose start was: {table.description})"
     header = ("frozen N", "iteration", f"mAP % ours ({protocol})")
     if table:
         header += ("study iteration", f"study mAP % ({study.STUDY_PROTOCOL})")
@@ -124,12 +125,17 @@ def time_table(data: ExperimentData) -> list[Block]:
             t = time_to_target(data, start, freeze, images)
             if t is None:
                 continue
-            its = its_text(t.iterations) if t.iterations is not None else f"not reached in {t.max_iterations}"
+            if t.iterations is not None:
+                its = its_text(t.iterations)
+            elif t.unfinished:
+                its = f"unknown: {t.unfinished} of {t.seeds} runs did not finish"
+            else:
+                its = f"not reached in {t.max_iterations}"
             secs = f"{t.seconds:.1f}" if t.seconds is not None else "–"
             rows.append((start, str(freeze), its, secs, f"{t.reached_seeds}/{t.seeds}"))
-    blocks = [Block("p", f"First evaluation at which the mAP reaches the target {pct(target)} (mean over seeds; "
+    blocks = [Block("p", f"First evaluation at which the mAP reaches the target {pct(target)}% (mean over seeds; "
                          "seconds are the run's training clock at that evaluation, evaluations and checkpoints "
-                         "excluded)."),
+                         f"excluded). Training images: {_images_label(data, images)}."),
               Block("table", items=tuple(rows), header=("start", "frozen N", "iterations to target",
                                                        "seconds to target", "seeds reaching it"))]
     lines = []
@@ -151,7 +157,7 @@ def time_table(data: ExperimentData) -> list[Block]:
     blocks += sensitivity_blocks(data, images)
     if data.stages:
         cost = ", ".join(f"`{r.name}` {r.plan['iterations']} iterations"
-                         + (f" ({r.train_s:.0f} training seconds)" if r.train_s is not None else "")
+                         + (f" ({plural(round(r.train_s), 'training second')})" if r.train_s is not None else "")
                          for r in data.stages)
         blocks.append(Block("p", f"These figures count the target runs only, not the pretraining stages they "
                                  f"start from ({cost}): a stage is paid once and reused by every run after it."))
@@ -246,10 +252,26 @@ def build_blocks(data: ExperimentData) -> list[Block]:
     return blocks
 
 
+def _is_reproduction(data: ExperimentData) -> bool:
+    """A `darktune reproduce` folder (it holds the profile marker), not a user's own grid."""
+    return (data.out_dir / "profile.json").is_file()
+
+
+def _images_label(data: ExperimentData, images: int | None) -> str:
+    if images is not None:
+        return str(images)
+    n_all = next((r.summary["train_images"] for r in data.grid
+                  if r.images is None and isinstance(r.summary.get("train_images"), int)), None)
+    return f"all ({n_all})" if n_all else "all"
+
+
 def _intro(data: ExperimentData, protocol: str) -> str:
-    n_done = sum(r.status in ("finished", "stopped_at_target") for r in data.runs)
-    text = (f"Reproduction of the study \"{study.STUDY_TITLE}\" with darktune. {len(data.runs)} training runs "
-            f"({n_done} finished). mAP protocol: {protocol}; target mAP: {pct(data.target_map)}. "
+    n_done = sum(r.complete for r in data.runs)
+    what = (f"Reproduction of the study \"{study.STUDY_TITLE}\" with darktune" if _is_reproduction(data) else
+            f"An experiment grid run with darktune, checked against the study \"{study.STUDY_TITLE}\"")
+    target = f"{pct(data.target_map)}%" if data.target_map is not None else "none"
+    text = (f"{what}. {plural(len(data.runs), 'training run')} ({n_done} finished). mAP protocol: {protocol}; "
+            f"target mAP: {target}. "
             f"cfg: `{data.record.get('cfg')}`. Every number below is read from the runs' metrics files.")
     if data.record.get("notes"):
         text += " " + data.record["notes"]
@@ -266,7 +288,7 @@ def runs_blocks(data: ExperimentData) -> list[Block]:
     total = sum(r.train_s or 0.0 for r in data.runs)
     header = ("run", "kind", "status", "final mAP % (its valid set)", "train s", "images/s")
     return [Block("table", items=tuple(rows), header=header),
-            Block("p", f"Training time of all runs together: {total:.0f} s.")]
+            Block("p", f"Training time of all runs together: {total:.1f} s.")]
 
 
 def render_markdown(blocks: list[Block], title: str) -> str:
@@ -320,12 +342,16 @@ def render_html(blocks: list[Block], title: str) -> str:
     return "\n".join(out)
 
 
-def write_report(out_dir: str | Path, title: str = "darktune: the transfer-learning study, reproduced") -> ReportPaths:
-    """Read the experiment in `out_dir` and write report.md, report_files/*.png and report.html (atomically)."""
+def write_report(out_dir: str | Path, title: str | None = None) -> ReportPaths:
+    """Read the experiment in `out_dir` and write report.md, report_files/*.png and report.html (atomically).
+    Default title: the study reproduced (a `darktune reproduce` folder), else the experiment folder's name."""
     from darktune.weights import atomic_write_bytes
 
     out_dir = Path(out_dir)
     data = load_experiment(out_dir)
+    if title is None:
+        title = ("darktune: the transfer-learning study, reproduced" if _is_reproduction(data)
+                 else f"darktune experiment: {out_dir.resolve().name}")
     blocks = build_blocks(data)
     figures = []
     for b in blocks:

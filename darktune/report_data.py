@@ -111,6 +111,15 @@ class ExperimentData:
     def freezes(self) -> list[int]:
         return sorted({r.freeze for r in self.grid})
 
+    def domain_start(self) -> str | None:
+        """The start that plays the study's domain path: `domain`, or else the grid's only start that is a
+        pretraining stage of this experiment (a user's stage may have any name)."""
+        if "domain" in self.starts():
+            return "domain"
+        stage_names = {r.name for r in self.stages}
+        from_stages = [s for s in self.starts() if any(r.start in stage_names for r in self.select(s))]
+        return from_stages[0] if len(from_stages) == 1 else None
+
     def protocols(self) -> list[str]:
         return sorted({e.protocol for r in self.runs for e in r.evals})
 

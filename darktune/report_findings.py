@@ -254,21 +254,25 @@ def coco15_beats(data: ExperimentData, other: str) -> Finding:
 
 def domain_faster(data: ExperimentData) -> Finding:
     target = data.target_map
-    claim = (f"domain reaches the target mAP ({_pct(target)}) with at least {REQUIRED_DECREASE * 100:.0f}% fewer "
+    name = data.domain_start() or "domain"
+    claim = (f"{name} reaches the target mAP ({_pct(target)}) with at least {REQUIRED_DECREASE * 100:.0f}% fewer "
              "iterations than coco15 (no frozen layers)")
+    if name != "domain":
+        claim += f" ('{name}' is this grid's pretraining stage, the study's domain path)"
     study = "83% less time to the required mAP through the domain set"
     images = main_images(data)
-    dom = time_to_target(data, "domain", 0, images)
+    dom = time_to_target(data, name, 0, images)
     base = time_to_target(data, "coco15", 0, images)
     if dom is None or base is None:
-        return Finding(claim, study, "not measured", ["the grid lacks domain or coco15 runs with N=0, or a target"])
-    lost = ([] if dom.iterations is not None else _unfinished(data, "domain", 0, images)) + (
+        return Finding(claim, study, "not measured", ["the grid lacks coco15 runs or runs from a pretraining stage "
+                                                      "with N=0, or a target"])
+    lost = ([] if dom.iterations is not None else _unfinished(data, name, 0, images)) + (
         [] if base.iterations is not None else _unfinished(data, "coco15", 0, images))
     if lost:  # a run that failed before reaching the target: its time to target is unknown, not "never"
         return Finding(claim, study, "not measured", [_unfinished_text(lost)])
     if dom.iterations is None:
         return Finding(claim, study, "DISAGREES",
-                       [f"domain did not reach {_pct(target)} within {dom.max_iterations} iterations "
+                       [f"{name} did not reach {_pct(target)} within {dom.max_iterations} iterations "
                         f"({dom.reached_seeds} of {dom.seeds} seeds did)"])
     if base.iterations == 0:
         return Finding(claim, study, "not measured",
@@ -276,44 +280,53 @@ def domain_faster(data: ExperimentData) -> Finding:
                         "is too low to tell the starts apart"])
     if base.iterations is not None:
         fraction, bound = 1 - dom.iterations / base.iterations, ""
-        line = (f"domain {its_text(dom.iterations)} it. vs coco15 {its_text(base.iterations)} it.: "
+        line = (f"{name} {its_text(dom.iterations)} it. vs coco15 {its_text(base.iterations)} it.: "
                 f"{fraction * 100:.0f}% fewer")
     else:
         fraction, bound = 1 - dom.iterations / base.max_iterations, "at least "
-        line = (f"domain {its_text(dom.iterations)} it.; coco15 did not reach the target in {base.max_iterations} it.: "
+        line = (f"{name} {its_text(dom.iterations)} it.; coco15 did not reach the target in {base.max_iterations} it.: "
                 f"at least {fraction * 100:.0f}% fewer")
     seeds = f", mean over {dom.seeds} seeds" if dom.seeds > 1 else ""
     good = fraction >= REQUIRED_DECREASE
+    first_after = min((e.iteration for r in data.select(name, 0, images) for e in r.evals if e.iteration > 0),
+                      default=None)
+    base_its = base.iterations if base.iterations is not None else base.max_iterations
+    if not good and dom.iterations > 0 and first_after is not None \
+            and first_after > (1 - REQUIRED_DECREASE) * base_its:  # the evaluations could not have shown it
+        return Finding(claim, study, "inconclusive", [
+            line + f"; but the evaluations cannot show {REQUIRED_DECREASE * 100:.0f}%: {name}'s first evaluation "
+            f"after the start is at iteration {first_after}, more than {(1 - REQUIRED_DECREASE) * 100:.0f}% of "
+            f"coco15's {its_text(base_its)} (evaluate more often: grid.eval_every or per_start, or train longer)"])
     evidence = [line + f" ({bound}{fraction * 100:.0f}% vs the required {REQUIRED_DECREASE * 100:.0f}%{seeds})"]
-    first = min((min(e.iteration for e in r.evals) for r in data.select("domain", 0, images) if r.evals), default=None)
+    first = min((min(e.iteration for e in r.evals) for r in data.select(name, 0, images) if r.evals), default=None)
     if dom.iterations == 0:
-        evidence.append("domain's start weights (the pretraining stage's result) meet the target before any "
+        evidence.append(f"{name}'s start weights (the pretraining stage's result) meet the target before any "
                         "training on the target set (its evaluation at iteration 0)")
     elif first is not None and dom.iterations <= first:
-        evidence.append(f"domain was at the target at its first evaluation (iteration {first}): the pretrained "
+        evidence.append(f"{name} was at the target at its first evaluation (iteration {first}): the pretrained "
                         "weights alone reach it, before fine-tuning has changed much")
     if first is not None and dom.iterations <= first:
-        evidence.append(_above_start(data, images))
+        evidence.append(_above_start(data, images, name))
     return Finding(claim, study, "agrees" if good else "DISAGREES", evidence)
 
 
-def _above_start(data: ExperimentData, images: int | None) -> str:
+def _above_start(data: ExperimentData, images: int | None, name: str = "domain") -> str:
     """The decrease at the lowest target of the sensitivity table that the domain path does not meet at its
     first evaluation: what fine-tuning speed, rather than the start weights, says."""
     for level in target_levels(data)[1:]:
-        dom = time_to_target(data, "domain", 0, images, level)
+        dom = time_to_target(data, name, 0, images, level)
         base = time_to_target(data, "coco15", 0, images, level)
         if dom is None or base is None:
             break
-        first = min((min(e.iteration for e in r.evals) for r in data.select("domain", 0, images) if r.evals))
+        first = min(min(e.iteration for e in r.evals) for r in data.select(name, 0, images) if r.evals)
         if dom.iterations is not None and dom.iterations <= first:
             continue
         if dom.iterations is None or base.iterations is None:
             return (f"so this agreement is NOT robust to the target: at {_pct(level)} "
-                    f"{'domain' if dom.iterations is None else 'coco15'} no longer reaches it in every seed")
+                    f"{name if dom.iterations is None else 'coco15'} no longer reaches it in every seed")
         fraction = 1 - dom.iterations / base.iterations
         verdict = "still agrees" if fraction >= REQUIRED_DECREASE else "NOT robust to the target"
-        return (f"so it rests on the start weights; at the next target level, {_pct(level)}, domain "
+        return (f"so it rests on the start weights; at the next target level, {_pct(level)}, {name} "
                 f"{its_text(dom.iterations)} it. vs coco15 {its_text(base.iterations)} it.: "
                 f"{fraction * 100:.0f}% fewer ({verdict}; see the target "
                 "sensitivity table)")

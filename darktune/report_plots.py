@@ -7,6 +7,7 @@ from __future__ import annotations
 from darktune.report_data import ExperimentData, main_images, mean_or_none
 
 LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D")  # one per frozen count, so legend entries differ where a marker hides the dash
 
 
 def _pyplot():
@@ -93,6 +94,7 @@ def images_figure(data: ExperimentData) -> bytes:
     counts = sorted({r.images for r in data.grid if r.images is not None})
     all_x = (max(counts) * 2 if counts else 1)  # where "all" is drawn when its count is unknown
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ticks: set[float] = set()
     for i, start in enumerate(data.starts()):
         for j, freeze in enumerate(data.freezes()):
             xs, ys = [], []
@@ -105,9 +107,13 @@ def images_figure(data: ExperimentData) -> bytes:
                 xs.append(n if n is not None else (n_all or all_x))
                 ys.append(100 * value)
             if xs:
-                ax.plot(xs, ys, LINESTYLES[j % len(LINESTYLES)], marker="o", color=plt.cm.tab10(i % 10),
-                        label=f"{start} N={freeze}")
+                ax.plot(xs, ys, LINESTYLES[j % len(LINESTYLES)], marker=MARKERS[j % len(MARKERS)], markersize=5,
+                        color=plt.cm.tab10(i % 10), label=f"{start} N={freeze}")
+                ticks.update(xs)
     ax.set_xscale("log")
+    if ticks:  # the image counts themselves as ticks, written plainly (not 2x10^1)
+        ax.set_xticks(sorted(ticks), [str(int(t)) for t in sorted(ticks)])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("training images ('all' drawn at the set's size)")
     ax.set_ylabel("final mAP %")
     ax.set_ylim(-2, 102)

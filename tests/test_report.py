@@ -340,3 +340,44 @@ def test_report_of_runs_without_evaluations_warns_nothing(copy):
         warnings.simplefilter("error")
         paths = write_report(copy)
     assert paths.markdown.is_file() and len(paths.figures) == 2
+
+
+def _drop_evals(run_dir: Path, below: int) -> None:
+    """Remove a run's evaluations at iterations 1..below-1 (as if it evaluated less often)."""
+    kept = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if not ("map" in json.loads(line) and 0 < json.loads(line)["iteration"] < below)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+
+
+def test_a_cut_the_evaluations_cannot_resolve_is_inconclusive(copy):
+    """coco15 at the target by iteration 10 and the domain runs evaluated first at 10: an 80% cut could not
+    show, whatever the starts do, so the finding is inconclusive and says why (not DISAGREES)."""
+    target = copy_target(copy)
+    for run in (copy / "runs").glob("coco15-f0-*"):
+        _set_maps(run, lambda it, m: target if it >= 10 else 0.1)
+    for run in (copy / "runs").glob("domain-f0-*"):
+        _set_maps(run, lambda it, m: target if it >= 10 else 0.1)
+        _drop_evals(run, 10)
+    found = findings(load_experiment(copy))[3]
+    assert found.verdict == "inconclusive" and "cannot show 80%" in found.evidence[0], found
+    assert "first evaluation after the start is at iteration 10" in found.evidence[0]
+
+
+def test_a_stage_of_any_name_is_the_domain_path(tmp_path, coco):
+    """A user's grid whose pretraining stage is called 'pre': the time-to-target finding uses it."""
+    data = tmp_path / "obj.data"
+    data.write_text("classes = 1\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(cfg=coco.cfg, weights=coco.weights, data=data).replace("domain", "pre"))
+    run_experiment(load_spec(spec), tmp_path / "exp", train_fn=fake_train, progress=False)
+    found = findings(load_experiment(tmp_path / "exp"))[3]
+    assert found.verdict == "agrees" and found.claim.startswith("pre reaches") and "'pre'" in found.claim, found
+    paths = write_report(tmp_path / "exp")
+    md = paths.markdown.read_text()
+    assert md.startswith("# darktune experiment: exp") and "An experiment grid run with darktune" in md
+
+
+def test_time_table_says_unfinished_not_unreached(copy):
+    _fail(copy / "runs" / "domain-f0-nall-s0", below=copy_target(copy))
+    md = write_report(copy).markdown.read_text()
+    assert "| domain | 0 | unknown: 1 of 1 runs did not finish |" in md
