@@ -17,6 +17,18 @@ training without augmentation (`train_cache.FeatureCache`) skip the frozen layer
 
 `layer_digests` hashes every conv layer's tensors (darknet order: BN bias, scale, mean, variance, weights; or
 bias, weights) so `freeze_proof` can show the frozen layers are bit-for-bit what they were.
+
+RUN/freeze_proof.json (`freeze_proof`, written at the end of a run), conv layers only, digests are sha256 hex:
+  * ``frozen_layers``: the conv layers frozen from the start (with ``--unfreeze-at K``: for iterations 1..K).
+  * ``frozen_unchanged``: true when every one of them is bit-identical at the end of its frozen phase (the end
+    of the run, or iteration K) to the start; ``frozen_changed``: those that are not (always [] in practice).
+  * ``trainable_changed`` / ``trainable_unchanged``: the layers never frozen, by whether training moved them.
+  * ``unfrozen_at``: K when the run went past K (the layers trained from K+1), else null; ``iterations``.
+  * ``layers``: per layer index, ``before`` and ``after`` (digests at the start and at the end), ``changed``
+    (before != after) and ``frozen``. After an unfreeze also ``at_unfreeze`` (the digest after iteration K,
+    kept in checkpoint.pt so a resume across K has it) and, for the frozen layers, ``unchanged_while_frozen``
+    (before == at_unfreeze) and ``changed_after_unfreeze`` (at_unfreeze != after); at the top level
+    ``unfrozen_changed`` / ``unfrozen_unchanged`` list the frozen layers by whether they moved after K.
 """
 
 from __future__ import annotations
@@ -67,9 +79,13 @@ def parse_layer_list(text: str, n_layers: int) -> list[int]:
             first, last = int(lo), int(hi) if hi else int(lo)
         except ValueError:
             raise DarktuneError(f"bad layer list '{text}': '{part}' is not N or N-M") from None
+        if first > last:
+            raise DarktuneError(f"bad layer list '{text}': '{part}' is a reversed range (write {last}-{first})")
         if not 0 <= first <= last < n_layers:
             raise DarktuneError(f"bad layer list '{text}': '{part}' is outside 0..{n_layers - 1}")
         out.update(range(first, last + 1))
+    if not out:
+        raise DarktuneError(f"bad layer list '{text}': no layers in it (e.g. 0-12,15)")
     return sorted(out)
 
 
@@ -313,20 +329,32 @@ def layer_digests(model: nn.Module) -> dict[int, str]:
 
 
 def freeze_proof(before: dict[int, str], after: dict[int, str], frozen: Iterable[int],
-                 always_frozen: Iterable[int] | None = None) -> dict:
-    """Per-layer before/after digests and the verdicts. `frozen`: layers frozen at some point;
-    `always_frozen`: layers frozen for the whole run (those must be unchanged; default: `frozen`)."""
+                 at_unfreeze: dict[int, str] | None = None) -> dict:
+    """The proof (fields: the module docstring) from layer digests at the start (`before`) and the end (`after`).
+    `frozen`: the layers frozen from the start; `at_unfreeze`: the digests when they were unfrozen (None: they
+    stayed frozen to the end), so their frozen phase is checked up to there."""
     frozen = sorted(set(frozen))
-    must = sorted(set(frozen if always_frozen is None else always_frozen))
-    layers = {str(i): {"before": before[i], "after": after.get(i), "changed": before[i] != after.get(i),
-                       "frozen": i in frozen} for i in sorted(before)}
-    changed_frozen = [i for i in must if before.get(i) != after.get(i)]
-    trainable = [i for i in before if i not in set(must)]
-    return {
-        "frozen_layers": must,
+    end_of_frozen = after if at_unfreeze is None else at_unfreeze
+    layers = {}
+    for i in sorted(before):
+        row = {"before": before[i], "after": after.get(i), "changed": before[i] != after.get(i), "frozen": i in frozen}
+        if at_unfreeze is not None:
+            row["at_unfreeze"] = at_unfreeze.get(i)
+            if i in frozen:
+                row["unchanged_while_frozen"] = before[i] == at_unfreeze.get(i)
+                row["changed_after_unfreeze"] = at_unfreeze.get(i) != after.get(i)
+        layers[str(i)] = row
+    changed_frozen = [i for i in frozen if before.get(i) != end_of_frozen.get(i)]
+    trainable = [i for i in sorted(before) if i not in set(frozen)]
+    proof = {
+        "frozen_layers": frozen,
         "frozen_unchanged": not changed_frozen,
         "frozen_changed": changed_frozen,
         "trainable_changed": [i for i in trainable if before[i] != after.get(i)],
         "trainable_unchanged": [i for i in trainable if before[i] == after.get(i)],
         "layers": layers,
     }
+    if at_unfreeze is not None:
+        proof["unfrozen_changed"] = [i for i in frozen if at_unfreeze.get(i) != after.get(i)]
+        proof["unfrozen_unchanged"] = [i for i in frozen if at_unfreeze.get(i) == after.get(i)]
+    return proof

@@ -16,18 +16,21 @@ Semantics (darknet's unless said):
     what starts fresh is written to RUN/init.json (`darktune.train_setup.init_model`).
   * ``freeze=N`` freezes layers 0..N-1, ``freeze_layers`` a listed set (`darktune.freeze`): no update, BN
     statistics fixed, no backward through a frozen prefix. ``unfreeze_at=K``: frozen for iterations 1..K,
-    trainable from K+1 (optimizer rebuilt, momentum of already-trained parameters kept).
+    trainable from K+1 (optimizer rebuilt, momentum of already-trained parameters kept); K must be before the
+    last iteration and needs frozen layers. ``freeze`` is at most the network's layer count.
   * Evaluation on the valid list every ``eval_every`` iterations, at ``eval_at`` and at the end, darknet's
     ``detector map`` decoding (score 0.005, NMS 0.45), protocol ``protocol``; with ``eval_every`` or
     ``eval_at`` also the start weights, at iteration 0 before the first update (once: a resume does not
     repeat it), so mAP curves start at the start. Time to target = the first
     evaluated iteration with mAP >= ``target_map`` (0 when the start weights meet it), with training seconds (evaluation, checkpoints and
-    start-up excluded) and elapsed seconds (everything since start); ``stop_at_target`` ends the run there.
+    start-up excluded) and elapsed seconds (everything since start); ``stop_at_target`` (needs ``target_map``)
+    ends the run there. An ``eval_at`` point past the last iteration is an error.
   * Non-finite loss: the update is skipped (grads dropped, batch-norm statistics restored) and counted;
     ``max_bad_steps`` in a row fail the run. One host sync per iteration decides it (none other unless logged).
   * Data: darknet's augmentation from the cfg (jitter of the first [yolo]; hue, saturation, exposure, flip,
     mosaic of [net]); batches are a pure function of (seed, iteration) (`darktune.train_data`);
-    ``max_images=N`` takes a seeded subset (a smaller N is a subset of a larger one). Two input paths, the
+    ``max_images=N`` takes a seeded subset (a smaller N is a subset of a larger one; N in 1..the usable
+    training images, else an error). Two input paths, the
     same images per sample: the CPU loader (per-image OpenCV augmentation, `darktune.train_data`) or, with
     ``gpu_augment`` (default on CUDA), a decode-once uint8 cache augmented batch-wise on the device
     (`darktune.train_device`); metrics.jsonl and summary.json say which ("input").
@@ -35,9 +38,10 @@ Semantics (darknet's unless said):
     a multiple of 32 in [size / 1.4, size * 1.4], a pure function of (seed, iteration // 10); every
     metrics.jsonl training row has its "size". Evaluation always runs at ``size``.
   * Outputs in ``out`` (RUN): metrics.jsonl, weights/last.weights, weights/best.weights, checkpoint.pt,
-    init.json, model.cfg, freeze_proof.json, chart.png, summary.json (status finished / stopped_at_target /
-    failed). ``resume=True`` continues from RUN/checkpoint.pt exactly (same batches, lr, step; on CPU the same
-    losses).
+    init.json, model.cfg, freeze_proof.json (fields: `darktune.freeze`), chart.png, summary.json (status
+    finished / stopped_at_target / failed), train.log (the event lines also printed on stderr: init, evaluations,
+    unfreeze, warnings; appended to on resume). A burn_in of half the run or more is warned about at the start.
+    ``resume=True`` continues from RUN/checkpoint.pt exactly (same batches, lr, step; on CPU the same losses).
   * channels_last on by default (CPU: oneDNN convolutions are ~1.25x faster with it). CUDA: AMP (bf16 where
     supported, else fp16 with loss scaling) and torch.compile on by default; ``amp=True`` on CPU autocasts
     to bf16 (2.3-2.5x faster on this AVX512-BF16 CPU at 160 px; numerics change, so it is opt-in there).
@@ -124,8 +128,19 @@ class TrainConfig:
             (self.lr is None or self.lr >= 0, "--lr must be >= 0"),
             (self.obj_prior is None or 0 < self.obj_prior < 1, "--obj-prior is a probability in (0, 1)"),
             (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
-            (self.unfreeze_at is None or self.unfreeze_at >= 0, "--unfreeze-at must be >= 0"),
+            (self.unfreeze_at is None or self.unfreeze_at >= 1,
+             f"--unfreeze-at must be >= 1 (the layers stay frozen for iterations 1..K), got {self.unfreeze_at}"),
             (not (self.freeze and self.freeze_layers), "give --freeze or --freeze-layers, not both"),
+            (self.freeze_layers is None or len(self.freeze_layers) > 0,
+             "--freeze-layers is empty: give layers such as 0-12,15 (or leave the option out)"),
+            (not self.freeze_layers or min(self.freeze_layers) >= 0,
+             f"--freeze-layers must list layers >= 0, got {self.freeze_layers}"),
+            (self.unfreeze_at is None or bool(self.freeze or self.freeze_layers),
+             f"--unfreeze-at {self.unfreeze_at} needs frozen layers to unfreeze: give --freeze N or --freeze-layers"),
+            (not self.stop_at_target or self.target_map is not None,
+             "--stop-at-target needs --target-map (the mAP at which to stop)"),
+            (self.max_images is None or self.max_images >= 1,
+             f"--max-images must be >= 1, got {self.max_images} (leave it out to use every training image)"),
         ]
         for ok, message in checks:
             if not ok:

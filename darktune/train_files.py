@@ -1,10 +1,15 @@
 """The files of a run folder that the trainer writes whole (temp + fsync + rename): writing one, RUN/obj.names,
 cutting metrics.jsonl back to a checkpoint's iteration on resume, removing the temp files of writes that a kill
-interrupted, and the command line's refusal to start a fresh run over an existing one (`check_fresh_run_folder`)."""
+interrupted, and the command line's refusal to start a fresh run over an existing one (`check_fresh_run_folder`).
+Also RUN/train.log (`open_run_log`), the one file written line by line: the run's event lines, appended to on
+resume."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import sys
 from pathlib import Path
 
 
@@ -74,3 +79,21 @@ def truncate_metrics(path: Path, step: int) -> None:
             if isinstance(rec, dict) and rec.get("iteration", 0) <= step:
                 keep.append(line)
     atomic_write_bytes(path, "".join(s + "\n" for s in keep).encode())
+
+
+def open_run_log(run_dir: Path, append: bool):
+    """RUN/train.log, open for the run's event lines (init, evaluations, unfreeze, warnings): a fresh run starts
+    it, a resume appends to it, so the first start's lines stay. None when stderr already goes to that file
+    (`darktune experiment` sends each run's output there), so no line is written twice."""
+    from darktune.errors import DarktuneError
+
+    path = Path(run_dir) / "train.log"
+    try:
+        if path.exists() and os.path.samestat(os.fstat(sys.stderr.fileno()), path.stat()):
+            return None
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # stderr without a file (captured)
+        pass
+    try:
+        return open(path, "a" if append else "w", buffering=1, encoding="utf-8")
+    except OSError as exc:
+        raise DarktuneError(f"cannot open: {exc.strerror or exc}", path=str(path)) from None

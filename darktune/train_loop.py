@@ -16,6 +16,7 @@ from darktune.errors import DarktuneError
 from darktune.train import RESUMABLE_CHANGES, TrainConfig, TrainResult
 from darktune.train_files import (
     names_text,
+    open_run_log,
     remove_stale_temps,
     truncate_metrics,
     write_run_file,
@@ -65,16 +66,22 @@ class Run:
     tb: object = None
     t_start: float = 0.0
     progress: object = None
-    verbose: bool = True
+    log_file: object = None  # RUN/train.log, open (None where stderr already goes there)
 
-    def log(self, message: str, important: bool = False) -> None:
-        """A line on stderr (rank 0): always when `important`, else only with progress output on."""
-        if not self.dist.main or not (self.verbose or important):
+    def log(self, message: str, important: bool = True) -> None:
+        """An event line (rank 0) on stderr, above the progress bar or, without one (--no-progress), as a plain
+        line; and in RUN/train.log. Every event is shown: `important` is accepted for older callers."""
+        if not self.dist.main:
             return
         if self.progress is not None and not self.progress.disable:
             self.progress.write(message, file=sys.stderr)
         else:
-            print(message, file=sys.stderr)
+            print(message, file=sys.stderr, flush=True)
+        if self.log_file is not None:
+            try:
+                self.log_file.write(message + "\n")
+            except OSError as exc:
+                raise DarktuneError(f"cannot write: {exc.strerror or exc}", path=str(self.dir / "train.log")) from None
 
 
 # ------------------------------------------------------------------------------------------------ set-up
@@ -98,7 +105,7 @@ def _dist_setup(device: str) -> Dist:
     return Dist(rank, world, dev)
 
 
-def _frozen_at(config: TrainConfig, step: int, n_layers: int) -> list[int]:
+def frozen_at(config: TrainConfig, step: int, n_layers: int) -> list[int]:
     """Layers frozen for the iteration after `step` finished iterations."""
     if config.unfreeze_at is not None and step >= config.unfreeze_at:
         return []
@@ -144,6 +151,12 @@ def _training_items(config: TrainConfig, log) -> list:
     report = check_dataset(config.data, "train", progress=False)
     if report.n_skipped_images:
         log(f"train list: {report.n_skipped_images} bad images skipped ({report.n_images} listed)")
+    n_good = len(report.good)
+    if config.max_images is not None and config.max_images > n_good:
+        usable = f" ({report.n_images} listed, {report.n_skipped_images} unusable)" if report.n_skipped_images else ""
+        raise DarktuneError(f"--max-images {config.max_images} is more than the {n_good} usable training images "
+                            f"of the train list{usable}: give at most {n_good}, or leave it out for all of them",
+                            path=config.data)
     items = subset(report.good, config.max_images, config.seed)
     if not items:
         raise DarktuneError("no usable training images", path=config.data)
@@ -188,7 +201,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     from darktune.loss import YoloLoss
     from darktune.model import Darknet
     from darktune.train_device import make_batches
-    from darktune.train_setup import build_optimizer
+    from darktune.train_setup import build_optimizer, check_against_network
 
     if config.threads:
         torch.set_num_threads(config.threads)  # e.g. 1 per process when several runs share 2 cores
@@ -201,11 +214,12 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     iterations = config.iterations or spec.net.max_batches
     if iterations <= 0:
         raise DarktuneError("give --iterations (the cfg has no max_batches)", path=config.cfg)
+    check_against_network(config, iterations, len(spec.layers))
     cuda = dist.device.type == "cuda"
     torch.manual_seed(config.seed)
     model = Darknet(spec)
     run_dir = Path(config.out)
-    frozen = _frozen_at(config, 0, len(spec.layers))
+    frozen = frozen_at(config, 0, len(spec.layers))
     set_frozen(model, frozen)
     model.to(dist.device)
     channels_last = True if config.channels_last is None else config.channels_last  # faster on CPU too (oneDNN)
@@ -216,7 +230,11 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     if amp:
         amp_dtype = torch.bfloat16 if (not cuda or torch.cuda.is_bf16_supported()) else torch.float16
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    opt = build_optimizer(model, 0.0, spec.net.momentum, spec.net.decay)
+    try:
+        opt = build_optimizer(model, 0.0, spec.net.momentum, spec.net.decay)
+    except DarktuneError as exc:  # nothing left to train: name the option that froze it all
+        option = f"--freeze {config.freeze}" if config.freeze else f"--freeze-layers {_ranges(frozen)}"
+        raise DarktuneError(f"{option}: {exc}") from None
     log_items = []
     items = _training_items(config, log_items.append)
     data = make_batches(config, spec, items, augment_config(spec, config.augment), batch, subdivisions, dist,
@@ -238,7 +256,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
 def _fresh_start(run: Run) -> None:
     from darktune.cfg import format_cfg
     from darktune.freeze import layer_digests, set_frozen
-    from darktune.train_setup import init_model
+    from darktune.train_setup import burn_in_warning, init_model
 
     c = run.config
     report = init_model(run.model, c.weights, c.upto, c.seed)
@@ -268,12 +286,16 @@ def _fresh_start(run: Run) -> None:
         write_run_file(run.dir / "model.cfg", format_cfg(run.spec))
         write_run_file(run.dir / "obj.names", names_text(run.names))
         write_run_file(run.dir / "metrics.jsonl", "")
+        run.log_file = open_run_log(run.dir, append=False)  # a fresh run (also --overwrite): a new train.log
     loaded, new = report["loaded_layers"], report["new_layers"]
     run.log(f"init: {report['mode']} from {report['weights'] or 'scratch'}; loaded conv layers {_ranges(loaded)}; "
-            f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}", important=True)
+            f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}")
     if c.continue_schedule:
         run.log(f"schedule: continues at iteration {offset} (the weights had seen {report.get('seen', 0):,} images, "
-                f"batch {run.batch})", important=True)
+                f"batch {run.batch})")
+    warning = burn_in_warning(run.net_params, run.iterations, offset, c.burn_in is not None)
+    if warning:
+        run.log(warning)
 
 
 def _ranges(xs: list[int]) -> str:
@@ -296,6 +318,8 @@ def _resume(run: Run) -> None:
     from darktune.train_setup import build_optimizer
 
     ck = load_checkpoint(run.dir / "checkpoint.pt")
+    if run.dist.main:
+        run.log_file = open_run_log(run.dir, append=True)  # the first start's lines (init: ...) stay
     saved, now = ck["config"], run.config.to_dict()
     diff = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
     if diff:
@@ -306,7 +330,9 @@ def _resume(run: Run) -> None:
                             f"{run.data.input_path} (pass --{'no-' * (ck['state']['input'] != 'gpu_augment')}"
                             "gpu-augment)", path=str(run.dir / "checkpoint.pt"))
     run.step = int(ck["step"])
-    run.frozen = _frozen_at(run.config, run.step, len(run.spec.layers))
+    # the frozen set of the checkpoint's last iteration, which its optimizer state matches: a checkpoint at
+    # K = --unfreeze-at is still frozen; the loop then unfreezes before iteration K+1 as an unbroken run does
+    run.frozen = frozen_at(run.config, max(0, run.step - 1), len(run.spec.layers))
     set_frozen(run.model, run.frozen)
     run.model.load_state_dict(ck["model"])
     run.opt = build_optimizer(run.model, 0.0, run.spec.net.momentum, run.spec.net.decay)
@@ -314,6 +340,11 @@ def _resume(run: Run) -> None:
     set_rng_state(ck["rng"])
     run.state.update(ck["state"])
     run.state["loader_at_resume"] = ck["loader"]
+    k = run.config.unfreeze_at
+    if k is not None and run.step == k and "digests_at_unfreeze" not in run.state:  # a checkpoint of older code
+        from darktune.freeze import layer_digests
+
+        run.state["digests_at_unfreeze"] = {str(i): v for i, v in layer_digests(run.model).items()}
     if run.scaler is not None and "scaler" in run.state:
         run.scaler.load_state_dict(run.state["scaler"])
     if run.dist.main:
@@ -323,9 +354,9 @@ def _resume(run: Run) -> None:
             write_run_file(run.dir / "obj.names", names_text(run.names))
         stale = remove_stale_temps(run.dir)
         if stale:
-            run.log(f"removed {stale} stale temp file{'s' * (stale != 1)} left by killed writes", important=True)
+            run.log(f"removed {stale} stale temp file{'s' * (stale != 1)} left by killed writes")
     run.log(f"resumed from {run.dir / 'checkpoint.pt'} at iteration {run.step} "
-            f"(epoch {ck['loader'].get('epoch')}, index {ck['loader'].get('index')})", important=True)
+            f"(epoch {ck['loader'].get('epoch')}, index {ck['loader'].get('index')})")
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -334,14 +365,14 @@ def run_training(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     t0 = time.perf_counter()
     run = build_run(config, progress)
-    run.t_start, run.verbose = t0, progress
+    run.t_start = t0
     try:
         if config.resume:
             _resume(run)
         else:
             _fresh_start(run)
         for note in run.state.pop("notes", []):
-            run.log(note, important=True)
+            run.log(note)
         run.net = wrap_model(run)
         open_outputs(run, progress)
         status, message = training_loop(run)
@@ -370,3 +401,6 @@ def _fail(run: Run, message: str) -> None:
         run.metrics = None
     if run.progress is not None:
         run.progress.close()
+    if run.log_file is not None:
+        run.log_file.close()
+        run.log_file = None

@@ -10,6 +10,9 @@ Initial weights (`init_model`), reported layer by layer (loaded / new):
     layers 0..N-1 loaded, the rest new. The header's ``seen`` is reported; a run counts its iterations from 0
     and, unless ``continue_schedule`` is set, also starts the learning-rate schedule there (darknet's ``-clear``).
 
+Checks that need the run's length and the network (`check_against_network`: --eval-at, --unfreeze-at, --freeze
+against the iterations and layers) and the warning about a burn-in as long as half the run (`burn_in_warning`).
+
 Optimizer: SGD with the cfg's momentum; weight decay (``decay``) on conv weights only, not on biases or batch
 norm scales/shifts, as darknet. With the loss divided by the iteration's batch this is exactly darknet's update
 (darknet adds ``-decay*batch*w`` to the summed gradient and steps by ``lr/batch``). Parameter groups are built
@@ -20,12 +23,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from darktune.cfg import ConvSpec, NetworkSpec
 from darktune.errors import DarktuneError
+
+if TYPE_CHECKING:
+    from darktune.specs import NetParams
+    from darktune.train import TrainConfig
 
 
 def darknet_init(model: nn.Module, layers: list[int], generator: torch.Generator) -> None:
@@ -236,3 +244,36 @@ def build_optimizer(model: nn.Module, lr: float, momentum: float, decay: float,
             if p.requires_grad and "momentum_buffer" in st:
                 opt.state[p] = {"momentum_buffer": st["momentum_buffer"].clone()}
     return opt
+
+
+def check_against_network(config: TrainConfig, iterations: int, n_layers: int) -> None:
+    """The options that only make sense once the run's length and the network's layer count are known."""
+    late = [k for k in config.eval_at if k > iterations]
+    if late:
+        raise DarktuneError(f"--eval-at {','.join(map(str, late))}: past the run's last iteration ({iterations} "
+                            "iterations); give evaluation points in 1.." + str(iterations))
+    if config.unfreeze_at is not None and config.unfreeze_at >= iterations:
+        raise DarktuneError(f"--unfreeze-at {config.unfreeze_at} is not before the run's last iteration ({iterations} "
+                            f"iterations): the layers would never train unfrozen; give K < {iterations}")
+    if config.freeze > n_layers:
+        raise DarktuneError(f"--freeze {config.freeze}: the network has layers 0..{n_layers - 1} (--freeze N "
+                            f"freezes layers 0..N-1, so N is at most {n_layers})")
+    missing = [i for i in config.freeze_layers or [] if i >= n_layers]
+    if missing:
+        contiguous = len(missing) > 1 and missing == list(range(missing[0], missing[-1] + 1))
+        shown = f"{missing[0]}-{missing[-1]}" if contiguous else ",".join(map(str, missing))
+        raise DarktuneError(f"--freeze-layers: the network has layers 0..{n_layers - 1}, so {shown} cannot be frozen")
+
+
+def burn_in_warning(net: NetParams, iterations: int, offset: int, from_flag: bool) -> str | None:
+    """The line a run prints once at a fresh start when its burn-in (`net.burn_in`, after any --burn-in) is half
+    the run or more: darknet's cfgs say 1000, made for runs of thousands of iterations, and the lr stays near 0
+    for most of a short one. None when the burn-in is short, absent, or already behind (`offset`:
+    --continue-schedule)."""
+    burn_in = net.burn_in
+    if burn_in <= 0 or offset >= burn_in or burn_in < iterations / 2:
+        return None
+    source = "--burn-in" if from_flag else "the cfg's [net] burn_in"
+    return (f"warning: burn_in {burn_in} ({source}) is at least half of the run's {iterations} iterations: the "
+            f"learning rate ramps up as lr * (i / {burn_in})^{net.power:g}, so it stays near 0 for most of the run; "
+            f"pass a smaller --burn-in (e.g. --burn-in {max(1, iterations // 10)})")

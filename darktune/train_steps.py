@@ -14,7 +14,7 @@ from darktune.errors import DarktuneError
 from darktune.train import TrainResult
 from darktune.train_cache import feature_cache_for
 from darktune.train_files import write_run_file
-from darktune.train_loop import Run, wrap_model
+from darktune.train_loop import Run, frozen_at, wrap_model
 
 
 def _elapsed(run: Run) -> float:
@@ -37,7 +37,7 @@ def open_outputs(run: Run, progress: bool) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            run.log("tensorboard is not installed: no TensorBoard logs (metrics.jsonl has everything)", True)
+            run.log("tensorboard is not installed: no TensorBoard logs (metrics.jsonl has everything)")
         else:
             run.tb = SummaryWriter(str(run.dir / "tensorboard"))
 
@@ -150,6 +150,8 @@ def training_loop(run: Run) -> tuple[str, str]:
         st["train_seconds"] += dt
         window_t, window_imgs = window_t + dt, window_imgs + run.batch
         run.step = it
+        if it == c.unfreeze_at and run.frozen:  # the end of the frozen phase: what freeze_proof.json compares to
+            st["digests_at_unfreeze"] = _digests(run)
         st["skipped_steps"] += 0 if ok else 1
         st["bad_in_row"] = 0 if ok else st["bad_in_row"] + 1
         if logging:
@@ -160,7 +162,7 @@ def training_loop(run: Run) -> tuple[str, str]:
         if st["bad_in_row"] >= c.max_bad_steps:
             message = (f"stopped at iteration {it}: the loss was not finite in {st['bad_in_row']} iterations in a "
                        "row (try a lower --lr, a longer burn_in, or check the labels)")
-            run.log(message, important=True)
+            run.log(message)
             return "failed", message
         stop = it in run.eval_points and _evaluate(run, it)
         if it % c.checkpoint_every == 0 or stop or it == run.iterations:
@@ -168,6 +170,12 @@ def training_loop(run: Run) -> tuple[str, str]:
         if stop:
             return "stopped_at_target", f"mAP reached {c.target_map} at iteration {it}"
     return "finished", ""
+
+
+def _digests(run: Run) -> dict[str, str]:
+    from darktune.freeze import layer_digests
+
+    return {str(i): v for i, v in layer_digests(run.model).items()}
 
 
 def _evaluates_start(run: Run) -> bool:
@@ -194,7 +202,7 @@ def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_p
                                  img_s=f"{images_per_s:.1f}", refresh=False)
     if not ok:
         run.log(f"iteration {it}: non-finite loss, update skipped ({run.state['bad_in_row']} in a row, "
-                f"{run.state['skipped_steps']} in all)", important=True)
+                f"{run.state['skipped_steps']} in all)")
 
 
 def _evaluate(run: Run, it: int) -> bool:
@@ -238,7 +246,7 @@ def _measure(run: Run):
         run.eval_set = load_eval_set(run.config.data, hw, "valid", run.spec.net.letter_box,
                                      run.config.max_valid_images)
         if run.eval_set.n_skipped:
-            run.log(f"valid list: {run.eval_set.n_skipped} bad images skipped", important=True)
+            run.log(f"valid list: {run.eval_set.n_skipped} bad images skipped")
     return evaluate_model(run.model, run.eval_set, run.config.protocol, run.config.eval_batch,
                           run.dist.device, autocast_dtype=run.amp_dtype, channels_last=run.channels_last,
                           prefix_cache=run.eval_cache)
@@ -294,17 +302,27 @@ def write_summary(run: Run, status: str, message: str = "") -> dict:
 
 
 def _write_proof(run: Run) -> dict:
+    """RUN/freeze_proof.json (fields: `darktune.freeze`). With --unfreeze-at K and the run past K, the frozen
+    layers are checked from the start to iteration K, and their change after K is reported."""
     from darktune.freeze import freeze_proof, layer_digests
-    from darktune.train_loop import _frozen_at
 
-    before = {int(k): v for k, v in run.state["digests_before"].items()}
-    initially = _frozen_at(run.config, 0, len(run.spec.layers))
-    unfrozen = run.config.unfreeze_at is not None and run.step > run.config.unfreeze_at
-    convs = set(before)
-    proof = freeze_proof(before, layer_digests(run.model), [i for i in initially if i in convs],
-                         [] if unfrozen else [i for i in initially if i in convs])
+    def by_layer(digests: dict) -> dict[int, str]:
+        return {int(k): v for k, v in digests.items()}
+
+    before = by_layer(run.state["digests_before"])
+    frozen = [i for i in frozen_at(run.config, 0, len(run.spec.layers)) if i in before]
+    k = run.config.unfreeze_at
+    unfrozen = k is not None and run.step > k
+    at_k = run.state.get("digests_at_unfreeze") if unfrozen else None
+    if unfrozen and at_k is None:  # a resume past K from a checkpoint of older code: no digests at K
+        proof = freeze_proof(before, layer_digests(run.model), [])
+        proof.update(frozen_layers=frozen, frozen_unchanged=None, frozen_changed=None,
+                     note=f"the layer digests at iteration {k} were not recorded (a checkpoint of an older "
+                          "darktune): nothing shows the frozen phase")
+    else:
+        proof = freeze_proof(before, layer_digests(run.model), frozen, None if at_k is None else by_layer(at_k))
     proof["iterations"] = run.step
-    proof["unfrozen_at"] = run.config.unfreeze_at if unfrozen else None
+    proof["unfrozen_at"] = k if unfrozen else None
     write_run_file(run.dir / "freeze_proof.json", json.dumps(proof, indent=1) + "\n")
     return proof
 
@@ -317,18 +335,24 @@ def finish(run: Run, status: str, message: str) -> TrainResult:
         if st.get("last_saved_step") != run.step:
             save_state(run)
         proof = _write_proof(run)
-        if run.frozen and not proof["frozen_unchanged"]:  # cannot happen; say so loudly if it ever does
-            run.log(f"WARNING: frozen layers changed: {proof['frozen_changed']}", important=True)
+        if proof["frozen_unchanged"] is False:  # cannot happen; say so loudly if it ever does
+            run.log(f"WARNING: frozen layers changed: {proof['frozen_changed']}")
         if run.metrics is not None:
             run.metrics.close()
             run.metrics = None
-        title = f"{run.dir.name}: {st['init']['mode']}, frozen {len(run.frozen)} layers, batch {run.batch}"
+        frozen = f"frozen {len(frozen_at(run.config, 0, len(run.spec.layers)))} layers"
+        if proof["unfrozen_at"] is not None:
+            frozen += f" until iteration {proof['unfrozen_at']}"
+        title = f"{run.dir.name}: {st['init']['mode']}, {frozen}, batch {run.batch}"
         write_chart(run.dir / "metrics.jsonl", run.dir / "chart.png", title, run.config.target_map)
         summary = write_summary(run, status, message)
         if run.progress is not None:
             run.progress.close()
         if run.tb is not None:
             run.tb.close()
+        if run.log_file is not None:
+            run.log_file.close()
+            run.log_file = None
     else:
         summary = {"images_per_s": 0.0, "elapsed_seconds": _elapsed(run)}
     _dist_done(run)

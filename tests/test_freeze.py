@@ -104,11 +104,33 @@ def test_frozen_prefix_forward_equals_full_forward_and_gives_the_same_grads():
 
 def test_layer_lists():
     assert parse_layer_list("0-2,5, 7", 10) == [0, 1, 2, 5, 7]
-    for bad in ("3-1", "a", "0-10", "-1"):
+    for bad in ("3-1", "a", "0-10", "-1", "", " , "):
         with pytest.raises(DarktuneError):
             parse_layer_list(bad, 10)
+    with pytest.raises(DarktuneError, match=r"'5-2' is a reversed range \(write 2-5\)"):
+        parse_layer_list("0,5-2", 10)
+    with pytest.raises(DarktuneError, match="no layers in it"):
+        parse_layer_list("", 10)
     with pytest.raises(DarktuneError, match="cannot freeze"):
         set_frozen(small_model(), [42])
+
+
+def test_proof_of_an_unfreeze_checks_the_frozen_phase_up_to_the_unfreeze():
+    before = {0: "a", 2: "b", 4: "c"}
+    at_k = {0: "a", 2: "b", 4: "c2"}  # layer 4 trained during 1..K; 0 and 2 were frozen
+    after = {0: "a3", 2: "b", 4: "c3"}  # after K, 0 trained and 2 happened not to move
+    proof = freeze_proof(before, after, [0, 2], at_k)
+    assert proof["frozen_layers"] == [0, 2] and proof["frozen_unchanged"] is True and proof["frozen_changed"] == []
+    assert proof["unfrozen_changed"] == [0] and proof["unfrozen_unchanged"] == [2]
+    assert proof["trainable_changed"] == [4] and proof["layers"]["4"]["at_unfreeze"] == "c2"
+    assert proof["layers"]["0"] == {"before": "a", "after": "a3", "changed": True, "frozen": True,
+                                    "at_unfreeze": "a", "unchanged_while_frozen": True,
+                                    "changed_after_unfreeze": True}
+    tampered = freeze_proof(before, after, [0, 2], {**at_k, 2: "b?"})  # a frozen layer moved before K
+    assert tampered["frozen_unchanged"] is False and tampered["frozen_changed"] == [2]
+    assert tampered["layers"]["2"]["unchanged_while_frozen"] is False
+    plain = freeze_proof(before, after, [0, 2])  # no unfreeze: frozen to the end, so layer 0 moving is a failure
+    assert plain["frozen_changed"] == [0] and "unfrozen_changed" not in plain
 
 
 def _layer_bytes(spec, data: bytes, header: int) -> dict[int, bytes]:

@@ -265,6 +265,80 @@ def test_unfreeze_at_rebuilds_the_optimizer(dataset, tmp_path):
     assert n_params == sum(1 for _ in torch.nn.Module.parameters(_model(dataset)))
 
 
+def test_freeze_proof_covers_the_frozen_phase_of_an_unfreeze_also_across_a_resume(dataset, tmp_path, monkeypatch):
+    """--unfreeze-at K: the proof lists the layers frozen for 1..K, shows each unchanged from the start to K
+    (digests taken at K) and changed after; a resume from a checkpoint at K keeps those digests."""
+    from darktune import train_steps
+
+    full = tmp_path / "full"
+    train(cfg_of(dataset, full, iterations=4, freeze=3, unfreeze_at=2), progress=False)
+    proof = json.loads((full / "freeze_proof.json").read_text())
+    assert proof["frozen_layers"] == [0, 2] and proof["frozen_unchanged"] is True and proof["frozen_changed"] == []
+    assert proof["unfrozen_at"] == 2 and proof["unfrozen_changed"] == [0, 2] and proof["unfrozen_unchanged"] == []
+    assert proof["trainable_changed"] == [4, 5, 8]
+    for i in ("0", "2"):
+        layer = proof["layers"][i]
+        assert layer["frozen"] and layer["at_unfreeze"] == layer["before"] != layer["after"]
+        assert layer["unchanged_while_frozen"] is True and layer["changed_after_unfreeze"] is True
+    assert proof["layers"]["4"]["at_unfreeze"] != proof["layers"]["4"]["before"]  # trained in 1..2
+
+    real = train_steps.train_step
+
+    def dies_at_3(run, iteration):
+        if iteration == 3:
+            raise RuntimeError("killed")
+        return real(run, iteration)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(train_steps, "train_step", dies_at_3)
+    with pytest.raises(RuntimeError):  # the last checkpoint is the one at K = 2, before the unfreeze
+        train(cfg_of(dataset, cut, iterations=4, freeze=3, unfreeze_at=2, checkpoint_every=2), progress=False)
+    monkeypatch.undo()
+    train(cfg_of(dataset, cut, iterations=4, freeze=3, unfreeze_at=2, checkpoint_every=2, resume=True),
+          progress=False)
+    again = json.loads((cut / "freeze_proof.json").read_text())
+    assert again["frozen_unchanged"] is True and again["unfrozen_at"] == 2
+    assert {i: v["at_unfreeze"] for i, v in again["layers"].items()} == {
+        i: v["at_unfreeze"] for i, v in proof["layers"].items()}
+    stopped = tmp_path / "stopped"  # a run that ends before K: frozen the whole run, no unfreeze fields
+    train(cfg_of(dataset, stopped, iterations=2, freeze=3), progress=False)
+    short = json.loads((stopped / "freeze_proof.json").read_text())
+    assert short["unfrozen_at"] is None and "at_unfreeze" not in short["layers"]["0"]
+    assert short["frozen_layers"] == [0, 2] and short["frozen_unchanged"] is True
+
+
+def test_no_progress_prints_evaluations_and_the_unfreeze_and_train_log_survives_a_resume(dataset, tmp_path,
+                                                                                        capsys):
+    from darktune.cli import main
+
+    cfg, data = dataset
+    run = tmp_path / "run"
+    argv = ["train", "--cfg", cfg, "--data", data, "--out", str(run), "--size", "96", "--no-progress",
+            "--freeze", "3", "--unfreeze-at", "2", "--eval-at", "2", "--checkpoint-every", "1"]
+    assert main([*argv, "--iterations", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "iteration 2: mAP " in err and "iteration 2: all layers unfrozen (--unfreeze-at 2)" in err
+    first = (run / "train.log").read_text().splitlines()
+    assert first[0].startswith("init: scratch") and "iteration 2: mAP " in "\n".join(first)
+    assert main([*argv, "--iterations", "4", "--resume"]) == 0
+    log = (run / "train.log").read_text().splitlines()
+    assert log[:len(first)] == first and log[len(first)].startswith("resumed from")
+    assert main([*argv, "--iterations", "3", "--overwrite"]) == 0  # a fresh run starts a fresh log
+    assert (run / "train.log").read_text().count("init: ") == 1
+
+
+def test_train_log_is_not_doubled_when_stderr_already_goes_there(dataset, tmp_path):
+    """`darktune experiment` sends a run's stderr to RUN/train.log: the trainer then writes no second copy."""
+    import contextlib
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "train.log", "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+        train(cfg_of(dataset, run, iterations=2, eval_at=[2]), progress=False)
+    text = (run / "train.log").read_text()
+    assert text.count("init: ") == 1 and text.count("iteration 2: mAP") == 1
+
+
 def _model(dataset):
     from darktune.cfg import parse_cfg
     from darktune.model import Darknet

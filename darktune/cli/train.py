@@ -38,15 +38,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--freeze", type=int, default=0, metavar="N", help="freeze layers 0..N-1")
     g.add_argument("--freeze-layers", metavar="LIST", help="freeze these layers, e.g. 0-12,15")
-    p.add_argument("--unfreeze-at", type=int, metavar="K", help="unfreeze everything after iteration K")
+    p.add_argument("--unfreeze-at", type=int, metavar="K", help="unfreeze everything after iteration K (before "
+                                                                 "the last; needs --freeze or --freeze-layers)")
     p.add_argument("--iterations", type=int, help="iterations (default: [net] max_batches)")
     p.add_argument("--batch", type=int, help="images per iteration (default: [net] batch)")
     p.add_argument("--subdivisions", type=int, help="micro-batches per iteration (default: [net] subdivisions)")
     p.add_argument("--size", type=int, help="network width=height, a multiple of 32 (default: the cfg's)")
     p.add_argument("--eval-every", type=int, default=0, metavar="E", help="mAP on the valid list every E iterations")
-    p.add_argument("--eval-at", type=_int_list, default=[], metavar="LIST", help="and at these iterations")
+    p.add_argument("--eval-at", type=_int_list, default=[], metavar="LIST", help="and at these iterations (each at most --iterations)")
     p.add_argument("--target-map", type=float, metavar="M", help="target mAP (fraction, e.g. 0.9)")
-    p.add_argument("--stop-at-target", action="store_true", help="stop at the first evaluation reaching the target")
+    p.add_argument("--stop-at-target", action="store_true",
+                   help="stop at the first evaluation reaching --target-map (needs it)")
     p.add_argument("--protocol", default="darknet", choices=("darknet", "voc07", "coco101", "coco"),
                    help="mAP protocol: darknet (detector map), voc07 (11-point), coco101 (AP50, 101-point), "
                         "coco (AP50-95); default darknet")
@@ -63,13 +65,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                              "--gpu-augment needs none)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; use 1 per process when "
                                                "several trainings share the cores)")
-    p.add_argument("--max-images", type=int, metavar="N", help="use a seeded subset of N training images")
+    p.add_argument("--max-images", type=int, metavar="N", help="use a seeded subset of N training images (1 up to "
+                                                                  "the number of usable images; default: all)")
     p.add_argument("--max-valid-images", type=int, metavar="N", help="evaluate on the first N valid images")
     p.add_argument("--lr", type=float, help="override [net] learning_rate")
     p.add_argument("--obj-prior", type=float, metavar="P",
                    help="start new yolo heads' objectness at probability P (bias logit(P), e.g. 0.01; "
                         "default: darknet's bias 0, i.e. 0.5)")
-    p.add_argument("--burn-in", type=int, help="override [net] burn_in")
+    p.add_argument("--burn-in", type=int, metavar="N",
+                   help="override [net] burn_in: the lr ramps up as lr * (i/N)^power over the first N iterations. "
+                        "yolov3-tiny.cfg says burn_in=1000, which keeps the lr near 0 for a short run (a run warns "
+                        "when burn_in is at least half its iterations): for a run of a few hundred iterations give "
+                        "e.g. a tenth of them; 0: no burn-in")
     p.add_argument("--continue-schedule", action="store_true",
                    help="go on with the learning-rate schedule of --weights, as darknet does without -clear: it "
                         "starts at iteration seen/batch of the file's header (no second burn-in; steps count from "
@@ -93,7 +100,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint.pt and last.weights every N iterations")
     p.add_argument("--max-bad-steps", type=int, default=10, help="stop after K non-finite losses in a row")
     p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs (if tensorboard is installed)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (e.g. when logging to a file): evaluations and other events are still "
+                        "printed as plain lines on stderr; RUN/train.log has them too")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_train)
 
@@ -115,12 +124,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    from darktune.errors import DarktuneError
     from darktune.freeze import parse_layer_list
     from darktune.train import TrainConfig
 
     freeze_layers = None
-    if args.freeze_layers:
-        freeze_layers = parse_layer_list(args.freeze_layers, 10_000)
+    if args.freeze_layers is not None:  # '' too: an empty list is an error, not "no freezing"
+        try:
+            freeze_layers = parse_layer_list(args.freeze_layers, 10_000)
+        except DarktuneError as exc:
+            raise DarktuneError(f"--freeze-layers: {exc}") from None
     return TrainConfig(
         cfg=args.cfg, data=args.data, weights=args.weights, upto=args.upto, freeze=args.freeze,
         freeze_layers=freeze_layers, unfreeze_at=args.unfreeze_at, iterations=args.iterations, batch=args.batch,
