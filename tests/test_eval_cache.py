@@ -136,8 +136,9 @@ def test_feature_cache_stays_off_where_inputs_change(coco, tmp_path):
     from darktune.data.synth import make_target_set
 
     data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
-    _, augmented = _train_run(coco, data, tmp_path / "aug", iterations=3, augment=True, multi_scale=False)
-    _, unfrozen = _train_run(coco, data, tmp_path / "f0", iterations=3, freeze=0)
+    _, augmented = _train_run(coco, data, tmp_path / "aug", iterations=3, eval_at=[3], augment=True,
+                              multi_scale=False)
+    _, unfrozen = _train_run(coco, data, tmp_path / "f0", iterations=3, eval_at=[3], freeze=0)
     assert augmented["feature_cache"] is None and unfrozen["feature_cache"] is None
 
 
