@@ -1,7 +1,8 @@
 """Run an experiment: prepare the starting weights, run the pretraining stages, then the grid.
 
 Owns: `run_experiment(spec, out_dir, ...) -> ExperimentResult`, the starting-point weights (`resolve_starts`),
-the per-run folder contract (run.json identity, resume rules), and the whole-grid progress bar.
+the per-run folder contract (run.json identity, reuse and resume rules, finished runs' checkpoints), and the
+lock on DIR.
 
 Layout of an experiment folder:
     DIR/experiment.json          the plan of every run (the report reads it), the starting points, the cfg
@@ -10,22 +11,38 @@ Layout of an experiment folder:
     DIR/runs/<start>-f<N>-n<images>-s<seed>/   one train() run folder per grid point
 
 Resume: a run whose summary.json says "finished" or "stopped_at_target" is not repeated; a run with a
-checkpoint resumes from it; run.json records what decides a run's result, and a folder whose run.json differs
-from the spec is an error (never silently reused). Runs execute in this process (one job) or in one worker
-process per device/job, fed from a work queue (experiment_workers).
+checkpoint resumes from it. run.json records what decides a run's result: its plan (target_map only with
+stop_at_target), its start weights' path and sha256, a sha256 over its data set's obj.data and the names /
+train / valid lists it names (not the images), and the cfg's sha256. Before anything trains, every run folder
+is checked against the spec (`check_reuse`): a folder whose run.json differs, lacks the digests (made by an
+older darktune), or starts from a stage that is to be retrained, is refused, never silently reused; the error
+lists the folders and what changed, and `rerun_changed` deletes and retrains exactly those. A finished run's
+checkpoint.pt (only needed to resume) is deleted unless `keep_checkpoints`. One process at a time works in
+DIR (an flock on DIR/.lock; a killed process releases it). Runs execute in this process (one job) or in one
+worker process per device/job, fed from a work queue (experiment_workers).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-import threading
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from darktune.errors import DarktuneError
-from darktune.experiment_spec import ExperimentSpec, RunPlan, plan_runs
+from darktune.experiment_spec import (
+    ExperimentSpec,
+    RunPlan,
+    check_frozen,
+    identity_options,
+    plan_runs,
+    spec_error,
+)
 
 DONE = ("finished", "stopped_at_target")
 TrainFn = Callable[[dict, bool], object]  # (TrainConfig keyword arguments, progress) -> anything
@@ -102,10 +119,13 @@ def _coco_weights(spec: ExperimentSpec) -> tuple[str, str]:
     return str(fetched.weights), "the official COCO yolov3-tiny.weights (zoo)"
 
 
-def resolve_starts(spec: ExperimentSpec, cfg: str, out_dir: Path, plans: list[RunPlan]) -> dict[str, StartWeights]:
-    """Weights for every starting point the plans use; derives conv.15 once under DIR/weights/."""
+def resolve_starts(spec: ExperimentSpec, cfg: str, out_dir: Path, plans: list[RunPlan],
+                   digest: Callable[[str], str | None] | None = None) -> dict[str, StartWeights]:
+    """Weights for every starting point the plans use; derives conv.15 under DIR/weights/ once per source (a
+    sidecar coco.conv.15.json records the source's and the cfg's sha256; another source derives it again)."""
     from darktune.weights import partial
 
+    digest = digest or file_sha256
     used = {p.start for p in plans}
     starts: dict[str, StartWeights] = {}
     if "scratch" in used:
@@ -116,8 +136,11 @@ def resolve_starts(spec: ExperimentSpec, cfg: str, out_dir: Path, plans: list[Ru
             starts["coco"] = StartWeights(coco, None, f"every layer of {coco_name} that fits the cfg")
         if "coco15" in used:
             out = out_dir / "weights" / "coco.conv.15"
-            if not out.is_file():
+            source = {"from_sha256": digest(coco), "cfg_sha256": digest(cfg), "upto": COCO15_LAYERS}
+            sidecar = out.with_name(out.name + ".json")
+            if not out.is_file() or read_json(sidecar) != source:
                 partial(cfg, coco, out, COCO15_LAYERS)
+                write_json(sidecar, source)
             starts["coco15"] = StartWeights(str(out), COCO15_LAYERS,
                                             f"layers 0..14 of {coco_name} (darknet `partial ... 15`, {out.name})")
         if "backbone" in used and "backbone" not in spec.weights:
@@ -170,20 +193,236 @@ def start_identity(start: StartWeights, out_dir: Path) -> dict:
     return {"path": path, "upto": start.upto}
 
 
-def prepare_run(plan: RunPlan, out_dir: Path, start: StartWeights) -> tuple[Path, bool, bool]:
-    """(run dir, done already, resume): checks run.json against the plan and writes it for a new run."""
-    run_dir = out_dir / plan.folder
-    identity = {**plan.identity(), "start_weights": start_identity(start, out_dir)}
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 of a regular file's bytes; None when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_files(obj_data: str | Path) -> list[tuple[str, Path]]:
+    """obj.data and the names / train / valid files it names, resolved as darknet does (obj.data's folder,
+    then the current folder). Lenient: what cannot be read is simply not named (the trainer reports it)."""
+    path = Path(obj_data)
+    path = path / "obj.data" if path.is_dir() else path
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    except OSError:
+        text = ""
+    files = [("obj.data", path)]
+    for line in text.splitlines():
+        key, sep, value = (part.strip() for part in line.partition("="))
+        if sep and key.lower() in ("names", "train", "valid") and value:
+            candidates = [Path(value)] if Path(value).is_absolute() else [path.parent / value, Path.cwd() / value]
+            files.append((key.lower(), next((c for c in candidates if c.is_file()), candidates[0])))
+    return files
+
+
+class RunInputs:
+    """What the runs of one invocation start from (the cfg, the start weights) and the sha256 digests that
+    identify them in run.json: each file is read once per invocation (start weights are up to ~35 MB)."""
+
+    def __init__(self, out_dir: Path, cfg: str, stages: set[str]):
+        self.out_dir, self.cfg, self.stages = out_dir, cfg, stages
+        self.starts: dict[str, StartWeights] = {}
+        self._digests: dict[str, str | None] = {}
+
+    def digest(self, path: str | Path) -> str | None:
+        key = str(Path(path).resolve())
+        if key not in self._digests:
+            self._digests[key] = file_sha256(key)
+        return self._digests[key]
+
+    def data_digest(self, obj_data: str) -> str:
+        """One sha256 over the data set's identity: obj.data and its names / train / valid lists (texts only;
+        the images are not read). A missing file counts as such."""
+        h = hashlib.sha256()
+        for label, path in data_files(obj_data):
+            h.update(f"{label}\0{self.digest(path) or 'missing'}\0".encode())
+        return h.hexdigest()
+
+    def identity(self, plan: RunPlan) -> dict:
+        """run.json of a run: what decides its result."""
+        start = self.starts[plan.start]
+        weights = {**start_identity(start, self.out_dir), "sha256": self.digest(start.path) if start.path else None}
+        return {**plan.identity(), "start_weights": weights, "data_sha256": self.data_digest(plan.data),
+                "cfg_sha256": self.digest(self.cfg)}
+
+
+def _show(key: str, value: object) -> str:
+    if value is None:
+        return "all" if key == "images" else "unset"
+    return json.dumps(value)
+
+
+def describe_changes(recorded: dict, identity: dict, from_stage: bool) -> list[str]:
+    """What differs between a folder's run.json and the run the spec asks for, named as the user set it
+    ("iterations: 20 -> 30"; eval_at is not named when only its implied last point moved with iterations)."""
+    old = dict(recorded)
+    if isinstance(old.get("options"), dict):  # run.json files written before target_map left the identity
+        old["options"] = identity_options(old["options"])
+    if old == identity:
+        return []
+    changes = []
+    ow, nw = old.get("start_weights") or {}, identity["start_weights"]
+    unknown = ["start weights"] if nw["path"] is not None and "sha256" not in ow else []
+    unknown += [what for key, what in (("data_sha256", "data set"), ("cfg_sha256", "cfg")) if key not in old]
+    if unknown:
+        changes.append(f"made by an older darktune that did not record the content of its {', '.join(unknown)}, "
+                       "so it cannot be checked")
+    for key in ("start", "data", "freeze", "images", "seed", "iterations"):
+        if old.get(key) != identity[key]:
+            changes.append(f"{key}: {_show(key, old.get(key))} -> {_show(key, identity[key])}")
+    if old.get("eval_at") != identity["eval_at"] and not _moved_with_iterations(old, identity):
+        changes.append(f"eval_at: {_show('eval_at', old.get('eval_at'))} -> {_show('eval_at', identity['eval_at'])}")
+    oo, no = old.get("options") or {}, identity["options"]
+    changes += [f"{k}: {_show(k, oo.get(k))} -> {_show(k, no.get(k))}" for k in sorted(set(oo) | set(no))
+                if oo.get(k) != no.get(k)]
+    if (ow.get("path"), ow.get("upto")) != (nw["path"], nw["upto"]):
+        changes.append(f"start weights: {ow.get('path')} (layers {ow.get('upto') or 'all'}) -> {nw['path']} "
+                       f"(layers {nw['upto'] or 'all'})")
+    elif "sha256" in ow and ow["sha256"] != nw["sha256"]:
+        changes.append("its start weights changed " + (f"(stage '{identity['start']}' was retrained)" if from_stage
+                                                       else f"({nw['path']} holds other weights now)"))
+    if "data_sha256" in old and old["data_sha256"] != identity["data_sha256"]:
+        changes.append("its data set's files changed (obj.data or the names / train / valid lists it names)")
+    if "cfg_sha256" in old and old["cfg_sha256"] != identity["cfg_sha256"]:
+        changes.append("the cfg's text changed")
+    named = {"start", "data", "freeze", "images", "seed", "iterations", "eval_at", "options", "start_weights",
+             "data_sha256", "cfg_sha256"}
+    changes += [f"{k} differs" for k in sorted((set(old) | set(identity)) - named) if old.get(k) != identity.get(k)]
+    return changes or ["its run.json differs"]
+
+
+def _moved_with_iterations(old: dict, new: dict) -> bool:
+    """eval_at always holds the last iteration: a changed `iterations` alone moves that point."""
+    if not isinstance(old.get("eval_at"), list) or old.get("iterations") == new["iterations"]:
+        return False
+    before, after = set(old["eval_at"]), set(new["eval_at"])
+    return before - after <= {old.get("iterations")} and after - before <= {new["iterations"]}
+
+
+def refusal(refused: list[tuple[str, str]], out_dir: Path) -> DarktuneError:
+    """One error for every refused run folder: which, why, and what to do."""
+    from darktune.plural import plural
+
+    groups: dict[str, list[str]] = {}
+    for folder, why in refused:
+        groups.setdefault(why, []).append(folder)
+    listed = "; ".join(f"{', '.join(folders)} ({why})" for why, folders in groups.items())
+    one = len(refused) == 1
+    return DarktuneError(f"{plural(len(refused), 'run folder')} {'was' if one else 'were'} made with other inputs "
+                         f"than the spec asks for and {'is' if one else 'are'} not reused: {listed}. Delete "
+                         f"{'it' if one else 'them'} to retrain, or rerun with --rerun-changed (deletes and "
+                         "retrains exactly these)", path=str(out_dir))
+
+
+def check_reuse(plans: list[RunPlan], inputs: RunInputs, rerun_changed: bool = False) -> None:
+    """Before anything trains: every run folder the spec no longer matches is refused in one error (or, with
+    `rerun_changed`, deleted so that it trains again). `plans` hold the stages first, in dependency order, so a
+    stage that is to (re)train is known before the runs that start from it: their folders are refused too."""
+    retrain: set[str] = set()
+    refused: list[tuple[str, str]] = []
+    for plan in plans:
+        run_dir = inputs.out_dir / plan.folder
+        recorded = read_json(run_dir / "run.json")
+        if recorded is None:
+            changes = []
+        elif plan.start in retrain:
+            changes = [f"its start weights will change (stage '{plan.start}' is to be retrained)"]
+        else:
+            changes = describe_changes(recorded, inputs.identity(plan), plan.start in inputs.stages)
+        if changes:
+            refused.append((plan.folder, "; ".join(changes)))
+        if plan.group == "stage" and (changes or run_status(run_dir) not in DONE):
+            retrain.add(plan.name)
+    if refused and not rerun_changed:
+        raise refusal(refused, inputs.out_dir)
+    for folder, _ in refused:
+        shutil.rmtree(inputs.out_dir / folder)
+
+
+def prepare_run(plan: RunPlan, inputs: RunInputs) -> tuple[Path, bool, bool]:
+    """(run dir, done already, resume): checks run.json against the plan and writes it for a new run (a run
+    that starts from a stage is prepared after the stage trained: its identity holds the stage's weights)."""
+    run_dir = inputs.out_dir / plan.folder
+    identity = inputs.identity(plan)
     recorded = read_json(run_dir / "run.json")
-    if recorded is not None and recorded != identity:
-        changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
-        raise DarktuneError(f"this run folder was made by a different spec ({', '.join(changed)} differ); "
-                            "use another --out, or delete the folder to rerun it", path=str(run_dir))
+    if recorded is not None:
+        changes = describe_changes(recorded, identity, plan.start in inputs.stages)
+        if changes:
+            raise refusal([(plan.folder, "; ".join(changes))], inputs.out_dir)
     if run_status(run_dir) in DONE:
         return run_dir, True, False
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "run.json", identity)
     return run_dir, False, (run_dir / "checkpoint.pt").is_file()
+
+
+def finish_run(outcome: RunOutcome, keep_checkpoints: bool) -> RunOutcome:
+    """A run that ended (finished or at its target) needs its checkpoint.pt no more (~67 MB for yolov3-tiny:
+    model and momentum); only an unfinished run resumes from it. Reuse reads run.json and summary.json."""
+    if outcome.status in DONE and not keep_checkpoints:
+        (outcome.run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return outcome
+
+
+_HELD: dict[str, int] = {}  # experiment folders this process holds the lock of
+
+
+@contextlib.contextmanager
+def experiment_lock(out_dir: Path):
+    """Hold an flock on DIR/.lock while working in DIR: a second process fails at once instead of training the
+    same runs. The kernel releases it when the process ends, kill -9 included (no stale lock). Re-entrant in
+    one process (a caller may hold it around run_experiment); no lock where fcntl is missing (Windows)."""
+    key = str(out_dir.resolve())
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None
+    if key in _HELD or fcntl is None:
+        yield
+        return
+    path = out_dir / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DarktuneError(f"cannot open the lock file: {exc.strerror or exc}", path=str(path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise DarktuneError(f"another darktune experiment is running in {out_dir} (pid {holder}): wait for it to "
+                            "end, or use another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = fd
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)  # releases the lock
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create the experiment folder; a path that is, or goes through, a file is a one-line error."""
+    try:
+        for p in (out_dir, *out_dir.parents):
+            if p.exists():
+                if not p.is_dir():
+                    what = ("exists and is not a folder" if p == out_dir
+                            else f"cannot be made: {p} is a file, not a folder")
+                    raise DarktuneError(f"the experiment folder {what}", path=str(out_dir))
+                break
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DarktuneError(f"cannot make the experiment folder: {exc.strerror or exc}", path=str(out_dir)) from None
 
 
 def default_train(kwargs: dict, progress: bool) -> object:
@@ -194,10 +433,11 @@ def default_train(kwargs: dict, progress: bool) -> object:
 
 
 def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, devices: list[str] | None = None,
-                   train_fn: TrainFn | None = None, progress: bool = True) -> ExperimentResult:
-    """Run the stages (in order) and then the grid; finished runs are reused, interrupted ones resumed."""
-    from darktune.experiment_workers import execute
-
+                   train_fn: TrainFn | None = None, progress: bool = True, rerun_changed: bool = False,
+                   keep_checkpoints: bool = False) -> ExperimentResult:
+    """Run the stages (in order) and then the grid; finished runs are reused, interrupted ones resumed.
+    `rerun_changed`: delete and retrain the run folders the spec no longer matches (else they are an error);
+    `keep_checkpoints`: keep finished runs' checkpoint.pt."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _check_data(spec)
@@ -206,39 +446,60 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
 
         for device in devices:  # a device that is not here fails every run; say so once, before any
             resolve_device(device, "--devices")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plans = plan_runs(spec)
     cfg = resolve_cfg(spec)
-    starts = resolve_starts(spec, cfg, out_dir, plans)
-    write_json(out_dir / "experiment.json", experiment_record(spec, cfg, starts, plans))
-    devices = devices or [_default_device()]
-    train_fn = train_fn or default_train
-    result = ExperimentResult(out_dir)
-    bar = GridProgress(out_dir, plans, enabled=progress)
-    try:
-        for wave, is_stage in waves(spec, plans):
-            result.outcomes += execute(wave, out_dir, cfg, starts, train_fn,
-                                       devices if not is_stage else devices[:1], jobs if not is_stage else 1, bar)
-            for o in result.outcomes:
-                if o.plan.group == "stage" and o.status not in DONE:
-                    raise DarktuneError(f"stage '{o.plan.name}' did not finish ({o.error}); the runs that start "
-                                        "from it cannot run", path=str(o.run_dir))
-    finally:
-        bar.close()
+    _check_layers(spec, cfg)
+    make_out_dir(out_dir)
+    with experiment_lock(out_dir):
+        plans = plan_runs(spec)
+        inputs = RunInputs(out_dir, cfg, set(spec.stages))
+        inputs.starts = resolve_starts(spec, cfg, out_dir, plans, inputs.digest)
+        check_reuse(plans, inputs, rerun_changed)
+        write_json(out_dir / "experiment.json", experiment_record(spec, cfg, inputs.starts, plans))
+        result = _run_waves(spec, plans, inputs, train_fn or default_train, devices or [_default_device()], jobs,
+                            progress, keep_checkpoints)
     order = {p.folder: i for i, p in enumerate(plans)}
     result.outcomes.sort(key=lambda o: order[o.plan.folder])
     result.wall_s = time.perf_counter() - started
     return result
 
 
+def _run_waves(spec: ExperimentSpec, plans: list[RunPlan], inputs: RunInputs, train_fn: TrainFn,
+               devices: list[str], jobs: int, progress: bool, keep_checkpoints: bool) -> ExperimentResult:
+    from darktune.experiment_workers import GridProgress, execute
+
+    result = ExperimentResult(inputs.out_dir)
+    bar = GridProgress(inputs.out_dir, plans, enabled=progress)
+    try:
+        for wave, is_stage in waves(spec, plans):
+            result.outcomes += execute(wave, inputs, train_fn, devices if not is_stage else devices[:1],
+                                       jobs if not is_stage else 1, bar, keep_checkpoints)
+            for o in result.outcomes:
+                if o.plan.group == "stage" and o.status not in DONE:
+                    raise DarktuneError(f"stage '{o.plan.name}' did not finish ({o.error}); the runs that start "
+                                        "from it cannot run", path=str(o.run_dir))
+    finally:
+        bar.close()
+    return result
+
+
 def _check_data(spec: ExperimentSpec) -> None:
     """Every data set the spec names exists, before any run trains (a missing grid set used to show only after
     the stages had trained, as one failure per grid run)."""
-    named = [(f"stages.{name}.data", st.data) for name, st in spec.stages.items()] + [("grid.data", spec.grid.data)]
-    for key, path in named:
+    named = [(("stages", name, "data"), st.data) for name, st in spec.stages.items()] + [(("grid", "data"),
+                                                                                            spec.grid.data)]
+    for where, path in named:
         if not Path(path).exists():
-            raise DarktuneError(f"{key}: {path} not found (relative paths are read from the spec's folder)",
-                                path=spec.path)
+            raise spec_error(spec, where, f"{path} not found (relative paths are read from the spec's folder)")
+
+
+def _check_layers(spec: ExperimentSpec, cfg: str) -> None:
+    """Frozen layer counts and lists against the cfg's layers, before anything trains."""
+    from darktune.cfg import ConvSpec, parse_cfg
+
+    net = parse_cfg(cfg)
+    weighted = [i for i, layer in enumerate(net.layers) if isinstance(layer, ConvSpec)]
+    if weighted:
+        check_frozen(spec, len(net.layers), weighted, Path(cfg).name)
 
 
 def waves(spec: ExperimentSpec, plans: list[RunPlan]) -> list[tuple[list[RunPlan], bool]]:
@@ -277,66 +538,3 @@ def experiment_record(spec: ExperimentSpec, cfg: str, starts: dict[str, StartWei
             "protocol": next((p.options["protocol"] for p in plans if "protocol" in p.options), None),
             "starts": {k: {"path": v.path, "upto": v.upto, "description": v.description} for k, v in starts.items()},
             "runs": [p.to_dict() for p in plans]}
-
-
-def last_iteration(run_dir: Path) -> int:
-    """The last iteration logged in RUN/metrics.jsonl (0 when none): read from the file's tail only."""
-    path = Path(run_dir) / "metrics.jsonl"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 8192))
-            tail = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return 0
-    for line in reversed(tail):
-        try:
-            return int(json.loads(line)["iteration"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return 0
-
-
-class GridProgress:
-    """One tqdm bar (stderr) over the iterations of every run, polled from the runs' metrics files."""
-
-    def __init__(self, out_dir: Path, plans: list[RunPlan], enabled: bool = True, interval_s: float = 1.0):
-        self.out_dir, self.plans, self.interval_s = out_dir, plans, interval_s
-        self.total = sum(p.iterations for p in plans)
-        self._stop = threading.Event()
-        self._bar = None
-        self._thread = None
-        if enabled:
-            from tqdm import tqdm
-
-            done = self.iterations_done()
-            self._bar = tqdm(total=self.total, initial=done, desc="experiment", unit="it", dynamic_ncols=True)
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-
-    def iterations_done(self) -> int:
-        done = 0
-        for p in self.plans:
-            run_dir = self.out_dir / p.folder
-            done += p.iterations if run_status(run_dir) in DONE else min(p.iterations, last_iteration(run_dir))
-        return done
-
-    def refresh(self, note: str | None = None) -> None:
-        if self._bar is not None:
-            self._bar.n = self.iterations_done()
-            if note:
-                self._bar.set_postfix_str(note, refresh=False)
-            self._bar.refresh()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.refresh()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        if self._bar is not None:
-            self.refresh()
-            self._bar.close()

@@ -78,6 +78,7 @@ class ExperimentSpec:
     options: dict = field(default_factory=dict)  # train options for every run
     notes: str = ""
     path: str | None = None
+    lines: dict = field(default_factory=dict, compare=False, repr=False)  # key path -> line, for later errors
 
 
 @dataclass(frozen=True)
@@ -101,18 +102,31 @@ class RunPlan:
         return f"{'stages' if self.group == 'stage' else 'runs'}/{self.name}"
 
     def identity(self) -> dict:
-        """What makes two runs the same run (stored in run.json; a finished run is reused only if it matches)."""
+        """What makes two runs the same run (stored in run.json; a finished run is reused only if it matches).
+        Not in it: `workers` (speed only) and `target_map` unless `stop_at_target` is set (without it the target
+        only decides how the report reads the curves)."""
         return {"start": self.start, "data": self.data, "freeze": self.freeze, "images": self.images,
                 "seed": self.seed, "iterations": self.iterations, "eval_at": list(self.eval_at),
-                "options": {k: self.options[k] for k in sorted(self.options) if k != "workers"}}
+                "options": identity_options(self.options)}
 
     def to_dict(self) -> dict:
         return {"name": self.name, "group": self.group, "folder": self.folder, "start_label": self.start_label,
-                **self.identity()}
+                **self.identity(), "options": dict(sorted(self.options.items()))}
+
+
+def identity_options(options: dict) -> dict:
+    """The train options that decide a run's result (see RunPlan.identity)."""
+    report_only = {"workers"} | (set() if options.get("stop_at_target") else {"target_map"})
+    return {k: options[k] for k in sorted(options) if k not in report_only}
 
 
 def _err(path: str | None, message: str, line: int | None = None) -> DarktuneError:
     return DarktuneError(message, path=path, line=line)
+
+
+def spec_error(spec: ExperimentSpec, where: tuple, message: str) -> DarktuneError:
+    """An error found after loading (data sets, the cfg's layers), naming the spec file, line and key."""
+    return _Checker(spec.path, spec.lines).error(where, message)
 
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is not one
@@ -263,20 +277,64 @@ def spec_from_dict(data: Any, path: str | None = None, lines: dict[tuple, int] |
         raise check.error(("notes",), "must be text")
     _check_evals(check, stages, grid)
     return ExperimentSpec(cfg=cfg, grid=grid, stages=stages, weights=weights, backbone_layers=backbone_layers,
-                          options=options, notes=notes, path=path)
+                          options=options, notes=notes, path=path, lines=check.lines)
 
 
 def _check_evals(check: _Checker, stages: dict[str, StageSpec], grid: GridSpec) -> None:
-    """No evaluation point may lie past the end of its run."""
-    pairs = [(("stages", n, "eval_at"), s.eval_at, s.iterations) for n, s in stages.items()]
+    """No evaluation point may lie past the end of its run. The error points at the key that was set for the
+    runs concerned: a per_start `iterations` below the grid's eval_at points at that per_start key."""
+    for name, stage in stages.items():
+        late = [i for i in stage.eval_at if i > stage.iterations]
+        if late:
+            raise check.error(("stages", name, "eval_at"), f"{late} lies past the run's {stage.iterations} "
+                                                           "iterations")
     for start in grid.starts:
         over = grid.per_start.get(start, {})
-        where = ("grid", "per_start", start, "eval_at") if "eval_at" in over else ("grid", "eval_at")
-        pairs.append((where, over.get("eval_at", grid.eval_at), over.get("iterations", grid.iterations)))
-    for where, eval_at, iterations in pairs:
+        eval_at, iterations = over.get("eval_at", grid.eval_at), over.get("iterations", grid.iterations)
         late = [i for i in eval_at if i > iterations]
-        if late:
-            raise check.error(where, f"{late} lies past the run's {iterations} iterations")
+        if not late:
+            continue
+        key = over.get("key", start)
+        if "eval_at" in over:
+            raise check.error(("grid", "per_start", key, "eval_at"),
+                              f"{late} lies past the '{key}' runs' {iterations} iterations")
+        if "iterations" in over:
+            raise check.error(("grid", "per_start", key, "iterations"),
+                              f"the '{key}' runs end at iteration {iterations}, before grid.eval_at's {late}: give "
+                              f"grid.per_start.{key}.eval_at too, or more iterations")
+        raise check.error(("grid", "eval_at"), f"{late} lies past the run's {iterations} iterations")
+
+
+def check_frozen(spec: ExperimentSpec, n_layers: int, weighted: list[int], cfg_name: str) -> None:
+    """Frozen layers (grid.freeze, stage freeze, freeze_layers at any level) must exist in the cfg and leave a
+    layer with weights to train; checked before anything trains (else each such run fails: "nothing to
+    train"). `weighted`: the indices of the cfg's layers with weights (convolutional)."""
+    last = max(weighted)
+    counts = [(("stages", n, "freeze"), (s.freeze,)) for n, s in spec.stages.items()]
+    for where, values in counts + [(("grid", "freeze"), spec.grid.freeze)]:
+        for n in values:
+            if n > last:
+                raise spec_error(spec, where, f"{n} frozen layers leave nothing to train: {cfg_name} has "
+                                 f"{n_layers} layers and the last with weights is layer {last} (freeze at most {last})")
+    lists = [(("train",), spec.options)] + [(("stages", n), s.options) for n, s in spec.stages.items()]
+    lists += [(("grid",), spec.grid.options)]
+    lists += [(("grid", "per_start", o.get("key", s)), o["options"]) for s, o in spec.grid.per_start.items()]
+    for where, options in lists:
+        layers = options.get("freeze_layers")
+        if not layers:
+            continue
+        missing = [i for i in layers if i >= n_layers]
+        if missing:
+            raise spec_error(spec, where + ("freeze_layers",), f"layer {missing[0]} does not exist: {cfg_name} "
+                             f"has layers 0..{n_layers - 1}")
+        if set(weighted) <= set(layers):
+            raise spec_error(spec, where + ("freeze_layers",), f"freezes every layer with weights of {cfg_name}: "
+                             "nothing would train")
+    for plan in plan_runs(spec):
+        if plan.freeze and plan.options.get("freeze_layers"):
+            where = ("stages", plan.name, "freeze") if plan.group == "stage" else ("grid", "freeze")
+            raise spec_error(spec, where, f"run {plan.folder} would freeze {plan.freeze} layers and also "
+                             f"freeze_layers {plan.options['freeze_layers']}: give one of them")
 
 
 def _start(check: _Checker, value: Any, where: tuple, stage_names: set[str]) -> str:
@@ -357,7 +415,7 @@ def _grid(check: _Checker, raw: Any, stages: dict[str, StageSpec]) -> GridSpec:
     for name, over in raw_per.items():
         w = where + ("per_start", name)
         over = check.mapping(over, w, PER_START_KEYS)
-        entry: dict[str, Any] = {"options": check.options(over, w)}
+        entry: dict[str, Any] = {"key": name, "options": check.options(over, w)}
         if "iterations" in over:
             entry["iterations"] = check.int_(over["iterations"], w + ("iterations",), 1)
         if "eval_at" in over:

@@ -3,6 +3,7 @@ parallel rules, with a fake trainer (tests/fake_train.py) so nothing here trains
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -141,8 +142,184 @@ def test_changed_spec_does_not_reuse_a_run_silently(spec_file, tmp_path):
     run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
     spec_file.write_text(spec_file.read_text().replace("iterations: 200", "iterations: 300")
                          .replace("eval_at: [100, 150, 180, 200]", "eval_at: [100, 300]"))
-    with pytest.raises(DarktuneError, match="different spec.*iterations"):
+    with pytest.raises(DarktuneError) as err:
         run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    text = str(err.value)
+    assert text.startswith(f"{out}: 9 run folders were made with other inputs") and "\n" not in text
+    assert "runs/scratch-f0-nall-s0, runs/scratch-f13-nall-s0" in text and "runs/domain" not in text
+    assert "(iterations: 200 -> 300; eval_at: [100, 150, 180, 200] -> [100, 300])" in text
+    assert "--rerun-changed" in text
+
+
+def test_changed_iterations_name_only_iterations_and_rerun_changed_retrains(spec_file, tmp_path):
+    out = tmp_path / "exp"
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    spec_file.write_text(spec_file.read_text().replace("iterations: 200", "iterations: 300"))
+    with pytest.raises(DarktuneError, match=r"9 run folders .*\(iterations: 200 -> 300\)\. Delete them") as err:
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    assert "eval_at" not in str(err.value)  # it moved with iterations only
+    counting = Counting()
+    result = run_experiment(load_spec(spec_file), out, train_fn=counting, progress=False, rerun_changed=True)
+    assert len(counting.calls) == 9 and not result.failed
+    assert {Path(c["out"]).name.split("-")[0] for c in counting.calls} == {"scratch", "backbone", "coco15"}
+    assert all(c["resume"] is False for c in counting.calls)  # retrained from the start, not resumed
+
+
+def test_report_only_target_change_reuses_every_run(spec_file, tmp_path):
+    out = tmp_path / "exp"
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    spec_file.write_text(spec_file.read_text().replace("target_map: 0.8", "target_map: 0.6"))
+    again = Counting()
+    result = run_experiment(load_spec(spec_file), out, train_fn=again, progress=False)
+    assert again.calls == [] and all(o.reused for o in result.outcomes)
+    assert json.loads((out / "experiment.json").read_text())["target_map"] == 0.6  # the report reads the new one
+    # with stop_at_target the target decides where a run ends: then it is part of the run
+    spec_file.write_text(spec_file.read_text().replace("target_map: 0.6", "target_map: 0.6\n  stop_at_target: true"))
+    with pytest.raises(DarktuneError, match=r"stop_at_target: unset -> true; target_map: unset -> 0.6"):
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+
+
+def test_retrained_stage_refuses_the_runs_that_started_from_it(spec_file, tmp_path):
+    out = tmp_path / "exp"
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    first_stage = (out / "stages/domain/weights/last.weights").read_bytes()
+    spec_file.write_text(spec_file.read_text().replace("coco15\n    iterations: 20\n", "coco15\n    iterations: 30\n"))
+    with pytest.raises(DarktuneError) as err:
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    text = str(err.value)
+    assert "4 run folders" in text and "stages/domain (iterations: 20 -> 30)" in text
+    assert ("runs/domain-f0-nall-s0, runs/domain-f13-nall-s0, runs/domain-f20-nall-s0 (its start weights will "
+            "change (stage 'domain' is to be retrained))") in text
+    import shutil
+
+    shutil.rmtree(out / "stages/domain")  # what the old message said to do: the grid runs were then reused
+    with pytest.raises(DarktuneError, match=r"3 run folders.*stage 'domain' is to be retrained"):
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    assert not (out / "stages/domain").exists()  # refused before anything trained
+    counting = Counting()
+    run_experiment(load_spec(spec_file), out, train_fn=counting, progress=False, rerun_changed=True)
+    assert sorted(Path(c["out"]).name for c in counting.calls) == ["domain", "domain-f0-nall-s0",
+                                                                    "domain-f13-nall-s0", "domain-f20-nall-s0"]
+    run = json.loads((out / "runs/domain-f0-nall-s0/run.json").read_text())
+    assert run["start_weights"]["sha256"] == hashlib.sha256(first_stage).hexdigest()  # fake stages write b"fake"
+    # weights of a finished stage that differ from what its runs started from (replaced by hand)
+    (out / "stages/domain/weights/last.weights").write_bytes(b"other")
+    with pytest.raises(DarktuneError, match=r"3 run folders.*its start weights changed \(stage 'domain' was "
+                                            r"retrained\)"):
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+
+
+def test_changed_data_lists_are_noticed(spec_file, tmp_path):
+    data = tmp_path / "obj.data"
+    data.write_text("classes = 1\ntrain = train.txt\nvalid = lists/valid.txt\nnames = missing.names\n")
+    (tmp_path / "train.txt").write_text("".join(f"img/{i}.jpg\n" for i in range(10)))
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists/valid.txt").write_text("img/10.jpg\n")
+    out = tmp_path / "exp"
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    assert all(o.reused for o in run_experiment(load_spec(spec_file), out, train_fn=fake_train,
+                                                progress=False).outcomes)
+    (tmp_path / "lists/valid.txt").write_text("img/9.jpg\n")  # the same obj.data, another valid list
+    with pytest.raises(DarktuneError, match=r"13 run folders.*its data set's files changed"):
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+
+
+def test_run_folder_without_digests_is_refused_as_unknown(spec_file, tmp_path):
+    out = tmp_path / "exp"
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    path = out / "runs/coco15-f0-nall-s0/run.json"
+    old = json.loads(path.read_text())  # as darktune wrote it before the digests (target_map among the options)
+    del old["data_sha256"], old["cfg_sha256"], old["start_weights"]["sha256"]
+    old["options"]["target_map"] = 0.8
+    path.write_text(json.dumps(old))
+    with pytest.raises(DarktuneError, match=r"1 run folder was made .*: runs/coco15-f0-nall-s0 \(made by an older "
+                                            r"darktune that did not record the content of its start weights, data "
+                                            r"set, cfg, so it cannot be checked\)\. Delete it"):
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+
+
+def test_finished_runs_lose_their_checkpoints(spec_file, tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    monkeypatch.setenv("DARKTUNE_FAKE_FAIL_AFTER", "7")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    assert (out / "stages/domain/checkpoint.pt").is_file()  # unfinished: it resumes from it
+    monkeypatch.delenv("DARKTUNE_FAKE_FAIL_AFTER")
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    assert not list(out.glob("*/*/checkpoint.pt")) and len(list(out.glob("*/*/summary.json"))) == 13
+    kept = tmp_path / "kept"
+    run_experiment(load_spec(spec_file), kept, train_fn=fake_train, progress=False, keep_checkpoints=True)
+    assert len(list(kept.glob("*/*/checkpoint.pt"))) == 13
+
+
+def test_cli_flags_rerun_changed_and_keep_checkpoints(spec_file, tmp_path, monkeypatch, capsys):
+    from darktune import experiment
+    from darktune.cli import main
+
+    monkeypatch.setattr(experiment, "default_train", fake_train)
+    out = tmp_path / "exp"
+    assert main(["experiment", str(spec_file), "--out", str(out), "--no-report", "--no-progress",
+                 "--keep-checkpoints"]) == 0
+    assert len(list(out.glob("*/*/checkpoint.pt"))) == 13
+    spec_file.write_text(spec_file.read_text().replace("eval_every: 10\n", "eval_every: 20\n"))
+    assert main(["experiment", str(spec_file), "--out", str(out), "--no-report", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "9 run folders" in err and "(eval_every: 10 -> 20)" in err
+    assert main(["experiment", str(spec_file), "--out", str(out), "--no-report", "--no-progress",
+                 "--rerun-changed"]) == 0
+    assert "13/13 runs done (4 reused)" in capsys.readouterr().out
+    assert len(list(out.glob("*/*/checkpoint.pt"))) == 4  # the reused ones kept theirs: nothing else touched
+
+
+@pytest.mark.parametrize("sub", ["", "sub"])
+def test_out_that_is_a_file_is_a_one_line_error(spec_file, tmp_path, capsys, sub):
+    from darktune.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    out = afile / sub if sub else afile
+    assert main(["experiment", str(spec_file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"darktune: error: {out}: the experiment folder ")
+    assert ("exists and is not a folder" if not sub else f"{afile} is a file, not a folder") in err
+    assert afile.read_text() == "mine"
+
+
+LOCK_HOLDER = """\
+import sys, time
+from pathlib import Path
+from darktune.experiment import experiment_lock
+
+with experiment_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_second_experiment_in_the_same_folder_fails_at_once(spec_file, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    script = tmp_path / "hold.py"
+    script.write_text(LOCK_HOLDER)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        counting = Counting()
+        with pytest.raises(DarktuneError, match=rf"another darktune experiment is running in {out} \(pid "
+                                                rf"{proc.pid}\)"):
+            run_experiment(load_spec(spec_file), out, train_fn=counting, progress=False)
+        assert counting.calls == [] and not (out / "experiment.json").exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no cleanup at all: the kernel releases the lock
+        proc.wait()
+    result = run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    assert not result.failed
 
 
 def test_interrupted_grid_resumes_to_the_same_metrics(spec_file, tmp_path, monkeypatch):
@@ -222,8 +399,24 @@ def test_other_start_weights_are_not_reused_silently(spec_file, tmp_path, coco):
     other = tmp_path / "darknet.weights"
     other.write_bytes(Path(coco.weights).read_bytes())
     spec_file.write_text(spec_file.read_text().replace("weights:\n  coco:", f"weights:\n  backbone: {other}\n  coco:"))
-    with pytest.raises(DarktuneError, match="backbone-f0-nall-s0.*start_weights"):
+    with pytest.raises(DarktuneError, match=r"backbone-f0-nall-s0.*start weights: .*yolov3-tiny.weights \(layers 13\) "
+                                            r"-> .*darknet.weights \(layers 13\)"):
         run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+
+
+def test_conv15_extract_follows_its_source(spec_file, tmp_path, coco):
+    out = tmp_path / "exp"
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    other = bytearray(Path(coco.weights).read_bytes())
+    other[100] ^= 0xFF  # one byte of layer 0, which conv.15 keeps
+    (tmp_path / "other.weights").write_bytes(bytes(other))
+    spec_file.write_text(spec_file.read_text().replace(f"coco: {coco.weights}", f"coco: {tmp_path / 'other.weights'}"))
+    with pytest.raises(DarktuneError) as err:
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    text = str(err.value)
+    assert ("stages/domain, runs/coco15-f0-nall-s0, runs/coco15-f13-nall-s0, runs/coco15-f20-nall-s0 (its start "
+            "weights changed (weights/coco.conv.15 holds other weights now))") in text
+    assert "runs/domain-f0-nall-s0" in text and "runs/scratch" not in text
 
 
 ORPHAN = """\
@@ -289,3 +482,50 @@ def test_spec_doc_names_every_key_and_its_example_runs(tmp_path):
     assert spec.grid.starts == ("scratch", "backbone", "coco15", "domain") and spec.backbone_layers == 13
     result = run_experiment(spec, tmp_path / "exp", train_fn=fake_train, progress=False)
     assert not result.failed and len(result.outcomes) == 13
+
+
+INTERRUPTED = """\
+import sys, time
+from pathlib import Path
+
+def slow_train(kwargs, progress):
+    from tqdm import tqdm
+
+    tqdm(total=1, disable=True).close()  # as darktune.train does: tqdm makes its lock at the first bar
+    Path(kwargs["out"]).mkdir(parents=True, exist_ok=True)
+    (Path(kwargs["out"]) / "started").write_text("")
+    time.sleep(60)
+
+if __name__ == "__main__":
+    from darktune.experiment import run_experiment
+    from darktune.experiment_spec import load_spec
+
+    try:
+        run_experiment(load_spec(sys.argv[1]), sys.argv[2], jobs=2, devices=["cpu"], train_fn=slow_train,
+                       progress=False)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+def test_interrupted_parallel_experiment_leaks_no_semaphore(spec_file, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED)
+    out = tmp_path / "exp"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script), str(spec_file), str(out)], stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*/*/started"))) < 2 and proc.poll() is None:
+        time.sleep(0.1)
+    assert len(list(out.glob("*/*/started"))) == 2, "both workers should be training"
+    proc.send_signal(signal.SIGINT)  # the parent only: it ends its workers itself
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "leaked semaphore" not in err, err

@@ -36,6 +36,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time on one device (default 1)")
     p.add_argument("--devices", help="comma-separated devices, one worker process each, e.g. cuda:0,cuda:1 "
                                      "(default: cuda:0 if available, else cpu)")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="delete and retrain the run folders the spec no longer matches (changed options, data, "
+                        "start weights; without it they are an error that lists them)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep checkpoint.pt of finished runs (default: deleted, only an unfinished run needs it)")
     p.add_argument("--no-report", action="store_true", help="run the grid only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. when logging to a file)")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -105,7 +110,8 @@ def cmd_experiment(args) -> int:
         raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
     spec = load_spec(args.spec)
     result = run_experiment(spec, args.out, jobs=args.jobs, devices=_devices(args.devices),
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, rerun_changed=args.rerun_changed,
+                            keep_checkpoints=args.keep_checkpoints)
     report = None if args.no_report else write_report(args.out)
     _print_outcome(result, report, args.json)
     return 1 if result.failed else 0
