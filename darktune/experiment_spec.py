@@ -25,7 +25,7 @@ TRAIN_OPTIONS = ("batch", "subdivisions", "size", "lr", "burn_in", "steps", "sca
                  "workers", "unfreeze_at", "freeze_layers", "stop_at_target", "target_map", "augment",
                  "max_valid_images", "checkpoint_every", "eval_batch", "multi_scale", "gpu_augment",
                  "obj_prior", "continue_schedule", "feature_cache")
-_INT_OPTIONS = {"batch": 1, "subdivisions": 1, "size": 32, "eval_every": 0, "workers": 0, "unfreeze_at": 0,
+_INT_OPTIONS = {"batch": 1, "subdivisions": 1, "size": 32, "eval_every": 0, "workers": 0, "unfreeze_at": 1,
                 "burn_in": 0, "max_valid_images": 1, "checkpoint_every": 1, "eval_batch": 1}
 TOP_KEYS = ("cfg", "weights", "train", "stages", "grid", "notes")
 WEIGHT_NAMES = ("coco", "backbone")

@@ -18,11 +18,11 @@ import traceback
 from pathlib import Path
 
 from darktune.errors import DarktuneError
-from darktune.experiment import (
+from darktune.experiment import TrainFn
+from darktune.experiment_runs import (
     DONE,
     RunInputs,
     RunOutcome,
-    TrainFn,
     finish_run,
     prepare_run,
     run_status,

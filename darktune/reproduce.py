@@ -222,8 +222,23 @@ def default_jobs(device: str | None) -> int:
 
 
 def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", device: str | None = None,
-              progress: bool = True, backbone: str | None = None, jobs: int | None = None) -> ReproduceOutcome:
-    """Run (or continue) the whole reproduction in `out` and write its report."""
+              progress: bool = True, backbone: str | None = None, jobs: int | None = None,
+              rerun_changed: bool = False) -> ReproduceOutcome:
+    """Run (or continue) the whole reproduction in `out` and write its report. One process at a time works in
+    `out` (the experiment's lock, held from the data sets on). `rerun_changed`: see run_experiment."""
+    from darktune.experiment_runs import experiment_lock, make_out_dir
+
+    profile = get_profile(profile_name)
+    out = Path(out).resolve()  # the spec written into `out` holds the data paths; relative ones would be read
+    # against the spec's own folder, i.e. doubled
+    devices = [_device(device)] if device else None
+    make_out_dir(out)
+    with experiment_lock(out):
+        return _reproduce(profile, out, devices, progress, backbone, jobs, rerun_changed)
+
+
+def _reproduce(profile: Profile, out: Path, devices: list[str] | None, progress: bool, backbone: str | None,
+               jobs: int | None, rerun_changed: bool) -> ReproduceOutcome:
     import yaml
 
     from darktune import zoo
@@ -233,10 +248,6 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
     from darktune.report_data import load_experiment
     from darktune.report_findings import findings
 
-    profile = get_profile(profile_name)
-    out = Path(out).resolve()  # the spec written into `out` holds the data paths; relative ones would be read
-    # against the spec's own folder, i.e. doubled
-    devices = [_device(device)] if device else None
     _check_profile_folder(out, profile)
     zoo.fetch("yolov3-tiny")
     jobs = jobs or default_jobs(devices[0] if devices else None)
@@ -247,7 +258,7 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
     spec_path = out / "experiment.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
     spec = spec_from_dict(spec_dict, str(spec_path))
-    result = run_experiment(spec, out, devices=devices, jobs=jobs, progress=progress)
+    result = run_experiment(spec, out, devices=devices, jobs=jobs, progress=progress, rerun_changed=rerun_changed)
     report = write_report(out, title=f"darktune reproduce --profile {profile.name}: the transfer-learning study")
     verdicts = [f"{f.verdict}: {f.claim}" for f in findings(load_experiment(out))]
     return ReproduceOutcome(profile, result, report, verdicts, data)
@@ -266,7 +277,7 @@ def _check_profile_folder(out: Path, profile: Profile) -> None:
     non-empty folder that is not a reproduction is refused too (nothing of the user's is touched)."""
     marker = out / "profile.json"
     wanted = asdict(profile)
-    if not marker.is_file() and out.is_dir() and any(out.iterdir()):
+    if not marker.is_file() and out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
         raise DarktuneError("is not empty and holds no reproduction (profile.json); choose a new --out",
                             path=str(out))
     if marker.is_file():

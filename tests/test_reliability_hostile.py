@@ -73,6 +73,7 @@ def test_experiment_refuses_payload_checkpoints_of_interrupted_runs(tiny, tmp_pa
     """An experiment folder whose interrupted runs hold payload checkpoints: every such run fails with the
     checkpoint named, the payloads never run."""
     from darktune.experiment import run_experiment
+    from darktune.experiment_runs import RunInputs, StartWeights
     from darktune.experiment_spec import load_spec, plan_runs
 
     cfg, obj, _ = tiny
@@ -83,11 +84,12 @@ def test_experiment_refuses_payload_checkpoints_of_interrupted_runs(tiny, tmp_pa
                          f"  seeds: {list(range(len(payloads)))}\n  iterations: 2\n")
     spec = load_spec(spec_path)
     out = tmp_path / "exp"
+    inputs = RunInputs(out, str(cfg), set())  # the identity this version records, so the runs are resumed
+    inputs.starts["scratch"] = StartWeights(None, None, "random initialisation")
     for plan, (name, data) in zip(plan_runs(spec), payloads):
         run = out / plan.folder
         run.mkdir(parents=True)
-        identity = {**plan.identity(), "start_weights": {"path": None, "upto": None}}  # a scratch run
-        (run / "run.json").write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
+        (run / "run.json").write_text(json.dumps(inputs.identity(plan), indent=1, sort_keys=True) + "\n")
         (run / "checkpoint.pt").write_bytes(data)
     result = run_experiment(spec, out, progress=False)
     t = tally("checkpoints")

@@ -227,3 +227,41 @@ def test_quick_close_ups_put_the_target_boxes_on_the_head_freeze_20_freezes(tmp_
     assert len(wh) >= 8
     shares = {h.layer: h.share for h in head_shares(coco_spec, wh, small.size)}
     assert shares[16] >= 0.9
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    from darktune.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    for out in (afile, afile / "sub"):
+        rc = main(["reproduce", "--profile", "smoke", "--device", "cpu", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert afile.read_text() == "mine\n"
+
+
+def test_a_second_reproduction_in_the_same_folder_is_refused(tmp_path, capsys):
+    from darktune.cli import main
+    from darktune.experiment_runs import experiment_lock
+
+    out = tmp_path / "r"
+    out.mkdir()
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from darktune.experiment_runs import experiment_lock\n"
+                               f"with experiment_lock(Path({str(out)!r})):\n print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = main(["reproduce", "--profile", "smoke", "--device", "cpu", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "another darktune experiment is running" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    with experiment_lock(out):  # released with the process
+        pass

@@ -62,6 +62,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                         "layers 0..7 as a stand-in, said so in the report")
     p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: one per CPU core up to 4 on "
                                                           "CPU, 1 on a GPU)")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="delete and retrain the run folders this version no longer matches (e.g. made by an older "
+                        "darktune; without it they are an error that lists them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. when logging to a file)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_reproduce)
@@ -138,7 +141,7 @@ def cmd_reproduce(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
     outcome = reproduce(args.profile, args.out, device=args.device, progress=not args.no_progress, backbone=args.backbone,
-                        jobs=args.jobs)
+                        jobs=args.jobs, rerun_changed=args.rerun_changed)
     _print_outcome(outcome.result, outcome.report, args.json,
                    {"profile": args.profile, "findings": outcome.verdicts})
     if not args.json:
