@@ -56,7 +56,8 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Box:
-    """One object: class name and normalised corners (x to the right, y down), plus Open Images flags."""
+    """One object: class name and normalised corners (x to the right, y down), plus Open Images flags and VOC's
+    `difficult` (`is_difficult`)."""
 
     class_name: str
     x1: float
@@ -68,6 +69,7 @@ class Box:
     is_truncated: bool = False
     is_occluded: bool = False
     is_inside: bool = False
+    is_difficult: bool = False
 
     def __post_init__(self):
         coords = (self.x1, self.y1, self.x2, self.y2)
@@ -94,7 +96,8 @@ class Box:
 
     def flags(self) -> dict[str, bool]:
         return {"is_group_of": self.is_group_of, "is_depiction": self.is_depiction,
-                "is_truncated": self.is_truncated, "is_occluded": self.is_occluded, "is_inside": self.is_inside}
+                "is_truncated": self.is_truncated, "is_occluded": self.is_occluded, "is_inside": self.is_inside,
+                "is_difficult": self.is_difficult}
 
 
 def class_name_problem(name) -> str | None:
