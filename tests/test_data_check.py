@@ -442,3 +442,62 @@ def test_huge_class_id_and_long_number_tokens_are_errors_not_crashes():
     assert np.allclose(rows, [[1, 0.5, 0.5, 0.2, 0.2]])
     rows, problems = parse_label_bytes(("0 0." + "5" * 5000 + " 0.5 0.2 0.2\n").encode(), "l.txt", 2)
     assert len(rows) == 0 and "characters long" in problems[0].reason
+
+
+# ------------------------------------------------------------------------------- missing files, named
+
+
+def test_missing_image_is_counted_as_missing_not_as_without_label_file(tmp_path):
+    """QA3: images/missing.jpg (listed, not on disk) was counted as "without label file" too."""
+    obj = make_obj_data(tmp_path / "ds", {"a.jpg": (encode(".jpg", picture()), GOOD_LABEL),
+                                          "b.jpg": (encode(".jpg", picture()), None)})
+    report = check_dataset(obj, progress=False)
+    assert (report.n_images, len(report.good), report.n_skipped_images) == (3, 2, 1)
+    assert report.n_missing_images == 1 and report.missing_images == [tmp_path / "ds" / "images" / "missing.jpg"]
+    assert report.n_missing_labels == 1 and [p.name for p in report.unlabelled_images] == ["b.jpg"]
+    assert "3 images, 2 good, 1 skipped (1 not found), 1 without label file," in report.summary()
+    doc = report.to_dict()
+    assert doc["n_missing_images"] == 1 and doc["missing_images"] == [str(tmp_path / "ds" / "images" / "missing.jpg")]
+    assert doc["images_without_label_file"] == [str(tmp_path / "ds" / "images" / "b.jpg")]
+    cached = check_dataset(obj, progress=False)  # the same from the cache
+    assert cached.n_cache_hits == 2 and cached.summary() == report.summary().replace("0 reused", "2 reused")
+
+
+def test_cli_check_names_images_without_label_file(tmp_path, capsys):
+    """They were only counted; now named (20 in the text, all in --json)."""
+    from darktune.cli import main
+
+    jpg = encode(".jpg", picture())
+    names = {f"n{i:02}.jpg": (jpg, None) for i in range(25)} | {"a.jpg": (jpg, GOOD_LABEL)}
+    obj = make_obj_data(tmp_path / "ds", names)
+    assert main(["data", "check", str(obj)]) == 1  # missing.jpg
+    out = capsys.readouterr().out
+    named = [line for line in out.splitlines() if line.endswith(": no label file (used as an image without objects)")]
+    assert len(named) == 20 and named[0] == f"{tmp_path / 'ds' / 'images' / 'n00.jpg'}: no label file (used as an " \
+                                            "image without objects)"
+    assert "... and 5 more images without a label file (all of them in --json)" in out
+    assert "25 without label file" in out and "1 skipped (1 not found)" in out
+    assert main(["data", "check", str(obj), "--json"]) == 1
+    (train,) = json.loads(capsys.readouterr().out)
+    assert len(train["images_without_label_file"]) == 25 and train["n_missing_labels"] == 25
+    assert train["missing_images"] == [str(tmp_path / "ds" / "images" / "missing.jpg")]
+
+
+def test_cache_limit_is_documented_next_to_no_cache(tmp_path, capsys):
+    """The stat fast path trusts size + mtime: a same-size edit with the old mtime put back is not seen until
+    --no-cache (documented, not changed: hashing every file each run would cost what the cache saves)."""
+    from darktune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--no-cache" in help_text and "size and mtime" in help_text and "touch -r" in help_text
+    obj = make_obj_data(tmp_path / "ds", {"a.jpg": (encode(".jpg", picture()), GOOD_LABEL)})
+    label = tmp_path / "ds" / "images" / "a.txt"
+    for f in (label, label.with_suffix(".jpg")):  # old files: not "racy", the stat fast path applies
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    assert check_dataset(obj, progress=False).n_errors == 1  # missing.jpg
+    label.write_text(GOOD_LABEL.replace("0 ", "9 ", 1))  # same size, class 9 out of range
+    os.utime(label, ns=(1_000_000_000, 1_000_000_000))
+    assert check_dataset(obj, progress=False).n_errors == 1  # stale, as documented
+    assert check_dataset(obj, cache=False, progress=False).n_errors == 2

@@ -64,7 +64,7 @@ def _dataset():
 
 
 def test_dataset_stats_counts_and_anchor_line():
-    stats = dataset_stats(_dataset(), anchors_k=3, size=(416, 416))
+    stats = dataset_stats(_dataset(), anchors_k=3, size=(416, 416), check_files=False)
     assert (stats.n_images, stats.n_empty_images, stats.n_boxes) == (7, 1, 12)
     assert stats.class_counts == {"window": 6, "door": 6}
     assert stats.boxes_per_image["max"] == 2 and stats.boxes_per_image["min"] == 0
@@ -78,7 +78,7 @@ def test_dataset_stats_counts_and_anchor_line():
 
 def test_plot_writes_a_png(tmp_path):
     ds = _dataset()
-    out = plot_stats(ds, dataset_stats(ds, anchors_k=2), tmp_path / "s.png")
+    out = plot_stats(ds, dataset_stats(ds, anchors_k=2, check_files=False), tmp_path / "s.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
@@ -99,4 +99,64 @@ def test_cli_stats(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["n_boxes"] == 4 and doc["size"] == [320, 320] and len(doc["anchors"]) == 2
     assert (tmp_path / "s.png").is_file()
-    assert main(["data", "stats", str(folder), "--anchors", "9"]) == 2  # more anchors than distinct shapes
+
+
+def test_stats_of_a_small_set_print_the_figures_and_say_why_there_are_no_anchors(tmp_path, capsys):
+    """QA3: `data stats` on 3 box shapes failed outright ("cannot make 6 anchors from 3 distinct box shapes")."""
+    from darktune.cli import main
+
+    folder = _folder(tmp_path, {"a.png": "0 0.5 0.5 0.1 0.2\n", "b.png": "0 0.5 0.5 0.2 0.2\n",
+                                "c.png": "0 0.5 0.5 0.3 0.2\n0 0.5 0.5 0.1 0.2\n"})
+    assert main(["data", "stats", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("3 images (0 without boxes), 4 boxes") and "width" in out
+    assert (f"anchors not computed for {folder}: cannot make 6 anchors from 3 distinct box shapes (ask for 3 or "
+            "fewer)") in out
+    assert main(["data", "stats", str(folder), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["anchors"] == [] and doc["anchors_not_computed"].startswith("cannot make 6 anchors")
+    assert doc["n_boxes"] == 4 and doc["source"] == str(folder)
+    stats = dataset_stats(Dataset(["w"], [ImageRecord(Path("x.jpg"))]), check_files=False)
+    assert stats.anchors_not_computed == "cannot make 6 anchors from 0 distinct box shapes (no boxes)"
+    assert "anchors not computed: cannot make 6" in format_stats(stats)
+
+
+def _folder(tmp_path: Path, labels: dict[str, str | None], names: str = "window\n") -> Path:
+    import cv2
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "obj.names").write_text(names)
+    for name, label in labels.items():
+        cv2.imwrite(str(folder / name), np.zeros((50, 80, 3), np.uint8))
+        if label is not None:
+            (folder / name).with_suffix(".txt").write_text(label)
+    return folder
+
+
+def test_stats_leave_out_images_not_on_disk_and_show_skipped_records(tmp_path, capsys):
+    """QA3: an obj.data listing missing.jpg counted it as an image without boxes; skipped records were never
+    shown (text or --json)."""
+    from darktune.cli import main
+
+    folder = _folder(tmp_path, {"a.png": "0 0.5 0.5 0.1 0.2\n", "b.png": None, "bad.png": "0 0.5 0.5 2 0.2\n"})
+    (folder / "train.txt").write_text("a.png\nb.png\nbad.png\nmissing.jpg\n")
+    (folder / "obj.data").write_text("classes=1\ntrain=train.txt\nnames=obj.names\n")
+    assert main(["data", "stats", str(folder / "obj.data"), "--anchors", "1", "--skip-bad"]) == 0
+    out, err = capsys.readouterr()
+    head = out.splitlines()[0]
+    assert head == ("2 images (1 without boxes), 1 box; 1 image not found on disk (left out of these figures); "
+                    "1 record skipped (see the 'skipped:' lines)")
+    assert f"not found: {folder / 'missing.jpg'}" in out and "bad.txt:1" in err
+    assert main(["data", "stats", str(folder / "obj.data"), "--anchors", "1", "--skip-bad", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["n_images"], doc["n_empty_images"], doc["n_missing_images"], doc["n_skipped_records"]) == (2, 1, 1, 1)
+    assert doc["missing_images"] == [str(folder / "missing.jpg")] and doc["skipped"][0]["line"] == 1
+    assert doc["boxes_per_image"]["mean"] == 0.5  # missing.jpg is not an image without boxes
+
+
+def test_stats_png_leaves_out_missing_images(tmp_path):
+    ds = Dataset(["w"], [ImageRecord(tmp_path / "gone.jpg", boxes=[Box("w", 0.1, 0.1, 0.2, 0.2)])])
+    stats = dataset_stats(ds, anchors_k=0)
+    assert stats.n_images == 0 and stats.n_missing_images == 1 and stats.n_boxes == 0
+    assert plot_stats(ds, stats, tmp_path / "s.png").is_file()

@@ -19,8 +19,11 @@ Sources (SRC) per format:
               (defaults: a class-descriptions CSV and an images/ folder beside the boxes CSV)
   auto        by the source: .json -> coco, .csv -> openimages, obj.data or a folder with obj.data /
               obj.names / classes.txt -> yolo, a folder of .xml -> voc
-Several sources are merged (classes in order of first appearance). --classes keeps only those classes
-(matched case-insensitively; for openimages by display name or LabelName, e.g. --classes Window)."""
+Several sources are merged (classes in order of first appearance). Records of one image file (from several
+sources, or listed twice in one) become one image with the union of their boxes (identical boxes once),
+counted in the summary. --classes keeps only those classes, matched exactly (Cat, cat and CAT are three
+classes; a name that matches only in another case is an error naming the exact spellings); for openimages
+by display name or LabelName in any case, e.g. --classes Window. Boxes it removes are counted."""
 
 
 def add_commands(subparsers) -> None:
@@ -51,7 +54,8 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="auto", help="source format (default: auto)")
     p.add_argument("--images", metavar="DIR", help="images folder (coco, voc, openimages)")
     p.add_argument("--descriptions", metavar="CSV", help="openimages class descriptions (LabelName,DisplayName)")
-    p.add_argument("--classes", metavar="A,B", help="keep only these classes, in this order")
+    p.add_argument("--classes", metavar="A,B", help="keep only these classes, in this order (exact names, case "
+                                                    "included)")
     p.add_argument("--keep-empty", action="store_true",
                    help="with --classes, keep images left without boxes (as negatives)")
     p.add_argument("--skip-bad", action="store_true",
@@ -107,8 +111,10 @@ def _openimages_beside(src: str, descriptions: str | None, images: str | None) -
     return descriptions, images
 
 
-def load_sources(args) -> "Dataset":  # noqa: F821 (imported lazily)
-    """The merged Dataset of args.src per args.format (see SOURCES_HELP)."""
+def load_sources(args) -> tuple["Dataset", dict]:  # noqa: F821 (imported lazily)
+    """The merged Dataset of args.src per args.format (see SOURCES_HELP), and what loading changed: counts
+    n_images_merged, n_records_merged, n_duplicate_boxes_dropped (records of one image file merged) and
+    n_boxes_removed_by_classes, n_images_removed_by_classes (--classes)."""
     from darktune.data.dataset import merge_datasets
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
@@ -128,8 +134,29 @@ def load_sources(args) -> "Dataset":  # noqa: F821 (imported lazily)
             from darktune.data.formats.openimages import read_openimages
             descriptions, images = _openimages_beside(src, args.descriptions, args.images)
             parts.append(read_openimages(src, descriptions, images, classes=classes, skip_bad=args.skip_bad))
-    dataset = merge_datasets(parts)
-    return dataset.select_classes(classes, keep_empty=args.keep_empty) if classes else dataset
+    dataset, merged = merge_datasets(parts, skip_bad=args.skip_bad)
+    notes = merged.to_dict() | {"n_boxes_removed_by_classes": 0, "n_images_removed_by_classes": 0}
+    if classes:
+        selected = dataset.select_classes(classes, keep_empty=args.keep_empty)
+        notes["n_boxes_removed_by_classes"] = dataset.n_boxes - selected.n_boxes
+        notes["n_images_removed_by_classes"] = len(dataset.images) - len(selected.images)
+        dataset = selected
+    return dataset, notes
+
+
+def _notes_lines(notes: dict) -> list[str]:
+    """The text summary of `load_sources`'s notes: one line per thing loading changed."""
+    from darktune.data.dataset import MergeCounts
+    from darktune.plural import plural
+
+    lines = [MergeCounts(notes["n_images_merged"], notes["n_records_merged"],
+                         notes["n_duplicate_boxes_dropped"]).message()]
+    boxes, images = notes["n_boxes_removed_by_classes"], notes["n_images_removed_by_classes"]
+    if boxes or images:
+        left = (f", and {plural(images, 'image')} left without boxes (--keep-empty keeps such images as "
+                "negatives)") if images else ""
+        lines.append(f"--classes removed {plural(boxes, 'box')} of other classes{left}")
+    return [line for line in lines if line]
 
 
 def _print_json(obj) -> None:
@@ -171,29 +198,34 @@ def _require_images(dataset, args) -> None:
 
     if dataset.images and dataset.classes:
         return
+    from darktune.plural import plural
+
     _print_skipped(dataset)
     n = len(dataset.skipped)
     what = "no images" if not dataset.images else "no classes"
-    reason = f"{what} left after skipping {n} bad records; nothing written" if n else f"{what} found; nothing written"
+    reason = (f"{what} left after skipping {plural(n, 'bad record')}; nothing written" if n
+              else f"{what} found; nothing written")
     raise DarktuneError(reason, path=args.src[0] if len(args.src) == 1 else ", ".join(args.src))
 
 
 def cmd_import(args) -> int:
     from darktune.data.dataset import read_obj_data, write_darknet
 
-    dataset = load_sources(args)
+    dataset, notes = load_sources(args)
     _require_images(dataset, args)
     obj_data = write_darknet(dataset, args.out, args.val_fraction, args.seed, link=args.link)
     od = read_obj_data(obj_data)
     summary = {"obj_data": str(obj_data), "classes": dataset.classes, "n_images": len(dataset.images),
                "n_boxes": dataset.n_boxes, "n_train": len(od.train), "n_valid": len(od.valid),
-               "n_skipped": len(dataset.skipped), "class_counts": dataset.class_counts()}
+               "n_skipped": len(dataset.skipped), "class_counts": dataset.class_counts()} | notes
     _print_skipped(dataset)
     if args.json:
         _print_json(summary)
     else:
         from darktune.plural import plural
 
+        for line in _notes_lines(notes):
+            print(line)
         print(f"wrote {obj_data}: {plural(summary['n_images'], 'image')} ({summary['n_train']} train, "
               f"{summary['n_valid']} valid), {plural(summary['n_boxes'], 'box')}, classes {dataset.classes}, "
               f"{plural(summary['n_skipped'], 'record')} skipped")
@@ -214,7 +246,10 @@ def _add_check(sub) -> None:
     p.add_argument("target", metavar="DIR|obj.data")
     p.add_argument("--classes", type=int, metavar="N", help="number of classes (folder scan without obj.names)")
     p.add_argument("--strict", action="store_true", help="any problem, warnings included, is an error")
-    p.add_argument("--no-cache", action="store_true", help="do not reuse or write cached results")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not reuse or write cached results. The cache trusts a file whose size and mtime are "
+                        "unchanged: an edit that keeps the size and puts the old mtime back (touch -r, some "
+                        "copy tools) is not seen without --no-cache")
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
     p.set_defaults(func=cmd_check)
 
@@ -239,6 +274,9 @@ def cmd_check(args) -> int:
         for r in reports:
             for problem in r.problems:
                 print(problem)
+        for r in reports:
+            for line in r.unlabelled_lines():
+                print(line)
         for r in reports:
             print(r.summary())
     if args.strict and any(r.problems for r in reports):
@@ -266,7 +304,11 @@ def _add_filter(sub) -> None:
     p.add_argument("--out-format", choices=("darknet", "coco", "voc", "openimages"), default="darknet",
                    help="format of the filtered set (default darknet)")
     for flag in ("group-of", "depiction", "truncated", "occluded"):
-        p.add_argument(f"--drop-{flag}", action="store_true", help=f"drop boxes flagged Is{flag.title()}")
+        p.add_argument(f"--drop-{flag}", action="store_true",
+                       help=f"drop boxes flagged Is{flag.title().replace('-', '')}")
+    p.add_argument("--drop-difficult", action="store_true",
+                   help="drop boxes marked difficult (VOC <difficult>1</difficult>); darknet's voc_label.py "
+                        "leaves them out of training")
     p.add_argument("--drop-containers", action="store_true",
                    help="drop boxes that contain >= --container-min other boxes of their class")
     p.add_argument("--container-min", type=int, default=2, metavar="N", help="(default 2)")
@@ -312,7 +354,7 @@ def _fill_sizes(dataset) -> None:
 def cmd_filter(args) -> int:
     from darktune.data.filter import FilterRules, filter_dataset, reference_shapes
 
-    dataset = load_sources(args)
+    dataset, notes = load_sources(args)
     _fill_sizes(dataset)
     like = None
     if args.like:
@@ -323,8 +365,9 @@ def cmd_filter(args) -> int:
         like = reference_shapes(reference)
     rules = FilterRules(drop_group_of=args.drop_group_of, drop_depiction=args.drop_depiction,
                         drop_truncated=args.drop_truncated, drop_occluded=args.drop_occluded,
-                        drop_containers=args.drop_containers, container_min=args.container_min,
-                        max_rel_size=args.max_rel_size, area=tuple(args.area) if args.area else None,
+                        drop_difficult=args.drop_difficult, drop_containers=args.drop_containers,
+                        container_min=args.container_min, max_rel_size=args.max_rel_size,
+                        area=tuple(args.area) if args.area else None,
                         aspect=tuple(args.aspect) if args.aspect else None, like=like, like_k=args.like_k,
                         like_iou=args.like_iou, max_boxes=args.max_boxes, whole_images=args.whole_images,
                         seed=args.seed)
@@ -332,8 +375,10 @@ def cmd_filter(args) -> int:
     out = _write(filtered, args)
     _print_skipped(dataset)
     if args.json:
-        _print_json(report.to_dict() | {"out": str(out)})
+        _print_json(report.to_dict() | notes | {"out": str(out)})
     else:
+        for line in _notes_lines(notes):
+            print(line)
         print(report.format_table())
         print(f"wrote {out}")
     return 0
@@ -374,12 +419,15 @@ def _add_stats(sub) -> None:
 def cmd_stats(args) -> int:
     from darktune.data.stats import dataset_stats, format_stats, plot_stats
 
-    dataset = load_sources(args)
-    stats = dataset_stats(dataset, args.anchors, tuple(args.size), args.seed)
+    dataset, notes = load_sources(args)
+    stats = dataset_stats(dataset, args.anchors, tuple(args.size), args.seed, source=", ".join(args.src))
     if args.png:
         plot_stats(dataset, stats, args.png)
+    _print_skipped(dataset)
     if args.json:
-        _print_json(stats.to_dict() | ({"png": args.png} if args.png else {}))
+        _print_json(stats.to_dict() | notes | ({"png": args.png} if args.png else {}))
     else:
+        for line in _notes_lines(notes):
+            print(line)
         print(format_stats(stats))
     return 0

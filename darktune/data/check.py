@@ -4,12 +4,15 @@ Owns `check_dataset` (one split of an obj.data, the trainer's entry), `scan_fold
 labels), `CheckReport`, and the check cache. Image-level checks live in `formats.image` (sniffing, header
 size, decompression-bomb guard, truncation, decode), label-level ones in `dataset.read_label_file`.
 An image with any error (its own or its label file's) is skipped and counted; warnings keep it. A missing
-label file means "no objects": allowed and counted.
+label file means "no objects": allowed, counted and listed. A listed image that is not on disk is counted as
+missing (and skipped), not as an image without a label file.
 
 Cache: `$DARKTUNE_HOME/cache/checks/<key>.json` (DARKTUNE_HOME defaults to ~/.cache/darktune), never the
 dataset folder, JSON only. An entry is reused when image and label have the size and mtime they had when
 checked and were not modified within 2 s before the check (such "racy" entries are re-hashed, as git does);
-otherwise when their sha256 matches. A damaged cache file or entry is rebuilt and counted.
+otherwise when their sha256 matches. A damaged cache file or entry is rebuilt and counted. Limit of the stat
+fast path: an edit that keeps the file size and puts the old mtime back (`touch -r`) is not seen; --no-cache
+checks everything again. (Hashing every file on every run would cost what the cache saves.)
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class ImageResult:
     image: Path
     labels: np.ndarray
     problems: list[Problem]
-    has_label: bool
+    has_label: bool | None  # None: not looked for (the image itself could not be used)
+    found: bool = True  # False: the image is not on disk
 
     @property
     def usable(self) -> bool:
@@ -62,8 +66,11 @@ class CheckReport:
     good: list[tuple[Path, np.ndarray]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     n_images: int = 0
-    n_skipped_images: int = 0
+    n_skipped_images: int = 0  # not usable, the missing ones included
+    n_missing_images: int = 0
     n_missing_labels: int = 0
+    missing_images: list[Path] = field(default_factory=list)
+    unlabelled_images: list[Path] = field(default_factory=list)  # found, without a label file
     n_boxes: int = 0
     n_cache_hits: int = 0
     n_cache_rebuilt: int = 0
@@ -77,19 +84,31 @@ class CheckReport:
         return sum(p.severity == "warning" for p in self.problems)
 
     def to_dict(self) -> dict:
-        keys = ("source", "split", "n_classes", "n_images", "n_skipped_images", "n_missing_labels", "n_boxes",
-                "n_errors", "n_warnings", "n_cache_hits", "n_cache_rebuilt")
+        keys = ("source", "split", "n_classes", "n_images", "n_skipped_images", "n_missing_images",
+                "n_missing_labels", "n_boxes", "n_errors", "n_warnings", "n_cache_hits", "n_cache_rebuilt")
         out = {k: getattr(self, k) for k in keys}
         out["n_good_images"] = len(self.good)
         out["problems"] = [p.to_dict() for p in self.problems]
+        out["missing_images"] = [str(p) for p in self.missing_images]
+        out["images_without_label_file"] = [str(p) for p in self.unlabelled_images]
         return out
 
     def summary(self) -> str:
         split = f" [{self.split}]" if self.split else ""
+        missing = f" ({self.n_missing_images} not found)" if self.n_missing_images else ""
         return (f"{self.source}{split}: {plural(self.n_images, 'image')}, {len(self.good)} good, "
-                f"{self.n_skipped_images} skipped, {self.n_missing_labels} without label file, "
+                f"{self.n_skipped_images} skipped{missing}, {self.n_missing_labels} without label file, "
                 f"{plural(self.n_boxes, 'box')}, {plural(self.n_errors, 'error')}, "
                 f"{plural(self.n_warnings, 'warning')} (cache: {self.n_cache_hits} reused)")
+
+    def unlabelled_lines(self, limit: int = 20) -> list[str]:
+        """The images without a label file (used as images without objects), at most `limit` named."""
+        split = f" [{self.split}]" if self.split else ""
+        lines = [f"{p}: no label file (used as an image without objects)" for p in self.unlabelled_images[:limit]]
+        if len(self.unlabelled_images) > limit:
+            lines.append(f"{self.source}{split}: ... and {len(self.unlabelled_images) - limit} more images "
+                         "without a label file (all of them in --json)")
+        return lines
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -211,10 +230,11 @@ def check_one(image: Path, n_classes: int | None, entry: dict | None = None, max
     img_sig = _stat_sig(image)
     if img_sig is None or not image.is_file():
         reason = "image not found" if img_sig is None else "image is not a regular file (not read)"
-        return ImageResult(image, _no_rows(), [Problem(str(image), None, reason)], False), None, "miss"
+        res = ImageResult(image, _no_rows(), [Problem(str(image), None, reason)], None, found=img_sig is not None)
+        return res, None, "miss"
     if img_sig[0] > MAX_IMAGE_BYTES:
         reason = f"file of {img_sig[0]} bytes is larger than {MAX_IMAGE_BYTES} (not read)"
-        return ImageResult(image, _no_rows(), [Problem(str(image), None, reason)], False), None, "miss"
+        return ImageResult(image, _no_rows(), [Problem(str(image), None, reason)], None), None, "miss"
     label = label_path_for(image)
     if label.exists() and not label.is_file():  # a folder, device or FIFO: never read (it could block)
         return _special_label(image, label, n_classes, max_pixels), None, "miss"
@@ -226,7 +246,7 @@ def check_one(image: Path, n_classes: int | None, entry: dict | None = None, max
     checked_ns = time.time_ns()
     data, label_data = _read(image, "image", MAX_IMAGE_BYTES), _read(label, "label file", MAX_LABEL_BYTES)
     if not isinstance(data, bytes):
-        return ImageResult(image, _no_rows(), [Problem(str(image), None, data)], False), None, "miss"
+        return ImageResult(image, _no_rows(), [Problem(str(image), None, data)], None), None, "miss"
     shas = [_sha(data), _sha(label_data if isinstance(label_data, bytes) else None)]
     cached, damaged2 = _reuse(image, None if damaged else entry, sigs, shas)
     if cached is not None:
@@ -242,7 +262,7 @@ def _special_label(image: Path, label: Path, n_classes: int | None, max_pixels: 
     """The image checked as usual; its label file, a device or FIFO, is reported and not read."""
     data = _read(image, "image", MAX_IMAGE_BYTES)
     if not isinstance(data, bytes):
-        return ImageResult(image, _no_rows(), [Problem(str(image), None, data)], False)
+        return ImageResult(image, _no_rows(), [Problem(str(image), None, data)], None)
     res = _check_bytes(image, data, None, None, n_classes, max_pixels)
     res.problems.append(Problem(str(label), None, "label file is not a regular file (not read; the image is used "
                                                   "without labels)", "warning"))
@@ -294,7 +314,12 @@ def check_images(images: list[Path], n_classes: int | None, *, source: str, spli
 def _add_result(report: CheckReport, res: ImageResult) -> None:
     report.n_images += 1
     report.problems += res.problems
-    report.n_missing_labels += not res.has_label
+    if not res.found:
+        report.n_missing_images += 1
+        report.missing_images.append(res.image)
+    elif res.has_label is False:
+        report.n_missing_labels += 1
+        report.unlabelled_images.append(res.image)
     if res.usable:
         report.good.append((res.image, res.labels))
         report.n_boxes += len(res.labels)

@@ -1,9 +1,10 @@
 """The in-memory detection dataset and the darknet layout on disk.
 
 Owns: `Box` / `ImageRecord` / `Dataset` (boxes as normalised corners in [0, 1]), `Problem` (one finding about
-one file, with its line), placing image copies under new unique names, the darknet writer (`write_darknet`),
-and the plain darknet readers the trainer uses: `read_obj_data`, `label_path_for`, `read_label_file` (files
-are read and written through `formats.files`: regular files only, a full disk named, nothing half-written).
+one file, with its line), `merge_datasets` (sources merged; records of one image file become one image),
+placing image copies under new unique names, the darknet writer (`write_darknet`), and the plain darknet
+readers the trainer uses: `read_obj_data`, `label_path_for`, `read_label_file` (files are read and written
+through `formats.files`: regular files only, a full disk named, nothing half-written).
 
 Darknet layout written here (AlexeyAB darknet finds each label beside its image):
     out/obj.data  out/obj.names  out/train.txt  out/valid.txt  out/backup/
@@ -34,6 +35,7 @@ MAX_NUMBER_CHARS = 100  # a coordinate token longer than this is not a coordinat
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _INT = re.compile(r"\+?[0-9]+")
 _NO_ROWS = np.zeros((0, 5), np.float32)
+_YAML_KEY = re.compile(r"[A-Za-z_][\w.-]*\s*:(\s|$)|---\s*$")  # `train: ...`, `names:`, a document start
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
@@ -161,36 +163,142 @@ class Dataset:
         return counts
 
     def validate(self) -> None:
-        """Every box names a known class (DarktuneError naming the image otherwise)."""
+        """Every box names a known class and no image file is listed twice (DarktuneError naming the image
+        otherwise: two records of one picture would be written as two images, maybe one in train and one in
+        valid; `merge_datasets` merges them)."""
         known = set(self.classes)
+        seen: set[tuple] = set()
         for rec in self.images:
             for b in rec.boxes:
                 if b.class_name not in known:
                     raise DarktuneError(f"box class {b.class_name!r} is not one of {self.classes}", path=str(rec.path))
+            key = image_identity(rec.path)
+            if key in seen:
+                raise DarktuneError("image listed more than once in the dataset (merge its records first: "
+                                    "merge_datasets)", path=str(rec.path))
+            seen.add(key)
 
     def select_classes(self, names: list[str], keep_empty: bool = False) -> Dataset:
-        """Keep only boxes of `names` (matched case-insensitively; the given spelling and order become the
-        classes). Images that had boxes but none left are dropped unless keep_empty; images without any box
-        (explicit negatives) are kept."""
-        lookup = {c.lower(): c for c in self.classes}
-        missing = [n for n in names if n.lower() not in lookup]
+        """Keep only boxes of `names`, matched exactly (case included: Cat, cat and CAT are three classes); the
+        order given becomes the class order. A name that matches a class only in another case is an error
+        naming the exact spellings. Images that had boxes but none left are dropped unless keep_empty; images
+        without any box (explicit negatives) are kept."""
+        missing = [n for n in names if n not in self.classes]
         if missing:
-            raise DarktuneError(f"classes {missing} not found; the dataset has {self.classes}")
-        rename = {lookup[n.lower()]: n for n in names}
+            raise DarktuneError(_unknown_classes_message(missing, self.classes))
+        wanted = set(names)
         images = []
         for rec in self.images:
-            boxes = [replace(b, class_name=rename[b.class_name]) for b in rec.boxes if b.class_name in rename]
+            boxes = [b for b in rec.boxes if b.class_name in wanted]
             if boxes or keep_empty or not rec.boxes:
                 images.append(replace(rec, boxes=boxes))
         return Dataset(list(names), images, list(self.skipped))
 
 
-def merge_datasets(datasets: list[Dataset]) -> Dataset:
-    """One dataset: classes in order of first appearance, images concatenated."""
+def _unknown_classes_message(missing: list[str], classes: list[str], shown: int = 20) -> str:
+    """Why `missing` are not classes; names that differ from a class only in case get its exact spellings."""
+    head = f"{'class' if len(missing) == 1 else 'classes'} {', '.join(repr(n) for n in missing)} not found"
+    hints = []
+    for name in missing:
+        found = [repr(c) for c in classes if c.lower() == name.lower()]
+        spellings = " or ".join(filter(None, [", ".join(found[:-1]), found[-1]])) if found else ""
+        if spellings:
+            hints.append(spellings if len(missing) == 1 else f"{spellings} for {name!r}")
+    if hints:
+        return f"{head} (class names are matched exactly, case included); did you mean {', '.join(hints)}?"
+    listed = ", ".join(repr(c) for c in classes[:shown])
+    more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
+    return f"{head}; the dataset has {listed}{more}"
+
+
+def image_identity(path: str | Path) -> tuple:
+    """Which file an image path names: (device, inode) when the file exists, so a symlink, a hardlink or
+    another spelling of the same file are one image; otherwise the absolute, resolved path."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        if st.st_ino:
+            return ("file", st.st_dev, st.st_ino)
+    except OSError:
+        pass
+    try:
+        return ("path", str(p.resolve()))
+    except (OSError, RuntimeError):  # a symlink loop
+        return ("path", str(p.absolute()))
+
+
+@dataclass
+class MergeCounts:
+    """What `merge_datasets` did with records that point to one image file."""
+
+    images: int = 0  # images listed more than once, now one record each
+    records: int = 0  # records folded into the first record of their image
+    boxes: int = 0  # identical boxes dropped from the union
+
+    def message(self) -> str:
+        """One line for a summary ("" when nothing was merged)."""
+        if not self.images:
+            return ""
+        were = "was" if self.images == 1 else "were"
+        dropped = f"; {plural(self.boxes, 'identical box', 'identical boxes')} dropped" if self.boxes else ""
+        return (f"{plural(self.images, 'image')} listed more than once {were} merged ({self.images + self.records} "
+                f"records -> {self.images}, each with the union of its boxes{dropped})")
+
+    def to_dict(self) -> dict:
+        return {"n_images_merged": self.images, "n_records_merged": self.records,
+                "n_duplicate_boxes_dropped": self.boxes}
+
+
+def merge_datasets(datasets: list[Dataset], *, skip_bad: bool = False) -> tuple[Dataset, MergeCounts]:
+    """One dataset: classes in order of first appearance, images in order of first appearance, and records
+    that point to the same image file (see `image_identity`; within one dataset too) merged into one image
+    with the union of their boxes (identical boxes once). Two sources that each label some of the objects
+    of a picture must not become two copies, each with unlabelled objects, one maybe in train and one in
+    valid. Records of one image with different known sizes contradict each other: DarktuneError naming
+    the image, or with skip_bad the image is skipped and counted."""
     classes: list[str] = []
     for ds in datasets:
         classes += [c for c in ds.classes if c not in classes]
-    return Dataset(classes, [r for ds in datasets for r in ds.images], [p for ds in datasets for p in ds.skipped])
+    skipped = [p for ds in datasets for p in ds.skipped]
+    first: dict[tuple, ImageRecord] = {}
+    box_keys: dict[tuple, set] = {}
+    extra: dict[tuple, list[int]] = {}  # image -> [records folded in, identical boxes dropped]
+    bad: set[tuple] = set()
+    for rec in (r for ds in datasets for r in ds.images):
+        key = image_identity(rec.path)
+        if key not in first:
+            first[key] = replace(rec, boxes=list(rec.boxes))
+            box_keys[key] = {_box_key(b) for b in rec.boxes}
+            continue
+        kept = first[key]
+        if kept.width and kept.height and rec.width and rec.height and (kept.width, kept.height) != (rec.width,
+                                                                                                     rec.height):
+            reason = (f"listed more than once with different sizes ({kept.width}x{kept.height} and "
+                      f"{rec.width}x{rec.height}), so its boxes disagree")
+            if not skip_bad:
+                raise DarktuneError(reason, path=str(rec.path))
+            if key not in bad:
+                skipped.append(Problem(str(rec.path), None, f"{reason} (image skipped)"))
+            bad.add(key)
+            continue
+        kept.width, kept.height = kept.width or rec.width, kept.height or rec.height
+        folded = extra.setdefault(key, [0, 0])
+        folded[0] += 1
+        for b in rec.boxes:
+            if _box_key(b) in box_keys[key]:
+                folded[1] += 1
+            else:
+                box_keys[key].add(_box_key(b))
+                kept.boxes.append(b)
+    good = [v for k, v in extra.items() if k not in bad]
+    counts = MergeCounts(len(good), sum(v[0] for v in good), sum(v[1] for v in good))
+    images = [rec for key, rec in first.items() if key not in bad]
+    return Dataset(classes, images, skipped), counts
+
+
+def _box_key(box: Box) -> tuple:
+    """Boxes equal to 1e-6 of the image (and of one class) are the same object."""
+    return (box.class_name, *(round(c, 6) for c in (box.x1, box.y1, box.x2, box.y2)))
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -333,6 +441,11 @@ def read_obj_data(path: str | Path) -> ObjData:
         if not line or line.startswith("#"):
             continue
         if "=" not in line:
+            if _YAML_KEY.match(line):
+                raise DarktuneError(f"{line[:40]!r} looks like an Ultralytics data.yaml, which is not supported: "
+                                    "obj.data has 'key = value' lines. To convert the dataset, write its class "
+                                    "names one a line to classes.txt in its folder and run 'darktune data import "
+                                    "FOLDER --out DIR'", path=str(path), line=i)
             raise DarktuneError(f"expected 'key = value', got {line[:60]!r}", path=str(path), line=i)
         key, value = (s.strip() for s in line.split("=", 1))
         values[key.lower()] = (value, i)

@@ -1,7 +1,8 @@
 """Annotation-noise filter: drop boxes (and images) that do not look like single objects.
 
 The study filtered a noisy Open Images "Window" set by hand, removing boxes drawn around groups of windows.
-These rules automate that. Flags (IsGroupOf, ...) are used when asked, but the shape rules catch most group
+These rules automate that. Flags (Open Images IsGroupOf, ..., and VOC `difficult`, which darknet's
+voc_label.py leaves out of training) are used when asked, but the shape rules catch most group
 boxes without them, because a box around a row, column or block of windows is larger and more elongated
 than any single window, and usually encloses other boxes:
 
@@ -35,7 +36,8 @@ from darktune.data.stats import kmeans_anchors, wh_iou
 from darktune.errors import DarktuneError
 
 _FLAG_RULES = (("group_of", "drop_group_of", "is_group_of"), ("depiction", "drop_depiction", "is_depiction"),
-               ("truncated", "drop_truncated", "is_truncated"), ("occluded", "drop_occluded", "is_occluded"))
+               ("truncated", "drop_truncated", "is_truncated"), ("occluded", "drop_occluded", "is_occluded"),
+               ("difficult", "drop_difficult", "is_difficult"))
 INSIDE_FRACTION = 0.9
 CONTAINER_AREA_RATIO = 1.5
 
@@ -48,6 +50,7 @@ class FilterRules:
     drop_depiction: bool = False
     drop_truncated: bool = False
     drop_occluded: bool = False
+    drop_difficult: bool = False
     drop_containers: bool = False
     container_min: int = 2
     max_rel_size: float | None = None

@@ -17,6 +17,8 @@ from darktune.data.dataset import Dataset
 from darktune.errors import DarktuneError
 from darktune.plural import plural
 
+MISSING_SHOWN = 20  # missing images named in the text report (all of them in to_dict)
+
 
 def wh_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU (n, m) of box shapes a (n, 2) and b (m, 2) placed at a common corner."""
@@ -81,7 +83,9 @@ def kmeans_anchors(wh: np.ndarray, k: int, seed: int = 0, *, n_init: int = 3,
 
 @dataclass
 class DatasetStats:
-    """Figures of a dataset. Sizes are normalised; anchors are in pixels at the network size."""
+    """Figures of a dataset. Sizes are normalised; anchors are in pixels at the network size. Images that are
+    not on disk are left out of every figure and counted (`missing_images`); `skipped` holds the records the
+    readers skipped. `anchors_not_computed` says why there are no anchors when some were asked for."""
 
     n_images: int
     n_empty_images: int
@@ -95,6 +99,12 @@ class DatasetStats:
     size: tuple[int, int] = (416, 416)
     anchors: list[list[float]] = field(default_factory=list)
     anchors_mean_iou: float | None = None
+    anchors_not_computed: str | None = None
+    n_missing_images: int = 0
+    missing_images: list[str] = field(default_factory=list)
+    n_skipped_records: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    source: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,25 +127,53 @@ def box_shapes(dataset: Dataset) -> np.ndarray:
     return np.array([(b.w, b.h) for rec in dataset.images for b in rec.boxes], np.float64).reshape(-1, 2)
 
 
+def images_on_disk(dataset: Dataset) -> tuple[Dataset, list[Path]]:
+    """(the dataset without the images that are not files on disk, the paths of those images)."""
+    present, missing = [], []
+    for rec in dataset.images:
+        (present if Path(rec.path).is_file() else missing).append(rec)
+    return Dataset(list(dataset.classes), present, list(dataset.skipped)), [Path(r.path) for r in missing]
+
+
 def dataset_stats(dataset: Dataset, anchors_k: int | None = 6, size: tuple[int, int] = (416, 416),
-                  seed: int = 0) -> DatasetStats:
-    """Counts and distributions; anchors_k anchors (None or 0: none) at network `size` (w, h) in pixels."""
+                  seed: int = 0, *, check_files: bool = True, source: str | None = None) -> DatasetStats:
+    """Counts and distributions; anchors_k anchors (None or 0: none) at network `size` (w, h) in pixels.
+    check_files: images that are not files on disk are counted as missing and left out (off for a dataset
+    that lives only in memory). Fewer distinct box shapes than anchors_k: no anchors, and the reason in
+    `anchors_not_computed` (the figures are still made)."""
+    missing: list[Path] = []
+    if check_files:
+        dataset, missing = images_on_disk(dataset)
     wh = box_shapes(dataset)
     per_image = np.array([len(r.boxes) for r in dataset.images], np.float64)
     stats = DatasetStats(
         n_images=len(dataset.images), n_empty_images=int((per_image == 0).sum()), n_boxes=len(wh),
         class_counts=dataset.class_counts(), boxes_per_image=_summary(per_image), width=_summary(wh[:, 0]),
         height=_summary(wh[:, 1]), area=_summary(wh[:, 0] * wh[:, 1]), aspect=_summary(wh[:, 0] / wh[:, 1]),
-        size=(int(size[0]), int(size[1])))
+        size=(int(size[0]), int(size[1])), n_missing_images=len(missing), missing_images=[str(p) for p in missing],
+        n_skipped_records=len(dataset.skipped), skipped=[p.to_dict() for p in dataset.skipped], source=source)
     if anchors_k:
-        anchors, mean_iou = kmeans_anchors(wh * np.asarray(size, np.float64), anchors_k, seed)
-        stats.anchors, stats.anchors_mean_iou = anchors.tolist(), mean_iou
+        n_distinct = len(np.unique(wh, axis=0))
+        if n_distinct < anchors_k:
+            why = f"ask for {n_distinct} or fewer" if n_distinct else "no boxes"
+            stats.anchors_not_computed = (f"cannot make {plural(anchors_k, 'anchor')} from "
+                                          f"{plural(n_distinct, 'distinct box shape')} ({why})")
+        else:
+            anchors, mean_iou = kmeans_anchors(wh * np.asarray(size, np.float64), anchors_k, seed)
+            stats.anchors, stats.anchors_mean_iou = anchors.tolist(), mean_iou
     return stats
 
 
 def format_stats(stats: DatasetStats) -> str:
     head = f"{plural(stats.n_images, 'image')} ({stats.n_empty_images} without boxes), {plural(stats.n_boxes, 'box')}"
+    if stats.n_missing_images:
+        head += f"; {plural(stats.n_missing_images, 'image')} not found on disk (left out of these figures)"
+    if stats.n_skipped_records:
+        head += f"; {plural(stats.n_skipped_records, 'record')} skipped (see the 'skipped:' lines)"
     lines = [head]
+    lines += [f"  not found: {p}" for p in stats.missing_images[:MISSING_SHOWN]]
+    if stats.n_missing_images > MISSING_SHOWN:
+        lines.append(f"  not found: ... and {stats.n_missing_images - MISSING_SHOWN} more (all in --json)")
     lines += [f"  {name:<24} {count:>8}" for name, count in stats.class_counts.items()]
     for label, d in (("boxes/image", stats.boxes_per_image), ("width", stats.width), ("height", stats.height),
                      ("area", stats.area), ("aspect w/h", stats.aspect)):
@@ -145,15 +183,20 @@ def format_stats(stats: DatasetStats) -> str:
     if stats.anchors:
         lines.append(f"anchors at {stats.size[0]}x{stats.size[1]} (mean IoU {stats.anchors_mean_iou:.4f}): "
                      f"{stats.anchors_cfg()}")
+    elif stats.anchors_not_computed:
+        where = f" for {stats.source}" if stats.source else ""
+        lines.append(f"anchors not computed{where}: {stats.anchors_not_computed}")
     return "\n".join(lines)
 
 
 def plot_stats(dataset: Dataset, stats: DatasetStats, out_png: str | Path) -> Path:
-    """PNG with class counts, box (w, h) with anchors, area and aspect histograms."""
+    """PNG with class counts, box (w, h) with anchors, area and aspect histograms (of the images `stats`
+    counted: those it found missing are left out here too)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    wh = box_shapes(dataset)
+    missing = set(stats.missing_images)
+    wh = box_shapes(Dataset(list(dataset.classes), [r for r in dataset.images if str(r.path) not in missing]))
     fig = Figure(figsize=(11, 8), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.subplots(2, 2)
