@@ -1,11 +1,14 @@
 """COCO detection JSON <-> Dataset.
 
 Reading: `images` (id, file_name, width, height), `categories` (id, name; ids arbitrary, classes ordered by
-id), `annotations` (image_id, category_id, bbox [x, y, w, h] in pixels). `iscrowd` maps to is_group_of, and
-an `attributes` dict (CVAT style: occluded, truncated, depiction, inside, group_of) to the other flags.
-file_name resolves against the images folder (default: the JSON's folder, or an images/ folder beside it
-or beside its parent, whichever holds the first image). Writing: out/annotations.json and
-out/images/ (copies or hardlinks), categories numbered from 1.
+id), `annotations` (image_id, category_id, bbox [x, y, w, h] in pixels). `iscrowd` (0/1) maps to
+is_group_of: a crowd box is kept as a group-of box (`data filter --drop-group-of` removes it) and the crowd
+boxes are counted in one warning. An `attributes` dict (CVAT style: occluded, truncated, depiction, inside,
+group_of; JSON booleans or 0/1) maps to the other flags. file_name resolves against the images folder
+(default: the JSON's folder, or an images/ folder beside it or beside its parent, whichever holds the first
+image); each image's declared width/height must match its file's header (only the header is read). What a
+bad record costs (its image, or only an empty box) is in `records`. Writing: out/annotations.json and
+out/images/ (copies or hardlinks), categories numbered from 1; VOC's difficult flag is not written.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ import json
 import math
 from pathlib import Path
 
-from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, clipped_box, place_images
+from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, place_images
 from darktune.data.formats.files import MAX_ANNOTATION_BYTES, output_folder, read_regular, write_text
-from darktune.data.formats.image import known_size
+from darktune.data.formats.image import declared_size_problem, known_size
+from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError
+from darktune.plural import plural
 
 _ATTRS = {"group_of": "is_group_of", "depiction": "is_depiction", "truncated": "is_truncated",
           "occluded": "is_occluded", "inside": "is_inside"}
 
 
-class _Bad(ValueError):
+class _Bad(BadBox):
     """A bad record; the reader turns it into a DarktuneError or a counted skip."""
 
 
@@ -32,7 +37,7 @@ def _int(rec: dict, key: str, positive: bool = False) -> int:
     # JSON NaN / 1e999 parse to float nan / inf: int() of those raises, so finiteness comes first
     if (isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not math.isfinite(v))
             or v != int(v) or (positive and v <= 0)):
-        raise _Bad(f"{key!r} must be a {'positive ' if positive else ''}integer, got {v!r}")
+        raise _Bad(f"{key!r} must be {'a positive' if positive else 'an'} integer, got {v!r}")
     return int(v)
 
 
@@ -91,29 +96,37 @@ def _images(doc: dict, images_dir: Path, path: Path) -> dict[int, ImageRecord]:
     return out
 
 
-def _box(ann: dict, images: dict[int, ImageRecord], cats: dict[int, str]):
-    if not isinstance(ann, dict):
-        raise _Bad("not an object")
-    iid, cid = _int(ann, "image_id"), _int(ann, "category_id")
-    if iid not in images:
-        raise _Bad(f"unknown image id {iid}")
-    if cid not in cats:
-        raise _Bad(f"unknown category id {cid}")
+def _flag(value, what: str) -> bool:
+    """A JSON boolean or 0/1 (a string such as "false" would read as true)."""
+    if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
+        return bool(value)
+    raise _Bad(f"{what} must be true/false or 0/1, got {value!r}")
+
+
+def _flags(ann: dict) -> dict[str, bool]:
+    attrs = ann.get("attributes")
+    if attrs is None:
+        attrs = {}
+    elif not isinstance(attrs, dict):
+        raise _Bad(f"'attributes' must be an object, got {type(attrs).__name__}")
+    flags = {flag: _flag(attrs[key], f"attributes.{key}") for key, flag in _ATTRS.items() if key in attrs}
+    if _flag(ann.get("iscrowd", 0), "'iscrowd'"):
+        flags["is_group_of"] = True
+    return flags
+
+
+def _bbox(ann: dict) -> tuple[float, float, float, float]:
     bbox = ann.get("bbox")
     if (not isinstance(bbox, list) or len(bbox) != 4
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
         raise _Bad(f"'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-    rec = images[iid]
-    x, y, w, h = (float(v) for v in bbox)
-    attrs = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
-    flags = {flag: bool(attrs.get(key, False)) for key, flag in _ATTRS.items()}
-    flags["is_group_of"] = flags["is_group_of"] or bool(ann.get("iscrowd", 0))
-    try:
-        box = clipped_box(cats[cid], x / rec.width, y / rec.height, (x + w) / rec.width, (y + h) / rec.height,
-                          **flags)
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
-    return iid, box
+    return tuple(float(v) for v in bbox)
+
+
+def _box(ann: dict, bbox: tuple[float, float, float, float], rec: ImageRecord, name: str):
+    x, y, w, h = bbox
+    return checked_box(name, x / rec.width, y / rec.height, (x + w) / rec.width, (y + h) / rec.height,
+                       f"bbox [{x:g}, {y:g}, {w:g}, {h:g}]", **_flags(ann))
 
 
 def _default_images_dir(doc: dict, path: Path) -> Path:
@@ -128,26 +141,100 @@ def _default_images_dir(doc: dict, path: Path) -> Path:
     return path.parent
 
 
+def _where(i: int, ann) -> str:
+    aid = ann.get("id") if isinstance(ann, dict) else None
+    return f"annotations[{i}]" + (f" (id {aid})" if aid is not None else "")
+
+
+def crowd_note(n: int) -> str:
+    """The warning that counts the crowd boxes read (`Problem.reason`, severity "warning")."""
+    return (f"{plural(n, 'crowd annotation')} (iscrowd=1) read as group-of boxes (kept; "
+            "`darktune data filter --drop-group-of` removes them)")
+
+
+class _Reader:
+    """Annotations -> boxes of their images, with the skips and notes counted (see `read_coco`)."""
+
+    def __init__(self, path: Path, doc: dict, images: dict[int, ImageRecord], cats: dict[int, str], skip_bad: bool):
+        self.path, self.images, self.cats, self.skip_bad = path, images, cats, skip_bad
+        self.annotations: list = doc["annotations"]
+        self.skipped: list[Problem] = []
+        self.dropped: set[int] = set()  # image ids
+        self.seen: dict[tuple, int] = {}  # (image id, category id, bbox) -> index of the first
+        self.crowd: dict[int, int] = {}  # image id -> crowd boxes read
+
+    def fail(self, where: str, reason: str, cost: str) -> None:
+        if not self.skip_bad:
+            raise DarktuneError(f"{where}: {reason}", path=str(self.path))
+        self.skipped.append(Problem(str(self.path), None, f"{where}: {reason} ({cost})"))
+
+    def add(self, i: int) -> None:
+        ann = self.annotations[i]
+        where = _where(i, ann)
+        try:
+            if not isinstance(ann, dict):
+                raise _Bad("not an object")
+            iid = _int(ann, "image_id")
+            if iid not in self.images:
+                raise _Bad(f"unknown image id {iid}")
+        except _Bad as exc:
+            return self.fail(where, str(exc), "skipped")
+        rec = self.images[iid]
+        try:
+            cid = _int(ann, "category_id")
+            if cid not in self.cats:
+                raise _Bad(f"unknown category id {cid}")
+            bbox = _bbox(ann)
+            box = _box(ann, bbox, rec, self.cats[cid])
+        except EmptyBox as exc:
+            return self.fail(where, str(exc), "box skipped")
+        except BadBox as exc:
+            self.dropped.add(iid)
+            return self.fail(where, str(exc), f"image {rec.path} skipped")
+        key = (iid, cid, *bbox)
+        if key in self.seen:
+            first = _where(self.seen[key], self.annotations[self.seen[key]])
+            self.skipped.append(Problem(str(self.path), None, (f"{where}: duplicate of {first} (same image, "
+                                                               "category and bbox; dropped)"), "warning"))
+            return
+        self.seen[key] = i
+        if ann.get("iscrowd"):
+            self.crowd[iid] = self.crowd.get(iid, 0) + 1
+        rec.boxes.append(box)
+
+    def check_sizes(self) -> None:
+        """Each kept image's declared width/height against its file's header (a missing file is bad too)."""
+        for i, (iid, rec) in enumerate(self.images.items()):
+            if iid in self.dropped:
+                continue
+            try:
+                reason = declared_size_problem(rec.path, rec.width, rec.height)
+            except DarktuneError as exc:
+                reason = str(exc)
+            if reason:
+                self.dropped.add(iid)
+                self.fail(f"images[{i}] (id {iid})", reason, "image skipped")
+
+
 def read_coco(json_path: str | Path, images_dir: str | Path | None = None, *, skip_bad: bool = False) -> Dataset:
-    """Read a COCO detection file. Structural errors raise DarktuneError naming the file and record; a bad
-    annotation (unknown image or category id, bad bbox) raises too, or with skip_bad is skipped and counted."""
+    """Read a COCO detection file. Structural errors raise DarktuneError naming the file and record. A bad
+    annotation (unknown category id, bad bbox or flag), an image that is missing or whose declared size differs
+    from its file's, raise too, or with skip_bad skip the image (counted in `skipped`): see `records`. An
+    annotation of an unknown image id, or a box of zero width or height, is skipped alone. Exact duplicates
+    (image, category, bbox) are dropped with a warning; crowd annotations are counted in one warning."""
     path = Path(json_path)
     doc = _load(path)
     cats = _categories(doc, path)
     images = _images(doc, Path(images_dir) if images_dir else _default_images_dir(doc, path), path)
-    skipped = []
-    for i, ann in enumerate(doc["annotations"]):
-        try:
-            iid, box = _box(ann, images, cats)
-        except _Bad as exc:
-            aid = ann.get("id") if isinstance(ann, dict) else None
-            where = f"annotations[{i}]" + (f" (id {aid})" if aid is not None else "")
-            if not skip_bad:
-                raise DarktuneError(f"{where}: {exc}", path=str(path)) from None
-            skipped.append(Problem(str(path), None, f"{where}: {exc} (skipped)"))
-            continue
-        images[iid].boxes.append(box)
-    return Dataset(list(cats.values()), list(images.values()), skipped)
+    reader = _Reader(path, doc, images, cats, skip_bad)
+    for i in range(len(doc["annotations"])):
+        reader.add(i)
+    reader.check_sizes()
+    kept = [rec for iid, rec in images.items() if iid not in reader.dropped]
+    n_crowd = sum(n for iid, n in reader.crowd.items() if iid not in reader.dropped)
+    if n_crowd:
+        reader.skipped.append(Problem(str(path), None, crowd_note(n_crowd), "warning"))
+    return Dataset(list(cats.values()), kept, reader.skipped)
 
 
 def write_coco(dataset: Dataset, out_dir: str | Path, *, link: bool = False) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from darktune.data.formats.files import open_regular
 from darktune.errors import DarktuneError
 
 MAX_PIXELS = 100_000_000
@@ -288,23 +289,55 @@ def read_image_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray
     return rgb
 
 
+_HEADER_READS = (4096, 1 << 16)  # most headers fit the first; a large EXIF block can push a JPEG's SOF back
+
+
+def read_image_header(path: str | Path, at_least: int = 0) -> tuple[ImageInfo, bytes]:
+    """Format and size from the header, reading no more of the file than that takes (4 KiB, then 64 KiB, then
+    the whole file; `at_least` bytes when more are wanted, e.g. for the EXIF block); returns the info and the
+    bytes read. Regular files only (a FIFO named *.jpg must not block). DarktuneError naming the file when it
+    is missing, special or not a readable JPEG, PNG or BMP."""
+    path = Path(path)
+    with open_regular(path, "image", MAX_IMAGE_BYTES) as f:
+        data, reason = b"", ""
+        try:
+            for size in (*(max(n, at_least) for n in _HEADER_READS), -1):
+                more = f.read(size - len(data)) if size > 0 else f.read()
+                data += more
+                try:
+                    return image_info(data), data
+                except ValueError as exc:
+                    reason = str(exc)
+                if size < 0 or len(data) < size:  # the whole file is read
+                    break
+        except OSError as exc:
+            raise DarktuneError(f"cannot read image: {exc.strerror or exc}", path=str(path)) from None
+    raise DarktuneError(reason, path=str(path))
+
+
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the header only; DarktuneError when the file is not a readable image."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 16)
-            try:
-                info = image_info(data)
-            except ValueError:  # a JPEG header can sit behind a large EXIF block
-                info = image_info(data + f.read())
-    except FileNotFoundError:
-        raise DarktuneError("image not found", path=str(path)) from None
-    except OSError as exc:
-        raise DarktuneError(f"cannot read image: {exc.strerror or exc}", path=str(path)) from None
-    except ValueError as exc:
-        raise DarktuneError(str(exc), path=str(path)) from None
+    info, _ = read_image_header(path)
     return info.width, info.height
+
+
+def declared_size_problem(path: str | Path, width: int, height: int) -> str | None:
+    """Why an annotation's declared image size (width x height) does not fit the image file, or None. Only
+    the header is read. A size that is the stored one turned by 90 degrees in a file with EXIF orientation
+    5-8 is named as such: the annotation was made on the picture as a viewer shows it, while darknet (and
+    darktune) read the stored pixels. DarktuneError naming the image when it cannot be read."""
+    info, _ = read_image_header(path)
+    if (info.width, info.height) == (width, height):
+        return None
+    found = f"declared size {width}x{height} differs from the image file {path}, which is {info.width}x{info.height}"
+    if (info.height, info.width) == (width, height):
+        orientation = exif_orientation(read_image_header(path, 1 << 17)[1], info.format)
+        if orientation in (5, 6, 7, 8):
+            return (f"{found} turned by EXIF orientation {orientation}: the annotation was made on the picture "
+                    "as a viewer shows it (rotated), but labels must refer to the stored pixels (darknet "
+                    "ignores EXIF orientation); re-save the image with the rotation applied to its pixels, and "
+                    "the annotation fits it")
+    return f"{found} (its boxes would be scaled by the wrong size)"
 
 
 def known_size(record) -> tuple[int, int]:

@@ -6,8 +6,11 @@ class-descriptions CSV (`LabelName,DisplayName`, e.g. `/m/0d4v4,Window`; a heade
 official file has none) and the images folder, where each image is <ImageID>.jpg (.jpeg/.png also tried).
 Class names are the display names. An image missing from the folder is skipped and counted (a partial
 download is the usual case); a malformed row raises DarktuneError naming file and line, or with skip_bad is
-skipped and counted. Flags of -1 (unknown) read as False. The writer copies every image but, the format
-being one row per box, an image without boxes has no row and does not come back on reading.
+skipped and counted with its whole image (an empty box, XMin == XMax, alone): see `records`. Rows with
+Confidence 0 (a label verified absent, not a box; boxes have 1) are skipped and counted in one warning;
+exact duplicate rows are dropped with a warning. Flags of -1 (unknown) read as False. The writer copies
+every image but, the format being one row per box, an image without boxes has no row and does not come back
+on reading.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import re
 from pathlib import Path
 from typing import TextIO
 
-from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, clipped_box, place_images
+from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, place_images
 from darktune.data.formats.files import open_regular, output_folder, write_error
+from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError
+from darktune.plural import plural
 
 BOX_COLUMNS = ("ImageID", "Source", "LabelName", "Confidence", "XMin", "XMax", "YMin", "YMax", "IsOccluded",
                "IsTruncated", "IsGroupOf", "IsDepiction", "IsInside")
@@ -31,7 +36,7 @@ _IMAGE_ID = re.compile(r"[A-Za-z0-9._-]+")
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
-class _Bad(ValueError):
+class _Bad(BadBox):
     pass
 
 
@@ -85,6 +90,18 @@ def _flag(row: dict, key: str) -> bool:
     return text == "1"
 
 
+def _confidence(row: dict) -> float:
+    """Confidence (1 on every box of the official files; empty reads as 1)."""
+    text = (row.get("Confidence") or "").strip()
+    try:
+        value = float(text) if text else 1.0
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise _Bad(f"Confidence must be a number in [0, 1], got {text[:40]!r}")
+    return value
+
+
 def _row_box(row: dict, name: str):
     try:
         xmin, xmax, ymin, ymax = (float(row[k]) for k in ("XMin", "XMax", "YMin", "YMax"))
@@ -93,10 +110,8 @@ def _row_box(row: dict, name: str):
     if not all(math.isfinite(v) for v in (xmin, xmax, ymin, ymax)):
         raise _Bad("coordinates must be finite")
     flags = {flag: _flag(row, key) for key, flag in _FLAGS.items()}
-    try:
-        return clipped_box(name, xmin, ymin, xmax, ymax, **flags)
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
+    return checked_box(name, xmin, ymin, xmax, ymax, f"XMin={xmin:g} XMax={xmax:g} YMin={ymin:g} YMax={ymax:g}",
+                       **flags)
 
 
 def _find_image(images_dir: Path, image_id: str) -> Path | None:
@@ -113,23 +128,43 @@ class _Collector:
         self.path, self.images_dir, self.known, self.wanted, self.skip_bad = path, images_dir, known, wanted, skip_bad
         self.records: dict[str, ImageRecord | None] = {}
         self.skipped: list[Problem] = []
+        self.dropped: set[str] = set()  # images with a bad row
+        self.seen: dict[tuple, int] = {}  # (image, label, coordinates) -> line
+        self.absent: list[int] = []  # lines of Confidence 0 rows
+
+    def fail(self, line: int, reason: str, cost: str) -> None:
+        if not self.skip_bad:
+            raise DarktuneError(reason, path=str(self.path), line=line)
+        self.skipped.append(Problem(str(self.path), line, f"{reason} ({cost})"))
 
     def add(self, row: dict, line: int) -> None:
         label = (row.get("LabelName") or "").strip()
+        image_id = (row.get("ImageID") or "").strip()
+        good_id = _IMAGE_ID.fullmatch(image_id) is not None
         try:
             if label not in self.known:
                 raise _Bad(f"unknown LabelName {label[:40]!r} (not in the descriptions file)")
             if label not in self.wanted:
                 return  # another class
-            image_id = (row.get("ImageID") or "").strip()
-            if not _IMAGE_ID.fullmatch(image_id):
-                raise _Bad(f"bad ImageID {image_id[:40]!r}")
+            if not good_id:
+                return self.fail(line, f"bad ImageID {image_id[:40]!r}", "skipped")
+            if _confidence(row) == 0:  # a verified-absent label, not a box
+                self.absent.append(line)
+                return
             box = _row_box(row, self.wanted[label])
-        except _Bad as exc:
-            if not self.skip_bad:
-                raise DarktuneError(str(exc), path=str(self.path), line=line) from None
-            self.skipped.append(Problem(str(self.path), line, f"{exc} (skipped)"))
+        except EmptyBox as exc:
+            return self.fail(line, str(exc), "box skipped")
+        except BadBox as exc:
+            if not good_id:
+                return self.fail(line, str(exc), "skipped")
+            self.dropped.add(image_id)
+            return self.fail(line, str(exc), f"image {image_id} skipped")
+        key = (image_id, label, box.x1, box.y1, box.x2, box.y2)
+        if key in self.seen:
+            self.skipped.append(Problem(str(self.path), line, f"duplicate of line {self.seen[key]} (same image, "
+                                                              "label and box; dropped)", "warning"))
             return
+        self.seen[key] = line
         if image_id not in self.records:
             found = _find_image(self.images_dir, image_id)
             if found is None:
@@ -138,6 +173,14 @@ class _Collector:
             self.records[image_id] = ImageRecord(found) if found else None
         if self.records[image_id] is not None:
             self.records[image_id].boxes.append(box)
+
+    def finish(self) -> list[ImageRecord]:
+        """The kept records; the Confidence 0 rows counted in one warning."""
+        if self.absent:
+            self.skipped.append(Problem(str(self.path), self.absent[0], (
+                f"{plural(len(self.absent), 'row')} with Confidence 0 skipped (verified-absent labels, not boxes; "
+                "the first on this line)"), "warning"))
+        return [r for k, r in self.records.items() if r is not None and k not in self.dropped]
 
 
 def read_openimages(boxes_csv: str | Path, descriptions_csv: str | Path, images_dir: str | Path, *,
@@ -158,7 +201,7 @@ def read_openimages(boxes_csv: str | Path, descriptions_csv: str | Path, images_
                 collect.add(row, reader.line_num)
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DarktuneError(f"bad CSV: {exc}", path=str(path), line=reader.line_num) from None
-    records = [r for r in collect.records.values() if r is not None]
+    records = collect.finish()
     if classes:
         names = list(dict.fromkeys(classes))
     else:  # descriptions order, only the classes that have boxes (the official file lists 600)

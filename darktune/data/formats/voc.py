@@ -2,11 +2,21 @@
 
 Reading: `src` is a folder of .xml files, one .xml file, or a VOC root holding Annotations/ and JPEGImages/.
 Images are found as <images folder>/<filename> (default: JPEGImages/ beside Annotations/, else the XML's
-folder). Pixel convention: coordinates are taken as given, as continuous pixel positions, and divided by the
-image width/height (x1 = xmin / width, x2 = xmax / width); no 1-based shift is applied. Writing uses the same
-convention, with up to 6 decimals (integers stay integers), so a round trip is exact to 1e-6 of a pixel.
-<truncated> and <occluded> map to the flags of the same names; the writer adds <group_of>, <depiction> and
-<inside> tags, which the reader also understands. <difficult> is read and ignored.
+folder). A <size> must match the image file's header (only the header is read; a missing or 0 size is taken
+from it).
+
+Pixel convention (darknet's scripts/voc_label.py, also ultralytics' VOC conversion): VOC numbers pixels from
+1, so a pixel number p is the continuous position p - 1: x1 = (xmin - 1) / width, x2 = (xmax - 1) / width
+(voc_label.py: cx = (xmin + xmax) / 2 - 1, w = xmax - xmin, over the width); a box (1, 1, 100, 80) in a
+100x80 image is cx 0.495, w 0.99. A corner that only the shift puts left of or above the image (xmin 0, from
+0-based tools) is clamped to the edge; beyond that, overshoot up to the box tolerance is clipped and more is
+an error. Writing is the inverse (xmin = x1 * width + 1, so a box reaching the right edge has xmax =
+width + 1), whole pixels as integers, else up to 6 decimals: VOC -> darknet -> VOC gives back the same
+numbers. A box with xmin == xmax (or ymin == ymax) has no area in this convention.
+
+<truncated>, <occluded> and <difficult> map to is_truncated, is_occluded and is_difficult; the writer adds
+<group_of>, <depiction> and <inside> tags, which the reader also understands. Exact duplicate objects (same
+name and box) are dropped with a warning.
 """
 
 from __future__ import annotations
@@ -15,19 +25,20 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, clipped_box, place_images
+from darktune.data.dataset import BOX_TOLERANCE, Dataset, ImageRecord, Problem, class_name_problem, place_images
 from darktune.data.formats.files import output_folder, read_regular, write_error
-from darktune.data.formats.image import IMAGE_EXTENSIONS, known_size, read_image_size
+from darktune.data.formats.image import IMAGE_EXTENSIONS, declared_size_problem, known_size, read_image_size
+from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError
 
 _FLAG_TAGS = {"group_of": "is_group_of", "depiction": "is_depiction", "truncated": "is_truncated",
-              "occluded": "is_occluded", "inside": "is_inside"}
+              "occluded": "is_occluded", "inside": "is_inside", "difficult": "is_difficult"}
 
 
 MAX_XML_BYTES = 64 << 20  # one image's annotation
 
 
-class _Bad(ValueError):
+class _Bad(BadBox):
     pass
 
 
@@ -73,33 +84,83 @@ def _image_path(root, xml_path: Path, images_dir: Path | None) -> Path:
     raise _Bad("no <filename> and no image named like the XML file")
 
 
-def _parse(xml_path: Path, images_dir: Path | None) -> ImageRecord:
+_XML_REFUSALS = {"EntitiesForbidden": "XML entity declarations are refused (a possible entity-expansion attack)",
+                 "ExternalReferenceForbidden": "XML external references are refused (a possible external-entity "
+                                               "attack)",
+                 "DTDForbidden": "XML document type declarations are refused"}
+
+
+def _refusal(exc) -> str:
+    """defusedxml's refusal in plain words (its own text is a repr such as EntitiesForbidden(name='lol', ...))."""
+    if type(exc).__name__ == "EntitiesForbidden" and (getattr(exc, "sysid", None) or getattr(exc, "pubid", None)):
+        return "XML external entity declarations are refused (a possible external-entity attack)"
+    return _XML_REFUSALS.get(type(exc).__name__, f"XML refused by the safe parser ({type(exc).__name__})")
+
+
+def _xml_root(xml_path: Path):
     from defusedxml import ElementTree as SafeET
     from defusedxml.common import DefusedXmlException
 
     data = read_regular(xml_path, "XML file", MAX_XML_BYTES)
     try:
-        root = SafeET.fromstring(data)
-    except (ET.ParseError, DefusedXmlException) as exc:
+        return SafeET.fromstring(data)
+    except DefusedXmlException as exc:
+        raise DarktuneError(_refusal(exc), path=str(xml_path)) from None
+    except ET.ParseError as exc:
         raise DarktuneError(f"bad XML: {exc}", path=str(xml_path)) from None
     except (LookupError, ValueError) as exc:  # an unknown encoding in the XML declaration
         raise DarktuneError(f"bad XML: {exc}", path=str(xml_path)) from None
     except RecursionError:
         raise DarktuneError("bad XML: nested too deeply", path=str(xml_path)) from None
+
+
+def _size(root, path: Path) -> tuple[int, int]:
+    """The image size: <size> when given (it must match the file's header), else the header's."""
+    size = root.find("size")
+    if size is not None and _text(size, "width") and _text(size, "height"):
+        width, height = int(_number(size, "width")), int(_number(size, "height"))
+        if width > 0 and height > 0:  # some tools write 0: take the size from the image itself
+            reason = declared_size_problem(path, width, height)
+            if reason:
+                raise _Bad(f"<size>: {reason}")
+            return width, height
+    return read_image_size(path)
+
+
+def _parse(xml_path: Path, images_dir: Path | None, skip_bad: bool) -> tuple[ImageRecord, list[Problem]]:
+    """One XML file -> its image record and the problems of boxes dropped alone (empty boxes under skip_bad,
+    duplicates). A bad file or object raises _Bad or DarktuneError."""
+    root = _xml_root(xml_path)
     if root.tag != "annotation":
         raise _Bad(f"root element is <{root.tag}>, expected <annotation>")
     rec = ImageRecord(_image_path(root, xml_path, images_dir))
-    size = root.find("size")
-    if size is not None and _text(size, "width") and _text(size, "height"):
-        rec.width, rec.height = int(_number(size, "width")), int(_number(size, "height"))
-    if (rec.width or 0) <= 0 or (rec.height or 0) <= 0:  # some tools write 0: take the size from the image itself
-        rec.width, rec.height = read_image_size(rec.path)
+    rec.width, rec.height = _size(root, rec.path)
+    problems, seen = [], {}
     for k, obj in enumerate(root.iter("object")):
         try:
-            rec.boxes.append(_object_box(obj, rec))
-        except _Bad as exc:
+            box = _object_box(obj, rec)
+        except EmptyBox as exc:
+            if not skip_bad:
+                raise _Bad(f"object {k}: {exc}") from None
+            problems.append(Problem(str(xml_path), None, f"object {k}: {exc} (box skipped)"))
+            continue
+        except BadBox as exc:
             raise _Bad(f"object {k}: {exc}") from None
-    return rec
+        key = (box.class_name, box.x1, box.y1, box.x2, box.y2)
+        if key in seen:
+            problems.append(Problem(str(xml_path), None, f"object {k}: duplicate of object {seen[key]} (same name "
+                                                         "and box; dropped)", "warning"))
+            continue
+        seen[key] = k
+        rec.boxes.append(box)
+    return rec, problems
+
+
+def _shifted(value: float, size: int) -> float:
+    """A VOC pixel number -> a normalised darknet coordinate (darknet's voc_label.py: value - 1). A value the
+    shift alone puts left of the image (0 from 0-based tools) is clamped to its edge."""
+    x = (value - 1) / size
+    return 0.0 if -1 / size - BOX_TOLERANCE <= x < 0 else x
 
 
 def _object_box(obj, rec: ImageRecord):
@@ -112,34 +173,39 @@ def _object_box(obj, rec: ImageRecord):
         raise _Bad(reason)
     xmin, ymin, xmax, ymax = (_number(bnd, t) for t in ("xmin", "ymin", "xmax", "ymax"))
     flags = {flag: _text(obj, tag) in ("1", "true", "True") for tag, flag in _FLAG_TAGS.items()}
-    try:
-        return clipped_box(name, xmin / rec.width, ymin / rec.height, xmax / rec.width, ymax / rec.height, **flags)
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
+    return checked_box(name, _shifted(xmin, rec.width), _shifted(ymin, rec.height), _shifted(xmax, rec.width),
+                       _shifted(ymax, rec.height), f"xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}",
+                       **flags)
 
 
 def read_voc(src: str | Path, images_dir: str | Path | None = None, *, skip_bad: bool = False) -> Dataset:
     """Read VOC annotations (see module docstring). Bad XML raises DarktuneError naming the file; a bad
-    object raises too, or with skip_bad the file is skipped and counted. Classes in order of appearance."""
+    object, a missing image or a <size> that differs from the image's raise too, or with skip_bad the file is
+    skipped and counted; an empty box (xmin == xmax or ymin == ymax) is skipped alone with skip_bad.
+    Classes in order of appearance."""
     files, folder = _xml_files(Path(src), Path(images_dir) if images_dir else None)
     records, skipped, classes = [], [], {}
     for xml_path in files:
         try:
-            rec = _parse(xml_path, folder)
+            rec, problems = _parse(xml_path, folder, skip_bad)
         except (_Bad, DarktuneError) as exc:
             reason = str(exc) if isinstance(exc, _Bad) else str(exc).removeprefix(f"{xml_path}: ")
             if not skip_bad:
                 raise DarktuneError(reason, path=str(xml_path)) from None
             skipped.append(Problem(str(xml_path), None, f"{reason} (skipped)"))
             continue
+        skipped += problems
         classes.update(dict.fromkeys(b.class_name for b in rec.boxes))
         records.append(rec)
     return Dataset(list(classes), records, skipped)
 
 
 def _px(v: float) -> str:
-    text = f"{v:.6f}".rstrip("0").rstrip(".")
-    return text if text not in ("", "-0") else "0"
+    """A pixel number: a whole pixel as an integer (within 1e-4 px: darknet's 8-decimal labels move VOC's
+    integers by up to 1e-8 x the image size), else up to 6 decimals."""
+    if abs(v - round(v)) < 1e-4:
+        return str(round(v))
+    return f"{v:.6f}".rstrip("0").rstrip(".")
 
 
 def _annotation_xml(rec: ImageRecord, filename: str, width: int, height: int) -> ET.ElementTree:
@@ -154,10 +220,9 @@ def _annotation_xml(rec: ImageRecord, filename: str, width: int, height: int) ->
         ET.SubElement(obj, "name").text = b.class_name
         for tag, flag in _FLAG_TAGS.items():
             ET.SubElement(obj, tag).text = str(int(getattr(b, flag)))
-        ET.SubElement(obj, "difficult").text = "0"
         bnd = ET.SubElement(obj, "bndbox")
-        for tag, v in (("xmin", b.x1 * width), ("ymin", b.y1 * height), ("xmax", b.x2 * width),
-                       ("ymax", b.y2 * height)):
+        for tag, v in (("xmin", b.x1 * width + 1), ("ymin", b.y1 * height + 1), ("xmax", b.x2 * width + 1),
+                       ("ymax", b.y2 * height + 1)):
             ET.SubElement(bnd, tag).text = _px(v)
     ET.indent(root)
     return ET.ElementTree(root)
