@@ -397,3 +397,23 @@ def test_cli_filter_reports_boxes_removed_by_classes(tmp_path, capsys):
             "images as negatives)") in capsys.readouterr().out
     assert main(["data", "filter", str(src), "--classes", "Window", "--out", str(tmp_path / "o3")]) == 2
     assert "did you mean 'window'?" in capsys.readouterr().err
+
+
+def test_cli_drop_difficult_on_a_voc_source(tmp_path, capsys):
+    """End to end: the VOC reader's <difficult>1</difficult> reaches --drop-difficult."""
+    import cv2
+
+    from darktune.cli import main
+
+    src = tmp_path / "voc"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.jpg"), np.full((80, 100, 3), 90, np.uint8))
+    objects = "".join(f"<object><name>cat</name><difficult>{d}</difficult><bndbox><xmin>{x}</xmin><ymin>10</ymin>"
+                      f"<xmax>{x + 20}</xmax><ymax>30</ymax></bndbox></object>" for x, d in ((10, 0), (50, 1)))
+    (src / "a.xml").write_text(f"<annotation><filename>a.jpg</filename><size><width>100</width><height>80</height>"
+                               f"</size>{objects}</annotation>")
+    assert main(["data", "filter", str(src), "--format", "voc", "--drop-difficult", "--out", str(tmp_path / "o"),
+                 "--val-fraction", "0", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["rules"] == [{"rule": "difficult", "flagged": 1, "removed": 1, "images": 1}]
+    assert doc["n_boxes_in"] == 2 and doc["n_boxes_out"] == 1
