@@ -347,3 +347,16 @@ def test_size_check_reads_headers_only(tmp_path, monkeypatch):
     monkeypatch.setattr(image, "open_regular", lambda *a, **k: Spy(real_open(*a, **k)))
     assert len(read_coco(tmp_path / "ann.json").images) == 1
     assert reads == [4096]
+
+
+def test_import_prints_reader_warnings_as_notes_not_skips(tmp_path, capsys):
+    """Crowd boxes are read (as group-of) and counted: the import says so as a note, and skips nothing."""
+    from darktune.cli import main
+
+    path = _coco(tmp_path, [(1, 1, [5, 5, 10, 10], {"iscrowd": 1}), (2, 1, [20, 5, 10, 10], {})])
+    assert main(["data", "import", str(path), "--images", str(tmp_path), "--out", str(tmp_path / "out"),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["n_skipped"] == 0 and summary["n_notes"] == 1 and summary["n_boxes"] == 2
+    assert "note: " in captured.err and "crowd annotation" in captured.err and "skipped:" not in captured.err
