@@ -115,8 +115,12 @@ class RunPlan:
 
 
 def identity_options(options: dict) -> dict:
-    """The train options that decide a run's result (see RunPlan.identity)."""
-    report_only = {"workers"} | (set() if options.get("stop_at_target") else {"target_map"})
+    """The train options that decide a run's result (see RunPlan.identity). Left out: the loader's thread count,
+    how often a checkpoint is written (a resume from any checkpoint is exact, tested), the frozen-prefix feature
+    cache (bit-identical weights, tested; a run turns it off itself on any difference), and target_map unless the
+    run stops at it (otherwise it only decides how the report reads the curves)."""
+    report_only = {"workers", "checkpoint_every", "feature_cache"} | (
+        set() if options.get("stop_at_target") else {"target_map"})
     return {k: options[k] for k in sorted(options) if k not in report_only}
 
 

@@ -179,6 +179,21 @@ def test_report_only_target_change_reuses_every_run(spec_file, tmp_path):
         run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
 
 
+def test_result_neutral_options_reuse_every_run(spec_file, tmp_path):
+    """How often checkpoints are written and the frozen-prefix feature cache do not change a run's weights
+    (tests in test_train / test_eval_cache): changing them reuses the runs; a result option does not."""
+    out = tmp_path / "exp"
+    run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+    text = spec_file.read_text()
+    spec_file.write_text(text.replace("  size: 64\n", "  size: 64\n  checkpoint_every: 7\n  feature_cache: false\n"))
+    again = Counting()
+    result = run_experiment(load_spec(spec_file), out, train_fn=again, progress=False)
+    assert again.calls == [] and all(o.reused for o in result.outcomes)
+    spec_file.write_text(text.replace("  size: 64\n", "  size: 64\n  lr: 0.002\n"))
+    with pytest.raises(DarktuneError, match=r"lr: unset -> 0.002"):
+        run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
+
+
 def test_retrained_stage_refuses_the_runs_that_started_from_it(spec_file, tmp_path):
     out = tmp_path / "exp"
     run_experiment(load_spec(spec_file), out, train_fn=fake_train, progress=False)
