@@ -174,7 +174,7 @@ def _coco_doc():
     (lambda d: d["annotations"][0].update(image_id=99), "unknown image id 99"),
     (lambda d: d["annotations"][0].update(category_id=3), "unknown category id 3"),
     (lambda d: d["annotations"][0].update(image_id="7"), "image_id"),
-    (lambda d: d["images"][0].pop("width"), r"images\[0\]"),
+    (lambda d: d["images"][0].update(width="40"), r"images\[0\]"),
     (lambda d: d["categories"].append({"id": 2, "name": "x"}), "duplicate category"),
     (lambda d: d.pop("annotations"), "annotations"),
 ])

@@ -1,12 +1,14 @@
 """COCO detection JSON <-> Dataset.
 
-Reading: `images` (id, file_name, width, height), `categories` (id, name; ids arbitrary, classes ordered by
-id), `annotations` (image_id, category_id, bbox [x, y, w, h] in pixels). `iscrowd` (0/1) maps to
-is_group_of: a crowd box is kept as a group-of box (`data filter --drop-group-of` removes it) and the crowd
-boxes are counted in one warning. An `attributes` dict (CVAT style: occluded, truncated, depiction, inside,
-group_of; JSON booleans or 0/1) maps to the other flags. file_name resolves against the images folder
-(default: the JSON's folder, or an images/ folder beside it or beside its parent, whichever holds the first
-image); each image's declared width/height must match its file's header (only the header is read). What a
+Reading: `images` (id, file_name, width, height; a missing or null width/height is read from the image
+file's header, and only an image whose header cannot be read is refused), `categories` (id, name; ids
+arbitrary, classes ordered by id), `annotations` (image_id, category_id, bbox [x, y, w, h] in pixels).
+`iscrowd` (0/1) maps to is_group_of: a crowd box is kept as a group-of box (`data filter --drop-group-of`
+removes it) and the crowd boxes are counted in one warning. An `attributes` dict (CVAT style: occluded,
+truncated, depiction, inside, group_of; JSON booleans or 0/1) maps to the other flags. file_name resolves
+against the images folder (default: the JSON's folder, or an images/ folder beside it or beside its parent,
+whichever holds the first image); a Windows-style "sub\\a.jpg" that is not found as written is read with /
+separators. Each image's declared width/height must match its file's header (only the header is read). What a
 bad record costs (its image, or only an empty box) is in `records`. Writing: out/annotations.json and
 out/images/ (copies or hardlinks), categories numbered from 1; VOC's difficult flag is not written.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, place_images
 from darktune.data.formats.files import MAX_ANNOTATION_BYTES, output_folder, read_regular, write_text
-from darktune.data.formats.image import declared_size_problem, known_size
+from darktune.data.formats.image import declared_size_problem, known_size, read_image_size
 from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError
 from darktune.plural import plural
@@ -81,6 +83,22 @@ def _categories(doc: dict, path: Path) -> dict[int, str]:
     return dict(sorted(cats.items()))
 
 
+def _size_field(im: dict, key: str) -> int | None:
+    """A declared width or height; None when absent or null (the image header then gives it)."""
+    return None if im.get(key) is None else _int(im, key, True)
+
+
+def _image_file(folder: Path, file_name: str) -> Path:
+    """folder / file_name; a Windows-style name ("sub\\a.jpg") is read with / separators when it is not
+    found as written."""
+    path = folder / file_name
+    if "\\" in file_name and not path.is_file():
+        alt = folder / file_name.replace("\\", "/")
+        if alt.is_file():
+            return alt
+    return path
+
+
 def _images(doc: dict, images_dir: Path, path: Path) -> dict[int, ImageRecord]:
     out = {}
     for i, im in enumerate(doc["images"]):
@@ -90,7 +108,8 @@ def _images(doc: dict, images_dir: Path, path: Path) -> dict[int, ImageRecord]:
             iid = _int(im, "id")
             if iid in out:
                 raise _Bad(f"duplicate image id {iid}")
-            out[iid] = ImageRecord(images_dir / im["file_name"], _int(im, "width", True), _int(im, "height", True))
+            out[iid] = ImageRecord(_image_file(images_dir, im["file_name"]), _size_field(im, "width"),
+                                   _size_field(im, "height"))
         except _Bad as exc:
             raise DarktuneError(f"images[{i}]: {exc}", path=str(path)) from None
     return out
@@ -136,7 +155,7 @@ def _default_images_dir(doc: dict, path: Path) -> Path:
     first = doc["images"][0].get("file_name") if doc["images"] and isinstance(doc["images"][0], dict) else None
     if isinstance(first, str) and first:
         for folder in candidates:
-            if (folder / first).is_file():
+            if _image_file(folder, first).is_file():
                 return folder
     return path.parent
 
@@ -162,6 +181,28 @@ class _Reader:
         self.dropped: set[int] = set()  # image ids
         self.seen: dict[tuple, int] = {}  # (image id, category id, bbox) -> index of the first
         self.crowd: dict[int, int] = {}  # image id -> crowd boxes read
+        self.from_header: set[int] = set()  # image ids whose size was read from the image file
+
+    def fill_sizes(self) -> None:
+        """An image without width/height takes them from its file's header (a declared one of the two must
+        match it); one whose header cannot be read is bad."""
+        for i, (iid, rec) in enumerate(self.images.items()):
+            if rec.width is not None and rec.height is not None:
+                continue
+            declared = (rec.width, rec.height)
+            try:
+                rec.width, rec.height = read_image_size(rec.path)
+            except DarktuneError as exc:
+                self.dropped.add(iid)
+                self.fail(f"images[{i}] (id {iid})", f"no width/height, and {exc}", "image skipped")
+                continue
+            self.from_header.add(iid)
+            if declared[0] not in (None, rec.width) or declared[1] not in (None, rec.height):
+                self.dropped.add(iid)
+                self.fail(f"images[{i}] (id {iid})", (f"declared {'width' if declared[0] else 'height'} "
+                                                      f"{declared[0] or declared[1]} differs from the image file "
+                                                      f"{rec.path}, which is {rec.width}x{rec.height}"),
+                          "image skipped")
 
     def fail(self, where: str, reason: str, cost: str) -> None:
         if not self.skip_bad:
@@ -180,6 +221,8 @@ class _Reader:
         except _Bad as exc:
             return self.fail(where, str(exc), "skipped")
         rec = self.images[iid]
+        if rec.width is None or rec.height is None:
+            return  # its image has no size (counted once, in fill_sizes)
         try:
             cid = _int(ann, "category_id")
             if cid not in self.cats:
@@ -205,7 +248,7 @@ class _Reader:
     def check_sizes(self) -> None:
         """Each kept image's declared width/height against its file's header (a missing file is bad too)."""
         for i, (iid, rec) in enumerate(self.images.items()):
-            if iid in self.dropped:
+            if iid in self.dropped or iid in self.from_header:
                 continue
             try:
                 reason = declared_size_problem(rec.path, rec.width, rec.height)
@@ -227,6 +270,7 @@ def read_coco(json_path: str | Path, images_dir: str | Path | None = None, *, sk
     cats = _categories(doc, path)
     images = _images(doc, Path(images_dir) if images_dir else _default_images_dir(doc, path), path)
     reader = _Reader(path, doc, images, cats, skip_bad)
+    reader.fill_sizes()
     for i in range(len(doc["annotations"])):
         reader.add(i)
     reader.check_sizes()

@@ -1,0 +1,76 @@
+"""Where the readers find what an annotation leaves out or spells differently: a COCO image without
+width/height takes them from its header, a Windows-style COCO file_name, a VOC <filename> without extension or
+in another case (noted), and an Open Images row with too few fields (named with its counts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from darktune.data.formats.coco import read_coco
+from darktune.errors import DarktuneError
+
+
+def write_image(path: Path, w: int, h: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix, np.full((h, w, 3), 90, np.uint8))
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def _coco(tmp_path: Path, images: list[dict], name: str = "ann.json") -> Path:
+    anns = [{"id": k + 1, "image_id": im["id"], "category_id": 1, "bbox": [8, 6, 16, 12]}
+            for k, im in enumerate(images)]
+    path = tmp_path / name
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "cat"}]}))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- COCO
+
+
+@pytest.mark.parametrize("size", [{}, {"width": None, "height": None}, {"height": 48}])
+def test_coco_size_missing_is_read_from_the_header(tmp_path, size):
+    write_image(tmp_path / "a.jpg", 64, 48)
+    ds = read_coco(_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", **size}]))
+    rec = ds.images[0]
+    assert (rec.width, rec.height) == (64, 48) and not ds.skipped
+    b = rec.boxes[0]
+    assert (b.x1, b.y1, b.x2, b.y2) == (8 / 64, 6 / 48, 24 / 64, 18 / 48)
+
+
+def test_coco_size_missing_and_header_unreadable_is_refused_or_counted(tmp_path):
+    write_image(tmp_path / "a.jpg", 64, 48)
+    (tmp_path / "b.jpg").write_bytes(b"not an image")
+    images = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}, {"id": 3, "file_name": "c.jpg"}]
+    path = _coco(tmp_path, images)
+    with pytest.raises(DarktuneError, match=r"ann.json: images\[1\] \(id 2\): no width/height, and .*b.jpg"):
+        read_coco(path)
+    ds = read_coco(path, skip_bad=True)
+    assert [r.path.name for r in ds.images] == ["a.jpg"]
+    assert len(ds.skipped) == 2 and "image not found" in ds.skipped[1].reason
+    assert all(p.severity == "error" and "image skipped" in p.reason for p in ds.skipped)
+
+
+def test_coco_one_declared_size_must_match_the_header(tmp_path):
+    write_image(tmp_path / "a.jpg", 64, 48)
+    with pytest.raises(DarktuneError, match="declared width 100 differs from the image file .*64x48"):
+        read_coco(_coco(tmp_path, [{"id": 1, "file_name": "a.jpg", "width": 100}]))
+
+
+def test_coco_windows_file_name_is_read_with_slashes_only_when_needed(tmp_path):
+    write_image(tmp_path / "images" / "sub" / "a.jpg", 64, 48)
+    ds = read_coco(_coco(tmp_path, [{"id": 1, "file_name": "sub\\a.jpg", "width": 64, "height": 48}]))
+    assert ds.images[0].path == tmp_path / "images" / "sub" / "a.jpg" and not ds.skipped
+    # a file really named with a backslash (possible on Linux) is taken as written
+    write_image(tmp_path / "images" / "sub\\a.jpg", 32, 24)
+    ds = read_coco(_coco(tmp_path, [{"id": 1, "file_name": "sub\\a.jpg", "width": 32, "height": 24}]))
+    assert ds.images[0].path == tmp_path / "images" / "sub\\a.jpg"
+    with pytest.raises(DarktuneError, match="image not found"):
+        read_coco(_coco(tmp_path, [{"id": 1, "file_name": "other\\a.jpg", "width": 64, "height": 48}]))
