@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from darktune.data.formats.coco import read_coco
+from darktune.data.formats.voc import read_voc
 from darktune.errors import DarktuneError
 
 
@@ -74,3 +75,51 @@ def test_coco_windows_file_name_is_read_with_slashes_only_when_needed(tmp_path):
     assert ds.images[0].path == tmp_path / "images" / "sub\\a.jpg"
     with pytest.raises(DarktuneError, match="image not found"):
         read_coco(_coco(tmp_path, [{"id": 1, "file_name": "other\\a.jpg", "width": 64, "height": 48}]))
+
+
+# ------------------------------------------------------------------------------------------------ VOC
+
+
+def _voc(folder: Path, xml_name: str, filename: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / xml_name
+    path.write_text(f"<annotation><filename>{filename}</filename><size><width>64</width><height>48</height>"
+                    "</size><object><name>cat</name><bndbox><xmin>9</xmin><ymin>7</ymin><xmax>25</xmax>"
+                    "<ymax>19</ymax></bndbox></object></annotation>")
+    return path
+
+
+@pytest.mark.parametrize("xml_name, filename, image, how", [
+    ("x3.xml", "x3", "x3.jpg", "named like the XML file"),            # no extension
+    ("x3.xml", "X3.JPG", "x3.jpg", "named like the XML file"),        # other case, XML stem matches
+    ("0001.xml", "IMG_1.JPG", "img_1.jpg", "same name ignoring case"),  # other case, other stem
+    ("0001.xml", "img_1", "IMG_1.jpg", "image extension, ignoring case"),    # no extension, other case
+])
+def test_voc_filename_fallbacks_are_used_and_noted(tmp_path, xml_name, filename, image, how):
+    write_image(tmp_path / "JPEGImages" / image, 64, 48)
+    xml = _voc(tmp_path / "Annotations", xml_name, filename)
+    ds = read_voc(tmp_path)
+    assert ds.images[0].path == tmp_path / "JPEGImages" / image and ds.n_boxes == 1
+    [note] = ds.skipped
+    assert note.severity == "warning" and note.path == str(xml) and how in note.reason and filename in note.reason
+
+
+def test_voc_filename_found_as_written_says_nothing_and_no_match_is_not_found(tmp_path):
+    write_image(tmp_path / "a.jpg", 64, 48)
+    _voc(tmp_path, "a.xml", "a.jpg")
+    assert not read_voc(tmp_path).skipped
+    _voc(tmp_path, "b.xml", "B.JPG")
+    with pytest.raises(DarktuneError, match=r"b.xml: .*B.JPG: image not found"):
+        read_voc(tmp_path)
+    ds = read_voc(tmp_path, skip_bad=True)
+    assert len(ds.images) == 1 and [p.severity for p in ds.skipped] == ["error"]
+
+
+def test_voc_two_files_differing_only_in_case_are_not_guessed(tmp_path):
+    write_image(tmp_path / "im" / "Pic.jpg", 64, 48)
+    write_image(tmp_path / "im" / "PIC.jpg", 64, 48)
+    if len(list((tmp_path / "im").iterdir())) < 2:
+        pytest.skip("case-insensitive file system")
+    _voc(tmp_path / "ann", "a.xml", "pic.jpg")
+    with pytest.raises(DarktuneError, match="image not found"):
+        read_voc(tmp_path / "ann", tmp_path / "im")

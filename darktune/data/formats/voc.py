@@ -2,7 +2,8 @@
 
 Reading: `src` is a folder of .xml files, one .xml file, or a VOC root holding Annotations/ and JPEGImages/.
 Images are found as <images folder>/<filename> (default: JPEGImages/ beside Annotations/, else the XML's
-folder). A <size> must match the image file's header (only the header is read; a missing or 0 size is taken
+folder); a <filename> not found as written (no extension, another case) falls back to the XML's own stem with
+an image extension, then to a file whose name matches either ignoring case, with a warning naming the XML. A <size> must match the image file's header (only the header is read; a missing or 0 size is taken
 from it).
 
 Pixel convention (darknet's scripts/voc_label.py, also ultralytics' VOC conversion): VOC numbers pixels from
@@ -73,15 +74,59 @@ def _number(node, tag: str) -> float:
     return value
 
 
-def _image_path(root, xml_path: Path, images_dir: Path | None) -> Path:
-    folder = images_dir or xml_path.parent
-    name = _text(root, "filename")
-    if name:
-        return folder / name
-    for ext in IMAGE_EXTENSIONS:
-        if (folder / (xml_path.stem + ext)).is_file():
-            return folder / (xml_path.stem + ext)
-    raise _Bad("no <filename> and no image named like the XML file")
+class _ImageFinder:
+    """<filename> -> the image file. Not found as written, it falls back, in order, to the XML's own stem with
+    an image extension, then to a file whose name matches ignoring case (<filename>, <filename> with an image
+    extension when it has none, or the XML's stem with one); a fallback comes with a note (the
+    caller counts it as a warning). Folder listings for the case-insensitive match are kept per read."""
+
+    def __init__(self, images_dir: Path | None):
+        self.images_dir = images_dir
+        self.listings: dict[Path, dict[str, list[str]]] = {}  # folder -> lower-cased name -> names
+
+    def _ignoring_case(self, folder: Path, names: dict[str, str]) -> tuple[Path, str] | None:
+        """The one file whose name matches one of `names` (name -> how it was made) ignoring case."""
+        if folder not in self.listings:
+            listing: dict[str, list[str]] = {}
+            try:
+                for entry in folder.iterdir():
+                    listing.setdefault(entry.name.lower(), []).append(entry.name)
+            except OSError:
+                pass
+            self.listings[folder] = listing
+        for name, how in names.items():
+            hits = [folder / n for n in self.listings[folder].get(name.lower(), []) if (folder / n).is_file()]
+            if len(hits) == 1:  # two files differing only in case: neither is a safe guess
+                return hits[0], how
+        return None
+
+    def find(self, root, xml_path: Path) -> tuple[Path, str | None]:
+        """(image path, note about the fallback used or None); _Bad when there is no <filename> and no image
+        named like the XML file."""
+        folder = self.images_dir or xml_path.parent
+        name = _text(root, "filename")
+        stems = [xml_path.stem + ext for ext in IMAGE_EXTENSIONS]
+        if not name:
+            for candidate in stems:
+                if (folder / candidate).is_file():
+                    return folder / candidate, None
+            raise _Bad("no <filename> and no image named like the XML file")
+        path = folder / name
+        if path.is_file():
+            return path, None
+        for candidate in stems:
+            if (folder / candidate).is_file():
+                return folder / candidate, (f"<filename> {name!r} not found in {folder}; using {candidate}, "
+                                            "named like the XML file")
+        names = {path.name: "the same name ignoring case"}
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            names |= {path.name + ext: "the same name with an image extension, ignoring case"
+                      for ext in IMAGE_EXTENSIONS}
+        names |= {stem: "named like the XML file, ignoring case" for stem in stems}
+        found = self._ignoring_case(path.parent, names)
+        if found is not None:
+            return found[0], f"<filename> {name!r} not found in {folder}; using {found[0].name} ({found[1]})"
+        return path, None  # the size check names it as not found
 
 
 _XML_REFUSALS = {"EntitiesForbidden": "XML entity declarations are refused (a possible entity-expansion attack)",
@@ -127,15 +172,18 @@ def _size(root, path: Path) -> tuple[int, int]:
     return read_image_size(path)
 
 
-def _parse(xml_path: Path, images_dir: Path | None, skip_bad: bool) -> tuple[ImageRecord, list[Problem]]:
+def _parse(xml_path: Path, finder: _ImageFinder, skip_bad: bool) -> tuple[ImageRecord, list[Problem]]:
     """One XML file -> its image record and the problems of boxes dropped alone (empty boxes under skip_bad,
-    duplicates). A bad file or object raises _Bad or DarktuneError."""
+    duplicates) or of an image found by a fallback. A bad file or object raises _Bad or DarktuneError."""
     root = _xml_root(xml_path)
     if root.tag != "annotation":
         raise _Bad(f"root element is <{root.tag}>, expected <annotation>")
-    rec = ImageRecord(_image_path(root, xml_path, images_dir))
+    path, note = finder.find(root, xml_path)
+    rec = ImageRecord(path)
     rec.width, rec.height = _size(root, rec.path)
     problems, seen = [], {}
+    if note:
+        problems.append(Problem(str(xml_path), None, note, "warning"))
     for k, obj in enumerate(root.iter("object")):
         try:
             box = _object_box(obj, rec)
@@ -184,10 +232,11 @@ def read_voc(src: str | Path, images_dir: str | Path | None = None, *, skip_bad:
     skipped and counted; an empty box (xmin == xmax or ymin == ymax) is skipped alone with skip_bad.
     Classes in order of appearance."""
     files, folder = _xml_files(Path(src), Path(images_dir) if images_dir else None)
+    finder = _ImageFinder(folder)
     records, skipped, classes = [], [], {}
     for xml_path in files:
         try:
-            rec, problems = _parse(xml_path, folder, skip_bad)
+            rec, problems = _parse(xml_path, finder, skip_bad)
         except (_Bad, DarktuneError) as exc:
             reason = str(exc) if isinstance(exc, _Bad) else str(exc).removeprefix(f"{xml_path}: ")
             if not skip_bad:
