@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from darktune.data.formats.coco import read_coco
+from darktune.data.formats.openimages import read_openimages
 from darktune.data.formats.voc import read_voc
 from darktune.errors import DarktuneError
 
@@ -123,3 +124,30 @@ def test_voc_two_files_differing_only_in_case_are_not_guessed(tmp_path):
     _voc(tmp_path / "ann", "a.xml", "pic.jpg")
     with pytest.raises(DarktuneError, match="image not found"):
         read_voc(tmp_path / "ann", tmp_path / "im")
+
+
+# ---------------------------------------------------------------------------------------- Open Images
+
+OI_HEADER = ("ImageID,Source,LabelName,Confidence,XMin,XMax,YMin,YMax,IsOccluded,IsTruncated,IsGroupOf,"
+             "IsDepiction,IsInside")
+
+
+def test_openimages_short_row_names_its_field_count(tmp_path):
+    (tmp_path / "desc.csv").write_text("/m/0d4v4,Window\n/m/02dgv,Door\n")
+    for k in ("000a", "000b"):
+        write_image(tmp_path / "imgs" / f"{k}.jpg", 40, 30)
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("\n".join([OI_HEADER, "000a,x,/m/0d4v4,1,0.1,0.5,0.2,0.6,0,0,0,0,0",
+                                "000a,x,/m/0d4v4,1,0.1,0.5", "000b,x,/m/0d4v4,1,0.1,0.5,0.2,0.6,0,0,0,0,0",
+                                "000b,x,/m/02dgv,1,0.1"]) + "\n")
+    args = (boxes, tmp_path / "desc.csv", tmp_path / "imgs")
+    with pytest.raises(DarktuneError, match=r"boxes.csv:3: row has 6 fields, the header names 13$"):
+        read_openimages(*args)
+    ds = read_openimages(*args, skip_bad=True)
+    assert ds.images == []
+    assert [(p.line, p.reason) for p in ds.skipped] == [
+        (3, "row has 6 fields, the header names 13 (image 000a skipped)"),
+        (5, "row has 5 fields, the header names 13 (image 000b skipped)")]
+    # a short row of a class not asked for is ignored like the other rows of that class
+    ds = read_openimages(*args, classes=["Window"], skip_bad=True)
+    assert [r.path.name for r in ds.images] == ["000b.jpg"] and [p.line for p in ds.skipped] == [3]

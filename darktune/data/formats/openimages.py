@@ -5,8 +5,9 @@ IsTruncated, IsGroupOf, IsDepiction, IsInside; coordinates normalised; extra col
 class-descriptions CSV (`LabelName,DisplayName`, e.g. `/m/0d4v4,Window`; a header row is optional, as the
 official file has none) and the images folder, where each image is <ImageID>.jpg (.jpeg/.png also tried).
 Class names are the display names. An image missing from the folder is skipped and counted (a partial
-download is the usual case); a malformed row raises DarktuneError naming file and line, or with skip_bad is
-skipped and counted with its whole image (an empty box, XMin == XMax, alone): see `records`. Rows with
+download is the usual case); a malformed row (too few fields among them) raises DarktuneError naming file
+and line, or with skip_bad is skipped and counted with its whole image (an empty box, XMin == XMax, alone):
+see `records`. Rows with
 Confidence 0 (a label verified absent, not a box; boxes have 1) are skipped and counted in one warning;
 exact duplicate rows are dropped with a warning. Flags of -1 (unknown) read as False. The writer copies
 every image but, the format being one row per box, an image without boxes has no row and does not come back
@@ -137,10 +138,19 @@ class _Collector:
             raise DarktuneError(reason, path=str(self.path), line=line)
         self.skipped.append(Problem(str(self.path), line, f"{reason} ({cost})"))
 
-    def add(self, row: dict, line: int) -> None:
+    def add(self, row: dict, line: int, n_columns: int) -> None:
         label = (row.get("LabelName") or "").strip()
         image_id = (row.get("ImageID") or "").strip()
         good_id = _IMAGE_ID.fullmatch(image_id) is not None
+        n_missing = sum(v is None for k, v in row.items() if k is not None)  # DictReader fills a short row with None
+        if n_missing:
+            if label in self.known and label not in self.wanted:
+                return  # another class
+            reason = f"row has {plural(n_columns - n_missing, 'field')}, the header names {n_columns}"
+            if not good_id:
+                return self.fail(line, reason, "skipped")
+            self.dropped.add(image_id)
+            return self.fail(line, reason, f"image {image_id} skipped")
         try:
             if label not in self.known:
                 raise _Bad(f"unknown LabelName {label[:40]!r} (not in the descriptions file)")
@@ -198,7 +208,7 @@ def read_openimages(boxes_csv: str | Path, descriptions_csv: str | Path, images_
             if missing:
                 raise DarktuneError(f"missing columns {missing}", path=str(path), line=1)
             for row in reader:
-                collect.add(row, reader.line_num)
+                collect.add(row, reader.line_num, len(reader.fieldnames))
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DarktuneError(f"bad CSV: {exc}", path=str(path), line=reader.line_num) from None
     records = collect.finish()
