@@ -147,29 +147,42 @@ def ort_session(path: str | Path, device: str = "cpu", threads: int | None = Non
 
 class OnnxRuntimeBackend(Backend):
     """A raw-heads ONNX model in ONNX Runtime. `spec` (for decoding) defaults to the cfg that
-    `darktune export onnx` stores in the model's metadata."""
+    `darktune export onnx` stores in the model's metadata.
+
+    A given `spec` (from the cfg file `cfg_path`) must decode the model's outputs as its own cfg would: the
+    output channels must be (classes+5)*len(mask) of each head, and the [yolo] heads (classes, anchors,
+    masks, scale_x_y, new_coords) must equal those of the stored cfg, else a DarktuneError naming both files.
+    The model's input size always wins (a fixed graph runs at no other); `notes` says when the cfg's differs."""
 
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, spec: NetworkSpec | None = None, device: str = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, cfg_path: str | Path | None = None):
         self.path = str(path)
         self.session = ort_session(path, device, threads)
+        self.notes: list[str] = []
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("darktune.outputs") == "detections":
             raise DarktuneError("this ONNX model decodes and runs NMS in the graph (--decode); the onnxruntime "
                                 "backend needs a raw-heads export", path=self.path)
-        if spec is None:
-            spec = _spec_from_metadata(meta, self.path)
+        given = spec is not None
+        cfg_name = str(cfg_path) if cfg_path is not None else (spec.path if given else f"{self.path}:metadata")
+        stored = _spec_from_metadata(meta, self.path) if not given or meta.get("darktune.cfg") else None
+        spec = spec if given else stored
         self.names = meta.get("darktune.names", "").splitlines() or None  # stored by `export onnx --names`
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32
         self.static_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        super().__init__(spec.with_size(inp.shape[3], inp.shape[2]) if isinstance(inp.shape[2], int) else spec)
-        if len(self.session.get_outputs()) != len(spec.yolo_indices):
-            raise DarktuneError(f"the model has {len(self.session.get_outputs())} outputs, the cfg "
-                                f"{len(spec.yolo_indices)} yolo heads", path=self.path)
+        if isinstance(inp.shape[2], int) and isinstance(inp.shape[3], int):
+            if (inp.shape[2], inp.shape[3]) != (spec.net.height, spec.net.width) and given:
+                self.notes.append(f"{self.path} takes {inp.shape[3]}x{inp.shape[2]} input, {cfg_name} says "
+                                  f"{spec.net.width}x{spec.net.height}: running at {inp.shape[3]}x{inp.shape[2]}")
+            spec = spec.with_size(inp.shape[3], inp.shape[2])
+        super().__init__(spec)
+        _check_outputs(self.session.get_outputs(), self.head_specs, self.path, cfg_name)
+        if given and stored is not None:
+            _check_same_heads(spec, stored, self.path, cfg_name)
 
     def raw(self, batch: np.ndarray) -> list[np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
@@ -183,6 +196,39 @@ class OnnxRuntimeBackend(Backend):
         n = len(batch)
         return [np.concatenate([c[k] for c in chunks])[:n].astype(np.float32, copy=False)
                 for k in range(len(chunks[0]))]
+
+
+def _check_outputs(outputs: list, heads: list[YoloSpec], onnx: str, cfg: str) -> None:
+    """Each raw output (B, A*(5+C), H', W') must have the channels that its cfg head decodes."""
+    if len(outputs) != len(heads):
+        raise DarktuneError(f"the ONNX model has {len(outputs)} outputs, {cfg} has {len(heads)} yolo heads",
+                            path=onnx)
+    for k, (out, head) in enumerate(zip(outputs, heads)):
+        channels = out.shape[1] if len(out.shape) == 4 else None
+        if isinstance(channels, int) and channels != head.filters_needed:
+            a = len(head.mask)
+            theirs = (f"{channels // a - 5} classes" if channels % a == 0 and channels // a > 5
+                      else f"{channels} channels")
+            raise DarktuneError(f"output {k} of the ONNX model is for {theirs}, {cfg} has {head.classes} "
+                                f"class{'es' * (head.classes != 1)} ({head.filters_needed} channels): "
+                                "give the cfg the model was exported from", path=onnx)
+
+
+def _check_same_heads(spec: NetworkSpec, stored: NetworkSpec, onnx: str, cfg: str) -> None:
+    """The cfg given for decoding must decode like the cfg stored in the model (`darktune export onnx`)."""
+    mine = [spec.layers[i] for i in spec.yolo_indices]
+    theirs = [stored.layers[i] for i in stored.yolo_indices]
+    if len(mine) != len(theirs):
+        raise DarktuneError(f"{cfg} has {len(mine)} yolo heads, the cfg stored in the model {len(theirs)}",
+                            path=onnx)
+    for k, (a, b) in enumerate(zip(mine, theirs)):
+        for key in ("classes", "anchors", "mask", "scale_x_y", "new_coords"):
+            va, vb = getattr(a, key), getattr(b, key)
+            if va != vb:
+                show = (lambda v: ",".join(f"{x:g}" for x in v)) if isinstance(va, tuple) else str
+                raise DarktuneError(f"yolo head {k}: {cfg} has {key}={show(va)}, the cfg stored in the model "
+                                    f"{key}={show(vb)}; boxes would be decoded wrongly: give the cfg the model "
+                                    "was exported from, or leave --cfg out to use the stored one", path=onnx)
 
 
 def _spec_from_metadata(meta: dict, path: str) -> NetworkSpec:
@@ -304,7 +350,7 @@ def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, 
     if name == "onnxruntime" and onnx is not None:
         from darktune.cfg import parse_cfg
 
-        backend = OnnxRuntimeBackend(onnx, parse_cfg(cfg) if cfg else None, device, threads)
+        backend = OnnxRuntimeBackend(onnx, parse_cfg(cfg) if cfg else None, device, threads, cfg_path=cfg)
         if size is not None and backend.net_hw != (size, size):
             raise DarktuneError(f"the ONNX model takes {backend.net_hw[1]}x{backend.net_hw[0]} input, not --size "
                                 f"{size}; export it again with --size", path=str(onnx))

@@ -280,3 +280,28 @@ def test_bench_infer_cli_json(coco, capsys):
     assert main(["bench", "infer", "--backend", "torch,caffe", "--cfg", str(coco.cfg),
                  "--weights", str(coco.weights)]) == 2
     assert "unknown backend 'caffe'" in capsys.readouterr().err
+
+
+def test_onnxruntime_refuses_a_cfg_that_decodes_the_model_differently(coco, coco_model, tmp_path):
+    import dataclasses
+
+    from darktune.export import export_onnx
+
+    onnx = export_onnx(_small(coco_model), tmp_path / "coco.onnx", verify=False).path  # 80 classes at 128
+    one = write_cfg(coco_model.spec.with_classes(1), tmp_path / "one.cfg")
+    with pytest.raises(DarktuneError) as info:
+        make_backend("onnxruntime", one, None, onnx=onnx)
+    message = str(info.value)
+    assert "coco.onnx" in message and "one.cfg" in message and "80 classes" in message and "1 class " in message
+    # the same network with other anchors: the outputs fit, the boxes would not
+    spec = coco_model.spec
+    layers = list(spec.layers)
+    i = spec.yolo_indices[0]
+    layers[i] = dataclasses.replace(layers[i], anchors=tuple(a * 2 for a in layers[i].anchors))
+    other = write_cfg(dataclasses.replace(spec, layers=tuple(layers)), tmp_path / "anchors.cfg")
+    with pytest.raises(DarktuneError, match=r"yolo head 0: .*anchors.cfg has anchors=20,28.*stored in the model"):
+        make_backend("onnxruntime", other, None, onnx=onnx)
+    # the cfg it came from (at 416): accepted, run at the model's 128, with a note
+    backend = make_backend("onnxruntime", coco.cfg, None, onnx=onnx)
+    assert backend.net_hw == (128, 128) and "takes 128x128 input" in backend.notes[0]
+    assert make_backend("onnxruntime", None, None, onnx=onnx).notes == []

@@ -14,7 +14,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "first camera). A source that cannot be read is reported and skipped; the "
                                    "exit status is then 1. Frames per second are shown on stderr.")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, video file or camera index")
-    p.add_argument("--cfg", help="darknet cfg (optional for --backend onnxruntime --onnx: read from the model)")
+    p.add_argument("--cfg", help="darknet cfg (optional for --backend onnxruntime --onnx: the cfg stored in the "
+                                 "model is used; a --cfg given with --onnx must match the model's outputs and "
+                                 "its stored [yolo] heads (classes, anchors, masks), else detect refuses; the "
+                                 "model's input size wins over the cfg's, with a note)")
     p.add_argument("--weights", help="darknet weights (not needed with --onnx)")
     p.add_argument("--names", help="class names file, one per line (default: the names stored in an --onnx "
                                    "model; else a names file beside --cfg with one name per class: <cfg "
@@ -66,6 +69,8 @@ def _detect(args) -> int:
         raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
     backend = make_backend(args.backend, args.cfg, args.weights, size=args.size, device=args.device,
                            onnx=args.onnx, batch=1, winograd=not args.no_winograd)
+    for note in getattr(backend, "notes", ()):
+        print(f"darktune: note: {note}", file=sys.stderr)
     names = _class_names(args, backend)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
