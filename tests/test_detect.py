@@ -125,3 +125,24 @@ def test_detect_no_winograd_is_only_for_opencv(coco, photo_path, capsys):
     assert main(["detect", str(photo_path), *_model_args(coco), "--backend", "torch", "--no-winograd"]) != 0
     err = capsys.readouterr().err
     assert "--no-winograd is for --backend opencv" in err and "Traceback" not in err
+
+
+def test_detect_out_names_are_unique_and_never_overwritten(coco, video, photo_path, tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    image = read_image(photo_path)
+    for name in ("a/x.jpg", "b/x.jpg", "a/x.png", "a/x-2.jpg"):
+        cv2.imwrite(str(tmp_path / name), image)
+    avi = tmp_path / "clip.avi"
+    avi.write_bytes(video.read_bytes())  # the same clip in a file named .avi: read by content
+    out = tmp_path / "out"
+    inputs = [tmp_path / n for n in ("a/x.jpg", "b/x.jpg", "a/x.png", "a/x-2.jpg")] + [avi, video]
+    rc = main(["detect", *map(str, inputs), *_model_args(coco), "--size", "128", "--max-frames", "2",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip.avi.mp4", "clip.mp4", "x-2-2.jpg", "x-2.jpg", "x.jpg",
+                                                      "x.png"]
+    assert f"{tmp_path / 'b/x.jpg'}: {out / 'x.jpg'} is another input's output in this run; writing " \
+           f"{out / 'x-2.jpg'}" in err
+    assert err.count("another input's output") == 2  # b/x.jpg and a/x-2.jpg, once each

@@ -35,8 +35,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (default: plain resize as darknet)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
-    p.add_argument("--out", help="folder for annotated outputs: <name>.jpg for images, <name>.mp4 for videos "
-                                 "and cameras")
+    p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
+                                 "a video becomes <file name>.mp4 (clip.mp4, clip.avi.mp4), camera N cameraN.mp4; "
+                                 "a name taken by another input of the run gets -2, -3, ... (with a note)")
     p.add_argument("--json", action="store_true", help="print one JSON list of per-image/per-frame records")
     p.set_defaults(func=cmd_detect)
 
@@ -75,6 +76,7 @@ def _detect(args) -> int:
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = OutputNames(out_dir) if out_dir else None
     records, failures, bar = [], 0, None
     try:
         for source in args.sources:
@@ -92,13 +94,49 @@ def _detect(args) -> int:
                            bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
             bar.set_description(Path(src.name).name if src.kind != "camera" else src.name)
             run = _image if src.kind == "image" else _stream
-            records += run(args, backend, src, names, out_dir, bar)
+            target = outputs.name_for(src) if outputs else None
+            records += run(args, backend, src, names, target, bar)
     finally:
         if bar is not None:
             bar.close()
     if args.json:
         print(json.dumps(records))
     return 1 if failures else 0
+
+
+class OutputNames:
+    """Unique names for the annotated outputs of one run, in --out. An image keeps its file name (x.png ->
+    x.png; a suffix OpenCV cannot write gets .jpg added); a video becomes <file name>.mp4 (clip.mp4 stays
+    clip.mp4, clip.avi becomes clip.avi.mp4); camera N becomes cameraN.mp4. A name already used in this run
+    (two inputs a/x.jpg, b/x.jpg) gets -2, -3, ... before its suffix, with a note: no output is overwritten."""
+
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+        self.used: set[str] = set()  # lower case: a case-insensitive file system must not merge two outputs
+
+    def name_for(self, src) -> "Path":
+        from pathlib import Path
+
+        import cv2
+        from tqdm import tqdm
+
+        if src.kind == "camera":
+            base = src.name.replace(" ", "") + ".mp4"
+        elif src.kind == "video":
+            base = Path(src.name).name
+            base = base if Path(base).suffix.lower() == ".mp4" else base + ".mp4"
+        else:
+            base = Path(src.name).name
+            base = base if Path(base).suffix and cv2.haveImageWriter(base) else base + ".jpg"
+        name, n = base, 1
+        while name.lower() in self.used:
+            n += 1
+            name = f"{Path(base).stem}-{n}{Path(base).suffix}"
+        self.used.add(name.lower())
+        if name != base:
+            tqdm.write(f"darktune: note: {src.name}: {self.out_dir / base} is another input's output in this "
+                       f"run; writing {self.out_dir / name}", file=sys.stderr)
+        return self.out_dir / name
 
 
 def _class_names(args, backend) -> list[str]:
@@ -126,7 +164,7 @@ def _record(src, frame_index: int | None, dets, names) -> dict:
     return record
 
 
-def _image(args, backend, src, names, out_dir, bar) -> list[dict]:
+def _image(args, backend, src, names, target, bar) -> list[dict]:
     import cv2
 
     from darktune.detect import draw
@@ -135,12 +173,9 @@ def _image(args, backend, src, names, out_dir, bar) -> list[dict]:
     dets = backend.detect([image], args.thresh, args.nms, args.letterbox)[0]
     bar.update(1)
     record = _record(src, None, dets, names)
-    if out_dir:
-        from pathlib import Path
-
+    if target:
         from darktune.errors import DarktuneError
 
-        target = out_dir / (Path(src.name).stem + ".jpg")
         if not cv2.imwrite(str(target), draw(image, dets, names)):
             raise DarktuneError("cannot write the annotated image (is the disk full?)", path=str(target))
     if not args.json:
@@ -150,14 +185,11 @@ def _image(args, backend, src, names, out_dir, bar) -> list[dict]:
     return [record]
 
 
-def _stream(args, backend, src, names, out_dir, bar) -> list[dict]:
-    """A video or camera: detect frame by frame, show frames/s, write an annotated mp4 with --out."""
-    from pathlib import Path
-
+def _stream(args, backend, src, names, target, bar) -> list[dict]:
+    """A video or camera: detect frame by frame, show frames/s, write an annotated mp4 to `target` (--out)."""
     from darktune.detect import draw
     from darktune.video import VideoSink
 
-    stem = Path(src.name).stem if src.kind == "video" else src.name.replace(" ", "")
     sink, records, objects, start = None, [], 0, time.perf_counter()
     try:
         for i, frame in enumerate(src):
@@ -166,9 +198,9 @@ def _stream(args, backend, src, names, out_dir, bar) -> list[dict]:
             dets = backend.detect([frame], args.thresh, args.nms, args.letterbox)[0]
             records.append(_record(src, i, dets, names))
             objects += len(dets)
-            if out_dir:
+            if target:
                 if sink is None:
-                    sink = VideoSink(out_dir / f"{stem}.mp4", src.fps, (frame.shape[1], frame.shape[0]))
+                    sink = VideoSink(target, src.fps, (frame.shape[1], frame.shape[0]))
                 sink.write(draw(frame, dets, names))
             bar.update(1)
             bar.set_postfix(fps=f"{len(records) / (time.perf_counter() - start):.1f}", refresh=False)
