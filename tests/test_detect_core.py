@@ -112,3 +112,19 @@ def test_detect_names_default_to_class_n_or_the_names_beside_the_cfg(coco, photo
     assert "missing.names" in capsys.readouterr().err
     assert main(["detect", "--cfg", str(coco.cfg), "--weights", str(coco.weights), str(photo_path), "--json"]) == 0
     assert names() == {"tie"}  # the zoo folder: yolov3-tiny.cfg beside coco.names
+
+
+def test_detect_letterbox_follows_the_cfg_unless_told(coco, photo_path, tmp_path, capsys):
+    lb = tmp_path / "lb.cfg"
+    lb.write_text(coco.cfg.read_text().replace("[net]", "[net]\nletter_box=1", 1))
+    runs = {}
+    for key, cfg, extra in [("cfg", lb, []), ("on", coco.cfg, ["--letterbox"]), ("off", lb, ["--no-letterbox"]),
+                            ("plain", coco.cfg, [])]:
+        capsys.readouterr()
+        assert main(["detect", str(photo_path), "--cfg", str(cfg), "--weights", str(coco.weights), "--size", "128",
+                     "--names", str(coco.names),
+                     "--thresh", "0.05", "--json", *extra]) == 0
+        captured = capsys.readouterr()
+        runs[key] = json.loads(captured.out)[0]["detections"]
+        assert ("letter_box=1" in captured.err) == (key == "cfg")
+    assert runs["cfg"] == runs["on"] and runs["off"] == runs["plain"] and runs["cfg"] != runs["plain"]

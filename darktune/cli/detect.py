@@ -32,7 +32,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="network input size (square, multiple of 32); default: the cfg's")
     p.add_argument("--thresh", type=float, default=0.25, help="score threshold (default 0.25)")
     p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--letterbox", action="store_true", help="keep aspect ratio (default: plain resize as darknet)")
+    p.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
+                   help="--letterbox keeps the aspect ratio (grey padding), --no-letterbox resizes plainly; default: "
+                        "as the cfg's [net] letter_box (the cfg stored in an --onnx model without --cfg), as "
+                        "training and evaluation do")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
     p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
@@ -72,6 +75,11 @@ def _detect(args) -> int:
                            onnx=args.onnx, batch=1, winograd=not args.no_winograd)
     for note in getattr(backend, "notes", ()):
         print(f"darktune: note: {note}", file=sys.stderr)
+    if args.letterbox is None:
+        args.letterbox = backend.spec.net.letter_box
+        if args.letterbox:
+            print("darktune: note: letterbox, as the cfg's letter_box=1 (--no-letterbox for a plain resize)",
+                  file=sys.stderr)
     names = _class_names(args, backend)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
