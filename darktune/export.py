@@ -137,16 +137,41 @@ class _DecodeNMS(nn.Module):
         return torch.cat((b[:, None].float(), det_boxes, det_scores[:, None], c[:, None].float()), 1)
 
 
+def _check_parents(path: Path) -> None:
+    """The nearest existing folder above `path` must be a folder (else mkdir would fail with a traceback)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DarktuneError(f"is not a folder, so {path} cannot be written there", path=str(parent))
+            return
+
+
+def check_onnx_out(out: str | Path, overwrite: bool = False) -> Path:
+    """`out` as the .onnx file to write: not a folder, and not an existing file unless `overwrite`."""
+    out = Path(out)
+    if out.is_dir():
+        raise DarktuneError(f"is a folder; --out names the .onnx file to write (e.g. {out / 'model.onnx'})",
+                            path=str(out))
+    if out.exists() and not out.is_file():
+        raise DarktuneError("is not a regular file; --out names the .onnx file to write", path=str(out))
+    _check_parents(out)
+    if out.exists() and not overwrite:
+        raise DarktuneError("already exists; pass --overwrite to replace it, or choose another --out", path=str(out))
+    return out
+
+
 def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp16: bool = False,
                 decode: bool = False, opset: int = DEFAULT_OPSET, conf_thresh: float = 0.25,
                 nms_thresh: float = 0.45, max_det: int = 1000, names: list[str] | None = None,
-                verify: bool = True) -> OnnxExport:
+                verify: bool = True, overwrite: bool = False) -> OnnxExport:
     """Write `model` (a `Darknet`, at its spec's input size) as ONNX; see the module docstring for the
-    graph's contract. With `verify`, ONNX Runtime runs it at once and the differences to torch are recorded."""
+    graph's contract. An existing `out` is refused unless `overwrite`. With `verify`, ONNX Runtime runs it at
+    once and the differences to torch are recorded."""
     import onnx
 
     if batch is not None and batch < 1:
         raise DarktuneError(f"batch must be >= 1 or dynamic, got {batch}")
+    out = check_onnx_out(out, overwrite)
     spec, net_hw = model.spec, model.input_size
     net: nn.Module = fuse_model(model, precise=False).cpu()  # precise: a CPU kernel choice, same graph
     if fp16:
@@ -158,7 +183,6 @@ def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp1
     outputs = ["detections"] if decode else heads
     dynamic = {INPUT_NAME: {0: "batch"}, **({} if decode else {o: {0: "batch"} for o in outputs})}
     x = torch.rand(batch or 2, 3, *net_hw, generator=torch.Generator().manual_seed(0))
-    out = Path(out)
     with tempfile.TemporaryDirectory(prefix="darktune-export-") as tmp:
         raw_path = Path(tmp) / "model.onnx"
         _torch_export(net, x, raw_path, outputs, opset, dynamic if batch is None else None)
@@ -417,41 +441,68 @@ def load_for_export(cfg: str | Path, weights: str | Path, classes: int | None = 
 class DarknetExport:
     cfg: Path
     weights: Path
-    names: Path | None
-    data: Path | None
+    names: Path
+    data: Path
     classes: int
+    placeholder_names: bool = False  # no class names were known: <stem>.names holds class_0 .. class_<N-1>
     max_abs_diff: float | None = None  # OpenCV DNN on the written files vs darktune's torch model
 
     def to_dict(self) -> dict:
-        return {"cfg": str(self.cfg), "weights": str(self.weights), "names": self.names and str(self.names),
-                "data": self.data and str(self.data), "classes": self.classes, "max_abs_diff": self.max_abs_diff}
+        return {"cfg": str(self.cfg), "weights": str(self.weights), "names": str(self.names),
+                "data": str(self.data), "classes": self.classes, "placeholder_names": self.placeholder_names,
+                "max_abs_diff": self.max_abs_diff}
+
+
+def check_darknet_out(out_dir: str | Path, stem: str = "model", inputs: tuple[str | Path, ...] = (),
+                      overwrite: bool = False) -> tuple[Path, Path, Path, Path]:
+    """The (cfg, weights, names, obj.data) paths an export to `out_dir` writes, after checking that none is one
+    of `inputs`, that `out_dir` is a folder (or none yet), and that none of them exists unless `overwrite`."""
+    out_dir = Path(out_dir)
+    targets = (out_dir / f"{stem}.cfg", out_dir / f"{stem}.weights", out_dir / f"{stem}.names",
+               out_dir / "obj.data")
+    protected = {Path(p).resolve() for p in inputs}
+    for path in targets:
+        if path.resolve() in protected:
+            raise DarktuneError("export would overwrite one of its own input files; choose another --out",
+                                path=str(path))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DarktuneError("is not a folder; --out names the folder to write the cfg, weights and names into",
+                            path=str(out_dir))
+    _check_parents(out_dir)
+    for path in targets:
+        if path.exists() and not path.is_file():
+            raise DarktuneError("is not a regular file, so the export cannot write it; choose another --out",
+                                path=str(path))
+    existing = [p.name for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise DarktuneError(f"already holds an export ({', '.join(existing)}); pass --overwrite to replace it, "
+                            "or choose another --out", path=str(out_dir))
+    return targets
 
 
 def export_darknet(model: nn.Module, out_dir: str | Path, *, names: list[str] | None = None, stem: str = "model",
-                   header=None, inputs: tuple[str | Path, ...] = (), verify: bool = True) -> DarknetExport:
+                   header=None, inputs: tuple[str | Path, ...] = (), verify: bool = True,
+                   overwrite: bool = False) -> DarknetExport:
     """Write <stem>.cfg (classes and head filters consistent with the model), <stem>.weights (darknet layout,
-    header kept) and, with names, <stem>.names + obj.data, into out_dir. Refuses to overwrite any of `inputs`.
+    header kept), <stem>.names and obj.data (classes, names) into out_dir. Without `names`, <stem>.names holds
+    placeholders class_0 .. class_<N-1>: darknet's `detector test` needs a names file, and every file of the
+    export is rewritten, so no names of an earlier export are left beside the new cfg. Refuses to overwrite
+    any of `inputs`, and an export already in out_dir unless `overwrite`.
     With `verify`, OpenCV DNN loads the written files and its raw heads are compared with the model's."""
     from darktune.weights import atomic_write_many, weights_bytes
 
-    out_dir = Path(out_dir)
     spec = model.spec
     if names is not None and len(names) != spec.num_classes:
         raise DarktuneError(f"{plural(len(names), 'name')} for a model with {plural(spec.num_classes, 'class')}")
-    cfg, weights = out_dir / f"{stem}.cfg", out_dir / f"{stem}.weights"
-    names_path = out_dir / f"{stem}.names" if names is not None else None
-    data_path = out_dir / "obj.data" if names is not None else None
-    protected = {Path(p).resolve() for p in inputs}
-    for path in (cfg, weights, names_path, data_path):
-        if path is not None and path.resolve() in protected:
-            raise DarktuneError("export would overwrite one of its own input files; choose another --out",
-                                path=str(path))
-    files = {cfg: format_cfg(spec).encode(), weights: weights_bytes(model, header)}
-    if names is not None:
-        files[names_path] = "".join(n + "\n" for n in names).encode()
-        files[data_path] = f"classes = {spec.num_classes}\nnames = {names_path.resolve()}\n".encode()
+    cfg, weights, names_path, data_path = check_darknet_out(out_dir, stem, inputs, overwrite)
+    placeholder = names is None
+    if placeholder:
+        names = [f"class_{i}" for i in range(spec.num_classes)]
+    files = {cfg: format_cfg(spec).encode(), weights: weights_bytes(model, header),
+             names_path: "".join(n + "\n" for n in names).encode(),
+             data_path: f"classes = {spec.num_classes}\nnames = {names_path.resolve()}\n".encode()}
     atomic_write_many(files)  # all or nothing: a full disk never leaves a new cfg beside old weights
-    result = DarknetExport(cfg, weights, names_path, data_path, spec.num_classes)
+    result = DarknetExport(cfg, weights, names_path, data_path, spec.num_classes, placeholder)
     if verify:
         result.max_abs_diff = _opencv_diff(model, cfg, weights)
     return result

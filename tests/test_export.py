@@ -221,6 +221,106 @@ def test_export_errors(coco, one_class, tmp_path, capsys):
         export_onnx(None, tmp_path / "x.onnx", batch=0)
 
 
+def _export_fails(argv, message, capsys):
+    assert main(["export", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_export_out_that_is_the_wrong_kind_of_path_is_refused(one_class, tmp_path, capsys):
+    _, cfg, weights, _names = one_class
+    model_args = ["--cfg", str(cfg), "--weights", str(weights)]
+    folder, file = tmp_path / "dk", tmp_path / "exist.onnx"
+    folder.mkdir()
+    file.write_bytes(b"keep")
+    _export_fails(["onnx", *model_args, "--out", str(folder)], f"{folder}: is a folder; --out names the .onnx",
+                  capsys)
+    _export_fails(["darknet", *model_args, "--out", str(file)], f"{file}: is not a folder", capsys)
+    _export_fails(["onnx", *model_args, "--out", str(file / "m.onnx")], f"{file}: is not a folder", capsys)
+    _export_fails(["darknet", *model_args, "--out", str(file / "sub")], f"{file}: is not a folder", capsys)
+    (folder / "model.cfg").mkdir()  # a target of the export that is a folder: refused even with --overwrite
+    _export_fails(["darknet", *model_args, "--out", str(folder), "--overwrite"],
+                  f"{folder / 'model.cfg'}: is not a regular file", capsys)
+    assert file.read_bytes() == b"keep" and sorted(p.name for p in folder.iterdir()) == ["model.cfg"]
+
+
+def test_export_refuses_to_overwrite_without_overwrite(one_class, tmp_path, capsys):
+    _, cfg, weights, _names = one_class
+    model_args = ["--cfg", str(cfg), "--weights", str(weights), "--size", "128"]
+    onnx_out = tmp_path / "m.onnx"
+    onnx_out.write_bytes(b"old")
+    _export_fails(["onnx", *model_args, "--out", str(onnx_out)],
+                  f"{onnx_out}: already exists; pass --overwrite to replace it, or choose another --out", capsys)
+    assert onnx_out.read_bytes() == b"old"
+    assert main(["export", "onnx", *model_args, "--out", str(onnx_out), "--overwrite", "--json"]) == 0
+    capsys.readouterr()
+    assert onnx.load(str(onnx_out)).producer_name == "darktune"
+
+    out = tmp_path / "deploy"
+    out.mkdir()  # an empty folder is fine
+    assert main(["export", "darknet", *model_args, "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["model.cfg", "model.names", "model.weights", "obj.data"]
+    _export_fails(["darknet", *model_args, "--out", str(out)],
+                  f"{out}: already holds an export (model.cfg, model.weights, model.names, obj.data); pass "
+                  "--overwrite to replace it, or choose another --out", capsys)
+    (out / "model.cfg").unlink()
+    (out / "model.weights").unlink()
+    (out / "model.names").unlink()
+    _export_fails(["darknet", *model_args, "--out", str(out)], "already holds an export (obj.data)", capsys)
+    assert [p.name for p in out.iterdir()] == ["obj.data"]
+
+
+def test_export_darknet_overwrite_leaves_no_stale_names(coco, one_class, tmp_path, capsys):
+    """An 80-class model without names exported over a 1-class export: every file is the new model's."""
+    _, cfg, weights, names = one_class
+    out = tmp_path / "deploy"
+    assert main(["export", "darknet", "--cfg", str(cfg), "--weights", str(weights), "--names", str(names),
+                 "--size", "128", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert (out / "model.names").read_text() == "person\n"
+    bare = tmp_path / "bare"  # the COCO cfg alone: no names file beside it
+    bare.mkdir()
+    (bare / "yolov3-tiny.cfg").write_bytes(coco.cfg.read_bytes())
+    assert main(["export", "darknet", "--cfg", str(bare / "yolov3-tiny.cfg"), "--weights", str(coco.weights),
+                 "--size", "128", "--out", str(out), "--overwrite", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["classes"] == 80 and report["placeholder_names"] and report["max_abs_diff"] < 1e-4
+    assert "holds placeholders class_0 .. class_79; edit it or export again with --names" in captured.err
+    assert (out / "model.names").read_text().splitlines() == [f"class_{i}" for i in range(80)]
+    data = (out / "obj.data").read_text()
+    assert "classes = 80\n" in data and f"names = {(out / 'model.names').resolve()}\n" in data
+    assert "classes=80" in (out / "model.cfg").read_text()
+    assert (out / "model.weights").read_bytes() == coco.weights.read_bytes()
+
+
+def test_export_finds_names_beside_the_cfg_as_detect_does(coco, tmp_path, capsys):
+    """The fetched COCO model: coco.names beside yolov3-tiny.cfg (the folder's only .names file)."""
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "yolov3-tiny.cfg").write_bytes(coco.cfg.read_bytes())
+    (zoo / "coco.names").write_bytes(coco.names.read_bytes())
+    model_args = ["--cfg", str(zoo / "yolov3-tiny.cfg"), "--weights", str(coco.weights), "--size", "128"]
+    assert main(["export", "darknet", *model_args, "--out", str(tmp_path / "dk"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert not json.loads(captured.out)["placeholder_names"]
+    assert f"class names from {zoo / 'coco.names'}" in captured.err
+    assert (tmp_path / "dk" / "model.names").read_text().splitlines()[27] == "tie"
+    assert main(["export", "onnx", *model_args, "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
+    capsys.readouterr()
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["darktune.names"].splitlines()[27] == "tie"
+    # <cfg stem>.names wins over the folder's other names; a found file with another class count is not used
+    (zoo / "yolov3-tiny.names").write_text("person\n")
+    assert main(["export", "onnx", *model_args, "--out", str(tmp_path / "n.onnx")]) == 0
+    err = capsys.readouterr().err  # (the count's wording comes from darktune.detect.read_names)
+    assert f"note: {zoo / 'yolov3-tiny.names'}: 1 " in err and "for a model with 80 classes; not used" in err
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "n.onnx")).metadata_props}
+    assert "darktune.names" not in meta
+
+
 @pytest.mark.slow
 def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_path, capsys):
     """A real `darktune train` run (2 iterations from COCO conv.15 on 4 synthetic window images) exported with

@@ -26,10 +26,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="with --run: the best-mAP weights (default) or the last ones")
     p.add_argument("--cfg", help="darknet cfg (instead of --run)")
     p.add_argument("--weights", help="darknet weights (instead of --run)")
-    p.add_argument("--names", help="class names file (default: the run's obj.names, if any)")
+    p.add_argument("--names", help="class names file, one per line (default: with --run, the run's obj.names or "
+                                   "its dataset's names; with --cfg, a names file beside the cfg with one name "
+                                   "per class, as `darktune detect` finds it: <cfg stem>.names, obj.names, or "
+                                   "the folder's only .names file)")
     p.add_argument("--classes", type=int, help="re-head the cfg for this many classes (default: what the weights "
                                                "fit)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export at --out")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                     "[batch, x1, y1, x2, y2, score, class], boxes as fractions of the input "
                                     "size, NMS by the ONNX NonMaxSuppression op. Verified with ONNX Runtime.")
     _model_args(o)
-    o.add_argument("--out", required=True, help="the .onnx file to write")
+    o.add_argument("--out", required=True, help="the .onnx file to write (an existing one only with --overwrite)")
     o.add_argument("--size", type=int, help="input size (square, multiple of 32); default: the cfg's")
     o.add_argument("--batch", type=_batch, default=1, help="static batch size, or 'dynamic' (default 1)")
     o.add_argument("--fp16", action="store_true", help="float16 weights and compute; input/outputs stay float32")
@@ -55,10 +59,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     d = esub.add_parser("darknet", help="cfg + weights (+ names, obj.data) for darknet and OpenCV DNN",
                         description="Writes <stem>.cfg with classes and head filters matching the weights, "
-                                    "<stem>.weights, and with names <stem>.names + obj.data. Verified by loading "
-                                    "the written files in OpenCV DNN.")
+                                    "<stem>.weights, <stem>.names and obj.data (classes, names). Without class "
+                                    "names (see --names), <stem>.names holds placeholders class_0 .. class_<N-1> "
+                                    "(darknet's `detector test obj.data ...` needs a names file; OpenCV DNN "
+                                    "reads only cfg + weights); edit it or export again with --names. Verified "
+                                    "by loading the written files in OpenCV DNN.")
     _model_args(d)
-    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--out", required=True, help="output folder (new or empty; one holding an export only with "
+                                                "--overwrite, which rewrites all four files)")
     d.add_argument("--stem", default="model", help="file name stem (default: model)")
     d.add_argument("--size", type=int, help="write this input size into the cfg")
     d.set_defaults(func=cmd_export_darknet)
@@ -80,7 +88,27 @@ def _resolve(args):
         return files.cfg, files.weights, files.names or files.class_names
     if not (args.cfg and args.weights):
         raise DarktuneError("give --run RUN, or --cfg and --weights")
-    return args.cfg, args.weights, args.names
+    if args.names:
+        return args.cfg, args.weights, args.names
+    from darktune.detect import names_beside
+
+    return args.cfg, args.weights, names_beside(args.cfg)  # the rule `darktune detect` uses without --names
+
+
+def _model_names(args, names_path, num_classes: int) -> list[str] | None:
+    """`_names`, except that a names file found beside --cfg (not given) with another class count is skipped
+    with a note rather than refused, as `darktune detect` does."""
+    from darktune.errors import DarktuneError
+
+    if args.run or args.names or names_path is None:
+        return _names(names_path, num_classes)
+    try:
+        names = _names(names_path, num_classes)
+    except DarktuneError as exc:
+        print(f"darktune: note: {exc}; not used", file=sys.stderr)
+        return None
+    print(f"darktune: note: class names from {names_path}", file=sys.stderr)
+    return names
 
 
 def _names(path, num_classes: int) -> list[str] | None:
@@ -104,13 +132,15 @@ def _names(path, num_classes: int) -> list[str] | None:
 
 
 def cmd_export_onnx(args) -> int:
-    from darktune.export import export_onnx, load_for_export
+    from darktune.export import check_onnx_out, export_onnx, load_for_export
 
     cfg, weights, names_path = _resolve(args)
+    check_onnx_out(args.out, args.overwrite)  # before the export's minutes of work
     model, _ = load_for_export(cfg, weights, args.classes, args.size)
-    names = _names(names_path, model.spec.num_classes)
+    names = _model_names(args, names_path, model.spec.num_classes)
     result = export_onnx(model, args.out, batch=args.batch, fp16=args.fp16, decode=args.decode, opset=args.opset,
-                         conf_thresh=args.conf, nms_thresh=args.iou, max_det=args.max_det, names=names)
+                         conf_thresh=args.conf, nms_thresh=args.iou, max_det=args.max_det, names=names,
+                         overwrite=args.overwrite)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
@@ -154,21 +184,24 @@ def decode_check_lines(result, conf: float) -> list[str]:
 
 
 def cmd_export_darknet(args) -> int:
-    from darktune.export import export_darknet, load_for_export
+    from darktune.export import check_darknet_out, export_darknet, load_for_export
     from darktune.plural import plural
 
     cfg, weights, names_path = _resolve(args)
-    model, header = load_for_export(cfg, weights, args.classes, args.size)
-    names = _names(names_path, model.spec.num_classes)
     inputs = tuple(p for p in (cfg, weights, names_path) if p and not isinstance(p, list))
-    result = export_darknet(model, args.out, names=names, stem=args.stem, header=header, inputs=inputs)
+    check_darknet_out(args.out, args.stem, inputs, args.overwrite)  # before loading the model
+    model, header = load_for_export(cfg, weights, args.classes, args.size)
+    names = _model_names(args, names_path, model.spec.num_classes)
+    result = export_darknet(model, args.out, names=names, stem=args.stem, header=header, inputs=inputs,
+                            overwrite=args.overwrite)
+    if result.placeholder_names:
+        print(f"darktune: note: no class names (no --names, none found beside the cfg): {result.names} holds "
+              f"placeholders class_0 .. class_{result.classes - 1}; edit it or export again with --names",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
-    print(f"wrote {result.cfg}, {result.weights}" + (f", {result.names}, {result.data}" if result.names else "")
-          + f" ({plural(result.classes, 'class')})")
-    if names is None:
-        print("no --names given: darknet needs a names file listed in obj.data", file=sys.stderr)
+    print(f"wrote {result.cfg}, {result.weights}, {result.names}, {result.data} ({plural(result.classes, 'class')})")
     print(f"OpenCV DNN check (direct convs, no Winograd): raw heads max abs diff vs darktune's torch backend "
           f"{result.max_abs_diff:.3g}")
     return 0
