@@ -56,6 +56,31 @@ def is_camera(source: str) -> bool:
     return source.strip().isdigit()
 
 
+def expand_source(source: str) -> list[str]:
+    """The sources one command-line argument stands for: a folder -> its image and video files (by suffix,
+    sorted, not recursive); a glob pattern that is not itself a file ('imgs/*.jpg', quoted so the shell left
+    it; ** spans folders) -> the files it matches, sorted; anything else -> itself (`open_source` judges it). A folder or
+    pattern that gives no file is a DarktuneError naming it."""
+    import glob
+
+    path = Path(source)
+    if is_camera(source) or path.is_file():
+        return [source]
+    if path.is_dir():
+        found = sorted(str(p) for p in path.iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and p.is_file())
+        if not found:
+            raise DarktuneError("folder holds no image or video file (by suffix: "
+                                f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})", path=source)
+        return found
+    if any(c in source for c in "*?["):
+        found = sorted(p for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        if not found:
+            raise DarktuneError("no file matches this pattern", path=source)
+        return found
+    return [source]
+
+
 def open_source(source: str) -> FrameSource:
     """Open an image, a video or a camera (a non-negative integer); DarktuneError if it gives no frame."""
     if is_camera(source):

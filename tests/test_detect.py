@@ -146,3 +146,33 @@ def test_detect_out_names_are_unique_and_never_overwritten(coco, video, photo_pa
     assert f"{tmp_path / 'b/x.jpg'}: {out / 'x.jpg'} is another input's output in this run; writing " \
            f"{out / 'x-2.jpg'}" in err
     assert err.count("another input's output") == 2  # b/x.jpg and a/x-2.jpg, once each
+
+
+def test_expand_source_folders_and_globs(tmp_path):
+    from darktune.video import expand_source
+
+    for name in ("b.jpg", "a.PNG", "c.mp4", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.jpg").write_bytes(b"x")
+    assert expand_source(str(tmp_path)) == [str(tmp_path / n) for n in ("a.PNG", "b.jpg", "c.mp4")]
+    assert expand_source(str(tmp_path / "*.jpg")) == [str(tmp_path / "b.jpg")]
+    assert expand_source(str(tmp_path / "**" / "*.jpg")) == [str(tmp_path / "b.jpg"), str(tmp_path / "sub/d.jpg")]
+    assert expand_source("0") == ["0"] and expand_source(str(tmp_path / "missing.jpg")) == [str(tmp_path / "missing.jpg")]
+    with pytest.raises(DarktuneError, match=r"\*\.gif: no file matches this pattern"):
+        expand_source(str(tmp_path / "*.gif"))
+    with pytest.raises(DarktuneError, match="sub2: folder holds no image or video file"):
+        (tmp_path / "sub2").mkdir()
+        expand_source(str(tmp_path / "sub2"))
+
+
+def test_detect_takes_a_folder_and_a_quoted_glob(coco, photo_path, tmp_path, capsys):
+    image = read_image(photo_path)
+    for name in ("b.jpg", "a.png"):
+        cv2.imwrite(str(tmp_path / name), image)
+    rc = main(["detect", str(tmp_path), str(tmp_path / "*.jpg"), str(tmp_path / "*.bmp"), *_model_args(coco),
+               "--size", "128", "--json"])
+    captured = capsys.readouterr()
+    assert rc == 1  # the pattern that matches nothing is a failed source; the others run
+    assert [r["image"] for r in json.loads(captured.out)] == [str(tmp_path / n) for n in ("a.png", "b.jpg", "b.jpg")]
+    assert f"{tmp_path / '*.bmp'}: no file matches this pattern" in captured.err and "Traceback" not in captured.err

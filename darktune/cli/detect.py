@@ -13,7 +13,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description="Sources: image files, video files, or camera indices (an integer: 0 is the "
                                    "first camera). A source that cannot be read is reported and skipped; the "
                                    "exit status is then 1. Frames per second are shown on stderr.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image file, video file or camera index")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="image file, video file, camera index, folder (its image and video files by suffix, "
+                        "sorted, not its subfolders) or quoted glob pattern such as 'imgs/*.jpg' (sorted)")
     p.add_argument("--cfg", help="darknet cfg (optional for --backend onnxruntime --onnx: the cfg stored in the "
                                  "model is used; a --cfg given with --onnx must match the model's outputs and "
                                  "its stored [yolo] heads (classes, anchors, masks), else detect refuses; the "
@@ -63,7 +65,7 @@ def _detect(args) -> int:
 
     from darktune.backends import make_backend
     from darktune.errors import DarktuneError
-    from darktune.video import open_source
+    from darktune.video import expand_source, open_source
 
     if args.no_winograd and args.backend != "opencv":
         raise DarktuneError("--no-winograd is for --backend opencv")
@@ -85,9 +87,16 @@ def _detect(args) -> int:
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     outputs = OutputNames(out_dir) if out_dir else None
-    records, failures, bar = [], 0, None
+    sources, failures = [], 0
+    for source in args.sources:  # folders and quoted globs -> their files; an empty one is a failed source
+        try:
+            sources += expand_source(source)
+        except DarktuneError as exc:
+            print(f"darktune: error: {exc}", file=sys.stderr)
+            failures += 1
+    records, bar = [], None
     try:
-        for source in args.sources:
+        for source in sources:
             try:
                 src = open_source(source)
             except DarktuneError as exc:
@@ -97,7 +106,7 @@ def _detect(args) -> int:
             if bar is None:
                 # a frame counter helps with videos, cameras and many sources; for one image it is only noise
                 # (decided on what the source turned out to be: an image need not have an image suffix)
-                one_image = len(args.sources) == 1 and src.kind == "image"
+                one_image = len(sources) == 1 and src.kind == "image"
                 bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=one_image,
                            bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
             bar.set_description(Path(src.name).name if src.kind != "camera" else src.name)
