@@ -147,8 +147,21 @@ def load_torch_detector(cfg: str | Path, weights: str | Path | None, device: str
     return TorchDetector(model.eval().to(dev), dev)
 
 
-def detections_to_json(path: str, dets: np.ndarray, names: list[str]) -> dict:
-    return {"image": path, "detections": [
+def clip_boxes(dets: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(n, 6) detections with x1, x2 clipped to [0, width] and y1, y2 to [0, height] (as darknet clips what it
+    draws and prints); a copy, score and class untouched."""
+    out = np.array(dets, dtype=np.float32, copy=True).reshape(-1, 6)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out
+
+
+def detections_to_json(path: str, dets: np.ndarray, names: list[str], size: tuple[int, int] | None = None
+                       ) -> dict:
+    """{image, width, height, detections} for an image of (width, height) `size` (the two keys only when
+    given); boxes as [x1, y1, x2, y2] in pixels, rounded to 0.01."""
+    shape = {"width": int(size[0]), "height": int(size[1])} if size is not None else {}
+    return {"image": path, **shape, "detections": [
         {"class_id": int(d[5]), "name": names[int(d[5])], "score": round(float(d[4]), 6),
          "box": [round(float(v), 2) for v in d[:4]]} for d in dets]}
 

@@ -44,6 +44,7 @@ def test_detect_video_writes_annotated_mp4(coco, video, tmp_path, capsys, backen
     assert rc == 0
     records = json.loads(captured.out)
     assert [r["frame"] for r in records] == list(range(FRAMES)) and all(r["video"] == str(video) for r in records)
+    assert all((r["width"], r["height"]) == (320, 240) for r in records)
     assert sum(len(r["detections"]) for r in records) >= FRAMES  # the scene holds people in every frame
     assert "person" in {d["name"] for r in records for d in r["detections"]}
     assert "frames" in captured.err  # progress with frames per second on stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from darktune.cli import main
 
 
@@ -128,3 +130,20 @@ def test_detect_letterbox_follows_the_cfg_unless_told(coco, photo_path, tmp_path
         runs[key] = json.loads(captured.out)[0]["detections"]
         assert ("letter_box=1" in captured.err) == (key == "cfg")
     assert runs["cfg"] == runs["on"] and runs["off"] == runs["plain"] and runs["cfg"] != runs["plain"]
+
+
+def test_detect_boxes_clipped_to_the_image_with_its_size_in_the_record(coco, photo_path, capsys):
+    from darktune.data.formats.image import read_image
+    from darktune.detect import clip_boxes
+
+    dets = np.array([[-5.5, -2, 700, 40, 0.9, 3], [10, 20, 30, 900, 0.5, 0]], np.float32)
+    np.testing.assert_array_equal(clip_boxes(dets, 640, 480), [[0, 0, 640, 40, dets[0, 4], 3], [10, 20, 30, 480, 0.5, 0]])
+    assert clip_boxes(np.zeros((0, 6)), 10, 10).shape == (0, 6)
+    h, w = read_image(photo_path).shape[:2]
+    assert main(["detect", str(photo_path), "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--size", "128",
+                 "--thresh", "0.01", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)[0]
+    assert (record["width"], record["height"]) == (w, h) and len(record["detections"]) > 10
+    boxes = np.array([d["box"] for d in record["detections"]])
+    assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= w and boxes[:, [1, 3]].max() <= h
+    assert (boxes[:, 3] == h).any()  # a low-score box reached past the bottom edge (y2 616 at this size)

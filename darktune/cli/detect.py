@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +44,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
                                  "a video becomes <file name>.mp4 (clip.mp4, clip.avi.mp4), camera N cameraN.mp4; "
                                  "a name taken by another input of the run gets -2, -3, ... (with a note)")
-    p.add_argument("--json", action="store_true", help="print one JSON list of per-image/per-frame records")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON list of records: {image, width, height, detections} per image, "
+                        "{video|camera, frame, width, height, detections} per frame; each detection {class_id, "
+                        "name, score, box: [x1, y1, x2, y2] in pixels, clipped to the image}")
     p.set_defaults(func=cmd_detect)
 
 
@@ -131,9 +135,7 @@ class OutputNames:
         self.out_dir = out_dir
         self.used: set[str] = set()  # lower case: a case-insensitive file system must not merge two outputs
 
-    def name_for(self, src) -> "Path":
-        from pathlib import Path
-
+    def name_for(self, src) -> Path:
         import cv2
         from tqdm import tqdm
 
@@ -172,13 +174,21 @@ def _class_names(args, backend) -> list[str]:
     return names
 
 
-def _record(src, frame_index: int | None, dets, names) -> dict:
+def _record(src, frame_index: int | None, dets, names, size: tuple[int, int]) -> dict:
     from darktune.detect import detections_to_json
 
-    record = detections_to_json(src.name, dets, names)
+    record = detections_to_json(src.name, dets, names, size)
     if src.kind != "image":
         record = {src.kind: record.pop("image"), "frame": frame_index, **record}
     return record
+
+
+def _detect_one(args, backend, image):
+    """(n, 6) detections of one BGR image, boxes clipped to it (the JSON, the text and the drawing agree)."""
+    from darktune.detect import clip_boxes
+
+    dets = backend.detect([image], args.thresh, args.nms, args.letterbox)[0]
+    return clip_boxes(dets, image.shape[1], image.shape[0])
 
 
 def _image(args, backend, src, names, target, bar) -> list[dict]:
@@ -187,9 +197,9 @@ def _image(args, backend, src, names, target, bar) -> list[dict]:
     from darktune.detect import draw
 
     image = next(iter(src))
-    dets = backend.detect([image], args.thresh, args.nms, args.letterbox)[0]
+    dets = _detect_one(args, backend, image)
     bar.update(1)
-    record = _record(src, None, dets, names)
+    record = _record(src, None, dets, names, (image.shape[1], image.shape[0]))
     if target:
         from darktune.errors import DarktuneError
 
@@ -212,8 +222,8 @@ def _stream(args, backend, src, names, target, bar) -> list[dict]:
         for i, frame in enumerate(src):
             if args.max_frames is not None and i >= args.max_frames:
                 break
-            dets = backend.detect([frame], args.thresh, args.nms, args.letterbox)[0]
-            records.append(_record(src, i, dets, names))
+            dets = _detect_one(args, backend, frame)
+            records.append(_record(src, i, dets, names, (frame.shape[1], frame.shape[0])))
             objects += len(dets)
             if target:
                 if sink is None:
