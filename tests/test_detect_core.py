@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from darktune.cli import main
 
@@ -147,3 +148,11 @@ def test_detect_boxes_clipped_to_the_image_with_its_size_in_the_record(coco, pho
     boxes = np.array([d["box"] for d in record["detections"]])
     assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= w and boxes[:, [1, 3]].max() <= h
     assert (boxes[:, 3] == h).any()  # a low-score box reached past the bottom edge (y2 616 at this size)
+
+
+@pytest.mark.parametrize("option,value", [("--thresh", "-1"), ("--thresh", "1.5"), ("--nms", "2"), ("--nms", "nan")])
+def test_detect_thresholds_must_be_between_0_and_1(coco, photo_path, capsys, option, value):
+    assert main(["detect", str(photo_path), "--cfg", str(coco.cfg), "--weights", str(coco.weights),
+                 option, value]) != 0
+    err = capsys.readouterr().err
+    assert f"{option} must be between 0 and 1, got {value}" in err and "Traceback" not in err

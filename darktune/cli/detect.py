@@ -33,8 +33,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="--backend opencv: direct convolutions instead of OpenCV's Winograd 3x3 ones (slower; "
                         "raw outputs within 1e-4 of torch and ONNX Runtime, where Winograd is about 2e-4 away)")
     p.add_argument("--size", type=int, help="network input size (square, multiple of 32); default: the cfg's")
-    p.add_argument("--thresh", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--thresh", type=float, default=0.25, help="score threshold, 0 to 1 (default 0.25)")
+    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold, 0 to 1 (default 0.45)")
     p.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
                    help="--letterbox keeps the aspect ratio (grey padding), --no-letterbox resizes plainly; default: "
                         "as the cfg's [net] letter_box (the cfg stored in an --onnx model without --cfg), as "
@@ -71,6 +71,9 @@ def _detect(args) -> int:
     from darktune.errors import DarktuneError
     from darktune.video import expand_source, open_source
 
+    for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
+        if not 0.0 <= value <= 1.0:  # also refuses nan
+            raise DarktuneError(f"{option} must be between 0 and 1, got {value:g}")
     if args.no_winograd and args.backend != "opencv":
         raise DarktuneError("--no-winograd is for --backend opencv")
     if args.onnx and args.backend != "onnxruntime":
