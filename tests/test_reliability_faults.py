@@ -154,7 +154,7 @@ def test_disk_full_is_a_clear_error_and_old_files_stay(case, tiny, tmp_path, mon
                                                     config={}, loader={}, state={}), str(folder / "checkpoint.pt")),
         "partial": (lambda: main(["partial", str(cfg), str(weights), str(folder / "w.weights"), "9"]), None),
         "export-darknet": (lambda: main(["export", "darknet", "--cfg", str(cfg), "--weights", str(weights),
-                                         "--out", str(folder / "export")]), None),
+                                         "--out", str(folder / "export"), "--overwrite"]), None),
         "data-import": (lambda: main(["data", "import", str(obj), "--out", str(folder / "imported")]), None),
         "train": (lambda: main(["train", "--cfg", str(cfg), "--data", str(obj), "--out", str(folder / "run"),
                                 "--iterations", "2", "--batch", "2", "--no-progress"]), None),
