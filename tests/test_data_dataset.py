@@ -9,12 +9,18 @@ import json
 import os
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
+from corpus.datasets import write_image
 
-from darktune.data.dataset import (Box, Dataset, ImageRecord, image_identity, merge_datasets, read_obj_data,
-                                   write_darknet)
+from darktune.data.dataset import (
+    Box,
+    Dataset,
+    ImageRecord,
+    image_identity,
+    merge_datasets,
+    read_obj_data,
+    write_darknet,
+)
 from darktune.data.formats.yolo import read_yolo
 from darktune.errors import DarktuneError
 
@@ -22,14 +28,6 @@ from darktune.errors import DarktuneError
 @pytest.fixture(autouse=True)
 def darktune_home(tmp_path, monkeypatch):
     monkeypatch.setenv("DARKTUNE_HOME", str(tmp_path / "home"))
-
-
-def write_image(path: Path, w: int, h: int, value: int = 100) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix, np.full((h, w, 3), value, np.uint8))
-    assert ok
-    path.write_bytes(buf.tobytes())
-    return path
 
 
 def labels_of(obj_data: Path) -> dict[str, list[str]]:

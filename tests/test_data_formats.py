@@ -8,25 +8,24 @@ import hashlib
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from corpus.datasets import write_image
 
-from darktune.data.dataset import (Box, Dataset, ImageRecord, label_path_for, read_obj_data, split_indices,
-                                   write_darknet)
+from darktune.data.dataset import (
+    Box,
+    Dataset,
+    ImageRecord,
+    label_path_for,
+    read_obj_data,
+    split_indices,
+    write_darknet,
+)
 from darktune.data.formats.coco import read_coco, write_coco
 from darktune.data.formats.openimages import read_openimages, write_openimages
 from darktune.data.formats.voc import read_voc, write_voc
 from darktune.data.formats.yolo import read_yolo
 from darktune.errors import DarktuneError
-
-
-def write_image(path: Path, w: int, h: int, value: int = 100) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix, np.full((h, w, 3), value, np.uint8))
-    assert ok
-    path.write_bytes(buf.tobytes())
-    return path
 
 
 def random_boxes(rng, classes, n):

@@ -7,22 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
+from corpus.datasets import write_image
 
 from darktune.data.formats.coco import read_coco
 from darktune.data.formats.openimages import read_openimages
 from darktune.data.formats.voc import read_voc
 from darktune.errors import DarktuneError
-
-
-def write_image(path: Path, w: int, h: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix, np.full((h, w, 3), 90, np.uint8))
-    assert ok
-    path.write_bytes(buf.tobytes())
-    return path
 
 
 def _coco(tmp_path: Path, images: list[dict], name: str = "ann.json") -> Path:

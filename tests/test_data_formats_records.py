@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from corpus.datasets import write_image
 from corpus.images import with_exif_orientation
 
 from darktune.data.dataset import Box, Dataset, ImageRecord, write_darknet
@@ -21,13 +22,6 @@ from darktune.data.formats.openimages import read_openimages
 from darktune.data.formats.voc import read_voc, write_voc
 from darktune.data.formats.yolo import read_yolo
 from darktune.errors import DarktuneError
-
-
-def write_image(path: Path, w: int, h: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _, buf = cv2.imencode(path.suffix, np.full((h, w, 3), 90, np.uint8))
-    path.write_bytes(buf.tobytes())
-    return path
 
 
 def voc_label_convert(size, box):

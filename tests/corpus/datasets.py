@@ -100,3 +100,14 @@ def make_tiny(root: Path) -> tuple[Path, Path]:
     """(tiny cfg, obj.data) of a 6-image dataset (4 train, 2 valid) with plain names under `root`."""
     obj = make_dataset(Path(root) / "data", [f"im{i}.jpg" for i in range(6)], n_valid=2)
     return write_tiny_cfg(Path(root) / "tiny.cfg"), obj
+
+
+def write_image(path, w: int, h: int, value: int = 100):
+    """A solid w x h picture in the format its suffix names (parent folders made); returns the path."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(path.suffix, np.full((h, w, 3), value, np.uint8))
+    assert ok, path
+    path.write_bytes(buf.tobytes())
+    return path
