@@ -75,7 +75,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _resolve(args):
     """(cfg, weights, names: a path, a list or None) from --run or --cfg/--weights."""
     from darktune.errors import DarktuneError
-    from darktune.export import resolve_run
+    from darktune.export_darknet import resolve_run
 
     if args.run:
         if args.cfg or args.weights:
@@ -132,7 +132,8 @@ def _names(path, num_classes: int) -> list[str] | None:
 
 
 def cmd_export_onnx(args) -> int:
-    from darktune.export import check_onnx_out, export_onnx, load_for_export
+    from darktune.export import check_onnx_out, export_onnx
+    from darktune.export_darknet import load_for_export
 
     cfg, weights, names_path = _resolve(args)
     check_onnx_out(args.out, args.overwrite)  # before the export's minutes of work
@@ -184,7 +185,11 @@ def decode_check_lines(result, conf: float) -> list[str]:
 
 
 def cmd_export_darknet(args) -> int:
-    from darktune.export import check_darknet_out, export_darknet, load_for_export
+    from darktune.export_darknet import (
+        check_darknet_out,
+        export_darknet,
+        load_for_export,
+    )
     from darktune.plural import plural
 
     cfg, weights, names_path = _resolve(args)
