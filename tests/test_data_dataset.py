@@ -17,11 +17,11 @@ from darktune.data.dataset import (
     Dataset,
     ImageRecord,
     image_identity,
-    merge_datasets,
     read_obj_data,
     write_darknet,
 )
 from darktune.data.formats.yolo import read_yolo
+from darktune.data.merge import merge_datasets
 from darktune.errors import DarktuneError
 
 

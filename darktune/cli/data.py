@@ -115,7 +115,7 @@ def load_sources(args) -> tuple["Dataset", dict]:  # noqa: F821 (imported lazily
     """The merged Dataset of args.src per args.format (see SOURCES_HELP), and what loading changed: counts
     n_images_merged, n_records_merged, n_duplicate_boxes_dropped (records of one image file merged) and
     n_boxes_removed_by_classes, n_images_removed_by_classes (--classes)."""
-    from darktune.data.dataset import merge_datasets
+    from darktune.data.merge import merge_datasets
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     parts = []
@@ -146,7 +146,7 @@ def load_sources(args) -> tuple["Dataset", dict]:  # noqa: F821 (imported lazily
 
 def _notes_lines(notes: dict) -> list[str]:
     """The text summary of `load_sources`'s notes: one line per thing loading changed."""
-    from darktune.data.dataset import MergeCounts
+    from darktune.data.merge import MergeCounts
     from darktune.plural import plural
 
     lines = [MergeCounts(notes["n_images_merged"], notes["n_records_merged"],
