@@ -304,14 +304,13 @@ def experiment_lock(out_dir: Path):
 
 def make_out_dir(out_dir: Path) -> None:
     """Create the experiment folder; a path that is, or goes through, a file is a one-line error."""
+    from darktune.data.formats.files import blocking_file
+
+    p = blocking_file(out_dir)
+    if p is not None:
+        what = "exists and is not a folder" if p == out_dir else f"cannot be made: {p} is a file, not a folder"
+        raise DarktuneError(f"the experiment folder {what}", path=str(out_dir))
     try:
-        for p in (out_dir, *out_dir.parents):
-            if p.exists():
-                if not p.is_dir():
-                    what = ("exists and is not a folder" if p == out_dir
-                            else f"cannot be made: {p} is a file, not a folder")
-                    raise DarktuneError(f"the experiment folder {what}", path=str(out_dir))
-                break
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DarktuneError(f"cannot make the experiment folder: {exc.strerror or exc}", path=str(out_dir)) from None

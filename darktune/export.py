@@ -138,12 +138,12 @@ class _DecodeNMS(nn.Module):
 
 
 def check_parents(path: Path) -> None:
-    """The nearest existing folder above `path` must be a folder (else mkdir would fail with a traceback)."""
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise DarktuneError(f"is not a folder, so {path} cannot be written there", path=str(parent))
-            return
+    """The nearest existing path above `path` must be a folder (else mkdir would fail with a traceback)."""
+    from darktune.data.formats.files import blocking_file
+
+    parent = blocking_file(path.parent)
+    if parent is not None:
+        raise DarktuneError(f"is not a folder, so {path} cannot be written there", path=str(parent))
 
 
 def check_onnx_out(out: str | Path, overwrite: bool = False) -> Path:

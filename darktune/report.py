@@ -211,10 +211,7 @@ def images_blocks(data: ExperimentData, protocol: str) -> list[Block]:
                 cells.append(_seed_cell(vals))
             if any(c != "–" for c in cells):
                 rows.append((start, str(freeze), *cells))
-    n_all = next((r.summary["train_images"] for r in data.grid
-                  if r.images is None and isinstance(r.summary.get("train_images"), int)), None)
-    header = ("start", "frozen N", *[f"all ({n_all}) images" if n is None and n_all else f"{_images_text(n)} images"
-                                     for n in counts])
+    header = ("start", "frozen N", *[f"{_images_label(data, n)} images" for n in counts])
     return [Block("p", f"mAP % ({protocol}) at each run's last iteration against the number of training images."),
             Block("table", items=tuple(rows), header=header),
             Block("image", "mAP against the number of training images", image=images_figure(data),
@@ -258,6 +255,7 @@ def _is_reproduction(data: ExperimentData) -> bool:
 
 
 def _images_label(data: ExperimentData, images: int | None) -> str:
+    """An image count as the report names it: the number, or "all (N)" with the training set's size."""
     if images is not None:
         return str(images)
     n_all = next((r.summary["train_images"] for r in data.grid

@@ -165,17 +165,10 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def _errors(dataset) -> list:
-    """The records a reader dropped (severity "error"); its warnings (crowd boxes read as group-of, duplicate
-    annotations kept once, Open Images rows of Confidence 0) are notes about what was read, not skips."""
-    return [p for p in dataset.skipped if p.severity == "error"]
-
-
 def _print_skipped(dataset, limit: int = 20) -> None:
     import sys
 
-    notes = [p for p in dataset.skipped if p.severity != "error"]
-    for label, items in (("note", notes), ("skipped", _errors(dataset))):
+    for label, items in (("note", dataset.notes), ("skipped", dataset.dropped)):
         for p in items[:limit]:
             print(f"{label}: {p}", file=sys.stderr)
         if len(items) > limit:
@@ -209,7 +202,7 @@ def _require_images(dataset, args) -> None:
     from darktune.plural import plural
 
     _print_skipped(dataset)
-    n = len(_errors(dataset))
+    n = len(dataset.dropped)
     what = "no images" if not dataset.images else "no classes"
     reason = (f"{what} left after skipping {plural(n, 'bad record')}; nothing written" if n
               else f"{what} found; nothing written")
@@ -225,8 +218,8 @@ def cmd_import(args) -> int:
     od = read_obj_data(obj_data)
     summary = {"obj_data": str(obj_data), "classes": dataset.classes, "n_images": len(dataset.images),
                "n_boxes": dataset.n_boxes, "n_train": len(od.train), "n_valid": len(od.valid),
-               "n_skipped": len(_errors(dataset)),
-               "n_notes": len(dataset.skipped) - len(_errors(dataset)), "class_counts": dataset.class_counts()} | notes
+               "n_skipped": len(dataset.dropped), "n_notes": len(dataset.notes),
+               "class_counts": dataset.class_counts()} | notes
     _print_skipped(dataset)
     if args.json:
         _print_json(summary)

@@ -137,11 +137,21 @@ class ImageRecord:
 
 @dataclass
 class Dataset:
-    """Class names (index = darknet class id) and images. `skipped` lists records readers skipped (counted)."""
+    """Class names (index = darknet class id) and images. `skipped` lists what readers reported: records they
+    dropped (severity "error", `dropped`) and notes on what they read as it was (severity "warning", `notes`:
+    crowd boxes read as group-of, duplicate annotations kept once, Open Images rows of Confidence 0)."""
 
     classes: list[str]
     images: list[ImageRecord]
     skipped: list[Problem] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> list[Problem]:
+        return [p for p in self.skipped if p.severity == "error"]
+
+    @property
+    def notes(self) -> list[Problem]:
+        return [p for p in self.skipped if p.severity != "error"]
 
     def __post_init__(self):
         for name in self.classes:

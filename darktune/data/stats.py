@@ -151,7 +151,7 @@ def dataset_stats(dataset: Dataset, anchors_k: int | None = 6, size: tuple[int, 
         class_counts=dataset.class_counts(), boxes_per_image=_summary(per_image), width=_summary(wh[:, 0]),
         height=_summary(wh[:, 1]), area=_summary(wh[:, 0] * wh[:, 1]), aspect=_summary(wh[:, 0] / wh[:, 1]),
         size=(int(size[0]), int(size[1])), n_missing_images=len(missing), missing_images=[str(p) for p in missing],
-        n_skipped_records=sum(p.severity == "error" for p in dataset.skipped),
+        n_skipped_records=len(dataset.dropped),
         skipped=[p.to_dict() for p in dataset.skipped], source=source)
     if anchors_k:
         n_distinct = len(np.unique(wh, axis=0))

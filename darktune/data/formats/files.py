@@ -111,6 +111,15 @@ def _read_chunk(f: BinaryIO, path: Path) -> bytes:
         raise DarktuneError(f"cannot read image: {exc.strerror or exc}", path=str(path)) from None
 
 
+def blocking_file(path: Path) -> Path | None:
+    """The nearest existing path at or above `path` when it is not a folder (a mkdir of `path` would fail there
+    with a traceback), else None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
 @contextmanager
 def output_folder(out_dir: str | Path) -> Iterator[Path]:
     """Create `out_dir` (new, or an existing empty folder: nothing the user has is ever overwritten) and yield
