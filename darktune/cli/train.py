@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -22,84 +23,54 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _tristate(p: argparse.ArgumentParser, name: str, help_text: str) -> None:
-    dest = name.replace("-", "_")
-    p.add_argument(f"--{name}", dest=dest, action="store_true", default=None, help=help_text)
-    p.add_argument(f"--no-{name}", dest=dest, action="store_false")
+def _add_option(p, f) -> None:
+    """The `darktune train` flag(s) of TrainConfig field `f`, from its Option (darktune.train.config)."""
+    option, flag = f.metadata["option"], f.metadata["option"].flag(f.name)
+    if option.kind == "tristate":
+        p.add_argument(flag, dest=f.name, action="store_true", default=None, help=option.help)
+        p.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false")
+        return
+    if option.kind in ("store_true", "store_false"):
+        p.add_argument(flag, dest=f.name, action=option.kind, help=option.help)
+        return
+    if f.default_factory is not dataclasses.MISSING:
+        kw = {"default": f.default_factory()}
+    else:
+        kw = {"required": True} if f.default is dataclasses.MISSING else {"default": f.default}
+    types = {"int": int, "float": float, "int-list": _int_list, "float-list": _float_list}
+    if option.kind in types:
+        kw["type"] = types[option.kind]
+    if option.metavar:
+        kw["metavar"] = option.metavar
+    if option.choices:
+        kw["choices"] = option.choices
+    p.add_argument(flag, dest=f.name, help=option.help, **kw)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """The flags of every TrainConfig field that has one, in field order (an Option's cli_after moves it)."""
+    from darktune.train.config import TrainConfig
+
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata["option"].cli]
+    for f in [f for f in fields if f.metadata["option"].cli_after]:
+        fields.remove(f)
+        fields.insert(next(i for i, g in enumerate(fields) if g.name == f.metadata["option"].cli_after) + 1, f)
+    groups: dict[str, argparse._MutuallyExclusiveGroup] = {}  # Option.exclusive -> its flags' group
+    for f in fields:
+        group = f.metadata["option"].exclusive
+        if group and group not in groups:
+            groups[group] = p.add_mutually_exclusive_group()
+        _add_option(groups[group] if group else p, f)
+        if f.name == "resume":
+            p.add_argument("--overwrite", action="store_true",
+                           help="start a fresh run in RUN even though it holds a previous run (its checkpoint, "
+                                "weights and metrics are replaced)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train (transfer-learn) a darknet detector, with frozen layers and mAP over "
                                      "iterations")
-    p.add_argument("--cfg", required=True, help="darknet .cfg (classes follow the data's names)")
-    p.add_argument("--data", required=True, help="obj.data (train/valid lists, names)")
-    p.add_argument("--weights", default=None, help="darknet .weights to start from, or 'none' (scratch)")
-    p.add_argument("--upto", type=int, help="load only layers 0..N-1 of --weights (a partial file, e.g. conv.15)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--freeze", type=int, default=0, metavar="N", help="freeze layers 0..N-1")
-    g.add_argument("--freeze-layers", metavar="LIST", help="freeze these layers, e.g. 0-12,15")
-    p.add_argument("--unfreeze-at", type=int, metavar="K", help="unfreeze everything after iteration K (before "
-                                                                 "the last; needs --freeze or --freeze-layers)")
-    p.add_argument("--iterations", type=int, help="iterations (default: [net] max_batches)")
-    p.add_argument("--batch", type=int, help="images per iteration (default: [net] batch)")
-    p.add_argument("--subdivisions", type=int, help="micro-batches per iteration (default: [net] subdivisions)")
-    p.add_argument("--size", type=int, help="network width=height, a multiple of 32 (default: the cfg's)")
-    p.add_argument("--eval-every", type=int, default=0, metavar="E", help="mAP on the valid list every E iterations")
-    p.add_argument("--eval-at", type=_int_list, default=[], metavar="LIST", help="and at these iterations (each at most --iterations)")
-    p.add_argument("--target-map", type=float, metavar="M", help="target mAP (fraction, e.g. 0.9)")
-    p.add_argument("--stop-at-target", action="store_true",
-                   help="stop at the first evaluation reaching --target-map (needs it)")
-    p.add_argument("--protocol", default="darknet", choices=("darknet", "voc07", "coco101", "coco"),
-                   help="mAP protocol: darknet (detector map), voc07 (11-point), coco101 (AP50, 101-point), "
-                        "coco (AP50-95); default darknet")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--out", default="runs/train", metavar="RUN", help="run folder (default runs/train); one that "
-                                                                       "already holds a run needs --resume or "
-                                                                       "--overwrite")
-    p.add_argument("--resume", action="store_true", help="continue RUN/checkpoint.pt")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start a fresh run in RUN even though it holds a previous run (its checkpoint, weights "
-                        "and metrics are replaced)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, batches and augmentation")
-    p.add_argument("--workers", type=int, default=0, help="background threads preparing batches (CPU loader; "
-                                                             "--gpu-augment needs none)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; use 1 per process when "
-                                               "several trainings share the cores)")
-    p.add_argument("--max-images", type=int, metavar="N", help="use a seeded subset of N training images (1 up to "
-                                                                  "the number of usable images; default: all)")
-    p.add_argument("--max-valid-images", type=int, metavar="N", help="evaluate on the first N valid images")
-    p.add_argument("--lr", type=float, help="override [net] learning_rate")
-    p.add_argument("--obj-prior", type=float, metavar="P",
-                   help="start new yolo heads' objectness at probability P (bias logit(P), e.g. 0.01; "
-                        "default: darknet's bias 0, i.e. 0.5)")
-    p.add_argument("--burn-in", type=int, metavar="N",
-                   help="override [net] burn_in: the lr ramps up as lr * (i/N)^power over the first N iterations. "
-                        "yolov3-tiny.cfg says burn_in=1000, which keeps the lr near 0 for a short run (a run warns "
-                        "when burn_in is at least half its iterations): for a run of a few hundred iterations give "
-                        "e.g. a tenth of them; 0: no burn-in")
-    p.add_argument("--continue-schedule", action="store_true",
-                   help="go on with the learning-rate schedule of --weights, as darknet does without -clear: it "
-                        "starts at iteration seen/batch of the file's header (no second burn-in; steps count from "
-                        "there); this run's iterations and metrics still count from 0")
-    p.add_argument("--steps", type=_int_list, help="override [net] steps (policy becomes steps)")
-    p.add_argument("--scales", type=_float_list, help="override [net] scales")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no jitter/colour/flip")
-    _tristate(p, "gpu-augment", "device-side input path: images decoded once into a uint8 cache, whole batches "
-                                "augmented on --device (default: on for CUDA, off on CPU)")
-    _tristate(p, "multi-scale", "darknet multi-scale training: a new size in [size/1.4, size*1.4] every 10 "
-                                "iterations (default: on when the cfg's [yolo] layers say random=1, "
-                                "unless --no-augment)")
-    _tristate(p, "amp", "mixed precision: bf16 (fp16 on GPUs without bf16); default on for CUDA, off on CPU")
-    _tristate(p, "channels-last", "channels_last memory format (default: on)")
-    _tristate(p, "compile", "torch.compile (default: on for CUDA)")
-    _tristate(p, "feature-cache", "with frozen layers and no augmentation, compute each training image's frozen "
-                                  "layers once and reuse them every epoch (bit-identical, checked on the run; "
-                                  "default: on where it applies)")
-    p.add_argument("--log-every", type=int, default=1, help="metrics.jsonl line every N iterations")
-    p.add_argument("--checkpoint-every", type=int, default=100,
-                   help="checkpoint.pt and last.weights every N iterations")
-    p.add_argument("--max-bad-steps", type=int, default=10, help="stop after K non-finite losses in a row")
-    p.add_argument("--tensorboard", action="store_true", help="TensorBoard logs (if tensorboard is installed)")
+    _add_train_options(p)
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (e.g. when logging to a file): evaluations and other events are still "
                         "printed as plain lines on stderr; RUN/train.log has them too")
@@ -124,36 +95,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of `darktune train`'s flags: every field that has a flag (the others keep their default)."""
     from darktune.errors import DarktuneError
-    from darktune.freeze import parse_layer_list
-    from darktune.train import TrainConfig
+    from darktune.train.config import TrainConfig
+    from darktune.train.freeze import parse_layer_list
 
-    freeze_layers = None
-    if args.freeze_layers is not None:  # '' too: an empty list is an error, not "no freezing"
-        try:
-            freeze_layers = parse_layer_list(args.freeze_layers, 10_000)
-        except DarktuneError as exc:
-            raise DarktuneError(f"--freeze-layers: {exc}") from None
-    return TrainConfig(
-        cfg=args.cfg, data=args.data, weights=args.weights, upto=args.upto, freeze=args.freeze,
-        freeze_layers=freeze_layers, unfreeze_at=args.unfreeze_at, iterations=args.iterations, batch=args.batch,
-        subdivisions=args.subdivisions, size=args.size, eval_every=args.eval_every, eval_at=args.eval_at,
-        target_map=args.target_map, stop_at_target=args.stop_at_target, protocol=args.protocol,
-        device=args.device, out=args.out, resume=args.resume, seed=args.seed, workers=args.workers,
-        threads=args.threads,
-        max_images=args.max_images, max_valid_images=args.max_valid_images, lr=args.lr, burn_in=args.burn_in,
-        continue_schedule=args.continue_schedule,
-        steps=args.steps, scales=args.scales, augment=args.augment, gpu_augment=args.gpu_augment,
-        multi_scale=args.multi_scale, amp=args.amp, obj_prior=args.obj_prior,
-        channels_last=args.channels_last, compile=args.compile, feature_cache=args.feature_cache,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every, max_bad_steps=args.max_bad_steps, tensorboard=args.tensorboard)
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        option = f.metadata["option"]
+        if not option.cli:
+            continue
+        value = getattr(args, f.name)
+        if option.kind == "layer-list" and value is not None:  # '' too: an empty list is an error, not "none"
+            try:
+                value = parse_layer_list(value, 10_000)
+            except DarktuneError as exc:
+                raise DarktuneError(f"{option.flag(f.name)}: {exc}") from None
+        values[f.name] = value
+    return TrainConfig(**values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from darktune.devices import resolve_device
     from darktune.train import train
-    from darktune.train_files import check_fresh_run_folder
+    from darktune.train.files import check_fresh_run_folder
 
     resolve_device(args.device)  # before anything is read or written (train() checks again, for library use)
     check_fresh_run_folder(args.out, args.resume, args.overwrite)
@@ -179,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_map(args: argparse.Namespace) -> int:
     from darktune.devices import resolve_device
-    from darktune.evaluate import evaluate_model, load_eval_set, load_for_data
+    from darktune.eval.evaluate import evaluate_model, load_eval_set, load_for_data
 
     device = resolve_device(args.device)
     model, spec = load_for_data(args.cfg, args.weights, args.data, args.size)
@@ -225,7 +190,7 @@ def add_bench_train_parser(bench_sub: argparse._SubParsersAction) -> argparse.Ar
 
 
 def bench_train(args: argparse.Namespace) -> int:
-    from darktune.train_bench import run_bench_train
+    from darktune.train.bench import run_bench_train
 
     report = run_bench_train(device=args.device, sizes=args.sizes, batch=args.batch, iterations=args.iterations,
                              repeats=args.repeats, freeze=args.freeze, amp=args.amp, threads=args.threads,
