@@ -49,12 +49,12 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from darktune.cfg import parse_cfg
-    from darktune.experiment import run_experiment
-    from darktune.experiment_spec import spec_from_dict
-    from darktune.heads import head_shares, training_box_sizes
-    from darktune.report import write_report
-    from darktune.report_data import load_experiment, seed_means
+    from darktune.darknet.cfg import parse_cfg
+    from darktune.experiment.runner import run_experiment
+    from darktune.experiment.spec import spec_from_dict
+    from darktune.report.heads import head_shares, training_box_sizes
+    from darktune.report.render import write_report
+    from darktune.report.data import load_experiment, seed_means
     from darktune.reproduce import prepare_data
 
     root = Path(args.root) / f"size{args.size}"
@@ -101,9 +101,9 @@ def main() -> int:
 
 def _coco15(args: argparse.Namespace, root: Path, spec: dict, domain_exp) -> dict:
     """coco15 with N=0 on the same data (its own experiment folder), and the time-to-target comparison."""
-    from darktune.experiment import run_experiment
-    from darktune.experiment_spec import spec_from_dict
-    from darktune.report_data import load_experiment, time_to_target
+    from darktune.experiment.runner import run_experiment
+    from darktune.experiment.spec import spec_from_dict
+    from darktune.report.data import load_experiment, time_to_target
 
     quick = whole_scene_profile()
     grid = dict(spec["grid"], starts=["coco15"], freeze=[0], iterations=quick.iterations,

@@ -6,7 +6,7 @@ For each --freeze N and each mode, in one process (a compiled module is shared b
          in device memory) + batch_augment.augment_batch (yolov3-tiny.cfg's jitter .3, hue .1, saturation
          1.5, exposure 1.5, flip) on synthetic 640x480 JPEGs; ratio = loop / bare images/s
 Modes: fp32; bf16cl = bf16 autocast + channels_last; compile = bf16cl + torch.compile of the network.
-Freezing uses darktune.freeze (set_frozen + PrefixFrozenModel: no backward through layers 0..N-1).
+Freezing uses darktune.train.freeze (set_frozen + PrefixFrozenModel: no backward through layers 0..N-1).
 No weights are needed (throughput does not depend on them): the architecture is the published
 yolov3-tiny.cfg, embedded below, with 1 class. Multi-scale is off (one size: no recompiles).
 
@@ -31,13 +31,13 @@ import torch  # noqa: E402
 
 from bench_batch_augment import make_images  # noqa: E402
 
-from darktune.cfg import parse_cfg  # noqa: E402
+from darktune.darknet.cfg import parse_cfg  # noqa: E402
 from darktune.data.augment import AugmentConfig  # noqa: E402
 from darktune.data.batch_augment import augment_batch  # noqa: E402
 from darktune.data.uint8_cache import build_cache  # noqa: E402
-from darktune.freeze import PrefixFrozenModel, set_frozen  # noqa: E402
-from darktune.loss import YoloLoss  # noqa: E402
-from darktune.model import Darknet  # noqa: E402
+from darktune.train.freeze import PrefixFrozenModel, set_frozen  # noqa: E402
+from darktune.train.loss import YoloLoss  # noqa: E402
+from darktune.darknet.model import Darknet  # noqa: E402
 
 
 def _conv(filters: int, size: int, bn: bool = True, act: str = "leaky") -> str:

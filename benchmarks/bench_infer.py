@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    from darktune import zoo
+    from darktune.darknet import zoo
     from darktune.cli.bench import backend_names, format_report, run_infer_bench
 
     cfg, weights = args.cfg, args.weights

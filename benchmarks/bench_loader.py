@@ -5,8 +5,8 @@
    (jitter .3, hue .1, saturation 1.5, exposure 1.5, flip), --workers worker processes, batch --batch;
    without cache (decode every time) and with cache="ram".
 3. step: images/s of a bare Tiny YOLOv3 training step (1 class, forward + surrogate loss (sum of squared heads)
-   + backward + SGD) at --size and batch --batch on --device, using darktune.model.Darknet built from the
-   yolov3-tiny architecture (a plain conv stack of the same shape when darktune.model is not importable).
+   + backward + SGD) at --size and batch --batch on --device, using darktune.darknet.model.Darknet built from the
+   yolov3-tiny architecture (a plain conv stack of the same shape when darktune.darknet.model is not importable).
 Prints medians over --repeats and the ratio loader / step (> 1: the loader keeps up with the step).
 
     .venv/bin/python benchmarks/bench_loader.py [--size 416] [--workers 2] [--batch 16] [--json]
@@ -51,15 +51,15 @@ def yolov3_tiny_cfg(size: int, classes: int = 1) -> str:
 
 
 def build_model(size: int):
-    """(model, description): darktune.model.Darknet if available, else a conv stack of the same shape."""
+    """(model, description): darktune.darknet.model.Darknet if available, else a conv stack of the same shape."""
     import torch
     from torch import nn
 
     try:
-        from darktune.cfg import parse_cfg_text
-        from darktune.model import Darknet
+        from darktune.darknet.cfg import parse_cfg_text
+        from darktune.darknet.model import Darknet
 
-        return Darknet(parse_cfg_text(yolov3_tiny_cfg(size))), "darktune.model.Darknet (yolov3-tiny, 1 class)"
+        return Darknet(parse_cfg_text(yolov3_tiny_cfg(size))), "darktune.darknet.model.Darknet (yolov3-tiny, 1 class)"
     except ImportError:
         pass
 
@@ -83,11 +83,11 @@ def build_model(size: int):
             f13 = self.to13(f26)
             return [self.head13(f13), self.head26(torch.cat([self.up(f13), f26], 1))]
 
-    return Stack(), "conv stack shaped like yolov3-tiny (darktune.model not importable)"
+    return Stack(), "conv stack shaped like yolov3-tiny (darktune.darknet.model not importable)"
 
 
 def synth_rate(n: int, size: int) -> float:
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -149,7 +149,7 @@ def step_rates(items: list, args: argparse.Namespace) -> tuple[list[float], str]
 def make_items(root: Path, n: int, size: int) -> list:
     import numpy as np
 
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     make_target_set(root, n, size, seed=1)
     items = []

@@ -1,4 +1,4 @@
-"""Benchmark darktune.metrics.evaluate against pycocotools (the baseline) on the same synthetic detections.
+"""Benchmark darktune.eval.metrics.evaluate against pycocotools (the baseline) on the same synthetic detections.
 
 Prints the median wall time of each protocol and its ratio to pycocotools' evaluate+accumulate (COCO AP50-95),
 measured in the same run. Usage: python benchmarks/bench_metrics.py [--images 5000] [--dets 50] [--json]
@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from darktune.metrics import PROTOCOLS, evaluate  # noqa: E402
+from darktune.eval.metrics import PROTOCOLS, evaluate  # noqa: E402
 
 
 def synthetic(n_images: int, n_dets: int, n_truth: int, num_classes: int, seed: int = 0):

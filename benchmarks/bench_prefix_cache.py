@@ -37,14 +37,15 @@ def main() -> int:
 
     import torch
 
-    from darktune import zoo
-    from darktune.cfg import parse_cfg
-    from darktune.data.synth import make_target_set
-    from darktune.evaluate import PrefixCache, load_eval_set, predict
-    from darktune.freeze import set_frozen
-    from darktune.model import Darknet
-    from darktune.train import TrainConfig, train
-    from darktune.weights import load_weights
+    from darktune.darknet import zoo
+    from darktune.darknet.cfg import parse_cfg
+    from darktune.data.synth.sets import make_target_set
+    from darktune.eval.evaluate import PrefixCache, load_eval_set, predict
+    from darktune.train.freeze import set_frozen
+    from darktune.darknet.model import Darknet
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
+    from darktune.darknet.weights import load_weights
 
     torch.set_num_threads(1)
     coco = zoo.fetch("yolov3-tiny", progress=False)

@@ -54,7 +54,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """(obj.data, cfg, conv.15) under the root; each is made once and reused."""
     import dataclasses
 
-    from darktune.cfg import YoloSpec, parse_cfg, write_cfg
+    from darktune.darknet.cfg import YoloSpec, parse_cfg, write_cfg
 
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)

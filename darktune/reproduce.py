@@ -24,6 +24,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from darktune.errors import DarktuneError
+from darktune.darknet import zoo
+from darktune.files import atomic_write_bytes
+from darktune.data.dataset import write_darknet
+from darktune.data.filter import filter_dataset, FilterRules
+from darktune.data.formats.openimages import read_openimages
+from darktune.data.synth.sets import make_domain_set, make_target_set, WINDOW_SCALE
+from darktune.devices import resolve_device
+from darktune.experiment.runner import run_experiment
+from darktune.experiment.runs import experiment_lock, make_out_dir
+from darktune.experiment.spec import spec_from_dict
+from darktune.report.data import load_experiment
+from darktune.report.findings import findings
+from darktune.report.render import write_report
 
 SEED = 0  # the data sets' seed; the training runs use Profile.seeds
 # Without darknet's ImageNet weights the backbone start is a stand-in: the COCO weights' layers 0..7 (conv 0, 2,
@@ -121,7 +134,6 @@ def prepare_data(profile: Profile, out: Path, progress: bool = False, workers: i
     drawing images (the files are the same for any number)."""
     import shutil
 
-    from darktune.data.synth import WINDOW_SCALE, make_domain_set, make_target_set
 
     data_dir = out / "data"
     for name in ("target", "domain_raw"):
@@ -139,10 +151,6 @@ def prepare_data(profile: Profile, out: Path, progress: bool = False, workers: i
 
 def _filtered_domain(boxes_csv: Path, out: Path, profile: Profile) -> tuple[Path, dict]:
     """Drop the images that carry an IsGroupOf box (their member windows have no box of their own)."""
-    from darktune.data.dataset import write_darknet
-    from darktune.data.filter import FilterRules, filter_dataset
-    from darktune.data.formats.openimages import read_openimages
-
     stats_path = out / "filter.json"
     if (out / "obj.data").is_file() and stats_path.is_file():
         return out / "obj.data", json.loads(stats_path.read_text())
@@ -226,8 +234,6 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
               rerun_changed: bool = False) -> ReproduceOutcome:
     """Run (or continue) the whole reproduction in `out` and write its report. One process at a time works in
     `out` (the experiment's lock, held from the data sets on). `rerun_changed`: see run_experiment."""
-    from darktune.experiment_runs import experiment_lock, make_out_dir
-
     profile = get_profile(profile_name)
     out = Path(out).resolve()  # the spec written into `out` holds the data paths; relative ones would be read
     # against the spec's own folder, i.e. doubled
@@ -241,12 +247,6 @@ def _reproduce(profile: Profile, out: Path, devices: list[str] | None, progress:
                jobs: int | None, rerun_changed: bool) -> ReproduceOutcome:
     import yaml
 
-    from darktune import zoo
-    from darktune.experiment import run_experiment
-    from darktune.experiment_spec import spec_from_dict
-    from darktune.report import write_report
-    from darktune.report_data import load_experiment
-    from darktune.report_findings import findings
 
     _check_profile_folder(out, profile)
     zoo.fetch("yolov3-tiny")
@@ -266,8 +266,6 @@ def _reproduce(profile: Profile, out: Path, devices: list[str] | None, progress:
 
 def _device(name: str) -> str:
     """The device as the grid's workers take it, checked to exist here (before any file is written)."""
-    from darktune.devices import resolve_device
-
     resolve_device(name, "--device")
     return "cuda:0" if name == "cuda" else name
 
@@ -290,6 +288,5 @@ def _check_profile_folder(out: Path, profile: Profile) -> None:
             raise DarktuneError(f"this folder holds a reproduction with profile '{name}' (or other settings); "
                                 f"use another --out for profile '{profile.name}'", path=str(out))
         return
-    from darktune.weights import atomic_write_bytes
 
     atomic_write_bytes(marker, (json.dumps(wanted, indent=1) + "\n").encode())  # creates the folder too

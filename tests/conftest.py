@@ -30,7 +30,7 @@ def one_torch_thread():
 def pytest_configure(config):
     """Fetch the official weights once into the user's cache, then give the tests a private $DARKTUNE_HOME
     (check caches, runs) in which the model folder is a link to that cache: tests never write the user's cache."""
-    from darktune import zoo
+    from darktune.darknet import zoo
 
     result = zoo.fetch("yolov3-tiny", progress=False)
     home = Path(tempfile.mkdtemp(prefix="darktune-test-home-"))
@@ -54,22 +54,22 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def coco():
     """FetchResult with .cfg, .weights, .names of the official COCO yolov3-tiny (sha256-verified)."""
-    from darktune import zoo
+    from darktune.darknet import zoo
 
     return zoo.fetch("yolov3-tiny", progress=False)
 
 
 @pytest.fixture(scope="session")
 def coco_spec(coco):
-    from darktune.cfg import parse_cfg
+    from darktune.darknet.cfg import parse_cfg
 
     return parse_cfg(coco.cfg)
 
 
 @pytest.fixture(scope="session")
 def coco_model(coco, coco_spec):
-    from darktune.model import Darknet
-    from darktune.weights import load_weights
+    from darktune.darknet.model import Darknet
+    from darktune.darknet.weights import load_weights
 
     model = Darknet(coco_spec).eval()
     load_weights(model, coco.weights)

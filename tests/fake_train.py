@@ -1,4 +1,4 @@
-"""A fake trainer for the experiment tests: writes a run folder as darktune.train does (metrics.jsonl, summary.json,
+"""A fake trainer for the experiment tests: writes a run folder as darktune.train.config does (metrics.jsonl, summary.json,
 checkpoint.pt, weights/last.weights) with a made-up mAP curve per starting point, in milliseconds.
 
 The curve: map(it) = cap * (1 - exp(-it / tau)), tau and cap chosen per starting point and frozen layers so

@@ -1,5 +1,5 @@
 """Inference backends: torch (BN folded exactly), ONNX Runtime and OpenCV DNN give the same heads and the same
-boxes; `darktune.fuse` folds exactly and runs long dot products accurately.
+boxes; `darktune.deploy.fuse` folds exactly and runs long dot products accurately.
 
 Tolerances (raw heads of magnitude ~25 on real photos, float32): every pair of torch, ONNX Runtime and OpenCV
 DNN without Winograd within 1e-4 absolute on the raw heads (measured at 416, worst of the test images, COCO /
@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from darktune.backends import (
+from darktune.deploy.runtimes import (
     OnnxRuntimeBackend,
     OpenCVBackend,
     Timings,
@@ -31,14 +31,14 @@ from darktune.backends import (
     make_backend,
     time_backends,
 )
-from darktune.boxes import decode
-from darktune.cfg import write_cfg
+from darktune.darknet.boxes import decode
+from darktune.darknet.cfg import write_cfg
 from darktune.data.formats.image import read_image
-from darktune.detect import preprocess_batch
+from darktune.deploy.detect import preprocess_batch
 from darktune.errors import DarktuneError
-from darktune.fuse import GemmConv2d, fold_batch_norm, fuse_model
-from darktune.model import Darknet
-from darktune.weights import save_weights
+from darktune.deploy.fuse import GemmConv2d, fold_batch_norm, fuse_model
+from darktune.darknet.model import Darknet
+from darktune.darknet.weights import save_weights
 
 RAW_TOL = 1e-4  # absolute, raw heads, between any two of torch / ONNX Runtime / OpenCV (no Winograd)
 EXACT_TOL = 1e-4  # absolute, raw heads, each runtime against the float64 run of the unfused model
@@ -219,7 +219,7 @@ def test_opencv_head_layer_names(coco, coco_spec):
 
 
 def test_onnxruntime_static_batch_takes_any_batch_and_reads_cfg_from_metadata(coco_model, tmp_path):
-    from darktune.export import export_onnx
+    from darktune.deploy.onnx import export_onnx
 
     path = export_onnx(_small(coco_model), tmp_path / "m.onnx", batch=2, verify=False).path
     backend = OnnxRuntimeBackend(path)  # no spec: decoded with the cfg stored in the model
@@ -237,8 +237,8 @@ def _small(model: Darknet) -> Darknet:
 
 
 def test_backend_errors(coco, tmp_path):
-    from darktune.backends import load_model
-    from darktune.export import export_onnx
+    from darktune.darknet.load import load_darknet
+    from darktune.deploy.onnx import export_onnx
 
     with pytest.raises(DarktuneError, match="unknown backend"):
         make_backend("tensorrt", coco.cfg, coco.weights)
@@ -250,10 +250,10 @@ def test_backend_errors(coco, tmp_path):
     bad.write_bytes(b"not onnx")
     with pytest.raises(DarktuneError, match="bad.onnx"):
         OnnxRuntimeBackend(bad)
-    graph = export_onnx(load_model(coco.cfg, coco.weights, 128), tmp_path / "d.onnx", decode=True, verify=False)
+    graph = export_onnx(load_darknet(coco.cfg, coco.weights, size=128)[0], tmp_path / "d.onnx", decode=True, verify=False)
     with pytest.raises(DarktuneError, match="raw-heads"):
         OnnxRuntimeBackend(graph.path)
-    raw = export_onnx(load_model(coco.cfg, coco.weights, 128), tmp_path / "r.onnx", verify=False).path
+    raw = export_onnx(load_darknet(coco.cfg, coco.weights, size=128)[0], tmp_path / "r.onnx", verify=False).path
     with pytest.raises(DarktuneError, match="not --size 416"):
         make_backend("onnxruntime", None, None, onnx=raw, size=416)
 
@@ -285,7 +285,7 @@ def test_bench_infer_cli_json(coco, capsys):
 def test_onnxruntime_refuses_a_cfg_that_decodes_the_model_differently(coco, coco_model, tmp_path):
     import dataclasses
 
-    from darktune.export import export_onnx
+    from darktune.deploy.onnx import export_onnx
 
     onnx = export_onnx(_small(coco_model), tmp_path / "coco.onnx", verify=False).path  # 80 classes at 128
     one = write_cfg(coco_model.spec.with_classes(1), tmp_path / "one.cfg")

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from darktune.boxes import (ImageGeometry, batched_nms, box_iou, cxcywh_to_xyxy, decode_head, nms, postprocess,
+from darktune.darknet.boxes import (ImageGeometry, batched_nms, box_iou, cxcywh_to_xyxy, decode_head, nms, postprocess,
                             xyxy_to_cxcywh)
-from darktune.cfg import YoloSpec
+from darktune.darknet.cfg import YoloSpec
 
 coord = st.floats(0, 1, allow_nan=False)
 box = st.tuples(coord, coord, coord, coord).map(lambda t: (min(t[0], t[2]), min(t[1], t[3]),

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from cfgs import yolov3_cfg, yolov4_tiny_cfg
-from darktune.cfg import (ConvSpec, MaxPoolSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec, format_cfg,
+from darktune.darknet.cfg import (ConvSpec, MaxPoolSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec, format_cfg,
                           parse_cfg, parse_cfg_text)
 from darktune.errors import DarktuneError
-from darktune.summary import summarize
+from darktune.darknet.summary import summarize
 
 TINY_LAYERS = ["conv16", "max", "conv32", "max", "conv64", "max", "conv128", "max", "conv256", "max", "conv512",
                "max", "conv1024", "conv256", "conv512", "conv255", "yolo", "route", "conv128", "upsample", "route",

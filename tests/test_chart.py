@@ -1,4 +1,4 @@
-"""RUN/chart.png (`darktune.chart`): the mAP labels clear their markers, the loss average scales with the run and
+"""RUN/chart.png (`darktune.train.chart`): the mAP labels clear their markers, the loss average scales with the run and
 the legend says its window."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from darktune.chart import plot_loss, plot_map, smoothing_window, write_chart
+from darktune.train.chart import plot_loss, plot_map, smoothing_window, write_chart
 
 
 @pytest.fixture

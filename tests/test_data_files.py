@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from darktune.data.dataset import Box, Dataset, ImageRecord, read_obj_data, write_darknet
-from darktune.data.formats.files import copy_file, open_regular, output_folder, read_regular
+from darktune.files import copy_file, open_regular, output_folder, read_regular
 from darktune.errors import DarktuneError
 
 

@@ -20,7 +20,7 @@ NO_BN = small_cfg({"batch": 4, "subdivisions": 2, "learning_rate": 0.01, "burn_i
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     data = make_target_set(tmp_path / "data", 12, 96, seed=11, val_fraction=0.25)
     cfg = tmp_path / "nobn.cfg"

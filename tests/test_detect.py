@@ -13,7 +13,7 @@ from test_backends import synthetic_scene
 from darktune.cli import main
 from darktune.data.formats.image import read_image
 from darktune.errors import DarktuneError
-from darktune.video import VideoSink, open_source
+from darktune.deploy.video import VideoSink, open_source
 
 FRAMES = 10
 
@@ -150,7 +150,7 @@ def test_detect_out_names_are_unique_and_never_overwritten(coco, video, photo_pa
 
 
 def test_expand_source_folders_and_globs(tmp_path):
-    from darktune.video import expand_source
+    from darktune.deploy.video import expand_source
 
     for name in ("b.jpg", "a.PNG", "c.mp4", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")

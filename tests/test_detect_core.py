@@ -61,7 +61,7 @@ def test_torch_detector_runs_the_fused_model(coco_model, photo_path):
     from test_backends import assert_same_boxes
 
     from darktune.data.formats.image import read_image
-    from darktune.detect import TorchDetector
+    from darktune.deploy.detect import TorchDetector
 
     detector = TorchDetector(coco_model)
     assert detector.model is coco_model and coco_model.layers[0].bn is not None
@@ -135,7 +135,7 @@ def test_detect_letterbox_follows_the_cfg_unless_told(coco, photo_path, tmp_path
 
 def test_detect_boxes_clipped_to_the_image_with_its_size_in_the_record(coco, photo_path, capsys):
     from darktune.data.formats.image import read_image
-    from darktune.detect import clip_boxes
+    from darktune.deploy.detect import clip_boxes
 
     dets = np.array([[-5.5, -2, 700, 40, 0.9, 3], [10, 20, 30, 900, 0.5, 0]], np.float32)
     np.testing.assert_array_equal(clip_boxes(dets, 640, 480), [[0, 0, 640, 40, dets[0, 4], 3], [10, 20, 30, 480, 0.5, 0]])

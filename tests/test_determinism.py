@@ -26,7 +26,8 @@ def tiny(tmp_path_factory):
 
 
 def _run(tiny, out: Path, seed: int = 7, iterations: int = 6, resume: bool = False):
-    from darktune.train import TrainConfig, train
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
 
     cfg, obj = tiny
     return train(TrainConfig(cfg=str(cfg), data=str(obj), iterations=iterations, batch=2, subdivisions=1,

@@ -97,7 +97,8 @@ def test_cuda_on_a_cpu_only_torch_says_so(command, coco, photo_path, tmp_path, c
 
 def test_the_training_library_checks_the_device_too(tmp_path):
     """`darktune experiment` and `bench train` call train() directly: the same one-line error."""
-    from darktune.train import TrainConfig, train
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
 
     with pytest.raises(DarktuneError, match="^--device 'gpu' is not a device"):
         train(TrainConfig(cfg="x.cfg", data="x.data", out=str(tmp_path / "run"), device="gpu"), progress=False)

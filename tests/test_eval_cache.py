@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from darktune.evaluate import PrefixCache, load_eval_set, predict
-from darktune.freeze import set_frozen
-from darktune.model import Darknet
-from darktune.weights import load_weights
+from darktune.eval.evaluate import PrefixCache, load_eval_set, predict
+from darktune.train.freeze import set_frozen
+from darktune.darknet.model import Darknet
+from darktune.darknet.weights import load_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def eval_set(tmp_path_factory):
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     data = make_target_set(tmp_path_factory.mktemp("cache_set") / "set", 20, 128, seed=4, val_fraction=0.5)
     return load_eval_set(data, (128, 128), "valid")
@@ -83,8 +83,9 @@ def test_cache_keeps_nothing_above_its_limit(model, eval_set):
 def test_training_run_maps_are_the_same_with_and_without_the_cache(coco, tmp_path, monkeypatch):
     """A freeze-13 run from the COCO weights logs the same mAP at every evaluation whether the evaluations reuse
     the frozen layers' outputs or compute them each time."""
-    from darktune.data.synth import make_target_set
-    from darktune.train import TrainConfig, train
+    from darktune.data.synth.sets import make_target_set
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
 
     data = make_target_set(tmp_path / "data", 16, 96, seed=6, val_fraction=0.5)
 
@@ -104,7 +105,8 @@ def test_training_run_maps_are_the_same_with_and_without_the_cache(coco, tmp_pat
 
 
 def _train_run(coco, data, out, **kw):
-    from darktune.train import TrainConfig, train
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
 
     base = {"cfg": str(coco.cfg), "data": str(data), "weights": str(coco.weights), "freeze": 13, "iterations": 12,
             "batch": 4, "size": 64, "lr": 0.002, "burn_in": 0, "eval_at": [12], "out": str(out),
@@ -120,7 +122,7 @@ def test_feature_cache_trains_bit_identically_and_skips_the_prefix(coco, tmp_pat
     """Training with the frozen layers' outputs cached per image (no augmentation) writes the same weights, byte
     for byte, as training that computes them every step; after the first epoch every micro-batch comes from
     the cache."""
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)  # 8 train images: 2 batches/epoch
     cached, s1 = _train_run(coco, data, tmp_path / "on", freeze=freeze)
@@ -133,7 +135,7 @@ def test_feature_cache_trains_bit_identically_and_skips_the_prefix(coco, tmp_pat
 
 
 def test_feature_cache_stays_off_where_inputs_change(coco, tmp_path):
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
     _, augmented = _train_run(coco, data, tmp_path / "aug", iterations=3, eval_at=[3], augment=True,
@@ -145,8 +147,8 @@ def test_feature_cache_stays_off_where_inputs_change(coco, tmp_path):
 def test_feature_cache_turns_itself_off_when_a_cached_batch_differs(coco, tmp_path, monkeypatch):
     """If the backend's per-sample results depended on the batch (the check on the first fully cached
     micro-batch), the cache gives up, says so, and the run still trains exactly as without it."""
-    from darktune import train_cache
-    from darktune.data.synth import make_target_set
+    from darktune.train import feature_cache as train_cache
+    from darktune.data.synth.sets import make_target_set
 
     data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
     real = train_cache.FeatureCache._assemble
@@ -167,7 +169,7 @@ def test_feature_cache_turns_itself_off_when_a_cached_batch_differs(coco, tmp_pa
 def test_feature_cache_with_an_unfreeze_matches_plain_training(coco, tmp_path):
     """--unfreeze-at ends the frozen prefix mid-run: the cache serves the frozen part only, and the weights
     equal those of a run without it."""
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
     cached, s1 = _train_run(coco, data, tmp_path / "on", unfreeze_at=6)
@@ -178,7 +180,7 @@ def test_feature_cache_with_an_unfreeze_matches_plain_training(coco, tmp_path):
 
 
 def test_memory_budget_is_capped_by_the_machine():
-    from darktune.train_cache import FeatureCache, memory_budget
+    from darktune.train.feature_cache import FeatureCache, memory_budget
 
     ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     assert memory_budget(1 << 60, 0.25) == int(0.25 * ram) and memory_budget(1000, 0.25) == 1000
@@ -188,7 +190,7 @@ def test_memory_budget_is_capped_by_the_machine():
 
 def test_feature_cache_on_the_device_input_path(coco, tmp_path):
     """The --gpu-augment path without augmentation (here on the CPU) uses the cache too, bit-identically."""
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     data = make_target_set(tmp_path / "data", 10, 64, seed=7, val_fraction=0.2)
     cached, s1 = _train_run(coco, data, tmp_path / "on", gpu_augment=True, multi_scale=False)

@@ -11,8 +11,8 @@ import pytest
 from fake_train import fake_train
 
 from darktune.errors import DarktuneError
-from darktune.experiment import run_experiment
-from darktune.experiment_spec import load_spec, plan_runs
+from darktune.experiment.runner import run_experiment
+from darktune.experiment.spec import load_spec, plan_runs
 
 SPEC = """\
 cfg: {cfg}
@@ -268,7 +268,7 @@ def test_finished_runs_lose_their_checkpoints(spec_file, tmp_path, monkeypatch):
 
 
 def test_cli_flags_rerun_changed_and_keep_checkpoints(spec_file, tmp_path, monkeypatch, capsys):
-    from darktune import experiment
+    from darktune.experiment import runner as experiment
     from darktune.cli import main
 
     monkeypatch.setattr(experiment, "default_train", fake_train)
@@ -303,7 +303,7 @@ def test_out_that_is_a_file_is_a_one_line_error(spec_file, tmp_path, capsys, sub
 LOCK_HOLDER = """\
 import sys, time
 from pathlib import Path
-from darktune.experiment import experiment_lock
+from darktune.experiment.runner import experiment_lock
 
 with experiment_lock(Path(sys.argv[1])):
     print("locked", flush=True)
@@ -436,7 +436,7 @@ def test_conv15_extract_follows_its_source(spec_file, tmp_path, coco):
 
 ORPHAN = """\
 import multiprocessing as mp, os, sys, time
-from darktune.experiment_workers import _die_with_parent
+from darktune.experiment.workers import _die_with_parent
 
 def child(parent):
     _die_with_parent(parent)
@@ -484,7 +484,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "experiment_spec.md"
 def test_spec_doc_names_every_key_and_its_example_runs(tmp_path):
     import re
 
-    from darktune.experiment_spec import GRID_KEYS, STAGE_KEYS, TOP_KEYS, WEIGHT_KEYS
+    from darktune.experiment.spec import GRID_KEYS, STAGE_KEYS, TOP_KEYS, WEIGHT_KEYS
 
     text = DOC.read_text()
     for key in set(TOP_KEYS + WEIGHT_KEYS + STAGE_KEYS + GRID_KEYS):
@@ -506,14 +506,14 @@ from pathlib import Path
 def slow_train(kwargs, progress):
     from tqdm import tqdm
 
-    tqdm(total=1, disable=True).close()  # as darktune.train does: tqdm makes its lock at the first bar
+    tqdm(total=1, disable=True).close()  # as darktune.train.config does: tqdm makes its lock at the first bar
     Path(kwargs["out"]).mkdir(parents=True, exist_ok=True)
     (Path(kwargs["out"]) / "started").write_text("")
     time.sleep(60)
 
 if __name__ == "__main__":
-    from darktune.experiment import run_experiment
-    from darktune.experiment_spec import load_spec
+    from darktune.experiment.runner import run_experiment
+    from darktune.experiment.spec import load_spec
 
     try:
         run_experiment(load_spec(sys.argv[1]), sys.argv[2], jobs=2, devices=["cpu"], train_fn=slow_train,

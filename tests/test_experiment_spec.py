@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from darktune.errors import DarktuneError
-from darktune.experiment import run_experiment
-from darktune.experiment_spec import load_spec
+from darktune.experiment.runner import run_experiment
+from darktune.experiment.spec import load_spec
 
 
 def _spec(tmp_path, coco, grid: str, top: str = "") -> str:

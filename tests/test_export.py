@@ -25,13 +25,13 @@ from test_backends import (
     write_model,
 )
 
-from darktune.backends import OpenCVBackend, ort_session
+from darktune.deploy.runtimes import OpenCVBackend, ort_session
 from darktune.cli import main
 from darktune.data.formats.image import read_image
-from darktune.detect import detect_from_heads, preprocess_batch
+from darktune.deploy.detect import detect_from_heads, preprocess_batch
 from darktune.errors import DarktuneError
-from darktune.export import OnnxExport, export_onnx, graph_detections
-from darktune.model import Darknet
+from darktune.deploy.onnx import OnnxExport, export_onnx, graph_detections
+from darktune.darknet.model import Darknet
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +315,7 @@ def test_export_finds_names_beside_the_cfg_as_detect_does(coco, tmp_path, capsys
     # <cfg stem>.names wins over the folder's other names; a found file with another class count is not used
     (zoo / "yolov3-tiny.names").write_text("person\n")
     assert main(["export", "onnx", *model_args, "--out", str(tmp_path / "n.onnx")]) == 0
-    err = capsys.readouterr().err  # (the count's wording comes from darktune.detect.read_names)
+    err = capsys.readouterr().err  # (the count's wording comes from darktune.deploy.detect.read_names)
     assert f"note: {zoo / 'yolov3-tiny.names'}: 1 " in err and "for a model with 80 classes; not used" in err
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "n.onnx")).metadata_props}
     assert "darktune.names" not in meta
@@ -325,9 +325,10 @@ def test_export_finds_names_beside_the_cfg_as_detect_does(coco, tmp_path, capsys
 def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_path, capsys):
     """A real `darktune train` run (2 iterations from COCO conv.15 on 4 synthetic window images) exported with
     --run: names come from the run's dataset, OpenCV DNN gives darktune's detections on the written files."""
-    from darktune.backends import load_model
-    from darktune.data.synth import make_target_set
-    from darktune.train import TrainConfig, train
+    from darktune.darknet.load import load_darknet
+    from darktune.data.synth.sets import make_target_set
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
 
     data = make_target_set(tmp_path / "target", 4, 96, seed=0)
     run = tmp_path / "run"
@@ -341,7 +342,7 @@ def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_pat
     assert (out / "model.names").read_text() == "window\n"
     assert (out / "model.weights").read_bytes() == (run / "weights" / "best.weights").read_bytes()
     assert (out / "model.weights").stat().st_mode & 0o044  # readable by others (umask allowing)
-    model = load_model(out / "model.cfg", out / "model.weights")
+    model, _ = load_darknet(out / "model.cfg", out / "model.weights")
     scenes = images + [read_image(min((tmp_path / "target" / "images").glob("*.jpg")))]
     ours = _torch_dets(model, scenes, conf=0.05)
     assert sum(len(d) for d in ours) >= 1
@@ -351,11 +352,11 @@ def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_pat
 
 def test_onnx_nms_semantics_at_equality_match_darktune():
     """ONNX Runtime's NonMaxSuppression keeps score > threshold (not >=) and suppresses IoU > threshold (not
-    >=), as darknet and darktune.boxes.nms do: a box at exactly IoU 0.5 survives, a score of exactly 0.25
+    >=), as darknet and darktune.darknet.boxes.nms do: a box at exactly IoU 0.5 survives, a score of exactly 0.25
     does not."""
     from onnx import TensorProto, helper
 
-    from darktune.boxes import nms
+    from darktune.darknet.boxes import nms
 
     graph = helper.make_graph(
         [helper.make_node("NonMaxSuppression", ["boxes", "scores", "m", "iou", "thresh"], ["selected"])], "nms",

@@ -9,20 +9,19 @@ import torch
 from cfgs import small_cfg
 from torch import nn
 
-from darktune.cfg import parse_cfg_text
+from darktune.darknet.cfg import parse_cfg_text
 from darktune.errors import DarktuneError
-from darktune.freeze import (
+from darktune.train.freeze import (
     FrozenBatchNorm2d,
-    forward_frozen_prefix,
     freeze_proof,
     frozen_layers,
-    frozen_prefix_length,
     layer_digests,
     parse_layer_list,
     set_frozen,
 )
-from darktune.model import Darknet
-from darktune.train_setup import build_optimizer, param_groups
+from darktune.darknet.model import Darknet
+from darktune.darknet.prefix import forward_frozen_prefix, frozen_prefix_length
+from darktune.train.init import build_optimizer, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -134,7 +133,7 @@ def test_proof_of_an_unfreeze_checks_the_frozen_phase_up_to_the_unfreeze():
 
 
 def _layer_bytes(spec, data: bytes, header: int) -> dict[int, bytes]:
-    from darktune.weights import conv_float_counts
+    from darktune.darknet.weights import conv_float_counts
 
     out, offset = {}, header
     for i, n in conv_float_counts(spec):
@@ -145,10 +144,11 @@ def _layer_bytes(spec, data: bytes, header: int) -> dict[int, bytes]:
 
 @pytest.mark.slow
 def test_freeze_13_on_coco_weights_for_20_iterations(tmp_path):
-    from darktune import zoo
-    from darktune.cfg import parse_cfg
-    from darktune.data.synth import make_target_set
-    from darktune.train import TrainConfig, train
+    from darktune.darknet import zoo
+    from darktune.darknet.cfg import parse_cfg
+    from darktune.data.synth.sets import make_target_set
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
 
     try:
         fetched = zoo.fetch("yolov3-tiny")
@@ -176,7 +176,7 @@ def test_freeze_13_on_coco_weights_for_20_iterations(tmp_path):
 
 
 def test_darknet_sgd_is_torch_sgd_and_round_trips_its_state():
-    from darktune.train_setup import DarknetSGD
+    from darktune.train.init import DarknetSGD
 
     a, b = small_model(), small_model()
     set_frozen(a, [0])
@@ -199,7 +199,7 @@ def test_darknet_sgd_is_torch_sgd_and_round_trips_its_state():
 
 
 def test_batch_norm_folding_gives_the_same_outputs():
-    from darktune.freeze import fold_bn
+    from darktune.darknet.prefix import fold_bn
 
     model = small_model().eval()
     x = torch.rand(2, 3, 64, 64)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from darktune.heads import best_anchors, head_shares, training_box_sizes
-from darktune.report_data import ExperimentData, RunData
-from darktune.report_findings import _heads_note
+from darktune.report.heads import best_anchors, head_shares, training_box_sizes
+from darktune.report.data import ExperimentData, RunData
+from darktune.report.findings import _heads_note
 
 ANCHORS = np.array([[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]], dtype=np.float64)
 

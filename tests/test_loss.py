@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from darktune.cfg import parse_cfg_text
-from darktune.loss import YoloLoss, assign_targets, bbox_iou_variant
-from darktune.model import Darknet
+from darktune.darknet.cfg import parse_cfg_text
+from darktune.train.loss import YoloLoss, assign_targets, bbox_iou_variant
+from darktune.darknet.model import Darknet
 
 ANCHORS = "10,14, 23,27, 37,58, 81,82, 135,169, 344,319"
 

@@ -1,4 +1,4 @@
-"""Tests for darktune.metrics: hand-computed AP cases, agreement with pycocotools, edge cases, speed."""
+"""Tests for darktune.eval.metrics: hand-computed AP cases, agreement with pycocotools, edge cases, speed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from darktune.errors import DarktuneError
-from darktune.metrics import (
+from darktune.eval.metrics import (
     PROTOCOLS,
     ap_11_points,
     ap_all_points,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from cfgs import yolov3_cfg, yolov4_tiny_cfg
-from darktune.boxes import decode
-from darktune.cfg import parse_cfg_text
-from darktune.detect import preprocess, read_image
-from darktune.model import Darknet, count_parameters
+from darktune.darknet.boxes import decode
+from darktune.darknet.cfg import parse_cfg_text
+from darktune.deploy.detect import preprocess, read_image
+from darktune.darknet.model import Darknet, count_parameters
 
 
 @pytest.mark.parametrize("text_fn,size,out_hw", [

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_weights_size() -> int:
-    from darktune.cfg import parse_cfg_text
-    from darktune.weights import expected_floats
+    from darktune.darknet.cfg import parse_cfg_text
+    from darktune.darknet.weights import expected_floats
 
     return 20 + 4 * expected_floats(parse_cfg_text(TINY))
 
@@ -39,10 +39,10 @@ WEIGHTS_CASE_NAMES = [c.name for c in weights_cases(b"\x00" * _tiny_weights_size
 
 def _cfg_outcome(path: Path, expect: str, capsys) -> tuple[str, str]:
     """Parse + build (library) and `darktune summary` (command line); the worse of the two outcomes."""
-    from darktune.cfg import parse_cfg
+    from darktune.darknet.cfg import parse_cfg
     from darktune.cli import main
     from darktune.errors import DarktuneError
-    from darktune.model import Darknet
+    from darktune.darknet.model import Darknet
 
     start = time.perf_counter()
     try:
@@ -93,11 +93,11 @@ def tiny_files(tmp_path_factory):
 def _weights_paths(cfg: Path, path: Path, tmp_path: Path, capsys, prefix_ok: bool) -> dict[str, tuple[str, str]]:
     """Outcome of each loader for a damaged weights file: every one refuses it, naming the file (`partial`,
     which reads only the first N layers as darknet's does, may accept a file with floats to spare)."""
-    from darktune.cfg import parse_cfg
+    from darktune.darknet.cfg import parse_cfg
     from darktune.cli import main
-    from darktune.model import Darknet
-    from darktune.train_setup import init_model
-    from darktune.weights import load_weights
+    from darktune.darknet.model import Darknet
+    from darktune.train.init import init_model
+    from darktune.darknet.weights import load_weights
 
     spec = parse_cfg(cfg)
     loaders = {
@@ -160,10 +160,10 @@ def test_official_weights_cut_are_refused_by_partial(coco, cut, tmp_path, tally,
 def test_weights_that_end_on_a_layer_boundary_are_said_to_be_partial(tiny_files, tmp_path):
     """Not a damage case but its twin: a file holding exactly layers 0..N-1 is a partial file (conv.15), and
     the trainer says so (mode and loaded layers in init.json) instead of treating it as complete."""
-    from darktune.cfg import parse_cfg
-    from darktune.model import Darknet
-    from darktune.train_setup import init_model
-    from darktune.weights import partial
+    from darktune.darknet.cfg import parse_cfg
+    from darktune.darknet.model import Darknet
+    from darktune.train.init import init_model
+    from darktune.darknet.weights import partial
 
     cfg, good = tiny_files
     out, _ = partial(cfg, good, tmp_path / "tiny.conv.9", 9)

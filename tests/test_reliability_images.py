@@ -121,7 +121,7 @@ def test_trainer_gets_the_stored_pixels_and_the_box_on_the_object(trainer_items,
     """check_dataset -> TrainBatches (what `darktune train` does): an accepted image reaches the training
     tensor as the stored pixels the check saw, with its label box on the white rectangle."""
     from darktune.data.formats.image import decode_rgb
-    from darktune.train_data import TrainBatches
+    from darktune.train.inputs import TrainBatches
 
     case = BY_NAME[name]
     t = tally("images")
@@ -185,7 +185,7 @@ def test_data_loader_decodes_or_skips(image_dir, tally, name):
 
 def test_detect_decodes_or_reports_every_image(image_dir, tally, capsys, tmp_path):
     from darktune.cli import main
-    from darktune.video import open_source
+    from darktune.deploy.video import open_source
 
     t = tally("images")
     cfg = datasets.write_tiny_cfg(tmp_path / "tiny.cfg")
@@ -220,7 +220,7 @@ def test_exif_orientation_is_ignored_consistently(tmp_path):
     refer to the stored pixels; darktune decodes the stored pixels on every path (check, trainer, evaluation,
     detect), so a box never moves relative to its picture."""
     from darktune.data.formats.image import decode_rgb, read_image_size
-    from darktune.detect import read_image
+    from darktune.deploy.detect import read_image
 
     for o in (3, 6, 8):
         case = BY_NAME[f"exif_orientation_{o}.jpg"]

@@ -12,12 +12,12 @@ import pytest
 from fake_train import fake_train
 from test_experiment import SPEC
 
-from darktune import study
-from darktune.experiment import run_experiment
-from darktune.experiment_spec import load_spec
-from darktune.report import write_report
-from darktune.report_data import load_experiment, time_to_target
-from darktune.report_findings import findings
+from darktune.report import study
+from darktune.experiment.runner import run_experiment
+from darktune.experiment.spec import load_spec
+from darktune.report.render import write_report
+from darktune.report.data import load_experiment, time_to_target
+from darktune.report.findings import findings
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +296,7 @@ def test_weak_stand_in_backbone_is_said_so(seeded):
 
 
 def test_within_spread_is_flagged():
-    from darktune.report_findings import SeedStat, _within_spread
+    from darktune.report.findings import SeedStat, _within_spread
 
     assert _within_spread(SeedStat(0.50, 0.05, 3), SeedStat(0.45, 0.03, 3))
     assert not _within_spread(SeedStat(0.60, 0.02, 3), SeedStat(0.45, 0.03, 3))

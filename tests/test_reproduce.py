@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from darktune import study
+from darktune.report import study
 from darktune.errors import DarktuneError
-from darktune.experiment_spec import plan_runs, spec_from_dict
+from darktune.experiment.spec import plan_runs, spec_from_dict
 from darktune.reproduce import (
     PROFILES,
     STAND_IN_BACKBONE_LAYERS,
@@ -132,9 +132,9 @@ def _tables(md: str) -> list[str]:
 
 @pytest.mark.slow
 def test_interrupted_experiment_continues_to_the_same_tables(smoke_data, tmp_path):
-    from darktune.experiment import run_experiment
-    from darktune.experiment_spec import load_spec
-    from darktune.report import write_report
+    from darktune.experiment.runner import run_experiment
+    from darktune.experiment.spec import load_spec
+    from darktune.report.render import write_report
 
     _, data = smoke_data
     spec = tmp_path / "tiny.yaml"
@@ -219,7 +219,7 @@ def test_profile_views_reach_the_target_set(tmp_path):
 def test_quick_close_ups_put_the_target_boxes_on_the_head_freeze_20_freezes(tmp_path, coco_spec):
     """The quick profile's reason for close-ups: at 128 px its target windows go to the stride-32 head (layer 16),
     as large windows do in the study's 416 network, so freezing 20 layers freezes the head that learns them."""
-    from darktune.heads import head_shares, training_box_sizes
+    from darktune.report.heads import head_shares, training_box_sizes
 
     small = replace(PROFILES["quick"], target_images=40, domain_images=8)
     data = prepare_data(small, tmp_path)
@@ -243,7 +243,7 @@ def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
 
 def test_a_second_reproduction_in_the_same_folder_is_refused(tmp_path, capsys):
     from darktune.cli import main
-    from darktune.experiment_runs import experiment_lock
+    from darktune.experiment.runs import experiment_lock
 
     out = tmp_path / "r"
     out.mkdir()
@@ -251,7 +251,7 @@ def test_a_second_reproduction_in_the_same_folder_is_refused(tmp_path, capsys):
     import sys
 
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from darktune.experiment_runs import experiment_lock\n"
+                               "from darktune.experiment.runs import experiment_lock\n"
                                f"with experiment_lock(Path({str(out)!r})):\n print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:

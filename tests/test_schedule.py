@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from darktune.cfg import NetParams
+from darktune.darknet.cfg import NetParams
 from darktune.errors import DarktuneError
-from darktune.schedule import describe, learning_rate
+from darktune.train.schedule import describe, learning_rate
 
 
 def net(**kw) -> NetParams:
@@ -69,9 +69,9 @@ def test_overrides_and_errors():
 
 
 def test_run_overrides_rewrite_the_schedule(tmp_path):
-    from darktune.cfg import parse_cfg_text
-    from darktune.train import TrainConfig
-    from darktune.train_loop import _net_params
+    from darktune.darknet.cfg import parse_cfg_text
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import _net_params
 
     spec = parse_cfg_text("[net]\nlearning_rate=0.001\nburn_in=1000\npolicy=steps\nsteps=400000\nscales=.1\n"
                           "[convolutional]\nfilters=4\nsize=1\n")

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from darktune.cli.synth_cmd import add_synth_parser
-from darktune.data.synth import (
+from darktune.data.synth.sets import (
     OPEN_IMAGES_HEADER,
     annotate_domain,
     make_domain_set,
     make_target_set,
     parse_size,
 )
-from darktune.data.synth_scene import WindowRecord, render_scene
-from darktune.data.synth_style import TARGET_STYLE, distractor_style, is_target_design
+from darktune.data.synth.scene import WindowRecord, render_scene
+from darktune.data.synth.style import TARGET_STYLE, distractor_style, is_target_design
 from darktune.errors import DarktuneError
 
 
@@ -291,14 +291,14 @@ def test_window_scale_gives_closer_views_and_defaults_are_unchanged():
 
 
 def test_records_carry_each_window_design():
-    from darktune.data.synth_style import is_target_design
+    from darktune.data.synth.style import is_target_design
 
     _, recs = render_scene(np.random.default_rng([5, 2, 0]), 128, 128, "target")
     assert recs and all(r.style is not None and is_target_design(r.style) == r.target for r in recs)
 
 
 def test_near_miss_fraction_changes_the_distractors():
-    from darktune.data.synth_style import TARGET_STYLE, distractor_style
+    from darktune.data.synth.style import TARGET_STYLE, distractor_style
 
     def near_misses(p: float) -> int:
         rng = np.random.default_rng(9)
@@ -342,7 +342,7 @@ def test_scene_options_are_recorded_and_checked(tmp_path, capsys):
 
 
 def test_close_ups_centre_one_large_window_and_keep_honest_records(tmp_path):
-    from darktune.data.synth_scene import crop_close_up
+    from darktune.data.synth.scene import crop_close_up
 
     large = 0
     for i in range(12):

@@ -14,7 +14,8 @@ import torch
 from cfgs import small_cfg
 
 from darktune.errors import DarktuneError
-from darktune.train import TrainConfig, train
+from darktune.train.config import TrainConfig
+from darktune.train.loop import train
 
 TINY = small_cfg({"batch": 4, "subdivisions": 2, "learning_rate": 0.002, "burn_in": 3, "momentum": 0.9,
                   "decay": 0.0005, "policy": "steps", "steps": 8, "scales": .5, "hue": .1, "saturation": 1.5,
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_set(root: Path) -> tuple[str, str]:
     """(cfg, obj.data) of the tiny network and a 16-image synthetic set (12 train, 4 valid) under `root`."""
-    from darktune.data.synth import make_target_set
+    from darktune.data.synth.sets import make_target_set
 
     data = make_target_set(root / "set", 16, 96, seed=5, val_fraction=0.25)
     (root / "tiny.cfg").write_text(TINY)
@@ -52,7 +53,7 @@ def lines(run: Path) -> tuple[list[dict], list[dict]]:
 
 
 def test_run_writes_every_output_and_time_to_target(dataset, tmp_path):
-    from darktune.checkpoint import load_checkpoint
+    from darktune.train.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     res = train(cfg_of(dataset, run, eval_at=[3, 6], target_map=0.0, freeze=2), progress=False)
@@ -94,7 +95,7 @@ def test_stop_at_target_and_map_command(dataset, tmp_path, capsys):
 
 
 def test_nonfinite_loss_is_skipped_counted_and_stops_after_k(dataset, tmp_path, monkeypatch):
-    from darktune import loss as loss_module
+    from darktune.train import loss as loss_module
 
     real = loss_module.YoloLoss.__call__
     calls = {"n": 0, "bad": {3, 4}}
@@ -164,7 +165,7 @@ def test_sigkill_then_resume_continues_exactly(dataset, tmp_path, extra):
 
 
 def test_a_cut_checkpoint_never_replaces_the_good_one(dataset, tmp_path, monkeypatch):
-    from darktune.checkpoint import load_checkpoint
+    from darktune.train.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     train(cfg_of(dataset, run, iterations=3, checkpoint_every=1), progress=False)
@@ -253,7 +254,7 @@ def test_cli_train_never_silently_replaces_a_run(dataset, tmp_path, capsys):
 
 
 def test_unfreeze_at_rebuilds_the_optimizer(dataset, tmp_path):
-    from darktune.checkpoint import load_checkpoint
+    from darktune.train.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     res = train(cfg_of(dataset, run, iterations=4, freeze=3, unfreeze_at=2), progress=False)
@@ -268,7 +269,7 @@ def test_unfreeze_at_rebuilds_the_optimizer(dataset, tmp_path):
 def test_freeze_proof_covers_the_frozen_phase_of_an_unfreeze_also_across_a_resume(dataset, tmp_path, monkeypatch):
     """--unfreeze-at K: the proof lists the layers frozen for 1..K, shows each unchanged from the start to K
     (digests taken at K) and changed after; a resume from a checkpoint at K keeps those digests."""
-    from darktune import train_steps
+    from darktune.train import steps as train_steps
 
     full = tmp_path / "full"
     train(cfg_of(dataset, full, iterations=4, freeze=3, unfreeze_at=2), progress=False)
@@ -340,19 +341,19 @@ def test_train_log_is_not_doubled_when_stderr_already_goes_there(dataset, tmp_pa
 
 
 def _model(dataset):
-    from darktune.cfg import parse_cfg
-    from darktune.model import Darknet
+    from darktune.darknet.cfg import parse_cfg
+    from darktune.darknet.model import Darknet
 
     return Darknet(parse_cfg(dataset[0]).with_classes(1))
 
 
 def test_partial_weights_load_upto_and_report(dataset, tmp_path):
-    from darktune.weights import partial, save_weights
+    from darktune.darknet.weights import partial, save_weights
 
     model = _model(dataset)
     full = tmp_path / "full.weights"
     save_weights(model, full)
-    from darktune.cfg import parse_cfg, write_cfg
+    from darktune.darknet.cfg import parse_cfg, write_cfg
 
     cfg1 = write_cfg(parse_cfg(dataset[0]).with_classes(1), tmp_path / "one.cfg")
     part, _ = partial(cfg1, full, tmp_path / "conv.3", 3)
@@ -370,7 +371,7 @@ def test_partial_weights_load_upto_and_report(dataset, tmp_path):
 def test_batches_are_a_pure_function_of_seed_and_iteration(dataset):
     from darktune.data.augment import AugmentConfig
     from darktune.data.check import check_dataset
-    from darktune.train_data import TrainBatches, subset
+    from darktune.train.inputs import TrainBatches, subset
 
     items = check_dataset(dataset[1], "train", progress=False).good
     aug = AugmentConfig(jitter=0.2, hue=0.1, saturation=1.5, exposure=1.5, flip=True)
@@ -392,7 +393,7 @@ def test_batches_are_a_pure_function_of_seed_and_iteration(dataset):
 def test_obj_prior_sets_new_heads_objectness_bias_only(dataset, tmp_path):
     import math
 
-    from darktune.weights import load_weights
+    from darktune.darknet.weights import load_weights
 
     res = train(cfg_of(dataset, tmp_path / "run", iterations=1, lr=0.0, obj_prior=0.01), progress=False)
     init = json.loads((res.run_dir / "init.json").read_text())
@@ -411,7 +412,7 @@ def test_obj_prior_sets_new_heads_objectness_bias_only(dataset, tmp_path):
 def test_continue_schedule_goes_on_from_the_weights_seen_counter(dataset, tmp_path):
     """Darknet without -clear: a run from a full .weights file continues its learning-rate schedule at
     iteration seen / batch (no second burn-in) and writes the lineage's seen; by default it starts over."""
-    from darktune.weights import read_weights_file
+    from darktune.darknet.weights import read_weights_file
 
     first = tmp_path / "first"
     train(cfg_of(dataset, first, iterations=10, batch=4, burn_in=8, lr=0.001), progress=False)

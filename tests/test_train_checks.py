@@ -7,7 +7,8 @@ from test_train import cfg_of, tiny_set
 
 from darktune.cli import main
 from darktune.errors import DarktuneError
-from darktune.train import TrainConfig, train
+from darktune.train.config import TrainConfig
+from darktune.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""Training inputs: the device-side path (`darktune.train_device`, run on the CPU here) picks the same images
+"""Training inputs: the device-side path (`darktune.train.device_inputs`, run on the CPU here) picks the same images
 as the CPU loader, is a pure function of (seed, iteration, sub), splits exactly over DDP ranks; multi-scale
 sizes; the input path and size are recorded and a resume cannot switch paths."""
 
@@ -11,9 +11,9 @@ from test_train import cfg_of, lines, tiny_set
 
 from darktune.data.augment import AugmentConfig
 from darktune.errors import DarktuneError
-from darktune.train import train
-from darktune.train_data import SampleOrder, TrainBatches, network_size, size_range
-from darktune.train_device import DeviceBatches, multi_scale_of
+from darktune.train.loop import train
+from darktune.train.inputs import SampleOrder, TrainBatches, network_size, size_range
+from darktune.train.device_inputs import DeviceBatches, multi_scale_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,7 +94,7 @@ def test_multi_scale_sizes(items):
 
 
 def test_multi_scale_follows_the_cfgs_random_unless_told(dataset):
-    from darktune.cfg import parse_cfg, parse_cfg_text
+    from darktune.darknet.cfg import parse_cfg, parse_cfg_text
 
     spec = parse_cfg(dataset[0])
     with_random = parse_cfg_text(dataset_cfg_text(dataset).replace("jitter=.2", "jitter=.2\nrandom=1"))

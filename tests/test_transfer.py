@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from darktune.cfg import parse_cfg
+from darktune.darknet.cfg import parse_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_starts_differ_only_in_weights(bench, tmp_path):
 
 
 def test_cfg_overrides_are_written(bench, tmp_path):
-    from darktune.zoo import cached
+    from darktune.darknet.zoo import cached
 
     if not cached("yolov3-tiny"):
         pytest.skip("yolov3-tiny not in the cache (no download in tests)")

@@ -10,8 +10,8 @@ import torch
 
 from darktune.cli import main
 from darktune.errors import DarktuneError
-from darktune.model import Darknet
-from darktune.weights import (Header, conv_float_counts, expected_floats, infer_num_classes, load_weights,
+from darktune.darknet.model import Darknet
+from darktune.darknet.weights import (Header, conv_float_counts, expected_floats, infer_num_classes, load_weights,
                               partial, read_weights_file, save_weights, weights_bytes)
 
 

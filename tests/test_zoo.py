@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from darktune import zoo
+from darktune.darknet import zoo
 from darktune.errors import DarktuneError
 
 

@@ -45,7 +45,7 @@ VARIANTS = {"torch-unfused": ("torch", {"fuse": False}), "torch-onednn": ("torch
 
 
 def backend_names(text: str) -> list[str]:
-    from darktune.backends import BACKENDS
+    from darktune.deploy.runtimes import BACKENDS
     from darktune.errors import DarktuneError
 
     known = [*BACKENDS, *VARIANTS]
@@ -65,7 +65,7 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
 
     import torch
 
-    from darktune.backends import (
+    from darktune.deploy.runtimes import (
         cpu_count,
         latency_summary,
         make_backend,
@@ -73,7 +73,7 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
     )
     from darktune.devices import parse_device
     from darktune.errors import DarktuneError
-    from darktune.export import verification_input
+    from darktune.deploy.onnx import verification_input
 
     if batch < 1 or iters < 1 or warmup < 0 or block < 1:
         raise DarktuneError("--batch, --iters and --block must be >= 1, --warmup >= 0")
@@ -172,7 +172,7 @@ def cmd_bench_infer(args) -> int:
             from darktune.errors import DarktuneError
 
             raise DarktuneError("give both --cfg and --weights, or neither (the cached COCO yolov3-tiny)")
-        from darktune import zoo
+        from darktune.darknet import zoo
 
         fetched = zoo.fetch("yolov3-tiny")
         cfg, weights = fetched.cfg, fetched.weights

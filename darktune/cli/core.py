@@ -38,14 +38,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_spec(args):
-    from darktune.cfg import parse_cfg
+    from darktune.darknet.cfg import parse_cfg
     from darktune.errors import DarktuneError
 
     classes, size = getattr(args, "classes", None), getattr(args, "size", None)
     if classes is not None and classes < 1:
         raise DarktuneError(f"--classes must be at least 1, got {classes}")
     if size is not None:  # before the cfg: a bad size is the option's fault, not a layer's
-        from darktune.backends import check_size
+        from darktune.darknet.load import check_size
 
         check_size(size)
     spec = parse_cfg(args.cfg)
@@ -57,7 +57,7 @@ def _load_spec(args):
 
 
 def cmd_summary(args) -> int:
-    from darktune.summary import format_summary, summarize
+    from darktune.darknet.summary import format_summary, summarize
 
     summary = summarize(_load_spec(args))
     print(json.dumps(summary) if args.json else format_summary(summary))
@@ -65,7 +65,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_partial(args) -> int:
-    from darktune.weights import partial
+    from darktune.darknet.weights import partial
 
     out, floats = partial(args.cfg, args.weights, args.out, args.n)
     size = out.stat().st_size  # header (16 or 20 bytes, by the source's version) + 4 bytes a float
@@ -79,7 +79,7 @@ def cmd_partial(args) -> int:
 
 
 def cmd_weights_fetch(args) -> int:
-    from darktune import zoo
+    from darktune.darknet import zoo
 
     result = zoo.import_files(args.model, args.files) if args.files else zoo.fetch(args.model)
     if args.json:
@@ -93,7 +93,7 @@ def cmd_weights_fetch(args) -> int:
 
 
 def cmd_weights_list(args) -> int:
-    from darktune import zoo
+    from darktune.darknet import zoo
 
     rows = [{"model": name, "cached": zoo.cached(name) is not None, "notes": m.notes,
              "folder": str(zoo.darktune_home() / name)} for name, m in zoo.KNOWN.items()]

@@ -67,9 +67,9 @@ def _detect(args) -> int:
 
     from tqdm import tqdm
 
-    from darktune.backends import make_backend
+    from darktune.deploy.runtimes import make_backend
     from darktune.errors import DarktuneError
-    from darktune.video import expand_source, open_source
+    from darktune.deploy.video import expand_source, open_source
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
         if not 0.0 <= value <= 1.0:  # also refuses nan
@@ -163,7 +163,7 @@ class OutputNames:
 
 def _class_names(args, backend) -> list[str]:
     """--names; else the names an ONNX model carries; else a names file beside the cfg; else class_N."""
-    from darktune.detect import default_names, read_names
+    from darktune.deploy.detect import default_names, read_names
 
     n = backend.spec.num_classes
     if args.names:
@@ -178,7 +178,7 @@ def _class_names(args, backend) -> list[str]:
 
 
 def _record(src, frame_index: int | None, dets, names, size: tuple[int, int]) -> dict:
-    from darktune.detect import detections_to_json
+    from darktune.deploy.detect import detections_to_json
 
     record = detections_to_json(src.name, dets, names, size)
     if src.kind != "image":
@@ -188,7 +188,7 @@ def _record(src, frame_index: int | None, dets, names, size: tuple[int, int]) ->
 
 def _detect_one(args, backend, image):
     """(n, 6) detections of one BGR image, boxes clipped to it (the JSON, the text and the drawing agree)."""
-    from darktune.detect import clip_boxes
+    from darktune.deploy.detect import clip_boxes
 
     dets = backend.detect([image], args.thresh, args.nms, args.letterbox)[0]
     return clip_boxes(dets, image.shape[1], image.shape[0])
@@ -197,7 +197,7 @@ def _detect_one(args, backend, image):
 def _image(args, backend, src, names, target, bar) -> list[dict]:
     import cv2
 
-    from darktune.detect import draw
+    from darktune.deploy.detect import draw
 
     image = next(iter(src))
     dets = _detect_one(args, backend, image)
@@ -217,8 +217,8 @@ def _image(args, backend, src, names, target, bar) -> list[dict]:
 
 def _stream(args, backend, src, names, target, bar) -> list[dict]:
     """A video or camera: detect frame by frame, show frames/s, write an annotated mp4 to `target` (--out)."""
-    from darktune.detect import draw
-    from darktune.video import VideoSink
+    from darktune.deploy.detect import draw
+    from darktune.deploy.video import VideoSink
 
     sink, records, objects, start = None, [], 0, time.perf_counter()
     try:

@@ -105,9 +105,9 @@ def _print_outcome(result, report, as_json: bool, extra: dict | None = None) -> 
 
 def cmd_experiment(args) -> int:
     from darktune.errors import DarktuneError
-    from darktune.experiment import run_experiment
-    from darktune.experiment_spec import load_spec
-    from darktune.report import write_report
+    from darktune.experiment.runner import run_experiment
+    from darktune.experiment.spec import load_spec
+    from darktune.report.render import write_report
 
     if args.jobs < 1:
         raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
@@ -123,7 +123,7 @@ def cmd_experiment(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from darktune.report import write_report
+    from darktune.report.render import write_report
 
     paths = write_report(args.dir)
     if args.json:

@@ -75,7 +75,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def _resolve(args):
     """(cfg, weights, names: a path, a list or None) from --run or --cfg/--weights."""
     from darktune.errors import DarktuneError
-    from darktune.export_darknet import resolve_run
+    from darktune.deploy.darknet_export import resolve_run
 
     if args.run:
         if args.cfg or args.weights:
@@ -90,7 +90,7 @@ def _resolve(args):
         raise DarktuneError("give --run RUN, or --cfg and --weights")
     if args.names:
         return args.cfg, args.weights, args.names
-    from darktune.detect import names_beside
+    from darktune.deploy.detect import names_beside
 
     return args.cfg, args.weights, names_beside(args.cfg)  # the rule `darktune detect` uses without --names
 
@@ -112,7 +112,7 @@ def _model_names(args, names_path, num_classes: int) -> list[str] | None:
 
 
 def _names(path, num_classes: int) -> list[str] | None:
-    from darktune.detect import read_names
+    from darktune.deploy.detect import read_names
     from darktune.errors import DarktuneError
     from darktune.plural import plural
 
@@ -132,8 +132,8 @@ def _names(path, num_classes: int) -> list[str] | None:
 
 
 def cmd_export_onnx(args) -> int:
-    from darktune.export import check_onnx_out, export_onnx
-    from darktune.export_darknet import load_for_export
+    from darktune.deploy.onnx import check_onnx_out, export_onnx
+    from darktune.deploy.darknet_export import load_for_export
 
     cfg, weights, names_path = _resolve(args)
     check_onnx_out(args.out, args.overwrite)  # before the export's minutes of work
@@ -160,7 +160,7 @@ def cmd_export_onnx(args) -> int:
 
 
 def decode_check_lines(result, conf: float) -> list[str]:
-    """What the check of a decode graph compared (see darktune.export), in words that say so when the
+    """What the check of a decode graph compared (see darktune.deploy.onnx), in words that say so when the
     comparison after NMS covered no box rather than implying a pass."""
     from darktune.plural import plural
 
@@ -185,7 +185,7 @@ def decode_check_lines(result, conf: float) -> list[str]:
 
 
 def cmd_export_darknet(args) -> int:
-    from darktune.export_darknet import (
+    from darktune.deploy.darknet_export import (
         check_darknet_out,
         export_darknet,
         load_for_export,

@@ -54,7 +54,7 @@ def run_synth(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from darktune.data.synth import (
+    from darktune.data.synth.sets import (
         check_close_up,
         check_window_scale,
         make_domain_set,

@@ -117,7 +117,7 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from darktune.devices import resolve_device
-    from darktune.train import train
+    from darktune.train.loop import train
     from darktune.train.files import check_fresh_run_folder
 
     resolve_device(args.device)  # before anything is read or written (train() checks again, for library use)

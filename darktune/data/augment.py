@@ -57,7 +57,6 @@ class AugmentConfig:
     def from_net_params(cls, params: Mapping[str, object], jitter: float = 0.0) -> AugmentConfig:
         """From darknet [net] keys (strings as in a .cfg, or numbers). jitter lives on the [yolo] layers in
         darknet, so it is passed separately. Darknet defaults: hue 0, saturation 1, exposure 1, flip 1."""
-
         def number(key: str, default: float) -> float:
             value = params.get(key, default)
             try:

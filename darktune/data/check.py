@@ -30,9 +30,10 @@ import numpy as np
 
 from darktune.data.dataset import (MAX_LABEL_BYTES, Problem, label_path_for, parse_label_bytes, read_names,
                                    read_obj_data)
-from darktune.data.formats.files import read_regular
+from darktune.files import read_regular
 from darktune.data.formats.image import IMAGE_EXTENSIONS, MAX_PIXELS, inspect_image_bytes, sniff_format
 from darktune.errors import DarktuneError
+from darktune.files import atomic_write_bytes, darktune_home
 from darktune.plural import plural
 
 CACHE_VERSION = 3  # 2: EXIF orientation warnings, label files that are not regular files; 3: "1 class" wording
@@ -114,10 +115,6 @@ class CheckReport:
 # ------------------------------------------------------------------------------------------------ cache
 
 
-def darktune_home() -> Path:
-    return Path(os.environ.get("DARKTUNE_HOME") or Path.home() / ".cache" / "darktune").expanduser()
-
-
 def cache_path(key_text: str) -> Path:
     return darktune_home() / "cache" / "checks" / (hashlib.sha256(key_text.encode()).hexdigest()[:32] + ".json")
 
@@ -140,11 +137,8 @@ def _load_cache(path: Path) -> tuple[dict, int]:
 def _save_cache(path: Path, entries: dict) -> None:
     """Atomic write; a cache that cannot be written (read-only home) is simply not kept."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
+        atomic_write_bytes(path, json.dumps({"version": CACHE_VERSION, "entries": entries}).encode("utf-8"))
+    except (OSError, DarktuneError):
         pass
 
 

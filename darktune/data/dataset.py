@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from darktune.data.formats.files import (MAX_TEXT_BYTES, copy_file, output_folder, read_regular,
+from darktune.files import (MAX_TEXT_BYTES, copy_file, output_folder, read_regular,
                                          write_text)
 from darktune.errors import DarktuneError
 from darktune.plural import plural

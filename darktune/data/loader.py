@@ -7,7 +7,7 @@ Reproducibility: the randomness of a sample comes only from numpy Generator([see
 order of an epoch only from Generator([seed, epoch]); batches come back in order. So the same seed gives the
 same batches, whatever the number of workers.
 
-Images are decoded as everywhere else in darktune (`darktune.detect.read_image`: the stored pixels, EXIF
+Images are decoded as everywhere else in darktune (`darktune.deploy.detect.read_image`: the stored pixels, EXIF
 orientation ignored as darknet does, with the checks of `darktune data check`). Unreadable images are skipped
 when loaded (the batch is one image smaller), counted in BatchIterator.skipped / bad_paths; the loader stops
 with a DarktuneError only when no image is readable.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from darktune.data.augment import AugmentConfig, augment_mosaic, augment_sample, resize_sample
-from darktune.detect import read_image
+from darktune.data.formats.image import read_image
 from darktune.errors import DarktuneError
 from darktune.plural import plural
 
@@ -39,7 +39,7 @@ Sample = tuple[torch.Tensor, torch.Tensor]
 def decode_image(path: str | Path) -> np.ndarray | None:
     """RGB uint8 (H, W, 3) of the stored pixels, or None when the file is missing, not a regular file, or not
     an image `darktune data check` accepts (damaged, truncated, a decompression bomb: see
-    `darktune.detect.read_image`, which evaluation and detect use too). EXIF orientation is ignored, as
+    `darktune.deploy.detect.read_image`, which evaluation and detect use too). EXIF orientation is ignored, as
     darknet does, so labels drawn on the stored pixels stay on the object."""
     try:
         bgr = read_image(path)

@@ -44,6 +44,7 @@ import torch
 from darktune.data.formats.image import inspect_image_bytes
 from darktune.errors import DarktuneError
 from darktune.plural import plural
+from darktune.files import atomic_write_bytes, darktune_home
 
 CACHE_FORMAT = 1
 GREY = 127  # slot padding for keep_aspect: the CPU path's border value
@@ -52,8 +53,6 @@ _SAMPLED_ROWS = 8
 
 def cache_dir() -> Path:
     """The default folder of memory-mapped caches: $DARKTUNE_HOME/cache."""
-    from darktune.zoo import darktune_home
-
     return darktune_home() / "cache"
 
 
@@ -307,7 +306,6 @@ def _build_file(stem: Path, key: str, shape, paths, boxes, keep_aspect: bool, pr
         raise
     manifest = {"format": CACHE_FORMAT, "key": key, "shape": list(shape), "kept": kept.tolist(),
                 "extents": extents.tolist(), "skipped": skipped, "rows": rows}
-    from darktune.weights import atomic_write_bytes
 
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(manifest).encode())
     images = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)

@@ -1,6 +1,7 @@
 """Training a darknet detector by transfer learning: the public API (`TrainConfig`, `train`, `TrainResult`).
 
-    from darktune.train import TrainConfig, train
+    from darktune.train.config import TrainConfig
+    from darktune.train.loop import train
     result = train(TrainConfig(cfg="yolov3-tiny.cfg", data="obj.data", weights="yolov3-tiny.conv.15",
                                freeze=13, iterations=400, batch=16, size=160, eval_at=[100, 200, 300, 400],
                                target_map=0.9, out="runs/conv15_f13"))

@@ -86,10 +86,10 @@ def random_weights(cfg: Path, out: Path, seed: int = 0) -> Path:
     """Darknet weights of a randomly initialised model of `cfg` (darknet's init), written to `out`."""
     import torch
 
-    from darktune.cfg import parse_cfg
-    from darktune.model import Darknet
-    from darktune.train_setup import conv_layers, darknet_init
-    from darktune.weights import save_weights
+    from darktune.darknet.cfg import parse_cfg
+    from darktune.darknet.model import Darknet
+    from darktune.train.init import conv_layers, darknet_init
+    from darktune.darknet.weights import save_weights
 
     model = Darknet(parse_cfg(cfg))
     darknet_init(model, conv_layers(model.spec), torch.Generator().manual_seed(seed))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Where the writer kills itself (darktune.weights.atomic_write_bytes under darktune.checkpoint.save_checkpoint),
+# Where the writer kills itself (darktune.darknet.weights.atomic_write_bytes under darktune.train.checkpoint.save_checkpoint),
 # then random times while it saves in a loop.
 KILL_POINTS = ["serialised", "temp_created", "write_0", "write_1pct", "write_half", "write_99pct", "before_fsync",
                "before_rename", "after_rename"]
@@ -27,7 +27,7 @@ def kill_child(path: Path, model, opt, step: int, point: str | None, progress_fd
     """In a forked child: save checkpoints (steps step, step+1, ...) and die at `point` (or run until killed)."""
     import tempfile
 
-    from darktune import checkpoint
+    from darktune.train import checkpoint
 
     me = os.getpid()
 
@@ -77,12 +77,12 @@ def kill_driver(root: str, out: str, seed: int) -> None:
     children that are killed at each KILL_POINT and then at random times; after each kill the checkpoint
     must load, hold a step that was being written or already written, and be internally consistent."""
     torch.set_num_threads(1)  # no OpenMP pool before fork
-    from darktune import zoo
-    from darktune.cfg import parse_cfg
-    from darktune.checkpoint import load_checkpoint, save_checkpoint
-    from darktune.model import Darknet
+    from darktune.darknet import zoo
+    from darktune.darknet.cfg import parse_cfg
+    from darktune.train.checkpoint import load_checkpoint, save_checkpoint
+    from darktune.darknet.model import Darknet
 
-    from darktune.train_setup import build_optimizer
+    from darktune.train.init import build_optimizer
 
     model = Darknet(parse_cfg(zoo.fetch("yolov3-tiny", progress=False).cfg).with_classes(1))
     opt = build_optimizer(model, 0.1, 0.9, 0.0005)  # the trainer's optimizer

@@ -35,7 +35,7 @@ def checkpoint_payloads(marker: Path) -> list[tuple[str, bytes]]:
     import numpy as np
     import torch
 
-    from darktune.checkpoint import FORMAT
+    from darktune.train.checkpoint import FORMAT
 
     def saved(obj, **kw) -> bytes:
         buf = io.BytesIO()

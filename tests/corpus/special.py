@@ -24,7 +24,7 @@ def run_all(root: str, out: str) -> None:
 
     import darktune.cli  # noqa: F401 - import everything before limiting memory
     import darktune.data.check  # noqa: F401
-    import darktune.experiment  # noqa: F401
+    import darktune.experiment.runner  # noqa: F401
 
     root_p = Path(root)
     cfg = datasets.write_tiny_cfg(root_p / "tiny.cfg")

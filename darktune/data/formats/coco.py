@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 
 from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, place_images
-from darktune.data.formats.files import MAX_ANNOTATION_BYTES, output_folder, read_regular, write_text
+from darktune.files import MAX_ANNOTATION_BYTES, output_folder, read_regular, write_text
 from darktune.data.formats.image import declared_size_problem, known_size, read_image_size
 from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from darktune.data.formats.files import open_regular
+from darktune.files import open_regular
 from darktune.errors import DarktuneError
 
 MAX_PIXELS = 100_000_000

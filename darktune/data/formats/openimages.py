@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, place_images
-from darktune.data.formats.files import open_regular, output_folder, write_error
+from darktune.files import open_regular, output_folder, write_error
 from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError
 from darktune.plural import plural

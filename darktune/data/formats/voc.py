@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from darktune.data.dataset import BOX_TOLERANCE, Dataset, ImageRecord, Problem, class_name_problem, place_images
-from darktune.data.formats.files import output_folder, read_regular, write_error
+from darktune.files import output_folder, read_regular, write_error
 from darktune.data.formats.image import IMAGE_EXTENSIONS, declared_size_problem, known_size, read_image_size
 from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError

@@ -1,0 +1,93 @@
+"""What one training run holds while it trains (`Run`, with its `Dist` placement) and what it returns
+(`TrainResult`)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from darktune.errors import DarktuneError
+from darktune.train.config import TrainConfig
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Run:
+    """Everything one run holds while it trains."""
+
+    config: TrainConfig
+    dist: Dist
+    dir: Path
+    spec: object
+    model: torch.nn.Module  # the Darknet
+    net: torch.nn.Module  # what the step calls (frozen-prefix wrapper, DDP, compile)
+    opt: object  # train_setup.DarknetSGD
+    data: object  # TrainBatches
+    loss_fn: object
+    iterations: int
+    batch: int
+    subdivisions: int
+    eval_points: set
+    frozen: list[int]
+    amp_dtype: torch.dtype | None
+    scaler: object
+    channels_last: bool
+    net_params: object = None  # [net] with the run's schedule overrides
+    names: list = field(default_factory=list)  # class names (RUN/obj.names)
+    step: int = 0
+    state: dict = field(default_factory=dict)
+    eval_set: object = None
+    eval_cache: object = None  # evaluate.PrefixCache: the frozen layers' outputs on eval_set
+    feature_cache: object = None  # train_cache.FeatureCache: the frozen layers' outputs on training images
+    metrics: object = None  # open file
+    tb: object = None
+    t_start: float = 0.0
+    progress: object = None
+    log_file: object = None  # RUN/train.log, open (None where stderr already goes there)
+
+    def log(self, message: str, important: bool = True) -> None:
+        """An event line (rank 0) on stderr, above the progress bar or, without one (--no-progress), as a plain
+        line; and in RUN/train.log. Every event is shown: `important` is accepted for older callers."""
+        if not self.dist.main:
+            return
+        if self.progress is not None and not self.progress.disable:
+            self.progress.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+        if self.log_file is not None:
+            try:
+                self.log_file.write(message + "\n")
+            except OSError as exc:
+                raise DarktuneError(f"cannot write: {exc.strerror or exc}", path=str(self.dir / "train.log")) from None
+
+
+@dataclass
+class TrainResult:
+    """What a run did (also in RUN/summary.json). mAP values are fractions under ``config.protocol``; seconds
+    of training exclude evaluation, checkpoints and start-up; images_per_s = iterations * batch / training s."""
+
+    run_dir: Path
+    status: str  # finished | stopped_at_target | failed
+    iterations_done: int
+    best_map: float | None
+    final_map: float | None
+    time_to_target: dict | None  # {"iteration", "seconds" (training), "elapsed_seconds"}
+    images_per_s: float
+    train_seconds: float
+    elapsed_seconds: float
+    skipped_steps: int
+    maps: list[tuple[int, float]]
+    message: str = ""
