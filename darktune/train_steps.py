@@ -254,9 +254,9 @@ def _measure(run: Run):
 
 # ------------------------------------------------------------------------------------------------ files
 def _save_weights(run: Run, name: str) -> None:
-    from darktune.weights import Header, save_weights
+    from darktune.weights import Header, save_weights, seen_after
 
-    seen = (run.state.get("schedule_offset", 0) + run.step) * run.batch  # the lineage's images, as darknet counts
+    seen = seen_after(run.state.get("schedule_offset", 0), run.step, run.batch)  # the lineage's images
     save_weights(run.model, run.dir / "weights" / name, Header(0, 2, 0, seen))
 
 
