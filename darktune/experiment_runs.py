@@ -268,10 +268,11 @@ _HELD: dict[str, int] = {}  # experiment folders this process holds the lock of
 
 
 @contextlib.contextmanager
-def experiment_lock(out_dir: Path):
+def experiment_lock(out_dir: Path, what: str = "experiment"):
     """Hold an flock on DIR/.lock while working in DIR: a second process fails at once instead of training the
     same runs. The kernel releases it when the process ends, kill -9 included (no stale lock). Re-entrant in
-    one process (a caller may hold it around run_experiment); no lock where fcntl is missing (Windows)."""
+    one process (a caller may hold it around run_experiment); no lock where fcntl is missing (Windows). `what`
+    names the holder in the refusal (`darktune train` takes it on its run folder too)."""
     key = str(out_dir.resolve())
     try:
         import fcntl
@@ -290,7 +291,7 @@ def experiment_lock(out_dir: Path):
     except OSError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
-        raise DarktuneError(f"another darktune experiment is running in {out_dir} (pid {holder}): wait for it to "
+        raise DarktuneError(f"another darktune {what} is running in {out_dir} (pid {holder}): wait for it to "
                             "end, or use another --out") from None
     try:
         os.ftruncate(fd, 0)

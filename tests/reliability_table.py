@@ -58,6 +58,12 @@ KINDS = {
     "nan_loss": "Non-finite loss injected into training",
     "oom": "CUDA out of memory (simulated) in train, map and detect",
     "determinism": "Same seed twice on CPU (tiny training run)",
+    "run_folders": "Two trainings started 0.3 s apart into one --out (folder lock)",
+    "import_skips": "Import of dangling, looping, device and folder links and of annotation paths outside the "
+                    "dataset",
+    "class_names": "Class names with control characters or terminal escapes (names file, COCO, VOC, Open Images)",
+    "outputs": "Outputs a hostile input could flood or arm: 2 million bad label lines (data check), spreadsheet "
+               "formulas in CSV cells",
 }
 
 INTRO = ("Every figure below is counted by the reliability tests as they run (`tests/test_reliability_*.py`, "
