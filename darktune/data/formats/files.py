@@ -66,6 +66,20 @@ def read_regular(path: str | Path, what: str, max_bytes: int) -> bytes:
     return data
 
 
+def is_outside(folder: Path, path: Path) -> bool:
+    """True when `path` (folder / a name taken from an annotation) leaves `folder` as written: an absolute name,
+    or one whose '..' climb out of it. Links inside the folder are the dataset's own business and not followed
+    here."""
+    base = os.path.normpath(os.path.abspath(folder))
+    target = os.path.normpath(os.path.abspath(path))
+    return os.path.commonpath([base, target]) != base
+
+
+def outside_note(source: Path, n: int, folder: Path) -> str:
+    """The note of a reader that followed names out of their images folder (--allow-outside-images)."""
+    return f"{n} image{'s' if n != 1 else ''} read from outside the images folder {folder} (--allow-outside-images)"
+
+
 def write_error(exc: OSError, path: str | Path) -> DarktuneError:
     """The DarktuneError for a failed write of `path`; a full disk says so."""
     reason = exc.strerror or str(exc)
