@@ -35,7 +35,7 @@ PARTIAL_TABLE_FILE = ROOT / "build" / "reliability-table.partial.md"  # from a r
 HEADING = "## Reliability (produced by the test suite)"
 TEST_FILES = ("tests/test_reliability_images.py", "tests/test_reliability_labels.py",
               "tests/test_reliability_cfg_weights.py", "tests/test_reliability_hostile.py",
-              "tests/test_reliability_faults.py", "tests/test_determinism.py")
+              "tests/test_reliability_faults.py", "tests/test_reliability_imports.py", "tests/test_determinism.py")
 OUTCOMES = ("handled", "crash", "silent")
 
 # Table rows, in order: key -> what the inputs are.
