@@ -31,7 +31,7 @@ from torch import nn
 
 from darktune.cfg import NetworkSpec, YoloSpec
 from darktune.devices import parse_device, resolve_device
-from darktune.errors import DarktuneError
+from darktune.errors import DarktuneError, optional_import
 
 BACKENDS = ("torch", "onnxruntime", "opencv")
 
@@ -116,7 +116,7 @@ class TorchBackend(Backend):
 def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None):
     """An ONNX Runtime session with all graph optimisations (BN folding, conv+activation fusion, NCHWc
     layouts), one intra-op thread per CPU, no spinning."""
-    import onnxruntime as ort
+    ort = optional_import("onnxruntime", "export", "the onnxruntime backend")
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

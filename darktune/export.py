@@ -45,7 +45,7 @@ from darktune.boxes import (
     xyxy_to_cxcywh,
 )
 from darktune.cfg import format_cfg
-from darktune.errors import DarktuneError
+from darktune.errors import DarktuneError, optional_import
 from darktune.fuse import fuse_model
 
 INPUT_NAME = "images"
@@ -167,7 +167,9 @@ def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp1
     """Write `model` (a `Darknet`, at its spec's input size) as ONNX; see the module docstring for the
     graph's contract. An existing `out` is refused unless `overwrite`. With `verify`, ONNX Runtime runs it at
     once and the differences to torch are recorded."""
-    import onnx
+    onnx = optional_import("onnx", "export", "ONNX export")
+    if verify:  # checked before the export's work, not after it
+        optional_import("onnxruntime", "export", "verifying the ONNX export")
 
     if batch is not None and batch < 1:
         raise DarktuneError(f"batch must be >= 1 or dynamic, got {batch}")
@@ -297,7 +299,7 @@ def _check_threshold(scores: np.ndarray, conf: float, want: int = CHECK_MIN_DETE
 def _check_graph(path: Path, thresh: float | None) -> bytes:
     """A copy of the decode graph at `path` with the decoded boxes (B, N, 4) and scores (B, C, N) that enter
     NonMaxSuppression as extra outputs, and, if `thresh` is given, NMS's score threshold set to it."""
-    import onnx
+    onnx = optional_import("onnx", "export", "ONNX export")
     from onnx import TensorProto, helper
 
     proto = onnx.load(str(path))
