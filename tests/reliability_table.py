@@ -62,7 +62,7 @@ KINDS = {
     "import_skips": "Import of dangling, looping, device and folder links and of annotation paths outside the "
                     "dataset",
     "class_names": "Class names with control characters or terminal escapes (names file, COCO, VOC, Open Images)",
-    "outputs": "Outputs a hostile input could flood or arm: 2 million bad label lines (data check), spreadsheet "
+    "outputs": "Outputs a hostile input could flood or arm: 200,000 bad label lines (data check), spreadsheet "
                "formulas in CSV cells",
 }
 
