@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-# Collects the reliability tests' counts and keeps README's Reliability table equal to what the suite measured.
+# Collects the reliability tests' counts and keeps docs/reliability.md's table equal to what the suite measured.
 pytest_plugins = ["reliability_plugin"]
 
 

@@ -329,15 +329,15 @@ def test_two_trainings_into_one_out_one_fails_at_once(tiny, tmp_path, tally):
     assert tally("run_folders").case("train-twice-0.3s-apart:same_out", *outcome) == "handled", (outcome, iterations)
 
 
-# ------------------------------------------------------------------------------------------- the README table
+# ------------------------------------------------------------------------------ the table of docs/reliability.md
 
 
 def test_readme_reliability_section_is_the_measured_table():
-    """README.md ends with the Reliability section, one row per kind (its figures are checked against the
-    session's own measurements by tests/reliability_plugin.py at the end of a full run)."""
+    """docs/reliability.md ends with the Reliability section, one row per kind (its figures are checked against
+    the session's own measurements by tests/reliability_plugin.py at the end of a full run)."""
     import reliability_table as rt
 
-    section = rt.readme_section((rt.ROOT / "README.md").read_text(encoding="utf-8"))
+    section = rt.readme_section(rt.DOC.read_text(encoding="utf-8"))
     assert section is not None, "no Reliability section: run `python -m tests.reliability_table --update-readme`"
     rows = [line.split(" | ")[0][2:] for line in section.splitlines() if line.startswith("| ") and " | " in line]
     assert rows[:2] == ["kind", "---"] and rows[2:-1] == list(rt.KINDS.values()) and rows[-1] == "**all**"
