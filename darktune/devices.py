@@ -12,6 +12,7 @@ message, e.g. ``resolve_device(d, "--devices")`` for each entry of a comma-separ
 
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -50,3 +51,11 @@ def resolve_device(text: str | torch.device, option: str = "--device") -> torch.
         raise DarktuneError(f"{option} {text}: no such GPU; torch sees {count} CUDA device"
                             f"{'s' * (count != 1)} ({seen})")
     return device
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

@@ -15,6 +15,7 @@ becomes a DarktuneError naming the file. `write_text` and `copy_file` name the f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -69,6 +70,20 @@ def read_regular(path: str | Path, what: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:  # grew while we read it
         raise DarktuneError(f"{what} is larger than {max_bytes} bytes (not read)", path=str(path))
     return data
+
+
+def is_outside(folder: Path, path: Path) -> bool:
+    """True when `path` (folder / a name taken from an annotation) leaves `folder` as written: an absolute name,
+    or one whose '..' climb out of it. Links inside the folder are the dataset's own business and not followed
+    here."""
+    base = os.path.normpath(os.path.abspath(folder))
+    target = os.path.normpath(os.path.abspath(path))
+    return os.path.commonpath([base, target]) != base
+
+
+def outside_note(source: Path, n: int, folder: Path) -> str:
+    """The note of a reader that followed names out of their images folder (--allow-outside-images)."""
+    return f"{n} image{'s' if n != 1 else ''} read from outside the images folder {folder} (--allow-outside-images)"
 
 
 def write_error(exc: OSError, path: str | Path) -> DarktuneError:
@@ -224,3 +239,42 @@ def atomic_write_many(files: dict[Path, bytes]) -> list[Path]:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write via temp file + fsync + rename: a reader sees the old file or the new one, never half of one."""
     return atomic_write_many({Path(path): data})[0]
+
+
+_HELD: dict[str, int] = {}  # folders this process holds the lock of
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: Path, what: str = "experiment"):
+    """Hold an flock on DIR/.lock while working in DIR (an experiment folder, a training run's folder): a second
+    process fails at once instead of training the same runs. The kernel releases it when the process ends, kill -9 included (no stale lock). Re-entrant in
+    one process (a caller may hold it around run_experiment); no lock where fcntl is missing (Windows). `what`
+    names the holder in the refusal (`darktune train` takes it on its run folder too)."""
+    key = str(out_dir.resolve())
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None
+    if key in _HELD or fcntl is None:
+        yield
+        return
+    path = out_dir / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DarktuneError(f"cannot open the lock file: {exc.strerror or exc}", path=str(path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise DarktuneError(f"another darktune {what} is running in {out_dir} (pid {holder}): wait for it to "
+                            "end, or use another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = fd
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)  # releases the lock

@@ -32,7 +32,8 @@ from darktune.data.formats.openimages import read_openimages
 from darktune.data.synth.sets import make_domain_set, make_target_set, WINDOW_SCALE
 from darktune.devices import resolve_device
 from darktune.experiment.runner import run_experiment
-from darktune.experiment.runs import experiment_lock, make_out_dir
+from darktune.experiment.runs import make_out_dir
+from darktune.files import folder_lock
 from darktune.experiment.spec import spec_from_dict
 from darktune.report.data import load_experiment
 from darktune.report.findings import findings
@@ -239,7 +240,7 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
     # against the spec's own folder, i.e. doubled
     devices = [_device(device)] if device else None
     make_out_dir(out)
-    with experiment_lock(out):
+    with folder_lock(out):
         return _reproduce(profile, out, devices, progress, backbone, jobs, rerun_changed)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-# Collects the reliability tests' counts and keeps README's Reliability table equal to what the suite measured.
+# Collects the reliability tests' counts and keeps docs/reliability.md's table equal to what the suite measured.
 pytest_plugins = ["reliability_plugin"]
 
 
@@ -36,6 +36,9 @@ def pytest_configure(config):
     home = Path(tempfile.mkdtemp(prefix="darktune-test-home-"))
     (home / "yolov3-tiny").symlink_to(result.weights.parent, target_is_directory=True)
     os.environ["DARKTUNE_HOME"] = str(home)
+    # detect's default (--backend auto) would time every runtime once per machine and model shape; the suite
+    # runs many small models, so it names the runtime (tests/test_backend_choice.py covers auto itself)
+    os.environ.setdefault("DARKTUNE_BACKEND", "torch")
     config._darktune_home = home
     if hasattr(config, "workerinput"):  # xdist worker: one torch thread each, so workers do not oversubscribe
         import torch

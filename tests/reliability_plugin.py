@@ -1,13 +1,13 @@
-"""pytest plugin: collects the reliability records of a session and keeps README's table honest.
+"""pytest plugin: collects the reliability records of a session and keeps docs/reliability.md honest.
 
 Register it in tests/conftest.py with `pytest_plugins = ["reliability_plugin"]`. In the main process (the
 xdist controller, or the only process) it gives the session a fresh records folder through the
 DARKTUNE_RELIABILITY_DIR variable (xdist workers inherit it) and at the end writes the table:
 build/reliability-table.md after a full run of the reliability tests (no -k, -m, --lf or --deselect; every
-kind recorded), build/reliability-table.partial.md otherwise. After a full run it also compares README.md's
-Reliability section with the table and fails the session when they differ, so the README cannot drift from
-what the suite measures. When the records folder is given from outside (`python -m tests.reliability_table`
-does that) the plugin leaves records, table and README alone.
+kind recorded), build/reliability-table.partial.md otherwise. After a full run it also compares the Reliability
+section of docs/reliability.md with the table and fails the session when they differ, so that page cannot drift
+from what the suite measures. When the records folder is given from outside (`python -m tests.reliability_table`
+does that) the plugin leaves records, table and page alone.
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ def pytest_sessionfinish(session, exitstatus) -> None:
         rt.write_table(records, rt.PARTIAL_TABLE_FILE)
         return
     table = rt.write_table(records)
-    readme = rt.ROOT / "README.md"
+    readme = rt.DOC
     section = rt.readme_section(readme.read_text(encoding="utf-8")) if readme.is_file() else None
     if section != table:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        message = (f"README.md's Reliability section differs from the figures of this run ({rt.TABLE_FILE}); "
-                   "run `python -m tests.reliability_table --update-readme`")
+        message = (f"{rt.DOC.relative_to(rt.ROOT)}'s Reliability section differs from the figures of this run "
+                   f"({rt.TABLE_FILE}); run `python -m tests.reliability_table --update-readme`")
         if reporter is not None:
             reporter.write_line(f"ERROR reliability table: {message}", red=True)
         session.exitstatus = 1

@@ -1,4 +1,4 @@
-"""The reliability table of the README, produced by the test suite itself.
+"""The reliability table of docs/reliability.md, produced by the test suite itself.
 
 Each reliability test asks the `tally` fixture for a `Tally` of one input kind and records, case by case,
 what darktune did with each input on each path: "handled" (decoded correctly, or refused with a message
@@ -7,11 +7,12 @@ wrong result). It also records user files modified, payloads executed and kills 
 fail or xfail alike) the tally is written as JSON to the records folder: $DARKTUNE_RELIABILITY_DIR, set per
 session by tests/reliability_plugin.py, else build/reliability/records.
 
-`render` turns the records into the README section; known bugs (strict-xfail tests) are counted, not hidden.
+`render` turns the records into the section of docs/reliability.md; known bugs (strict-xfail tests) are
+counted, not hidden.
 
     python -m tests.reliability_table                  # run the reliability tests, print the section
-    python -m tests.reliability_table --update-readme  # ... and write it into README.md
-    python -m tests.reliability_table --check          # ... and fail if README.md differs
+    python -m tests.reliability_table --update-readme  # ... and write it into docs/reliability.md
+    python -m tests.reliability_table --check          # ... and fail if docs/reliability.md differs
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ ENV = "DARKTUNE_RELIABILITY_DIR"
 DEFAULT_DIR = ROOT / "build" / "reliability" / "records"
 TABLE_FILE = ROOT / "build" / "reliability-table.md"  # from the last full run of the reliability tests
 PARTIAL_TABLE_FILE = ROOT / "build" / "reliability-table.partial.md"  # from a run of only some of them
+DOC = ROOT / "docs" / "reliability.md"  # the page that shows the table (the README links to it)
 HEADING = "## Reliability (produced by the test suite)"
 TEST_FILES = ("tests/test_reliability_images.py", "tests/test_reliability_labels.py",
               "tests/test_reliability_cfg_weights.py", "tests/test_reliability_hostile.py",
-              "tests/test_reliability_faults.py", "tests/test_determinism.py")
+              "tests/test_reliability_faults.py", "tests/test_reliability_imports.py", "tests/test_determinism.py")
 OUTCOMES = ("handled", "crash", "silent")
 
 # Table rows, in order: key -> what the inputs are.
@@ -58,6 +60,12 @@ KINDS = {
     "nan_loss": "Non-finite loss injected into training",
     "oom": "CUDA out of memory (simulated) in train, map and detect",
     "determinism": "Same seed twice on CPU (tiny training run)",
+    "run_folders": "Two trainings started 0.3 s apart into one --out (folder lock)",
+    "import_skips": "Import of dangling, looping, device and folder links and of annotation paths outside the "
+                    "dataset",
+    "class_names": "Class names with control characters or terminal escapes (names file, COCO, VOC, Open Images)",
+    "outputs": "Outputs a hostile input could flood or arm: 200,000 bad label lines (data check), spreadsheet "
+               "formulas in CSV cells",
 }
 
 INTRO = ("Every figure below is counted by the reliability tests as they run (`tests/test_reliability_*.py`, "
@@ -254,8 +262,9 @@ def run_tests(folder: Path, extra: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.reliability_table", description=__doc__.splitlines()[0])
-    parser.add_argument("--update-readme", action="store_true", help="write the section into README.md")
-    parser.add_argument("--check", action="store_true", help="exit 1 when README.md's section differs")
+    parser.add_argument("--update-readme", "--update", dest="update_readme", action="store_true",
+                        help=f"write the section into {DOC.relative_to(ROOT)}")
+    parser.add_argument("--check", action="store_true", help=f"exit 1 when {DOC.relative_to(ROOT)}'s section differs")
     parser.add_argument("--records", metavar="DIR", help="render these records instead of running the tests")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -n 2)")
     args = parser.parse_args(argv)
@@ -273,13 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         print("records are incomplete (not every kind was tested); table not written", file=sys.stderr)
         return 1
     text = write_table(records) if ran or args.update_readme else render(records)
-    readme = ROOT / "README.md"
+    readme = DOC
     current = readme_section(readme.read_text(encoding="utf-8"))
     if args.update_readme:
         readme.write_text(with_section(readme.read_text(encoding="utf-8"), text), encoding="utf-8")
         print(f"wrote the Reliability section of {readme} and {TABLE_FILE}")
     elif args.check and current != text:
-        print(f"README.md's Reliability section differs from the suite's figures ({TABLE_FILE}); run "
+        print(f"{DOC.relative_to(ROOT)}'s Reliability section differs from the suite's figures ({TABLE_FILE}); run "
               "`python -m tests.reliability_table --update-readme`", file=sys.stderr)
         return 1
     else:

@@ -303,9 +303,9 @@ def test_out_that_is_a_file_is_a_one_line_error(spec_file, tmp_path, capsys, sub
 LOCK_HOLDER = """\
 import sys, time
 from pathlib import Path
-from darktune.experiment.runner import experiment_lock
+from darktune.files import folder_lock
 
-with experiment_lock(Path(sys.argv[1])):
+with folder_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)
 """

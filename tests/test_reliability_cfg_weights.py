@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from corpus import datasets
@@ -140,6 +141,37 @@ def test_damaged_tiny_weights_are_refused_everywhere(name, tiny_files, tmp_path,
         err = capsys.readouterr().err
         assert f"the file has {case.floats_expected:,}" in err, err
     assert all(o[0] == "handled" for o in outcomes.values()), outcomes
+
+
+def test_largest_seen_with_continue_schedule_trains_and_writes(tiny_files, tmp_path, tally, capsys):
+    """A header at the limit (2^48 images seen) with --continue-schedule: training continues the schedule and
+    writes weights whose `seen` loads again (held at the limit, never past what the uint64 field holds); one
+    past the limit, and 2^64-1, are refused before training, naming the file."""
+    from darktune.cli import main
+    from darktune.darknet.weights import MAX_SEEN, read_weights_file
+
+    cfg, good = tiny_files
+    obj = datasets.make_tiny(tmp_path / "data")[1]
+    body = good.read_bytes()[20:]
+    t = tally("weights")
+    for name, seen in (("at_limit", MAX_SEEN), ("past_limit", MAX_SEEN + 1), ("uint64_max", 2**64 - 1)):
+        path = tmp_path / f"{name}.weights"
+        path.write_bytes(np.array([0, 2, 0], "<i4").tobytes() + np.array([seen], "<u8").tobytes() + body)
+        out = tmp_path / f"run-{name}"
+        try:
+            rc = main(["train", "--cfg", str(cfg), "--data", str(obj), "--weights", str(path), "--continue-schedule",
+                       "--iterations", "2", "--batch", "2", "--no-progress", "--out", str(out)])
+        except Exception as exc:  # noqa: BLE001
+            t.case(f"train-continue-schedule:seen_{name}", "crash", type(exc).__name__)
+            continue
+        err = capsys.readouterr().err
+        if name == "at_limit":
+            written = out / "weights" / "last.weights"
+            ok = rc == 0 and written.is_file() and read_weights_file(written).header.seen == MAX_SEEN
+        else:
+            ok = rc == 2 and f"{path}:" in err and len(err.strip().splitlines()) == 1
+        t.case(f"train-continue-schedule:seen_{name}", "handled" if ok else "silent", "" if ok else f"exit {rc}")
+    assert all(v[0] == "handled" for v in t.cases.values()), t.cases
 
 
 @pytest.mark.parametrize("cut", CUTS)

@@ -307,15 +307,42 @@ def test_cuda_out_of_memory_gives_advice(where, tiny, tmp_path, monkeypatch, tal
     assert tally("oom").case(f"oom:{where}", *outcome) == "handled", outcome
 
 
-# ------------------------------------------------------------------------------------------- the README table
+# ------------------------------------------------------------------------------------ two runs, one folder
+
+
+def test_two_trainings_into_one_out_one_fails_at_once(tiny, tmp_path, tally):
+    """`darktune train` twice into the same --out, started 0.3 s apart: one trains, the other exits 2 at once
+    with one line naming the folder and the pid holding it; metrics.jsonl counts one run's iterations once."""
+    cfg, _, _ = tiny
+    obj = datasets.make_dataset(tmp_path / "data", [f"im{i}.jpg" for i in range(4)], n_valid=0)  # no mAP: faster
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "darktune", "train", "--cfg", str(cfg), "--data", str(obj), "--out", str(out),
+           "--iterations", "6", "--batch", "2", "--size", "64", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    (_, err1), (_, err2) = first.communicate(timeout=300), second.communicate(timeout=300)
+    results = sorted([(first.returncode, err1, first.pid), (second.returncode, err2, second.pid)])
+    (ok_rc, _, winner), (fail_rc, fail_err, _) = results
+    lines = [x for x in fail_err.splitlines() if x.strip()]
+    iterations = [json.loads(x).get("iteration") for x in (out / "metrics.jsonl").read_text().splitlines()
+                  if x.strip()] if (out / "metrics.jsonl").is_file() else []
+    refused = (ok_rc, fail_rc) == (0, 2) and len(lines) == 1 and str(out) in lines[0] and f"pid {winner}" in lines[0]
+    in_order = iterations == sorted(set(iterations))
+    outcome = ("handled", "") if refused and in_order else ("silent", f"exits {ok_rc}, {fail_rc}: {lines[-1:]}")
+    assert tally("run_folders").case("train-twice-0.3s-apart:same_out", *outcome) == "handled", (outcome, iterations)
+
+
+# ------------------------------------------------------------------------------ the table of docs/reliability.md
 
 
 def test_readme_reliability_section_is_the_measured_table():
-    """README.md ends with the Reliability section, one row per kind (its figures are checked against the
-    session's own measurements by tests/reliability_plugin.py at the end of a full run)."""
+    """docs/reliability.md ends with the Reliability section, one row per kind (its figures are checked against
+    the session's own measurements by tests/reliability_plugin.py at the end of a full run)."""
     import reliability_table as rt
 
-    section = rt.readme_section((rt.ROOT / "README.md").read_text(encoding="utf-8"))
+    section = rt.readme_section(rt.DOC.read_text(encoding="utf-8"))
     assert section is not None, "no Reliability section: run `python -m tests.reliability_table --update-readme`"
     rows = [line.split(" | ")[0][2:] for line in section.splitlines() if line.startswith("| ") and " | " in line]
     assert rows[:2] == ["kind", "---"] and rows[2:-1] == list(rt.KINDS.values()) and rows[-1] == "**all**"

@@ -243,7 +243,7 @@ def test_out_that_is_a_file_is_one_line(tmp_path, capsys):
 
 def test_a_second_reproduction_in_the_same_folder_is_refused(tmp_path, capsys):
     from darktune.cli import main
-    from darktune.experiment.runs import experiment_lock
+    from darktune.files import folder_lock
 
     out = tmp_path / "r"
     out.mkdir()
@@ -251,8 +251,8 @@ def test_a_second_reproduction_in_the_same_folder_is_refused(tmp_path, capsys):
     import sys
 
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from darktune.experiment.runs import experiment_lock\n"
-                               f"with experiment_lock(Path({str(out)!r})):\n print('held', flush=True); time.sleep(60)"],
+                               "from darktune.files import folder_lock\n"
+                               f"with folder_lock(Path({str(out)!r})):\n print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -263,5 +263,5 @@ def test_a_second_reproduction_in_the_same_folder_is_refused(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
-    with experiment_lock(out):  # released with the process
+    with folder_lock(out):  # released with the process
         pass

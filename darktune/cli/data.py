@@ -119,6 +119,7 @@ def load_sources(args) -> tuple["Dataset", dict]:  # noqa: F821 (imported lazily
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     parts = []
+    outside = getattr(args, "allow_outside_images", False)  # `data import` only: elsewhere such images are skipped
     for src in args.src:
         fmt = args.format if args.format != "auto" else _guess_format(src)
         if fmt == "yolo":
@@ -126,10 +127,10 @@ def load_sources(args) -> tuple["Dataset", dict]:  # noqa: F821 (imported lazily
             parts.append(read_yolo(src, skip_bad=args.skip_bad))
         elif fmt == "coco":
             from darktune.data.formats.coco import read_coco
-            parts.append(read_coco(src, args.images, skip_bad=args.skip_bad))
+            parts.append(read_coco(src, args.images, skip_bad=args.skip_bad, allow_outside=outside))
         elif fmt == "voc":
             from darktune.data.formats.voc import read_voc
-            parts.append(read_voc(src, args.images, skip_bad=args.skip_bad))
+            parts.append(read_voc(src, args.images, skip_bad=args.skip_bad, allow_outside=outside))
         else:
             from darktune.data.formats.openimages import read_openimages
             descriptions, images = _openimages_beside(src, args.descriptions, args.images)
@@ -189,6 +190,9 @@ def _add_import(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="validation share (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split (default 0)")
     p.add_argument("--link", action="store_true", help="hardlink images instead of copying (falls back to copy)")
+    p.add_argument("--allow-outside-images", action="store_true",
+                   help="read images whose COCO file_name or VOC <filename> leads out of the images folder "
+                        "('../x.jpg', an absolute path; counted in a note); without it each is a counted skip")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_import)
 
@@ -256,6 +260,20 @@ def _add_check(sub) -> None:
     p.set_defaults(func=cmd_check)
 
 
+def _problem_lines(problems, per_file: int = 20) -> list[str]:
+    """The text listing of a check: the first `per_file` problems of each file, then one line per file that had
+    more, counting the rest (a label file of 2 million bad lines prints 21 lines; --json keeps them all)."""
+    counts: dict[str, int] = {}
+    lines = []
+    for p in problems:
+        counts[p.path] = counts.get(p.path, 0) + 1
+        if counts[p.path] <= per_file:
+            lines.append(str(p))
+    lines += [f"{path}: ... and {n - per_file:,} more problems in this file (--json lists them all)"
+              for path, n in counts.items() if n > per_file]
+    return lines
+
+
 def cmd_check(args) -> int:
     from pathlib import Path
 
@@ -274,8 +292,8 @@ def cmd_check(args) -> int:
         _print_json([r.to_dict() for r in reports])
     else:  # the report (each problem, then each split's summary) goes to stdout as one piece
         for r in reports:
-            for problem in r.problems:
-                print(problem)
+            for line in _problem_lines(r.problems):
+                print(line)
         for r in reports:
             for line in r.unlabelled_lines():
                 print(line)

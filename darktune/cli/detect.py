@@ -26,9 +26,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "model; else a names file beside --cfg with one name per class: <cfg "
                                    "stem>.names, obj.names, or the folder's only .names file; else class_0, "
                                    "class_1, ...)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "opencv"), default="torch",
-                   help="who runs the network; preprocessing, decoding and NMS are darktune's for all")
-    p.add_argument("--onnx", help="raw-heads ONNX model for --backend onnxruntime (default: export on the fly)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "opencv"), default="auto",
+                   help="who runs the network; preprocessing, decoding and NMS are darktune's for all. auto "
+                        "(default): on CPU the fastest runtime installed on this machine, timed once per machine "
+                        "and model shape and cached in $DARKTUNE_HOME (DARKTUNE_BACKEND=NAME sets it without "
+                        "timing); torch on a GPU; onnxruntime with --onnx")
+    p.add_argument("--onnx", help="raw-heads ONNX model for --backend onnxruntime or auto (default: the model "
+                                  "exported once into $DARKTUNE_HOME/onnx)")
     p.add_argument("--no-winograd", action="store_true",
                    help="--backend opencv: direct convolutions instead of OpenCV's Winograd 3x3 ones (slower; "
                         "raw outputs within 1e-4 of torch and ONNX Runtime, where Winograd is about 2e-4 away)")
@@ -47,7 +51,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON list of records: {image, width, height, detections} per image, "
                         "{video|camera, frame, width, height, detections} per frame; each detection {class_id, "
-                        "name, score, box: [x1, y1, x2, y2] in pixels, clipped to the image}")
+                        "name, score, box: [x1, y1, x2, y2] in pixels, clipped to the image}; every record also "
+                        "says which runtime ran (backend) and why (backend_reason)")
     p.set_defaults(func=cmd_detect)
 
 
@@ -67,6 +72,7 @@ def _detect(args) -> int:
 
     from tqdm import tqdm
 
+    from darktune.deploy import backend_choice
     from darktune.deploy.runtimes import make_backend
     from darktune.errors import DarktuneError
     from darktune.deploy.video import expand_source, open_source
@@ -76,12 +82,22 @@ def _detect(args) -> int:
             raise DarktuneError(f"{option} must be between 0 and 1, got {value:g}")
     if args.no_winograd and args.backend != "opencv":
         raise DarktuneError("--no-winograd is for --backend opencv")
-    if args.onnx and args.backend != "onnxruntime":
+    if args.onnx and args.backend not in ("onnxruntime", "auto"):
         raise DarktuneError("--onnx is for --backend onnxruntime")
     if args.cfg is None and not args.onnx:
         raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
-    backend = make_backend(args.backend, args.cfg, args.weights, size=args.size, device=args.device,
-                           onnx=args.onnx, batch=1, winograd=not args.no_winograd)
+    if args.backend == "auto":
+        backend, choice = backend_choice.choose(args.cfg, args.weights, size=args.size, device=args.device,
+                                                onnx=args.onnx, note=_note)
+        _note(f"backend {choice.backend}: {choice.reason}")
+    elif args.backend == "opencv":
+        backend = make_backend("opencv", args.cfg, args.weights, size=args.size, device=args.device, batch=1,
+                               winograd=not args.no_winograd)
+        choice = backend_choice.Choice("opencv", "--backend opencv" + " --no-winograd" * args.no_winograd)
+    else:
+        backend, choice = backend_choice.explicit(args.backend, args.cfg, args.weights, size=args.size,
+                                                  device=args.device, onnx=args.onnx)
+    args.choice = choice
     for note in getattr(backend, "notes", ()):
         print(f"darktune: note: {note}", file=sys.stderr)
     if args.letterbox is None:
@@ -177,12 +193,18 @@ def _class_names(args, backend) -> list[str]:
     return names
 
 
-def _record(src, frame_index: int | None, dets, names, size: tuple[int, int]) -> dict:
+def _note(text: str) -> None:
+    print(f"darktune: note: {text}", file=sys.stderr)
+
+
+def _record(src, frame_index: int | None, dets, names, size: tuple[int, int], choice=None) -> dict:
     from darktune.deploy.detect import detections_to_json
 
     record = detections_to_json(src.name, dets, names, size)
     if src.kind != "image":
         record = {src.kind: record.pop("image"), "frame": frame_index, **record}
+    if choice is not None:
+        record.update(backend=choice.backend, backend_reason=choice.reason)
     return record
 
 
@@ -202,7 +224,7 @@ def _image(args, backend, src, names, target, bar) -> list[dict]:
     image = next(iter(src))
     dets = _detect_one(args, backend, image)
     bar.update(1)
-    record = _record(src, None, dets, names, (image.shape[1], image.shape[0]))
+    record = _record(src, None, dets, names, (image.shape[1], image.shape[0]), args.choice)
     if target:
         from darktune.errors import DarktuneError
 
@@ -226,7 +248,7 @@ def _stream(args, backend, src, names, target, bar) -> list[dict]:
             if args.max_frames is not None and i >= args.max_frames:
                 break
             dets = _detect_one(args, backend, frame)
-            records.append(_record(src, i, dets, names, (frame.shape[1], frame.shape[0])))
+            records.append(_record(src, i, dets, names, (frame.shape[1], frame.shape[0]), args.choice))
             objects += len(dets)
             if target:
                 if sink is None:

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import sys
+from pathlib import Path
 
 
 def _int_list(text: str) -> list[int]:
@@ -117,12 +120,19 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from darktune.devices import resolve_device
+    from darktune.files import folder_lock
+    from darktune.train.files import check_fresh_run_folder, make_run_folder
     from darktune.train.loop import train
-    from darktune.train.files import check_fresh_run_folder
 
     resolve_device(args.device)  # before anything is read or written (train() checks again, for library use)
-    check_fresh_run_folder(args.out, args.resume, args.overwrite)
-    result = train(config_from_args(args), progress=args.progress)
+    if int(os.environ.get("RANK", "0")) == 0:  # one lock per run (torchrun's other ranks write no run files)
+        make_run_folder(args.out)
+        lock = folder_lock(Path(args.out), "training")
+    else:
+        lock = contextlib.nullcontext()
+    with lock:  # the fresh-folder check and every write of the run under one flock: a second run fails at once
+        check_fresh_run_folder(args.out, args.resume, args.overwrite)
+        result = train(config_from_args(args), progress=args.progress)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     if args.json:
         print(json.dumps(summary))

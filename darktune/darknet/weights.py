@@ -19,6 +19,12 @@ from darktune.files import atomic_write_bytes
 from darktune.darknet.model import Darknet
 
 
+# The most images a header may say it has seen: 2**48 (2.8e14) is about ten million times the longest published
+# darknet training (yolov4 on COCO: 500,500 iterations x 64 = 3.2e7 images), and leaves 2**16 times that room
+# below the uint64 field, so a run that continues the schedule can add its own images without overflowing it.
+MAX_SEEN = 1 << 48
+
+
 @dataclass(frozen=True)
 class Header:
     major: int = 0
@@ -50,8 +56,17 @@ def read_header(data: bytes, path: str) -> Header:
     header = Header(major, minor, revision, 0)
     if len(data) < header.nbytes:
         raise DarktuneError(f"weights header is cut: {len(data)} bytes, need {header.nbytes}", path=path)
-    seen = np.frombuffer(data[12:header.nbytes], dtype="<u8" if header.seen_is_64bit else "<u4")[0]
-    return Header(major, minor, revision, int(seen))
+    seen = int(np.frombuffer(data[12:header.nbytes], dtype="<u8" if header.seen_is_64bit else "<u4")[0])
+    if seen > MAX_SEEN:
+        raise DarktuneError(f"weights header says {seen:,} images were seen, past {MAX_SEEN:,} (2^48): no training "
+                            "sees that many; a damaged or hand-made header", path=path)
+    return Header(major, minor, revision, seen)
+
+
+def seen_after(offset: int, step: int, batch: int) -> int:
+    """The `seen` a training writes: (schedule offset + step) x batch, as darknet counts, held at MAX_SEEN so
+    the field never overflows and every file written loads again."""
+    return min((offset + step) * batch, MAX_SEEN)
 
 
 def conv_float_counts(spec: NetworkSpec) -> list[tuple[int, int]]:

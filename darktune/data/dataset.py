@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def class_name_problem(name) -> str | None:
         return f"bad class name {name!r} (empty)"
     if "\n" in name or "\r" in name:
         return f"bad class name {name[:60]!r} (a line break cannot be written to obj.names)"
+    bad = next((c for c in name if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:  # NUL cuts the name in darknet's C reader; ESC and CSI drive the terminal that prints it
+        return f"bad class name {name[:60]!r} (control character {bad!r}: refused in class names)"
     return None
 
 
@@ -353,6 +357,9 @@ def read_names(path: Path) -> list[str]:
             raise DarktuneError("blank class name", path=str(path), line=i)
         if name in lines[: i - 1]:
             raise DarktuneError(f"duplicate class name {name!r}", path=str(path), line=i)
+        reason = class_name_problem(name)
+        if reason:
+            raise DarktuneError(reason, path=str(path), line=i)
     if not lines:
         raise DarktuneError("names file lists no classes", path=str(path))
     return lines

@@ -21,7 +21,6 @@ OpenCV with Winograd (~2.4e-4), so torch, ONNX Runtime and OpenCV without Winogr
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,22 +29,14 @@ import torch
 from torch import nn
 
 from darktune.darknet.cfg import NetworkSpec, parse_cfg, parse_cfg_text, YoloSpec
-from darktune.devices import parse_device, resolve_device
+from darktune.devices import cpu_count, parse_device, resolve_device
 from darktune.darknet.load import load_darknet
-from darktune.errors import DarktuneError
 from darktune.deploy.detect import detect_from_heads, preprocess_batch
 from darktune.deploy.fuse import fuse_model
-from darktune.deploy.onnx import export_onnx
+from darktune.deploy.onnx import export_onnx, ort_session
+from darktune.errors import DarktuneError
 
 BACKENDS = ("torch", "onnxruntime", "opencv")
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
@@ -110,38 +101,6 @@ class TorchBackend(Backend):
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             heads = self.model(x.contiguous(memory_format=self.memory_format))
             return [h.float().contiguous().cpu().numpy() for h in heads]
-
-
-def ort_session(path: str | Path, device: str = "cpu", threads: int | None = None):
-    """An ONNX Runtime session with all graph optimisations (BN folding, conv+activation fusion, NCHWc
-    layouts), one intra-op thread per CPU, no spinning."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads or cpu_count()
-    options.inter_op_num_threads = 1
-    # No spin-waiting between runs: as fast on an idle machine (26.6 vs 26.4 ms, yolov3-tiny 416, 2 cores) and
-    # much faster when other processes want the CPUs (92 vs 119 ms median at load ~7; spinning threads that
-    # get preempted stall the others).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    dev = parse_device(device)  # ONNX Runtime has its own CUDA: torch's build does not matter here
-    if dev.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DarktuneError(f"--device {device}: this onnxruntime build has no CUDAExecutionProvider "
-                                "(install onnxruntime-gpu)")
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": dev.index or 0}))
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
-    failures = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidArgument, ort_errors.NoSuchFile,
-                ort_errors.InvalidGraph, ort_errors.NotImplemented, ort_errors.RuntimeException, OSError)
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except failures as exc:
-        raise DarktuneError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}",
-                            path=str(path)) from None
 
 
 class OnnxRuntimeBackend(Backend):

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Callable
 
 from darktune.errors import DarktuneError
+from darktune.files import folder_lock
 from darktune.experiment.runs import (
     DONE,
     RunInputs,
     RunOutcome,
     StartWeights,
     check_reuse,
-    experiment_lock,
     file_sha256,
     make_out_dir,
     read_json,
@@ -161,7 +161,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
     cfg = resolve_cfg(spec)
     _check_layers(spec, cfg)
     make_out_dir(out_dir)
-    with experiment_lock(out_dir):
+    with folder_lock(out_dir):
         plans = plan_runs(spec)
         inputs = RunInputs(out_dir, cfg, set(spec.stages))
         inputs.starts = resolve_starts(spec, cfg, out_dir, plans, inputs.digest)

@@ -5,23 +5,20 @@ identity written to run.json (`RunInputs.identity`: the plan, the start weights'
 the data set's obj.data and the lists it names, the cfg's sha256), `check_reuse` (refuse, or with
 `rerun_changed` delete, every folder whose identity differs from the spec's), `prepare_run` / `finish_run`
 (a finished run drops its checkpoint.pt unless kept), and the experiment folder itself (`make_out_dir`, the
-flock of `experiment_lock`). darktune/experiment.py runs the stages and the grid with these.
+flock of `darktune.files.folder_lock`). darktune/experiment.py runs the stages and the grid with these.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from darktune.errors import DarktuneError
 from darktune.experiment.spec import RunPlan, identity_options
-from darktune.files import atomic_write_bytes
-from darktune.files import blocking_file
+from darktune.files import atomic_write_bytes, blocking_file
 from darktune.plural import plural
 
 DONE = ("finished", "stopped_at_target")
@@ -261,44 +258,6 @@ def finish_run(outcome: RunOutcome, keep_checkpoints: bool) -> RunOutcome:
     if outcome.status in DONE and not keep_checkpoints:
         (outcome.run_dir / "checkpoint.pt").unlink(missing_ok=True)
     return outcome
-
-
-_HELD: dict[str, int] = {}  # experiment folders this process holds the lock of
-
-
-@contextlib.contextmanager
-def experiment_lock(out_dir: Path):
-    """Hold an flock on DIR/.lock while working in DIR: a second process fails at once instead of training the
-    same runs. The kernel releases it when the process ends, kill -9 included (no stale lock). Re-entrant in
-    one process (a caller may hold it around run_experiment); no lock where fcntl is missing (Windows)."""
-    key = str(out_dir.resolve())
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        fcntl = None
-    if key in _HELD or fcntl is None:
-        yield
-        return
-    path = out_dir / ".lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise DarktuneError(f"cannot open the lock file: {exc.strerror or exc}", path=str(path)) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        raise DarktuneError(f"another darktune experiment is running in {out_dir} (pid {holder}): wait for it to "
-                            "end, or use another --out") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _HELD[key] = fd
-        yield
-    finally:
-        _HELD.pop(key, None)
-        os.close(fd)  # releases the lock
 
 
 def make_out_dir(out_dir: Path) -> None:

@@ -13,6 +13,7 @@ of a stage (its last weights), or a path to any `.weights` file (every layer tha
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,61 @@ def spec_error(spec: ExperimentSpec, where: tuple, message: str) -> DarktuneErro
 
 
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is not one
+# Nodes a spec may reach through YAML aliases, counted expanded (an alias of a 10-key mapping counts 21: the
+# mapping, its keys and values). Sharing a block of options between stages costs tens per alias; a 'billion
+# laughs' of 9 levels of 9 aliases costs 9**9. 10,000 leaves the first two orders of magnitude of room.
+MAX_ALIAS_NODES = 10_000
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 40, 40
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 5
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut to `limit` characters. reprlib stops at a depth and
+    a count per container, so a value reaching a million nodes through aliases is never expanded to be cut."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """Nodes in a composed YAML node counted as if every alias were written out (memoised by complete node, so
+    the count costs one visit per distinct node; a node still being composed, reached from inside, counts one)."""
+    import yaml
+
+    if node.end_mark is None:  # still being composed: an alias inside its own anchor (`&a [*a]`), a cycle
+        return 1
+    if id(node) in sizes:
+        return sizes[id(node)]
+    children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else node.value if isinstance(node, yaml.SequenceNode) else [])
+    sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
+def _spec_loader():
+    """yaml.SafeLoader (same tags, same values) that counts the nodes aliases expand to and stops composing at
+    the alias that passes MAX_ALIAS_NODES, naming its line."""
+    import yaml
+
+    class SpecLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                node = self.anchors.get(event.anchor)
+                if node is not None:
+                    self.alias_nodes = getattr(self, "alias_nodes", 0) + _expanded_size(node, self.sizes)
+                    if self.alias_nodes > MAX_ALIAS_NODES:
+                        raise yaml.composer.ComposerError(
+                            None, None, f"YAML aliases expand past {MAX_ALIAS_NODES:,} nodes (an alias bomb?)",
+                            event.start_mark)
+            return super().compose_node(parent, index)
+
+        def compose_document(self):
+            self.sizes: dict[int, int] = {}  # expanded size of each complete node (id -> nodes)
+            return super().compose_document()
+
+    return SpecLoader
 
 
 def _key_lines(node: Any, prefix: tuple = (), seen: set[int] | None = None) -> dict[tuple, int]:
@@ -162,8 +218,13 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     except UnicodeDecodeError as exc:
         raise _err(str(path), f"cannot read experiment spec: {exc}") from None
     try:
-        data = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+        loader = _spec_loader()(text)
+        try:  # yaml.safe_load, composing once: the node tree gives the key lines too
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+            lines = _key_lines(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -194,12 +255,12 @@ class _Checker:
             raise self.error(where, f"must be a mapping, got {type(value).__name__}")
         for key in value:
             if key not in known:
-                raise self.error(where + (str(key),), f"unknown key '{key}' (known: {', '.join(known)})")
+                raise self.error(where + (str(key),), f"unknown key {short(key)} (known: {', '.join(known)})")
         return value
 
     def int_(self, value: Any, where: tuple, low: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise self.error(where, f"must be an integer >= {low}, got {value!r}")
+            raise self.error(where, f"must be an integer >= {low}, got {short(value)}")
         return value
 
     def ints(self, value: Any, where: tuple, low: int = 0) -> tuple[int, ...]:
@@ -213,7 +274,7 @@ class _Checker:
 
     def path_(self, value: Any, where: tuple) -> str:
         if not isinstance(value, str) or not value:
-            raise self.error(where, f"must be a path, got {value!r}")
+            raise self.error(where, f"must be a path, got {short(value)}")
         base = Path(self.path).parent if self.path else Path.cwd()
         return str((base / value).resolve()) if not Path(value).is_absolute() else value
 
@@ -228,31 +289,31 @@ class _Checker:
         if key in _INT_OPTIONS:
             value = self.int_(value, where, _INT_OPTIONS[key])
             if key == "size" and value % 32:
-                raise self.error(where, f"must be a multiple of 32, got {value}")
+                raise self.error(where, f"must be a multiple of 32, got {short(value)}")
             return value
         if key in ("lr", "target_map"):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise self.error(where, f"must be a number >= 0, got {value!r}")
+                raise self.error(where, f"must be a number >= 0, got {short(value)}")
             if key == "target_map" and value > 1:
-                raise self.error(where, f"is a fraction in [0, 1] (0.9 = 90 mAP), got {value!r}")
+                raise self.error(where, f"is a fraction in [0, 1] (0.9 = 90 mAP), got {short(value)}")
             return float(value)
         if key == "obj_prior":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise self.error(where, f"must be a probability in (0, 1), got {value!r}")
+                raise self.error(where, f"must be a probability in (0, 1), got {short(value)}")
             return float(value)
         if key == "scales":
             values = value if isinstance(value, list) else [value]
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
-                raise self.error(where, f"must be numbers >= 0, got {value!r}")
+                raise self.error(where, f"must be numbers >= 0, got {short(value)}")
             return [float(v) for v in values]
         if key in ("stop_at_target", "augment", "multi_scale", "gpu_augment", "continue_schedule", "feature_cache"):
             if not isinstance(value, bool):
-                raise self.error(where, f"must be true or false, got {value!r}")
+                raise self.error(where, f"must be true or false, got {short(value)}")
             return value
         if key in ("freeze_layers", "steps"):
             return list(self.ints(value, where))
         if value not in PROTOCOLS:
-            raise self.error(where, f"must be one of {', '.join(PROTOCOLS)}, got {value!r}")
+            raise self.error(where, f"must be one of {', '.join(PROTOCOLS)}, got {short(value)}")
         return value
 
 
@@ -264,7 +325,7 @@ def spec_from_dict(data: Any, path: str | None = None, lines: dict[tuple, int] |
         raise check.error((), "missing 'grid' (the runs over the target set)")
     cfg = top.get("cfg", "yolov3-tiny")
     if not isinstance(cfg, str) or not cfg:
-        raise check.error(("cfg",), f"must be a cfg path or a zoo model name, got {cfg!r}")
+        raise check.error(("cfg",), f"must be a cfg path or a zoo model name, got {short(cfg)}")
     if cfg.endswith(".cfg"):
         cfg = check.path_(cfg, ("cfg",))
     weights_raw = check.mapping(top.get("weights"), ("weights",), WEIGHT_KEYS)
@@ -341,13 +402,13 @@ def check_frozen(spec: ExperimentSpec, n_layers: int, weighted: list[int], cfg_n
 
 def _start(check: _Checker, value: Any, where: tuple, stage_names: set[str]) -> str:
     if not isinstance(value, str) or not value:
-        raise check.error(where, f"a starting point must be a name or a path, got {value!r}")
+        raise check.error(where, f"a starting point must be a name or a path, got {short(value)}")
     if value in BUILTIN_STARTS or value in stage_names:
         return value
     resolved = check.path_(value, where)
     if not Path(resolved).is_file():
         known = ", ".join(BUILTIN_STARTS + tuple(sorted(stage_names)))
-        raise check.error(where, f"'{value}' is neither a starting point ({known}) nor an existing weights file")
+        raise check.error(where, f"{short(value)} is neither a starting point ({known}) nor an existing weights file")
     return resolved
 
 

@@ -1,6 +1,7 @@
 """The files of a run folder that the trainer writes whole (temp + fsync + rename): writing one, RUN/obj.names,
 cutting metrics.jsonl back to a checkpoint's iteration on resume, removing the temp files of writes that a kill
-interrupted, and the command line's refusal to start a fresh run over an existing one (`check_fresh_run_folder`).
+interrupted, and the command line's refusal to start a fresh run over an existing one (`check_fresh_run_folder`,
+after `make_run_folder`; darktune train holds the folder's lock around both and the run).
 Also RUN/train.log (`open_run_log`), the one file written line by line: the run's event lines, appended to on
 resume."""
 
@@ -11,8 +12,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from darktune.files import atomic_write_bytes
+
 from darktune.errors import DarktuneError
+from darktune.files import atomic_write_bytes, blocking_file
 
 
 def write_run_file(path: Path, text: str) -> None:
@@ -48,6 +50,20 @@ def check_fresh_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -
         listed = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
         raise DarktuneError(f"already holds a training run's files ({listed}): pass --resume to continue it, "
                             "--overwrite to replace it, or choose another --out", path=str(run_dir))
+
+
+def make_run_folder(run_dir: str | Path) -> None:
+    """Create the run folder (so `darktune train` can lock it before its first check); a path that is, or goes
+    through, a file is a one-line error naming it."""
+    run_dir = Path(run_dir)
+    p = blocking_file(run_dir)
+    if p is not None:
+        what = "exists and is not a folder" if p == run_dir else f"cannot be made: {p} is a file, not a folder"
+        raise DarktuneError(f"the run folder {what}", path=str(run_dir))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DarktuneError(f"cannot make the run folder: {exc.strerror or exc}", path=str(run_dir)) from None
 
 
 def remove_stale_temps(run_dir: Path) -> int:

@@ -14,7 +14,7 @@ from darktune.errors import DarktuneError
 from darktune.train.state import Run, TrainResult
 from darktune.train.feature_cache import feature_cache_for
 from darktune.train.files import write_run_file
-from darktune.darknet.weights import Header, save_weights
+from darktune.darknet.weights import Header, save_weights, seen_after
 from darktune.files import atomic_write_bytes
 from darktune.eval.evaluate import evaluate_model, load_eval_set, PrefixCache
 from darktune.train.chart import write_chart
@@ -268,7 +268,7 @@ def _measure(run: Run):
 
 # ------------------------------------------------------------------------------------------------ files
 def _save_weights(run: Run, name: str) -> None:
-    seen = (run.state.get("schedule_offset", 0) + run.step) * run.batch  # the lineage's images, as darknet counts
+    seen = seen_after(run.state.get("schedule_offset", 0), run.step, run.batch)  # the lineage's images
     save_weights(run.model, run.dir / "weights" / name, Header(0, 2, 0, seen))
 
 

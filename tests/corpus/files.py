@@ -107,6 +107,8 @@ def weights_cases(good: bytes) -> list[WeightsCase]:
         WeightsCase("seen_32bit_header_on_64bit_file", _header(0, 1) + body[4:], floats - 1,
                     note="an old 0.1 header: 4 bytes less header, so one float too few"),
         WeightsCase("header_says_64bit_seen_short", _header(0, 2)[:16]),
+        WeightsCase("seen_2_64_minus_1", _header(0, 2, seen=2**64 - 1) + body, note="overflowed on the next write"),
+        WeightsCase("seen_2_48_plus_1", _header(0, 2, seen=2**48 + 1) + body),
         WeightsCase("nan_value", good[:20] + nan_body.tobytes(), note="a NaN among the floats"),
         WeightsCase("inf_value", good[:20] + inf_body.tobytes()),
         WeightsCase("png_renamed", b"\x89PNG\r\n\x1a\n" + b"\x00" * 4096),

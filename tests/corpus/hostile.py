@@ -149,6 +149,17 @@ def _list_bomb(levels: int = 9, width: int = 9) -> str:
     return "\n".join(lines) + "\ngrid: {data: x, starts: [scratch]}\n"
 
 
+def _inline_bomb(key: str, levels: int) -> str:
+    """A list bomb with its anchors inside one value (`cfg:` or `grid.starts:`): no top-level key to refuse
+    first, so an error message quoting the value would expand every alias."""
+    items = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    value = "[" + ", ".join(items) + "]"
+    if key == "cfg":
+        return f"cfg: {value}\ngrid: {{data: x, starts: [scratch]}}\n"
+    return f"grid:\n  data: x\n  starts: {value}\n"
+
+
 def spec_cases(marker: Path) -> list[tuple[str, str]]:
     """(name, YAML text) of experiment specs that must be refused, none of them running anything."""
     m = str(marker)
@@ -166,6 +177,10 @@ def spec_cases(marker: Path) -> list[tuple[str, str]]:
         ("mapping_alias_bomb", _mapping_bomb()),
         ("list_alias_bomb", _list_bomb()),
         ("not_utf8", "grid: caf\udce9\n"),
+        ("cfg_alias_bomb", _inline_bomb("cfg", 9)),
+        ("starts_alias_bomb", _inline_bomb("starts", 9)),
+        ("cfg_aliases_under_budget", _inline_bomb("cfg", 4)),  # 8,289 nodes: loads, the message must stay short
+        ("cfg_long_value", "cfg: [" + ", ".join(["x" * 60] * 8000) + "]\ngrid: {data: x, starts: [scratch]}\n"),
     ]
 
 

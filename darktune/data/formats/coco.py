@@ -20,7 +20,8 @@ import math
 from pathlib import Path
 
 from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, place_images
-from darktune.files import MAX_ANNOTATION_BYTES, output_folder, read_regular, write_text
+from darktune.files import (MAX_ANNOTATION_BYTES, is_outside, output_folder, outside_note, read_regular,
+                            write_text)
 from darktune.data.formats.image import declared_size_problem, known_size, read_image_size
 from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError
@@ -187,7 +188,7 @@ class _Reader:
         """An image without width/height takes them from its file's header (a declared one of the two must
         match it); one whose header cannot be read is bad."""
         for i, (iid, rec) in enumerate(self.images.items()):
-            if rec.width is not None and rec.height is not None:
+            if iid in self.dropped or (rec.width is not None and rec.height is not None):
                 continue
             declared = (rec.width, rec.height)
             try:
@@ -221,7 +222,7 @@ class _Reader:
         except _Bad as exc:
             return self.fail(where, str(exc), "skipped")
         rec = self.images[iid]
-        if rec.width is None or rec.height is None:
+        if iid in self.dropped or rec.width is None or rec.height is None:
             return  # its image has no size (counted once, in fill_sizes)
         try:
             cid = _int(ann, "category_id")
@@ -259,17 +260,38 @@ class _Reader:
                 self.fail(f"images[{i}] (id {iid})", reason, "image skipped")
 
 
-def read_coco(json_path: str | Path, images_dir: str | Path | None = None, *, skip_bad: bool = False) -> Dataset:
+def _outside(reader: _Reader, folder: Path, allow: bool) -> None:
+    """A file_name that leaves the images folder ('../../x.jpg', '/etc/x.jpg') is read only when allowed (then
+    counted in one note); otherwise its image is a counted skip naming the record, whatever skip_bad says."""
+    n = 0
+    for i, (iid, rec) in enumerate(reader.images.items()):
+        if not is_outside(folder, rec.path):
+            continue
+        n += 1
+        if not allow:
+            reader.dropped.add(iid)
+            reader.skipped.append(Problem(str(reader.path), None, (
+                f"images[{i}] (id {iid}): file_name points outside the images folder {folder}: {rec.path} (not "
+                "read; --allow-outside-images reads it; image skipped)")))
+    if allow and n:
+        reader.skipped.append(Problem(str(reader.path), None, outside_note(reader.path, n, folder), "warning"))
+
+
+def read_coco(json_path: str | Path, images_dir: str | Path | None = None, *, skip_bad: bool = False,
+              allow_outside: bool = False) -> Dataset:
     """Read a COCO detection file. Structural errors raise DarktuneError naming the file and record. A bad
     annotation (unknown category id, bad bbox or flag), an image that is missing or whose declared size differs
     from its file's, raise too, or with skip_bad skip the image (counted in `skipped`): see `records`. An
     annotation of an unknown image id, or a box of zero width or height, is skipped alone. Exact duplicates
-    (image, category, bbox) are dropped with a warning; crowd annotations are counted in one warning."""
+    (image, category, bbox) are dropped with a warning; crowd annotations are counted in one warning. A file_name
+    leading out of the images folder is a counted skip unless allow_outside (then one note counts them)."""
     path = Path(json_path)
     doc = _load(path)
     cats = _categories(doc, path)
-    images = _images(doc, Path(images_dir) if images_dir else _default_images_dir(doc, path), path)
+    folder = Path(images_dir) if images_dir else _default_images_dir(doc, path)
+    images = _images(doc, folder, path)
     reader = _Reader(path, doc, images, cats, skip_bad)
+    _outside(reader, folder, allow_outside)
     reader.fill_sizes()
     for i in range(len(doc["annotations"])):
         reader.add(i)

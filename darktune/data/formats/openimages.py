@@ -242,7 +242,26 @@ def write_openimages(dataset: Dataset, out_dir: str | Path, *, link: bool = Fals
     return boxes, desc, out / "images"
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell starting so as a formula
+
+
+def _formula_cell(rows: list[list]) -> str | None:
+    """The first text cell a spreadsheet would run as a formula ('=cmd|...'), described, or None."""
+    for r, row in enumerate(rows, 1):
+        for c, cell in enumerate(row):
+            if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+                return f"row {r}, column {c + 1}: {cell[:40]!r}"
+    return None
+
+
 def _write_csv(path: Path, rows: list[list]) -> None:
+    """Refuse, not quote, a cell a spreadsheet would run: OWASP's leading apostrophe would change the class name
+    or LabelName every program reading the file sees (a round trip would rename the class), and no Open Images
+    name (a /m/... id, a display name) starts with = + - @, a tab or CR."""
+    cell = _formula_cell(rows)
+    if cell:
+        raise DarktuneError(f"not written: a cell would run as a formula in a spreadsheet ({cell}); rename that "
+                            "class", path=str(path))
     try:
         with open(path, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows(rows)

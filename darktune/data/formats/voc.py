@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from darktune.data.dataset import BOX_TOLERANCE, Dataset, ImageRecord, Problem, class_name_problem, place_images
-from darktune.files import output_folder, read_regular, write_error
+from darktune.files import is_outside, output_folder, outside_note, read_regular, write_error
 from darktune.data.formats.image import IMAGE_EXTENSIONS, declared_size_problem, known_size, read_image_size
 from darktune.data.formats.records import BadBox, EmptyBox, checked_box
 from darktune.errors import DarktuneError
@@ -41,6 +41,10 @@ MAX_XML_BYTES = 64 << 20  # one image's annotation
 
 class _Bad(BadBox):
     pass
+
+
+class _Outside(_Bad):
+    """<filename> leads out of the images folder: a counted skip whatever skip_bad says."""
 
 
 def _xml_files(src: Path, images_dir: Path | None) -> tuple[list[Path], Path | None]:
@@ -80,8 +84,10 @@ class _ImageFinder:
     extension when it has none, or the XML's stem with one); a fallback comes with a note (the
     caller counts it as a warning). Folder listings for the case-insensitive match are kept per read."""
 
-    def __init__(self, images_dir: Path | None):
+    def __init__(self, images_dir: Path | None, allow_outside: bool = False):
         self.images_dir = images_dir
+        self.allow_outside = allow_outside
+        self.n_outside: dict[Path, int] = {}  # images folder -> images read from outside it (when allowed)
         self.listings: dict[Path, dict[str, list[str]]] = {}  # folder -> lower-cased name -> names
 
     def _ignoring_case(self, folder: Path, names: dict[str, str]) -> tuple[Path, str] | None:
@@ -112,6 +118,11 @@ class _ImageFinder:
                     return folder / candidate, None
             raise _Bad("no <filename> and no image named like the XML file")
         path = folder / name
+        if is_outside(folder, path):  # '../../x.jpg' or '/etc/x.jpg': followed only when allowed
+            if not self.allow_outside:
+                raise _Outside(f"<filename> points outside the images folder {folder}: {path} (not read; "
+                               "--allow-outside-images reads it)")
+            self.n_outside[folder] = self.n_outside.get(folder, 0) + 1
         if path.is_file():
             return path, None
         for candidate in stems:
@@ -226,26 +237,29 @@ def _object_box(obj, rec: ImageRecord):
                        **flags)
 
 
-def read_voc(src: str | Path, images_dir: str | Path | None = None, *, skip_bad: bool = False) -> Dataset:
+def read_voc(src: str | Path, images_dir: str | Path | None = None, *, skip_bad: bool = False,
+             allow_outside: bool = False) -> Dataset:
     """Read VOC annotations (see module docstring). Bad XML raises DarktuneError naming the file; a bad
     object, a missing image or a <size> that differs from the image's raise too, or with skip_bad the file is
     skipped and counted; an empty box (xmin == xmax or ymin == ymax) is skipped alone with skip_bad.
     Classes in order of appearance."""
     files, folder = _xml_files(Path(src), Path(images_dir) if images_dir else None)
-    finder = _ImageFinder(folder)
+    finder = _ImageFinder(folder, allow_outside)
     records, skipped, classes = [], [], {}
     for xml_path in files:
         try:
             rec, problems = _parse(xml_path, finder, skip_bad)
         except (_Bad, DarktuneError) as exc:
             reason = str(exc) if isinstance(exc, _Bad) else str(exc).removeprefix(f"{xml_path}: ")
-            if not skip_bad:
+            if not skip_bad and not isinstance(exc, _Outside):  # outside the folder: always a counted skip
                 raise DarktuneError(reason, path=str(xml_path)) from None
             skipped.append(Problem(str(xml_path), None, f"{reason} (skipped)"))
             continue
         skipped += problems
         classes.update(dict.fromkeys(b.class_name for b in rec.boxes))
         records.append(rec)
+    skipped += [Problem(str(src), None, outside_note(Path(src), n, where), "warning")
+                for where, n in finder.n_outside.items()]
     return Dataset(list(classes), records, skipped)
 
 

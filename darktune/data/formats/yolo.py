@@ -3,6 +3,8 @@ label .txt beside each (classes from obj.names or classes.txt). Writing is `data
 
 from __future__ import annotations
 
+import errno
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,26 @@ def _folder_images(folder: Path) -> tuple[list[str], list[Path]]:
             break
     else:
         raise DarktuneError("no obj.data, obj.names or classes.txt in this folder", path=str(folder))
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     return names, images
+
+
+def not_an_image_file(path: Path) -> str | None:
+    """Why an entry named like an image cannot be taken as one (a dangling or looping link, a folder, a device
+    or FIFO), or None for a regular file. Such an entry is a counted, named skip, never dropped unsaid."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "image is a symlink loop (not read)"
+        if path.is_symlink():
+            return "image is a dangling symlink: its target is missing"
+        return f"image cannot be read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "image is a folder, not a file (not read)"
+    if not stat.S_ISREG(mode):
+        return "image is not a regular file: a device or FIFO (not read)"
+    return None
 
 
 def read_yolo(src: str | Path, *, skip_bad: bool = False) -> Dataset:
@@ -38,6 +58,10 @@ def read_yolo(src: str | Path, *, skip_bad: bool = False) -> Dataset:
         raise DarktuneError("not found (expected obj.data or a dataset folder)", path=str(src))
     records, skipped = [], []
     for img in images:
+        reason = not_an_image_file(img)
+        if reason:  # whatever its label says, it is not an image import can copy: skipped and named
+            skipped.append(Problem(str(img), None, reason))
+            continue
         boxes, problems = _boxes_for(img, names)
         if problems:
             if not skip_bad:

@@ -1,0 +1,129 @@
+"""`darktune detect`'s default (`--backend auto`) against each runtime's network call, in the same run.
+
+For yolov3-tiny (COCO weights from the cache) at 416, batch 1, all CPU threads: the median of each installed
+runtime's network call alone (torch, onnxruntime, OpenCV DNN: preprocessed input to raw heads), and the median
+per image of detect's whole path with the auto default (read the file, resize, network, decode, NMS, the JSON
+record: `darktune.cli.detect._image`, as `darktune detect --json` runs it), over photos made from matplotlib's
+sample photograph at several sizes. The runtimes and detect take turns in small blocks, so a slow spell of a
+shared machine hits all alike. Goals (issue 16): auto picks a runtime within 5% of the fastest network call;
+detect's per image <= 1.10x the fastest network call.
+
+    .venv/bin/python benchmarks/bench_detect_default.py [--photos 32] [--rounds 8] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = [(512, 600), (640, 480), (800, 600), (1024, 768)]
+
+
+def make_photos(folder: Path, n: int) -> list[Path]:
+    """`n` JPEGs (quality 90) of the sample photograph, resized to the SIZES in turn."""
+    import cv2
+    import matplotlib
+
+    image = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    paths = []
+    for i in range(n):
+        w, h = SIZES[i % len(SIZES)]
+        path = folder / f"photo{i:02d}.jpg"
+        cv2.imwrite(str(path), cv2.resize(image, (w, h)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=8, help="turns; each times --block calls of each")
+    parser.add_argument("--block", type=int, default=4)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    from darktune.deploy import backend_choice
+
+    from darktune.darknet import zoo
+    from darktune.deploy.runtimes import cpu_count
+    from darktune.cli import build_parser
+    from darktune.cli.detect import _class_names, _image
+    from darktune.deploy.detect import preprocess_batch
+    from darktune.deploy.video import open_source
+
+    fetched = zoo.fetch("yolov3-tiny", progress=False)
+    cfg, weights = str(fetched.cfg), str(fetched.weights)
+    runnable, missing = backend_choice.installed()
+    runtimes = [backend_choice.build(n, cfg, weights, size=None, device="cpu", batch=1, threads=None)
+                for n in runnable]
+    started = time.perf_counter()
+    auto, choice = backend_choice.choose(cfg, weights)  # probes here if this machine + model is not cached
+    choose_s = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = make_photos(Path(tmp), args.photos)
+        det_args = build_parser().parse_args(["detect", *map(str, photos), "--cfg", cfg, "--weights", weights,
+                                              "--json"])
+        det_args.letterbox, det_args.choice = False, choice
+        names = _class_names(det_args, auto)
+
+        class Bar:  # what _image needs of tqdm
+            def update(self, n):
+                pass
+
+            def write(self, *a, **k):
+                pass
+
+        def detect_one(path):
+            return _image(det_args, auto, open_source(str(path)), names, None, Bar())
+
+        x = preprocess_batch([open_source(str(photos[0]))._first], runtimes[0].net_hw)
+        for r in runtimes:
+            r.raw(x)
+        detect_one(photos[0])
+        net = {r.name: [] for r in runtimes}
+        per_image, k = [], 0
+        for _ in range(args.rounds):
+            for r in runtimes:
+                r.raw(x)  # untimed: the previous runtime's threads settle
+                for _ in range(args.block):
+                    t = time.perf_counter()
+                    r.raw(x)
+                    net[r.name].append(time.perf_counter() - t)
+            for _ in range(args.block):
+                t = time.perf_counter()
+                detect_one(photos[k % len(photos)])
+                per_image.append(time.perf_counter() - t)
+                k += 1
+    med = {n: float(np.median(v)) * 1000 for n, v in net.items()}
+    fastest = min(med, key=med.get)
+    detect_ms = float(np.median(per_image)) * 1000
+    report = {
+        "date": time.strftime("%Y-%m-%d"), "machine": backend_choice.cpu_model(), "cpus": cpu_count(),
+        "model": "yolov3-tiny 416 batch 1", "photos": args.photos, "photo_sizes": SIZES,
+        "network_median_ms": {n: round(v, 2) for n, v in med.items()}, "skipped": missing,
+        "fastest": fastest, "auto": choice.backend, "auto_reason": choice.reason, "auto_choose_s": round(choose_s, 2),
+        "auto_vs_fastest": round(med[choice.backend] / med[fastest], 3),
+        "detect_per_image_median_ms": round(detect_ms, 2),
+        "detect_vs_fastest_network": round(detect_ms / med[fastest], 3),
+        "calls_per_runtime": args.rounds * args.block, "images_timed": len(per_image),
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"bench detect default: {report['model']}, {report['machine']} ({report['cpus']} CPUs), {report['date']}")
+    for n, v in sorted(med.items(), key=lambda kv: kv[1]):
+        print(f"  network call {n:<12} {v:8.2f} ms  ({v / med[fastest]:.3f}x the fastest)")
+    print(f"  detect per image (auto -> {choice.backend}) {detect_ms:8.2f} ms  "
+          f"({report['detect_vs_fastest_network']:.3f}x the fastest network call; goal <= 1.10)")
+    print(f"  auto's runtime vs the fastest: {report['auto_vs_fastest']:.3f}x (goal <= 1.05); why: {choice.reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
