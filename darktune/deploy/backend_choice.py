@@ -164,13 +164,13 @@ def build(name: str, cfg, weights, *, size: int | None, device: str, batch: int,
 def choose(cfg, weights, *, size: int | None = None, device: str = "cpu", batch: int = 1,
            threads: int | None = None, onnx: str | Path | None = None, note=None) -> tuple[Backend, Choice]:
     """The backend `--backend auto` runs, built, and why. `note(text)` is told before a probe starts."""
+    if onnx is not None:  # an ONNX model runs on onnxruntime only, whatever DARKTUNE_BACKEND says
+        return _explicit("onnxruntime", "--onnx given", cfg, weights, size, device, batch, threads, onnx)
     forced = os.environ.get(ENV, "").strip()
     if forced and forced != "auto":
         if forced not in BACKENDS:
             raise DarktuneError(f"{ENV}={forced}: use one of {', '.join(BACKENDS)} or auto")
         return _explicit(forced, f"{ENV}={forced}", cfg, weights, size, device, batch, threads, onnx)
-    if onnx is not None:
-        return _explicit("onnxruntime", "--onnx given", cfg, weights, size, device, batch, threads, onnx)
     if parse_device(device).type != "cpu":
         return _explicit("torch", f"--device {device}: torch (the probe is for CPUs)", cfg, weights, size,
                          device, batch, threads, None)

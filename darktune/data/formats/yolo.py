@@ -36,6 +36,8 @@ def not_an_image_file(path: Path) -> str | None:
             return "image is a symlink loop (not read)"
         if path.is_symlink():
             return "image is a dangling symlink: its target is missing"
+        if exc.errno == errno.ENOENT:
+            return None  # a listed image not on disk: counted later as such (data stats leaves it out)
         return f"image cannot be read: {exc.strerror or exc}"
     if stat.S_ISDIR(mode):
         return "image is a folder, not a file (not read)"
