@@ -37,7 +37,7 @@ def pytest_configure(config):
     (home / "yolov3-tiny").symlink_to(result.weights.parent, target_is_directory=True)
     os.environ["DARKTUNE_HOME"] = str(home)
     # detect's default (--backend auto) would time every runtime once per machine and model shape; the suite
-    # runs many small models, so it names the runtime (tests/test_backend_choice.py covers auto itself)
+    # runs many small models, so it names the runtime (tests/deploy/test_backend_choice.py covers auto itself)
     os.environ.setdefault("DARKTUNE_BACKEND", "torch")
     config._darktune_home = home
     if hasattr(config, "workerinput"):  # xdist worker: one torch thread each, so workers do not oversubscribe

@@ -35,9 +35,9 @@ TABLE_FILE = ROOT / "build" / "reliability-table.md"  # from the last full run o
 PARTIAL_TABLE_FILE = ROOT / "build" / "reliability-table.partial.md"  # from a run of only some of them
 DOC = ROOT / "docs" / "reliability.md"  # the page that shows the table (the README links to it)
 HEADING = "## Reliability (produced by the test suite)"
-TEST_FILES = ("tests/test_reliability_images.py", "tests/test_reliability_labels.py",
-              "tests/test_reliability_cfg_weights.py", "tests/test_reliability_hostile.py",
-              "tests/test_reliability_faults.py", "tests/test_reliability_imports.py", "tests/test_determinism.py")
+TEST_FILES = ("tests/reliability/test_images.py", "tests/reliability/test_labels.py",
+              "tests/reliability/test_cfg_weights.py", "tests/reliability/test_hostile.py",
+              "tests/reliability/test_faults.py", "tests/reliability/test_imports.py", "tests/train/test_determinism.py")
 OUTCOMES = ("handled", "crash", "silent")
 
 # Table rows, in order: key -> what the inputs are.
@@ -47,7 +47,7 @@ KINDS = {
     "labels": "Darknet label files, every malformed-line kind (validator, data check, import)",
     "label_fuzz": "Random label files from hypothesis (validator)",
     "annotations": "COCO JSON, VOC XML (entity bombs, external entities), Open Images CSV",
-    "cfg": "Mutated cfgs (tests/test_cfg.py's and the corpus's)",
+    "cfg": "Mutated cfgs (tests/darknet/test_cfg.py's and the corpus's)",
     "weights": "Damaged .weights: cut at 10 points, extra bytes, bad headers, NaN",
     "special_files": "Devices and FIFOs named like data files",
     "checkpoints": "Checkpoints carrying pickle payloads (load, train --resume, experiment)",
@@ -69,7 +69,7 @@ KINDS = {
 }
 
 INTRO = ("Every figure below is counted by the reliability tests as they run (`tests/test_reliability_*.py`, "
-         "`tests/test_determinism.py`, inputs from `tests/corpus/`; `python -m tests.corpus.generate DIR` writes "
+         "`tests/train/test_determinism.py`, inputs from `tests/corpus/`; `python -m tests.corpus.generate DIR` writes "
          "them all). *Inputs* are distinct hostile or broken inputs, *checks* are (input, code path) pairs. A check "
          "passes when darktune decodes the input correctly or refuses it with a message naming the file (a counted "
          "skip where it goes on); a *crash* is any other exception or a hang; *silently accepted* is a bad input "
@@ -254,7 +254,7 @@ def write_table(records: list[dict], path: Path = TABLE_FILE) -> str:
 
 def run_tests(folder: Path, extra: list[str]) -> int:
     env = {**os.environ, ENV: str(folder)}
-    readme_test = "tests/test_reliability_faults.py::test_readme_reliability_section_is_the_measured_table"
+    readme_test = "tests/reliability/test_faults.py::test_readme_reliability_section_is_the_measured_table"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TEST_FILES, "--deselect", readme_test,
            *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode

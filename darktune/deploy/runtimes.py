@@ -14,7 +14,7 @@ backends differ only in who runs the convolutions.
   for exact parity).
 
 Parity (raw heads of yolov3-tiny at 416, COCO weights, max abs difference on real images, heads of magnitude
-~25; tests/test_backends.py): each runtime is within 1e-4 of a float64 run of the unfused model, except
+~25; tests/deploy/test_runtimes.py): each runtime is within 1e-4 of a float64 run of the unfused model, except
 OpenCV with Winograd (~2.4e-4), so torch, ONNX Runtime and OpenCV without Winograd agree within 1e-4.
 """
 

@@ -1,4 +1,4 @@
-"""Damaged model files: mutated cfgs (on top of tests/test_cfg.py's 41) and damaged `.weights`.
+"""Damaged model files: mutated cfgs (on top of tests/darknet/test_cfg.py's 41) and damaged `.weights`.
 
 Every cfg case must be refused with a DarktuneError naming the file and a line ("reject") or parse to a
 network that builds ("ok"): never a crash, never an attempt to allocate gigabytes. Every weights case is

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the sibling modules importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     __package__ = "corpus"
 
 from . import datasets, files, hostile, images, labels  # noqa: E402

@@ -321,7 +321,7 @@ def test_second_experiment_in_the_same_folder_fails_at_once(spec_file, tmp_path)
     out.mkdir()
     script = tmp_path / "hold.py"
     script.write_text(LOCK_HOLDER)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "locked"
@@ -461,7 +461,7 @@ def test_killed_experiment_leaves_no_worker_running(tmp_path):
 
     script = tmp_path / "orphan.py"
     script.write_text(ORPHAN)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     child = int(proc.stdout.readline())
     proc.send_signal(signal.SIGKILL)  # no cleanup in the parent at all
@@ -478,7 +478,7 @@ def test_killed_experiment_leaves_no_worker_running(tmp_path):
     assert not alive, "the worker kept running after its parent was killed"
 
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "experiment_spec.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "experiment_spec.md"
 
 
 def test_spec_doc_names_every_key_and_its_example_runs(tmp_path):
@@ -534,7 +534,7 @@ def test_interrupted_parallel_experiment_leaks_no_semaphore(spec_file, tmp_path)
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED)
     out = tmp_path / "exp"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.Popen([sys.executable, str(script), str(spec_file), str(out)], stderr=subprocess.PIPE,
                             text=True, env=env)
     deadline = time.time() + 120

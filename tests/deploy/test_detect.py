@@ -8,7 +8,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from test_backends import synthetic_scene
+from test_runtimes import synthetic_scene
 
 from darktune.cli import main
 from darktune.data.formats.image import read_image

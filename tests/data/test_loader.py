@@ -99,7 +99,7 @@ def test_workers_do_not_hang_after_opencv_threads(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(12):
         cv2.imwrite(str(tmp_path / f"{i}.jpg"), rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-c", _HANG_SCRIPT, str(tmp_path)], cwd=root, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:

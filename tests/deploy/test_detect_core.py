@@ -58,7 +58,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_torch_detector_runs_the_fused_model(coco_model, photo_path):
     """TorchDetector runs the inference copy (BN folded in float64) and finds the same boxes as the training
     model; the model it was given is left as it was."""
-    from test_backends import assert_same_boxes
+    from test_runtimes import assert_same_boxes
 
     from darktune.data.formats.image import read_image
     from darktune.deploy.detect import TorchDetector

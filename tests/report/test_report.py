@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fake_train import fake_train
-from test_experiment import SPEC
+from experiment.test_experiment import SPEC
 
 from darktune.report import study
 from darktune.experiment.runner import run_experiment

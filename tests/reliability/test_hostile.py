@@ -22,7 +22,7 @@ from corpus.hostile import (HOSTILE_NAMES, MARKER_NAME, archive_cases, checkpoin
 from corpus.special import SPECIAL_CASES
 from reliability_table import tally  # noqa: F401 (fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -311,7 +311,7 @@ def special_results(tmp_path_factory):
     out = root / "results.json"
     code = ("import sys; sys.path.insert(0, sys.argv[3]); from corpus import special; "
             "special.run_all(sys.argv[1], sys.argv[2])")
-    proc = subprocess.run([sys.executable, "-c", code, str(root), str(out), str(Path(__file__).parent)],
+    proc = subprocess.run([sys.executable, "-c", code, str(root), str(out), str(Path(__file__).parents[1])],
                           capture_output=True, text=True, timeout=240, cwd=root,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.is_file(), proc.stderr[-3000:]

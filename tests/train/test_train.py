@@ -21,7 +21,7 @@ TINY = small_cfg({"batch": 4, "subdivisions": 2, "learning_rate": 0.002, "burn_i
                   "decay": 0.0005, "policy": "steps", "steps": 8, "scales": .5, "hue": .1, "saturation": 1.5,
                   "exposure": 1.5}, head=16, masks=("1,2", "0,1"), anchors="4,6, 10,14, 23,27", classes=3,
                  yolo_extra="jitter=.2\n")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

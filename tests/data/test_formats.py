@@ -335,7 +335,7 @@ def test_select_classes_and_empty_images():
     ds = Dataset(["Window", "Door"], [ImageRecord(Path("a.jpg"), boxes=[Box("Door", 0, 0, 1, 1)]),
                                       ImageRecord(Path("b.jpg"), boxes=[Box("Window", 0, 0, 1, 1)]),
                                       ImageRecord(Path("c.jpg"))])
-    sel = ds.select_classes(["Window"])  # the case rules of the match are tested in test_data_dataset.py
+    sel = ds.select_classes(["Window"])  # the case rules of the match are tested in test_dataset.py
     assert sel.classes == ["Window"] and [r.path.name for r in sel.images] == ["b.jpg", "c.jpg"]
     assert len(ds.select_classes(["Window"], keep_empty=True).images) == 3
     with pytest.raises(DarktuneError, match="not found"):

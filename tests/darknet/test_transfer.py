@@ -9,7 +9,7 @@ import pytest
 
 from darktune.darknet.cfg import parse_cfg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_backends import (
+from test_runtimes import (
     assert_heads_close,
     assert_same_boxes,
     person_model,

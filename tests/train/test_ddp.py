@@ -1,7 +1,7 @@
 """DDP: `darktune train` under torchrun with 2 CPU processes (gloo) makes the same weights as one process with
 the same total batch. The cfg has no batch norm: plain DDP keeps BN statistics per process (documented), so
 with BN the two runs would legitimately differ. (With --gpu-augment the same holds; checked by hand, 17 s,
-left out of the suite: tests/test_train_inputs.py checks that the ranks' device batches split the single
+left out of the suite: tests/train/test_train_inputs.py checks that the ranks' device batches split the single
 process's exactly.)"""
 
 import os
@@ -25,7 +25,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     data = make_target_set(tmp_path / "data", 12, 96, seed=11, val_fraction=0.25)
     cfg = tmp_path / "nobn.cfg"
     cfg.write_text(NO_BN)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     common = ["train", "--cfg", str(cfg), "--data", str(data), "--iterations", "3", "--no-progress",
               "--batch", "4", "--subdivisions", "2", "--seed", "3"]
     one = subprocess.run([sys.executable, "-m", "darktune", *common, "--out", str(tmp_path / "one")], env=env,

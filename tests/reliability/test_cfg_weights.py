@@ -1,4 +1,4 @@
-"""Damaged model files: mutated cfgs (tests/test_cfg.py's 41 and the corpus's) and damaged `.weights` (cut at
+"""Damaged model files: mutated cfgs (tests/darknet/test_cfg.py's 41 and the corpus's) and damaged `.weights` (cut at
 10 points, extra bytes, bad headers, NaN) through every loader: the cfg parser and `darktune summary`;
 load_weights, the trainer's init_model, `darktune partial` and `darktune detect`.
 
@@ -18,8 +18,8 @@ from corpus import datasets
 from corpus.files import cfg_mutations, weights_cases
 from corpus.harness import exception_outcome
 from reliability_table import tally  # noqa: F401 (fixture)
-from test_cfg import MUTATIONS
-from test_weights import CUTS
+from darknet.test_cfg import MUTATIONS
+from darknet.test_weights import CUTS
 
 TINY = datasets.tiny_cfg_text()
 TINY_MUTATIONS = cfg_mutations(TINY)
@@ -176,7 +176,7 @@ def test_largest_seen_with_continue_schedule_trains_and_writes(tiny_files, tmp_p
 
 @pytest.mark.parametrize("cut", CUTS)
 def test_official_weights_cut_are_refused_by_partial(coco, cut, tmp_path, tally, capsys):
-    """tests/test_weights.py's 10 cut points of the official file, through `darktune partial` (its own test
+    """tests/darknet/test_weights.py's 10 cut points of the official file, through `darktune partial` (its own test
     covers load_weights)."""
     from darktune.cli import main
 

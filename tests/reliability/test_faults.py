@@ -25,7 +25,7 @@ from corpus.faults import KILL_POINTS, RANDOM_KILLS, DiskFull
 from corpus.harness import exception_outcome
 from reliability_table import tally  # noqa: F401 (fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,7 +44,7 @@ def test_sigkill_while_writing_checkpoints_never_loses_the_previous_one(tmp_path
     out = tmp_path / "kills.json"
     code = ("import sys; sys.path.insert(0, sys.argv[4]); from corpus import faults; "
             "faults.kill_driver(sys.argv[1], sys.argv[2], int(sys.argv[3]))")
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(out), "8", str(Path(__file__).parent)],
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(out), "8", str(Path(__file__).parents[1])],
                           capture_output=True, text=True, timeout=300)
     assert out.is_file(), proc.stderr[-3000:]
     results = json.loads(out.read_text())

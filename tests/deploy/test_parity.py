@@ -75,7 +75,7 @@ def test_budget_fails_real_errors(small, mutation):
 @pytest.mark.parametrize("isa", sorted(ISA_SETTINGS))
 def test_parity_under_narrower_instruction_sets(isa):
     """tests/parity_check.py in a subprocess with the ISA switches set: every runtime within its budget."""
-    script = Path(__file__).parent / "parity_check.py"
+    script = Path(__file__).parents[1] / "parity_check.py"
     env = {**os.environ, **ISA_SETTINGS[isa], "SIZE": "160"}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
