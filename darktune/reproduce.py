@@ -26,7 +26,7 @@ from pathlib import Path
 from darktune.errors import DarktuneError
 from darktune.darknet import zoo
 from darktune.files import atomic_write_bytes
-from darktune.data.dataset import write_darknet
+from darktune.data.formats.yolo import write_darknet
 from darktune.data.filter import filter_dataset, FilterRules
 from darktune.data.formats.openimages import read_openimages
 from darktune.data.synth.sets import make_domain_set, make_target_set, WINDOW_SCALE

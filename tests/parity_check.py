@@ -21,14 +21,15 @@ def main() -> int:
     import torch
 
     from darktune.darknet import zoo
-    from darktune.deploy.runtimes import load_model, make_backend
+    from darktune.darknet.load import load_darknet
+    from darktune.deploy.runtimes import make_backend
     from darktune.data.formats.image import read_image
     from darktune.deploy.detect import preprocess_batch
     from parity import excess, max_error, reference
 
     size = int(os.environ.get("SIZE", "224"))
     fetched = zoo.fetch("yolov3-tiny", progress=False)
-    model = load_model(fetched.cfg, fetched.weights, size)
+    model, _ = load_darknet(fetched.cfg, fetched.weights, size=size)
     photo = read_image(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
     batch = preprocess_batch([photo], (size, size))
     runs = {name: make_backend(name, fetched.cfg, fetched.weights, size=size, winograd=False)

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from darktune.data.dataset import Box, Dataset, ImageRecord, read_obj_data, write_darknet
+from darktune.data.dataset import Box, Dataset, ImageRecord
+from darktune.data.formats.yolo import read_obj_data, write_darknet
 from darktune.files import copy_file, open_regular, output_folder, read_regular
 from darktune.errors import DarktuneError
 

@@ -61,8 +61,9 @@ def test_export_onnx_needs_no_onnxscript(coco, tmp_path):
 
 @pytest.mark.parametrize("module", ["onnx", "onnxruntime"])
 def test_detect_onnxruntime_without_the_extra_says_what_to_install(coco, photo_path, tmp_path, module):
+    # a fresh home: with an ONNX export cached by another test, onnx itself is rightly not needed
     result = run_without((module,), ["detect", str(photo_path), *_model(coco), "--backend", "onnxruntime"],
-                         tmp_path)
+                         tmp_path, DARKTUNE_HOME=str(tmp_path / "home"))
     assert_one_line(result, module)
 
 

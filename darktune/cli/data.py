@@ -1,4 +1,5 @@
-"""`darktune data ...`: import, check, filter and stats of datasets (and `synth`, from cli.synth_cmd).
+"""`darktune data ...`: import, filter and stats of datasets (`check` from cli.data_check, `synth` from
+cli.synth_cmd).
 
 Only argparse at module level; the work is imported inside the command functions.
 """
@@ -6,6 +7,8 @@ Only argparse at module level; the work is imported inside the command functions
 from __future__ import annotations
 
 import argparse
+
+from darktune.cli.data_check import add_check_parser
 
 FORMATS = ("auto", "yolo", "coco", "voc", "openimages")
 SOURCES_HELP = """\
@@ -32,7 +35,7 @@ def add_commands(subparsers) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: _help(parser))
     _add_import(sub)
-    _add_check(sub)
+    add_check_parser(sub)
     _add_filter(sub)
     _add_stats(sub)
     try:
@@ -214,7 +217,7 @@ def _require_images(dataset, args) -> None:
 
 
 def cmd_import(args) -> int:
-    from darktune.data.dataset import read_obj_data, write_darknet
+    from darktune.data.formats.yolo import read_obj_data, write_darknet
 
     dataset, notes = load_sources(args)
     _require_images(dataset, args)
@@ -239,76 +242,6 @@ def cmd_import(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ check
-
-
-def _add_check(sub) -> None:
-    p = sub.add_parser("check", help="decode every image and validate every label",
-                       description="Check a darknet dataset (obj.data or its folder: train and valid lists) or any "
-                                   "folder of images with label .txt files. Every image is decoded fully once; "
-                                   "every label line is validated. Nothing in the dataset is modified; results "
-                                   "are cached under $DARKTUNE_HOME/cache/checks. Exit status: 0 no errors, "
-                                   "1 errors found (bad images are skipped by training), 2 --strict and any "
-                                   "problem.")
-    p.add_argument("target", metavar="DIR|obj.data")
-    p.add_argument("--classes", type=int, metavar="N", help="number of classes (folder scan without obj.names)")
-    p.add_argument("--strict", action="store_true", help="any problem, warnings included, is an error")
-    p.add_argument("--no-cache", action="store_true",
-                   help="do not reuse or write cached results. The cache trusts a file whose size and mtime are "
-                        "unchanged: an edit that keeps the size and puts the old mtime back (touch -r, some "
-                        "copy tools) is not seen without --no-cache")
-    p.add_argument("--json", action="store_true", help="print the reports as JSON")
-    p.set_defaults(func=cmd_check)
-
-
-def _problem_lines(problems, per_file: int = 20) -> list[str]:
-    """The text listing of a check: the first `per_file` problems of each file, then one line per file that had
-    more, counting the rest (a label file of 2 million bad lines prints 21 lines; --json keeps them all)."""
-    counts: dict[str, int] = {}
-    lines = []
-    for p in problems:
-        counts[p.path] = counts.get(p.path, 0) + 1
-        if counts[p.path] <= per_file:
-            lines.append(str(p))
-    lines += [f"{path}: ... and {n - per_file:,} more problems in this file (--json lists them all)"
-              for path, n in counts.items() if n > per_file]
-    return lines
-
-
-def cmd_check(args) -> int:
-    from pathlib import Path
-
-    from darktune.data.check import check_dataset, scan_folder, split_overlap
-
-    target = Path(args.target)
-    cache = not args.no_cache
-    if target.is_file() or (target / "obj.data").is_file():
-        reports = [check_dataset(target, split, cache=cache) for split in ("train", "valid")]
-        reports[0].problems += split_overlap(target)
-        if not reports[1].n_images:
-            reports = reports[:1]
-    else:
-        reports = [scan_folder(target, args.classes, cache=cache)]
-    if args.json:
-        _print_json([r.to_dict() for r in reports])
-    else:  # the report (each problem, then each split's summary) goes to stdout as one piece
-        for r in reports:
-            for line in _problem_lines(r.problems):
-                print(line)
-        for r in reports:
-            for line in r.unlabelled_lines():
-                print(line)
-        for r in reports:
-            print(r.summary())
-    if args.strict and any(r.problems for r in reports):
-        from darktune.errors import DarktuneError
-        from darktune.plural import plural
-
-        n = sum(len(r.problems) for r in reports)
-        raise DarktuneError(f"{plural(n, 'problem')} (strict mode)", path=str(target))
-    return 1 if any(r.n_errors for r in reports) else 0
-
-
-# ----------------------------------------------------------------------------------------------- filter
 
 
 def _add_filter(sub) -> None:
@@ -406,7 +339,7 @@ def cmd_filter(args) -> int:
 
 def _write(dataset, args):
     if args.out_format == "darknet":
-        from darktune.data.dataset import write_darknet
+        from darktune.data.formats.yolo import write_darknet
         return write_darknet(dataset, args.out, args.val_fraction, args.seed, link=args.link)
     if args.out_format == "coco":
         from darktune.data.formats.coco import write_coco

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from darktune.data.dataset import (MAX_LABEL_BYTES, Problem, label_path_for, parse_label_bytes, read_names,
-                                   read_obj_data)
+from darktune.data.dataset import Problem
+from darktune.data.formats.yolo import label_path_for, MAX_LABEL_BYTES, parse_label_bytes, read_names, read_obj_data
 from darktune.files import read_regular
 from darktune.data.formats.image import IMAGE_EXTENSIONS, MAX_PIXELS, inspect_image_bytes, sniff_format
 from darktune.errors import DarktuneError

@@ -24,7 +24,7 @@ from darktune.plural import plural
 from darktune.darknet.weights import (
     weights_bytes,
 )
-from darktune.data.dataset import read_obj_data
+from darktune.data.formats.yolo import read_obj_data
 from darktune.deploy.runtimes import OpenCVBackend
 
 

@@ -21,7 +21,7 @@ from darktune.darknet.load import classes_in_weights, load_darknet
 from darktune.errors import DarktuneError
 from darktune.darknet.cfg import parse_cfg
 from darktune.data.check import check_dataset
-from darktune.data.dataset import read_obj_data
+from darktune.data.formats.yolo import read_obj_data
 from darktune.data.formats.image import read_image
 from darktune.eval.metrics import evaluate
 from darktune.darknet.prefix import fold_bn, forward_rest, frozen_prefix_length, memory_budget, run_prefix

@@ -20,7 +20,7 @@ import numpy as np
 
 from darktune.data.stats import wh_iou
 from darktune.darknet.specs import NetworkSpec
-from darktune.data.dataset import label_path_for, read_label_file, read_obj_data
+from darktune.data.formats.yolo import label_path_for, read_label_file, read_obj_data
 
 
 @dataclass(frozen=True)

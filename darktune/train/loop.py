@@ -24,7 +24,7 @@ from darktune.darknet.cfg import format_cfg, parse_cfg, YoloSpec
 from darktune.darknet.model import Darknet
 from darktune.data.augment import AugmentConfig
 from darktune.data.check import check_dataset
-from darktune.data.dataset import read_obj_data
+from darktune.data.formats.yolo import read_obj_data
 from darktune.devices import resolve_device
 from darktune.train.checkpoint import load_checkpoint, set_rng_state
 from darktune.train.device_inputs import make_batches

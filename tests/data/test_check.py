@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from darktune.data.check import cache_path, check_dataset, scan_folder
-from darktune.data.dataset import parse_label_bytes, read_label_file
+from darktune.data.formats.yolo import parse_label_bytes, read_label_file
 from darktune.data.formats.image import decode_rgb, inspect_image_bytes, read_image_rgb, read_image_size
 from darktune.errors import DarktuneError
 

@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 from corpus.datasets import write_image
 
-from darktune.data.dataset import (
-    Box,
-    Dataset,
-    ImageRecord,
-    image_identity,
-    read_obj_data,
-    write_darknet,
-)
+from darktune.data.dataset import Box, Dataset, image_identity, ImageRecord
+from darktune.data.formats.yolo import read_obj_data, write_darknet
 from darktune.data.formats.yolo import read_yolo
 from darktune.data.merge import merge_datasets
 from darktune.errors import DarktuneError

@@ -12,15 +12,8 @@ import numpy as np
 import pytest
 from corpus.datasets import write_image
 
-from darktune.data.dataset import (
-    Box,
-    Dataset,
-    ImageRecord,
-    label_path_for,
-    read_obj_data,
-    split_indices,
-    write_darknet,
-)
+from darktune.data.dataset import Box, Dataset, ImageRecord
+from darktune.data.formats.yolo import label_path_for, read_obj_data, split_indices, write_darknet
 from darktune.data.formats.coco import read_coco, write_coco
 from darktune.data.formats.openimages import read_openimages, write_openimages
 from darktune.data.formats.voc import read_voc, write_voc

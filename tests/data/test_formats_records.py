@@ -15,7 +15,8 @@ import pytest
 from corpus.datasets import write_image
 from corpus.images import with_exif_orientation
 
-from darktune.data.dataset import Box, Dataset, ImageRecord, write_darknet
+from darktune.data.dataset import Box, Dataset, ImageRecord
+from darktune.data.formats.yolo import write_darknet
 from darktune.data.filter import FilterRules, filter_dataset
 from darktune.data.formats.coco import read_coco, write_coco
 from darktune.data.formats.openimages import read_openimages

@@ -361,7 +361,7 @@ def test_model_trained_by_darktune_train_exports_to_opencv(coco, images, tmp_pat
     assert main(["export", "darknet", "--run", str(run), "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["classes"] == 1
-    assert report["max_abs_diff"] <= _pair_budget(load_model(out / "model.cfg", out / "model.weights"), "opencv",
+    assert report["max_abs_diff"] <= _pair_budget(load_darknet(out / "model.cfg", out / "model.weights")[0], "opencv",
                                                   "torch")
     assert (out / "model.names").read_text() == "window\n"
     assert (out / "model.weights").read_bytes() == (run / "weights" / "best.weights").read_bytes()

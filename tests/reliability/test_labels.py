@@ -40,7 +40,7 @@ def _row_ok(row, n_classes: int) -> bool:
 
 @pytest.mark.parametrize("name", _params(LABELS, LABEL_BUGS))
 def test_label_validator(name, tally):
-    from darktune.data.dataset import parse_label_bytes
+    from darktune.data.formats.yolo import parse_label_bytes
 
     case = next(c for c in LABELS if c.name == name)
     t = tally("labels")
@@ -162,7 +162,7 @@ def test_random_label_files_never_crash_the_validator(tally):
     """1,000 random label files (random bytes, random tokens and separators, BOMs, NaN/inf, huge numbers,
     unicode digits): the validator returns only sane rows and names the line of every error. Tokens are short
     (the 5000-digit class id is its own case above)."""
-    from darktune.data.dataset import parse_label_bytes
+    from darktune.data.formats.yolo import parse_label_bytes
 
     t = tally("label_fuzz")
     seen = {"n": 0}
