@@ -105,13 +105,15 @@ def _print_outcome(result, report, as_json: bool, extra: dict | None = None) -> 
 
 def cmd_experiment(args) -> int:
     from darktune.errors import DarktuneError
-    from darktune.experiment.runner import run_experiment
     from darktune.experiment.spec import load_spec
-    from darktune.report.render import write_report
 
     if args.jobs < 1:
         raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec)  # before torch is imported: a bad spec is refused at once
+
+    from darktune.experiment.runner import run_experiment
+    from darktune.report.render import write_report
+
     result = run_experiment(spec, args.out, jobs=args.jobs, devices=_devices(args.devices),
                             progress=not args.no_progress, rerun_changed=args.rerun_changed,
                             keep_checkpoints=args.keep_checkpoints)
