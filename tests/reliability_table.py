@@ -68,7 +68,7 @@ KINDS = {
                "formulas in CSV cells",
 }
 
-INTRO = ("Every figure below is counted by the reliability tests as they run (`tests/test_reliability_*.py`, "
+INTRO = ("Every figure below is counted by the reliability tests as they run (`tests/reliability/test_*.py`, "
          "`tests/train/test_determinism.py`, inputs from `tests/corpus/`; `python -m tests.corpus.generate DIR` writes "
          "them all). *Inputs* are distinct hostile or broken inputs, *checks* are (input, code path) pairs. A check "
          "passes when darktune decodes the input correctly or refuses it with a message naming the file (a counted "
