@@ -78,12 +78,19 @@ def rand_scale(rng: np.random.Generator, s: float) -> float:
     return scale if rng.random() < 0.5 else 1.0 / scale
 
 
-def random_network_size(rng: np.random.Generator, base: int, lo: float = 1 / 1.4, hi: float = 1.4,
-                        multiple: int = 32) -> int:
-    """Multi-scale training size: a multiple of `multiple` drawn uniformly within [base*lo, base*hi]."""
-    k_lo = max(1, math.ceil(base * lo / multiple - 1e-9))
-    k_hi = max(k_lo, math.floor(base * hi / multiple + 1e-9))
-    return int(rng.integers(k_lo, k_hi + 1)) * multiple
+def darknet_size(r: float, base: int, step: int = 32) -> int:
+    """darknet's multi-scale size for scale r (`detector.c`): roundl(r*base/step + 1)*step, never above `base`
+    when r < 1 (small networks), never below `step`."""
+    dim = math.floor(r * base / step + 1 + 0.5) * step  # roundl: half away from zero (the argument is > 0)
+    if r < 1 and dim > base:
+        dim = base
+    return int(max(step, dim))
+
+
+def random_network_size(rng: np.random.Generator, base: int, coef: float = 1.4, step: int = 32) -> int:
+    """darknet's random=1 draw: darknet_size(rand_scale(coef), base) (coef = the [yolo] random value when it is
+    not 1, else 1.4). At 160: 160 (p 1/2), 192, 224, 256; mean 192."""
+    return darknet_size(rand_scale(rng, coef), int(base), step)
 
 
 def _size_wh(size: int | tuple[int, int]) -> tuple[int, int]:
