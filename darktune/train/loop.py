@@ -100,16 +100,18 @@ def _training_items(config: TrainConfig, log) -> list:
 
 
 def augment_config(spec, enabled: bool = True):
-    """Darknet's augmentation from the cfg (jitter of the first [yolo]; [net] hue, saturation, exposure,
-    flip, mosaic, letter_box), or None when off."""
+    """Darknet's augmentation from the cfg (jitter and resize of the last [yolo], as darknet's train_detector
+    reads them; [net] hue, saturation, exposure, flip, mosaic, letter_box), or None when off."""
     if not enabled:
         return None
 
     yolos = [layer for layer in spec.layers if isinstance(layer, YoloSpec)]
-    jitter = min(0.49, yolos[0].jitter) if yolos else 0.0
+    jitter = min(0.49, yolos[-1].jitter) if yolos else 0.0
+    resize = yolos[-1].resize if yolos else 1.0
     n = spec.net
     return AugmentConfig(jitter=jitter, hue=min(0.5, n.hue), saturation=max(1.0, n.saturation),
-                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=n.mosaic, letterbox=n.letter_box)
+                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=n.mosaic, letterbox=n.letter_box,
+                         resize=resize)
 
 
 def build_run(config: TrainConfig, progress: bool) -> Run:
