@@ -26,6 +26,7 @@ from darktune.data.augment import AugmentConfig
 from darktune.data.check import check_dataset
 from darktune.data.formats.yolo import read_obj_data
 from darktune.devices import resolve_device
+from darktune.train.cfg_keys import refuse_unhonoured
 from darktune.train.checkpoint import load_checkpoint, set_rng_state
 from darktune.train.device_inputs import make_batches
 from darktune.train.freeze import frozen_at, layer_digests, set_frozen
@@ -132,6 +133,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     model = Darknet(spec)
     run_dir = Path(config.out)
     frozen = frozen_at(config, 0, len(spec.layers))
+    refuse_unhonoured(spec, frozen)  # mixup/cutmix/blur/gaussian_noise; stopbackward beyond the freeze
     set_frozen(model, frozen)
     model.to(dist.device)
     channels_last = True if config.channels_last is None else config.channels_last  # faster on CPU too (oneDNN)
