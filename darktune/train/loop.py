@@ -26,6 +26,7 @@ from darktune.data.augment import AugmentConfig
 from darktune.data.check import check_dataset
 from darktune.data.formats.yolo import read_obj_data
 from darktune.devices import resolve_device
+from darktune.train.cfg_keys import refuse_unhonoured
 from darktune.train.checkpoint import load_checkpoint, set_rng_state
 from darktune.train.device_inputs import make_batches
 from darktune.train.freeze import frozen_at, layer_digests, set_frozen
@@ -100,16 +101,18 @@ def _training_items(config: TrainConfig, log) -> list:
 
 
 def augment_config(spec, enabled: bool = True):
-    """Darknet's augmentation from the cfg (jitter of the first [yolo]; [net] hue, saturation, exposure,
-    flip, mosaic, letter_box), or None when off."""
+    """Darknet's augmentation from the cfg (jitter and resize of the last [yolo], as darknet's train_detector
+    reads them; [net] hue, saturation, exposure, flip, mosaic, letter_box), or None when off."""
     if not enabled:
         return None
 
     yolos = [layer for layer in spec.layers if isinstance(layer, YoloSpec)]
-    jitter = min(0.49, yolos[0].jitter) if yolos else 0.0
+    jitter = min(0.49, yolos[-1].jitter) if yolos else 0.0
+    resize = yolos[-1].resize if yolos else 1.0
     n = spec.net
     return AugmentConfig(jitter=jitter, hue=min(0.5, n.hue), saturation=max(1.0, n.saturation),
-                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=n.mosaic, letterbox=n.letter_box)
+                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=n.mosaic, letterbox=n.letter_box,
+                         resize=resize)
 
 
 def build_run(config: TrainConfig, progress: bool) -> Run:
@@ -130,6 +133,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     model = Darknet(spec)
     run_dir = Path(config.out)
     frozen = frozen_at(config, 0, len(spec.layers))
+    refuse_unhonoured(spec, frozen)  # mixup/cutmix/blur/gaussian_noise; stopbackward beyond the freeze
     set_frozen(model, frozen)
     model.to(dist.device)
     channels_last = True if config.channels_last is None else config.channels_last  # faster on CPU too (oneDNN)
