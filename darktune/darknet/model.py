@@ -14,14 +14,25 @@ from torch import nn
 from darktune.darknet.cfg import (ConvSpec, MaxPoolSpec, NetworkSpec, RouteSpec, ShortcutSpec, UpsampleSpec, YoloSpec,
                           infer_shapes)
 
-BN_EPS = 1e-6  # darknet normalises with variance + 1e-6 (.000001f); OpenCV DNN agrees best with it too
+# darknet's CPU path normalises with variance + 1e-6 (.000001f), its GPU/cuDNN path (where the official weights
+# were trained) with 1e-5. 1e-6 is kept: OpenCV DNN and darknet-CPU agree with it (yolov4-tiny raw heads within
+# 1.4e-4 of OpenCV vs 1.2e-3 with 1e-5); see docs/darknet_training.md
+BN_EPS = 1e-6
+
+
+class HardMish(nn.Module):
+    """darknet's hard_mish (`activations.c`): x for x > 0, x^2/2 + x on (-2, 0], 0 below (= x*clamp(x+2, 0, 2)/2),
+    written with darknet's branches so the gradient is darknet's too (1, x + 1, 0; 0 at -2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, torch.where(x > -2, x * (0.5 * x + 1), torch.zeros_like(x)))
 
 
 def activation(name: str) -> nn.Module:
     """Darknet activation by cfg name (leaky is 0.1, as in darknet)."""
     table = {
         "linear": nn.Identity, "relu": nn.ReLU, "logistic": nn.Sigmoid, "tanh": nn.Tanh, "mish": nn.Mish,
-        "swish": nn.SiLU, "elu": nn.ELU, "selu": nn.SELU, "gelu": nn.GELU, "hard_mish": nn.Hardswish,
+        "swish": nn.SiLU, "elu": nn.ELU, "selu": nn.SELU, "gelu": nn.GELU, "hard_mish": HardMish,
     }
     if name == "leaky":
         return nn.LeakyReLU(0.1, inplace=True)

@@ -118,7 +118,6 @@ def _problem(model: KnownModel, name: str, path: Path) -> str | None:
     if expected:
         return None if sha256_file(path) == expected else "sha256 does not match the known file"
     if name.endswith(".cfg"):
-
         try:
             parse_cfg(path)
         except DarktuneError as exc:

@@ -3,13 +3,17 @@
 Owns: AugmentConfig (the darknet keys jitter, hue, saturation, exposure, flip, mosaic, letterbox), the
 geometric transform (jitter crop/pad + resize or letterbox + horizontal flip, done as ONE cv2.warpAffine),
 the colour transform (hue shift, saturation and exposure scaling in HSV, done with one cv2.LUT), 4-image
-mosaic, multi-scale network sizes, and the matching box transforms.
+mosaic (darknet's: about half the samples, cut in [0.2, 0.8], each tile a window of a full-size augmented
+image with its own flip and colour), multi-scale network sizes, and the matching box transforms.
 
 Semantics (darknet data.c load_data_detection): with dw = jitter*orig_w and dh = jitter*orig_h, the crop
 offsets pleft, pright, ptop, pbot are uniform in [-dw, dw] / [-dh, dh] (negative = pad); the crop
 (orig_w - pleft - pright) x (orig_h - ptop - pbot) is resized to the network size. Hue is shifted by
 uniform(-hue, hue) of the full circle; saturation and exposure are scaled by darknet's rand_scale(s):
-uniform(1, s), inverted with probability 1/2. Flip is horizontal with p = 0.5 when enabled. Padding is grey.
+uniform(1, s), inverted with probability 1/2. Flip is horizontal with p = 0.5 when enabled. Padding is grey
+(darknet fills with the image's mean colour). ``resize`` ([yolo] resize, yolov4-tiny: 1.5) adds darknet's
+correlated scale to the offsets (`resize_offsets`): both axes zoom together, objects x 1/resize .. x resize.
+Offsets are floats (darknet truncates them to whole pixels).
 
 Images are RGB uint8 (H, W, 3). Boxes everywhere: float32 (n, 5) [cls, cx, cy, w, h], normalised to the image.
 Boxes are clipped to the image (to the tile in a mosaic); boxes under MIN_BOX_PX pixels or MIN_BOX_NORM of
@@ -43,10 +47,13 @@ class AugmentConfig:
     flip: bool = False
     mosaic: bool = False
     letterbox: bool = False
+    resize: float = 1.0  # [yolo] resize: darknet's correlated crop scale (1 = off)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.jitter < 0.5:
             raise DarktuneError(f"jitter must be in [0, 0.5), got {self.jitter}")
+        if not (math.isfinite(self.resize) and 0.1 <= self.resize <= 10.0):
+            raise DarktuneError(f"resize must be in [0.1, 10], got {self.resize}")
         if not 0.0 <= self.hue <= 0.5:
             raise DarktuneError(f"hue must be in [0, 0.5], got {self.hue}")
         for name in ("saturation", "exposure"):
@@ -78,12 +85,19 @@ def rand_scale(rng: np.random.Generator, s: float) -> float:
     return scale if rng.random() < 0.5 else 1.0 / scale
 
 
-def random_network_size(rng: np.random.Generator, base: int, lo: float = 1 / 1.4, hi: float = 1.4,
-                        multiple: int = 32) -> int:
-    """Multi-scale training size: a multiple of `multiple` drawn uniformly within [base*lo, base*hi]."""
-    k_lo = max(1, math.ceil(base * lo / multiple - 1e-9))
-    k_hi = max(k_lo, math.floor(base * hi / multiple + 1e-9))
-    return int(rng.integers(k_lo, k_hi + 1)) * multiple
+def darknet_size(r: float, base: int, step: int = 32) -> int:
+    """darknet's multi-scale size for scale r (`detector.c`): roundl(r*base/step + 1)*step, never above `base`
+    when r < 1 (small networks), never below `step`."""
+    dim = math.floor(r * base / step + 1 + 0.5) * step  # roundl: half away from zero (the argument is > 0)
+    if r < 1 and dim > base:
+        dim = base
+    return int(max(step, dim))
+
+
+def random_network_size(rng: np.random.Generator, base: int, coef: float = 1.4, step: int = 32) -> int:
+    """darknet's random=1 draw: darknet_size(rand_scale(coef), base) (coef = the [yolo] random value when it is
+    not 1, else 1.4). At 160: 160 (p 1/2), 192, 224, 256; mean 192."""
+    return darknet_size(rand_scale(rng, coef), int(base), step)
 
 
 def _size_wh(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -119,15 +133,34 @@ def map_boxes(boxes: np.ndarray, src_wh: tuple[int, int], affine: tuple[float, f
     return out.astype(np.float32)
 
 
+def resize_range(resize: float) -> tuple[float, float]:
+    """(lo, hi) of darknet's resize offset as a fraction of the source side (data.c): with down = resize or
+    1/resize (whichever is <= 1) and up its inverse, lo = (1 - 1/down)/2 <= 0, hi = (1 - 1/up)/2 >= 0, hi = 0
+    when resize < 1. resize 1.5: (-0.25, 1/6): a 640 px side gets offsets in [-160, 106.7] per edge."""
+    down = resize if resize <= 1 else 1 / resize
+    up = resize if resize >= 1 else 1 / resize
+    return (1 - 1 / down) / 2, ((1 - 1 / up) / 2 if resize >= 1 else 0.0)
+
+
+def resize_offsets(r1: float, r2: float, resize: float, sw: float, sh: float) -> tuple[float, ...]:
+    """darknet's resize part of (pleft, pright, ptop, pbot): left and top share r1, right and bottom r2."""
+    lo, hi = resize_range(resize)
+    a, b = lo + r1 * (hi - lo), lo + r2 * (hi - lo)
+    return a * sw, b * sw, a * sh, b * sh
+
+
 def _geometry(rng: np.random.Generator | None, src_wh: tuple[int, int], out_wh: tuple[int, int],
-              jitter: float, letterbox: bool, flip: bool) -> tuple[float, float, float, float]:
-    """(ax, bx, ay, by) mapping source pixel edges to output pixel edges: jitter crop, resize, flip."""
+              jitter: float, letterbox: bool, flip: bool, resize: float = 1.0) -> tuple[float, float, float, float]:
+    """(ax, bx, ay, by) mapping source pixel edges to output pixel edges: jitter (+ resize) crop, resize, flip."""
     sw, sh = src_wh
     ow, oh = out_wh
     pleft = pright = ptop = pbot = 0.0
     if jitter > 0 and rng is not None:
         pleft, pright = rng.uniform(-jitter * sw, jitter * sw, 2)
         ptop, pbot = rng.uniform(-jitter * sh, jitter * sh, 2)
+    if resize != 1.0 and rng is not None:  # drawn only when set: resize=1 keeps the earlier random stream
+        rl, rr, rt, rb = resize_offsets(*rng.random(2), resize, sw, sh)
+        pleft, pright, ptop, pbot = pleft + rl, pright + rr, ptop + rt, pbot + rb
     cw, ch = sw - pleft - pright, sh - ptop - pbot
     if letterbox:
         sx = sy = min(ow / cw, oh / ch)
@@ -197,30 +230,68 @@ def augment_sample(img: np.ndarray, boxes: np.ndarray, size: int | tuple[int, in
     out_wh = _size_wh(size)
     src_wh = (img.shape[1], img.shape[0])
     flip = cfg.flip and rng.random() < 0.5
-    affine = _geometry(rng, src_wh, out_wh, cfg.jitter, cfg.letterbox, flip)
+    affine = _geometry(rng, src_wh, out_wh, cfg.jitter, cfg.letterbox, flip, cfg.resize)
     out = warp_image(img, affine, out_wh)
     return distort_colour(out, rng, cfg), map_boxes(boxes, src_wh, affine, (0, 0, *out_wh), out_wh)
 
 
+MOSAIC_PROB = 0.5  # darknet mosaics about half the samples (it decides per loader chunk; we per sample)
+MOSAIC_MIN_OFFSET = 0.2  # darknet's cut: rand_int(int(0.2*w), int(0.8*w)), inclusive
+
+
+def mosaic_cut(rng: np.random.Generator, ow: int, oh: int) -> tuple[int, int]:
+    """darknet's mosaic centre: integers uniform in [int(0.2*w), int(0.8*w)] and likewise for h."""
+    lo_x, hi_x = int(MOSAIC_MIN_OFFSET * ow), int((1 - MOSAIC_MIN_OFFSET) * ow)
+    lo_y, hi_y = int(MOSAIC_MIN_OFFSET * oh), int((1 - MOSAIC_MIN_OFFSET) * oh)
+    return int(rng.integers(lo_x, hi_x + 1)), int(rng.integers(lo_y, hi_y + 1))
+
+
+def mosaic_windows(cut: tuple[int, int], out_wh: tuple[int, int], pads: Sequence[tuple[int, int, int, int]]
+                   ) -> list[tuple[tuple[int, int, int, int], tuple[int, int]]]:
+    """Per tile k (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right): its output rectangle (x0, y0, x1, y1)
+    and the top-left (sx, sy) of the window copied from source k's full-size augmented image (darknet data.c,
+    blend_truth_mosaic): tiles on the left take the window ending at the source's right edge less its right
+    padding, tiles on the right the window starting after its left padding (same for top/bottom); pads are
+    (left, top, right, bottom) padded margins in output pixels, capped so the window stays inside."""
+    cx, cy = cut
+    ow, oh = out_wh
+    out = []
+    for k, (pl, pt, pr, pb) in enumerate(pads):
+        left, top = k in (0, 2), k in (0, 1)
+        rect = (0 if left else cx, 0 if top else cy, cx if left else ow, cy if top else oh)
+        sx = ow - cx - min(pr, ow - cx) if left else min(pl, cx)
+        sy = oh - cy - min(pb, oh - cy) if top else min(pt, cy)
+        out.append((rect, (sx, sy)))
+    return out
+
+
 def augment_mosaic(samples: Sequence[tuple[np.ndarray, np.ndarray]], size: int | tuple[int, int],
                    cfg: AugmentConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """4-image mosaic: a random centre splits the output into 4 tiles; each tile is one jittered image
-    resized (or letterboxed) into it; then flip and colour distortion of the whole."""
+    """darknet's 4-image mosaic: a cut (`mosaic_cut`) splits the output into 4 tiles; each source is augmented
+    IN FULL at the output size with its own jitter/resize crop, flip and colour, and tile k is a window of
+    source k (`mosaic_windows`; no second resize: objects keep their full-image scale and aspect). Only the
+    window is warped and coloured (the same pixels as slicing the full-size sample)."""
     if len(samples) != 4:
         raise ValueError(f"mosaic needs 4 samples, got {len(samples)}")
     ow, oh = _size_wh(size)
-    xc, yc = int(rng.uniform(0.25, 0.75) * ow), int(rng.uniform(0.25, 0.75) * oh)
-    tiles = ((0, 0, xc, yc), (xc, 0, ow, yc), (0, yc, xc, oh), (xc, yc, ow, oh))
-    canvas = np.empty((oh, ow, 3), np.uint8)
-    parts = []
-    for (img, boxes), (x0, y0, x1, y1) in zip(samples, tiles):
+    cut = mosaic_cut(rng, ow, oh)
+    affines, pads = [], []
+    for img, boxes in samples:
         _check(img, boxes)
         src_wh = (img.shape[1], img.shape[0])
-        ax, bx, ay, by = _geometry(rng, src_wh, (x1 - x0, y1 - y0), cfg.jitter, cfg.letterbox, False)
-        canvas[y0:y1, x0:x1] = warp_image(img, (ax, bx, ay, by), (x1 - x0, y1 - y0))
-        parts.append(map_boxes(boxes, src_wh, (ax, bx + x0, ay, by + y0), (x0, y0, x1, y1), (ow, oh)))
-    out_boxes = np.concatenate(parts, axis=0)
-    if cfg.flip and rng.random() < 0.5:
-        canvas = np.ascontiguousarray(canvas[:, ::-1])
-        out_boxes = flip_boxes(out_boxes)
-    return distort_colour(canvas, rng, cfg), out_boxes
+        flip = cfg.flip and rng.random() < 0.5
+        ax, bx, ay, by = _geometry(rng, src_wh, (ow, oh), cfg.jitter, cfg.letterbox, flip, cfg.resize)
+        x_lo, x_hi = sorted((bx, ax * src_wh[0] + bx))
+        y_lo, y_hi = sorted((by, ay * src_wh[1] + by))
+        affines.append((ax, bx, ay, by))
+        pads.append(tuple(max(0, int(v)) for v in (x_lo, y_lo, ow - x_hi, oh - y_hi)))
+    canvas = np.empty((oh, ow, 3), np.uint8)
+    parts = []
+    for (img, boxes), (ax, bx, ay, by), ((x0, y0, x1, y1), (sx, sy)) in zip(
+            samples, affines, mosaic_windows(cut, (ow, oh), pads)):
+        src_wh = (img.shape[1], img.shape[0])
+        tile_affine = (ax, bx - sx, ay, by - sy)  # full-size map, then the window's origin
+        tile = warp_image(img, tile_affine, (x1 - x0, y1 - y0))
+        canvas[y0:y1, x0:x1] = distort_colour(tile, rng, cfg)
+        parts.append(map_boxes(boxes, src_wh, (ax, bx - sx + x0, ay, by - sy + y0), (x0, y0, x1, y1), (ow, oh)))
+    return canvas, np.concatenate(parts, axis=0)

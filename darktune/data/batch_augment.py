@@ -11,6 +11,8 @@ Owns `augment_batch` (= `sample_params` + `apply_params` = `apply_images` + `app
   ~3x cheaper than affine_grid's per-pixel matmul on the CPU). It follows the CPU's pixel-centre convention
   x_dst + 0.5 = ax * (x_src + 0.5) + bx; the grey fill comes from sampling (img - 127) with zero padding
   and adding 127 back, so edges blend with grey as cv2.warpAffine(BORDER_CONSTANT) does.
+* resize (cfg.resize != 1, [yolo] resize): darknet's correlated scale added to the pads (`augment.resize_range`;
+  left/top share one uniform, right/bottom another), as the CPU path.
 * flip: horizontal with p = 0.5 when cfg.flip (folded into the same grid: no extra pass).
 * colour, per output image (darknet random_distort_image; the CPU path does it in OpenCV 8-bit HSV): hue
   shifted by round(U(-hue, hue) * 180) / 180 of the circle (wrapping), saturation and exposure multiplied by
@@ -19,8 +21,11 @@ Owns `augment_batch` (= `sample_params` + `apply_params` = `apply_images` + `app
   e = min(exposure, 1/v) and d = min(saturation, v/(v - min))). Differences from the CPU path come only
   from its 8-bit quantisation: measured mean < 1 level of 255, max <= 6 (OpenCV's own 8-bit HSV round trip
   moves pixels by up to 4 levels).
-* mosaic (cfg.mosaic, every image, like the CPU path): a centre (int(U(0.25, 0.75) * size) per axis) cuts
-  the output into 4 tiles; tile k of output b shows batch image perm_k[b] (perm_0 = identity, the others
+* mosaic (cfg.mosaic): darknet's cut (an integer in [int(0.2*size), int(0.8*size)] per axis) splits the
+  output into 4 tiles. NOT the CPU path's (darknet's) tiles: here every image is a mosaic (CPU and darknet:
+  about half), each tile is its image jittered and resized INTO the tile (CPU and darknet: a window of the
+  full-size augmented image, objects at full scale) with one flip and colour per canvas (CPU and darknet: per
+  tile); listed in docs/darknet_training.md; tile k of output b shows batch image perm_k[b] (perm_0 = identity, the others
   random permutations of the batch, so every image is used once per tile and the target count stays 4N;
   the CPU path draws its 3 partners from the whole data set), jittered and resized into the tile; then flip
   and colour of the whole canvas, as in the CPU path. Cost: 4 full-size samples per image (selected per
@@ -52,7 +57,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from darktune.data.augment import GREY, MIN_BOX_NORM, MIN_BOX_PX, AugmentConfig
+from darktune.data.augment import GREY, MIN_BOX_NORM, MIN_BOX_PX, AugmentConfig, resize_range
 
 _FILL = GREY / 255.0
 CPU_BAND_ELEMS = 1 << 19  # values per band on the CPU (~2 MB of float32)
@@ -100,8 +105,10 @@ def sample_params(batch: int, cfg: AugmentConfig, out_size: int | tuple[int, int
     u = torch.rand((batch, 4 * k + 8), generator=generator, device=dev)
     pads = (u[:, :4 * k].view(batch, k, 4) * 2 - 1) * cfg.jitter
     if cfg.mosaic:
-        xc = torch.floor((0.25 + 0.5 * u[:, -8]) * ow)
-        yc = torch.floor((0.25 + 0.5 * u[:, -7]) * oh)
+        # darknet's cut: an integer uniform in [int(0.2*w), int(0.8*w)] (augment.mosaic_cut)
+        lo_x, lo_y = int(0.2 * ow), int(0.2 * oh)
+        xc = lo_x + torch.floor(u[:, -8] * (int(0.8 * ow) - lo_x + 1)).clamp(max=int(0.8 * ow) - lo_x)
+        yc = lo_y + torch.floor(u[:, -7] * (int(0.8 * oh) - lo_y + 1)).clamp(max=int(0.8 * oh) - lo_y)
         zero, w_, h_ = torch.zeros_like(xc), torch.full_like(xc, ow), torch.full_like(yc, oh)
         tiles = torch.stack([torch.stack(r, 1) for r in ((zero, zero, xc, yc), (xc, zero, w_, yc),
                                                            (zero, yc, xc, h_), (xc, yc, w_, h_))], 1)
@@ -110,6 +117,10 @@ def sample_params(batch: int, cfg: AugmentConfig, out_size: int | tuple[int, int
     else:
         tiles = _const_rows(batch, (0.0, 0.0, ow, oh), dev).view(batch, 1, 4)
         src = torch.arange(batch, device=dev)[:, None]
+    if cfg.resize != 1.0:  # darknet's resize: left/top share r1, right/bottom r2 (drawn only when set)
+        lo, hi = resize_range(cfg.resize)
+        r = lo + torch.rand((batch, k, 2), generator=generator, device=dev) * (hi - lo)
+        pads = pads + torch.stack((r[..., 0], r[..., 0], r[..., 1], r[..., 1]), -1)  # pleft, ptop, pright, pbot
     flip = (u[:, -6] < 0.5) if cfg.flip else torch.zeros(batch, dtype=torch.bool, device=dev)
     hue = torch.round((u[:, -5] * 2 - 1) * cfg.hue * 180) / 180
     sat = _rand_scale(u[:, -4], u[:, -3], cfg.saturation)

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from darktune.data.augment import AugmentConfig, augment_mosaic, augment_sample, resize_sample
+from darktune.data.augment import MOSAIC_PROB, AugmentConfig, augment_mosaic, augment_sample, resize_sample
 from darktune.data.formats.image import read_image
 from darktune.errors import DarktuneError
 from darktune.plural import plural
@@ -138,7 +138,7 @@ class DetectionDataset:
             return resize_sample(img, boxes, size, self.letterbox)
         cfg = replace(self.augment, letterbox=self.letterbox)
         rng = np.random.default_rng([int(seed), int(epoch), int(index)])
-        if not cfg.mosaic:
+        if not cfg.mosaic or rng.random() >= MOSAIC_PROB:  # darknet mosaics about half the samples
             return augment_sample(img, boxes, size, cfg, rng)
         samples = [(img, boxes)]
         for j in rng.integers(0, len(self), 3):

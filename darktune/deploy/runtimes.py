@@ -89,7 +89,6 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if fuse:
-
             net = fuse_model(model, precise=precise)
         else:
             net = copy.deepcopy(model).eval().requires_grad_(False)
@@ -281,7 +280,6 @@ def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, 
     else:
         parse_device(device)  # ONNX Runtime and OpenCV check their own CUDA support
     if name == "onnxruntime" and onnx is not None:
-
         backend = OnnxRuntimeBackend(onnx, parse_cfg(cfg) if cfg else None, device, threads, cfg_path=cfg)
         if size is not None and backend.net_hw != (size, size):
             raise DarktuneError(f"the ONNX model takes {backend.net_hw[1]}x{backend.net_hw[0]} input, not --size "

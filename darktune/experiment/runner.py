@@ -155,7 +155,6 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
     out_dir = Path(out_dir)
     _check_data(spec)
     if devices:
-
         for device in devices:  # a device that is not here fails every run; say so once, before any
             resolve_device(device, "--devices")
     cfg = resolve_cfg(spec)

@@ -53,12 +53,12 @@ class DeviceBatches(SampleOrder):
     input_path = "gpu_augment"
 
     def __init__(self, items: list[tuple[Path, np.ndarray]], size: tuple[int, int], augment, batch: int,
-                 subdivisions: int, seed: int, rank: int = 0, world: int = 1, multi_scale: bool = False,
+                 subdivisions: int, seed: int, rank: int = 0, world: int = 1, multi_scale: bool | float = False,
                  device: torch.device | None = None, letterbox: bool = False, cache_path: Path | None = None,
-                 progress: bool = False):
+                 progress: bool = False, iterations: int | None = None):
         if not items:
             raise DarktuneError("no usable training images")
-        super().__init__(len(items), size, batch, subdivisions, seed, rank, world, multi_scale)
+        super().__init__(len(items), size, batch, subdivisions, seed, rank, world, multi_scale, iterations)
 
         self.device = device or torch.device("cpu")
         letterbox = bool(letterbox or (augment is not None and augment.letterbox))
@@ -130,14 +130,19 @@ def _rank_slice(x: torch.Tensor, t: torch.Tensor, first: int, n: int) -> tuple[t
     return x[first:first + n], t
 
 
-def multi_scale_of(config, spec) -> bool:
-    """--multi-scale / --no-multi-scale, else darknet's: on when a [yolo] layer of the cfg says random=1.
-    `--no-augment` (no random transformation of the inputs) also means no random sizes unless asked for."""
+def multi_scale_of(config, spec) -> float:
+    """Multi-scale coefficient (0: off): --multi-scale / --no-multi-scale, else darknet's: on when the last [yolo]
+    layer of the cfg sets random (darknet reads the last layer's); the coefficient is that random value when it
+    is not 0 or 1, else 1.4. `--no-augment` (no random transformation of the inputs) also means no random sizes
+    unless asked for."""
+    yolos = [layer for layer in spec.layers if isinstance(layer, YoloSpec)]
+    random = float(yolos[-1].random) if yolos else 0.0
+    coef = random if random not in (0.0, 1.0) else 1.4
     if config.multi_scale is not None:
-        return bool(config.multi_scale)
+        return coef if config.multi_scale else 0.0
     if not config.augment:
-        return False
-    return any(isinstance(layer, YoloSpec) and layer.random for layer in spec.layers)
+        return 0.0
+    return coef if random else 0.0
 
 
 def make_batches(config, spec, items: list, augment, batch: int, subdivisions: int, dist, progress: bool):
@@ -145,9 +150,11 @@ def make_batches(config, spec, items: list, augment, batch: int, subdivisions: i
     `darktune.train.inputs.TrainBatches`; both have `inputs`, `position`, `size_at`, `input_path`, `close`."""
     size = (spec.net.height, spec.net.width)
     multi = multi_scale_of(config, spec)
+    iterations = config.iterations or spec.net.max_batches  # darknet: the largest size for the last ~100
     gpu = dist.device.type == "cuda" if config.gpu_augment is None else config.gpu_augment
     if gpu:
         return DeviceBatches(items, size, augment, batch, subdivisions, config.seed, dist.rank, dist.world, multi,
-                             dist.device, letterbox=spec.net.letter_box, progress=progress)
+                             dist.device, letterbox=spec.net.letter_box, progress=progress,
+                             iterations=iterations)
     return TrainBatches(items, size, augment, batch, subdivisions, config.seed, dist.rank, dist.world,
-                        config.workers, multi, dist.device)
+                        config.workers, multi, dist.device, iterations)

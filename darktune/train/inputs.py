@@ -11,10 +11,12 @@ network size per side. Augmentation is darknet's (jitter, hue, saturation, expos
 cfg asks) from `darktune.data.augment`.
 With ``workers > 0`` the next micro-batch is prepared in a background thread while the model computes.
 
-Multi-scale (darknet's ``random=1``): the network input of iteration ``it`` (0-based) is
-`network_size(seed, it, base)`, a multiple of 32 drawn uniformly in [base / 1.4, base * 1.4]
-(`darktune.data.augment.random_network_size`) from ``default_rng([seed, it // 10, 31])``: a new size every
-10 iterations, a pure function of (seed, it // 10), the same on every rank. This CPU loader *loads* each
+Multi-scale (darknet's ``random``, of the last [yolo] layer): the network input of iteration ``it`` (0-based)
+is `network_size(seed, it, base, coef, iterations)`: darknet's rule (`detector.c`): the largest size
+roundl(coef*base/32 + 1)*32 for the first 10 iterations and the last ~100, else
+roundl(rand_scale(coef)*base/32 + 1)*32 (never above base when the scale is under 1), coef = random when it is
+not 1, else 1.4 (`darktune.data.augment.random_network_size`), drawn from ``default_rng([seed, it // 10, 31])``:
+a new size every 10 iterations, a pure function of (seed, it // 10), the same on every rank. This CPU loader *loads* each
 sample at that size (the augmentation warp writes straight into the new size; no second resize), with its
 RAM cache kept at ``CACHE_SCALE x`` the largest size. The device path (`darktune.train.device_inputs`) passes the
 size to `augment_batch` as ``out_size``.
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from darktune.errors import DarktuneError
-from darktune.data.augment import random_network_size
+from darktune.data.augment import darknet_size, random_network_size
 from darktune.data.loader import DetectionDataset
 
 CACHE_SCALE = 1.25  # RAM cache keeps each image at most this times the network size per side
@@ -47,22 +49,36 @@ def subset(items: list, max_images: int | None, seed: int) -> list:
 
 
 MULTI_SCALE_EVERY = 10  # darknet: a new network size every 10 iterations
+MULTI_SCALE_LAST = 100  # darknet: the largest size once fewer than this many iterations are left
 
 
-def size_range(base: int) -> tuple[int, int]:
-    """Smallest and largest multi-scale size for `base` (multiples of 32 in [base / 1.4, base * 1.4])."""
-    k_lo = max(1, math.ceil(base / 1.4 / 32 - 1e-9))
-    return 32 * k_lo, 32 * max(k_lo, math.floor(base * 1.4 / 32 + 1e-9))
-
-
-def network_size(seed: int, iteration: int, base: int, multi_scale: bool) -> int:
-    """Square network input of 0-based `iteration`: `base`, or with multi-scale darknet's random size,
-    a pure function of (seed, iteration // 10)."""
+def scale_coefficient(multi_scale: bool | float) -> float:
+    """The rand_scale coefficient of multi-scale: darknet's [yolo] random value when it is not 1, else 1.4;
+    0 when off (False or 0)."""
     if not multi_scale:
-        return int(base)
+        return 0.0
+    return 1.4 if multi_scale is True or float(multi_scale) == 1.0 else float(multi_scale)
 
-    rng = np.random.default_rng([int(seed), int(iteration) // MULTI_SCALE_EVERY, 31])
-    return random_network_size(rng, int(base))
+
+def size_range(base: int, multi_scale: bool | float = True) -> tuple[int, int]:
+    """Smallest and largest multi-scale size for `base` (darknet's rule; 320 and 608 at 416)."""
+    coef = scale_coefficient(multi_scale) or 1.0
+    return darknet_size(1 / coef, int(base)), darknet_size(coef, int(base))
+
+
+def network_size(seed: int, iteration: int, base: int, multi_scale: bool | float,
+                 iterations: int | None = None) -> int:
+    """Square network input of 0-based `iteration`: `base`, or with multi-scale darknet's size: the largest for
+    the first 10 iterations and for blocks of 10 that start after `iterations - 100`, else
+    darknet_size(rand_scale(coef)) drawn from ``default_rng([seed, iteration // 10, 31])``."""
+    coef = scale_coefficient(multi_scale)
+    if not coef:
+        return int(base)
+    block = int(iteration) // MULTI_SCALE_EVERY
+    if block == 0 or (iterations and block * MULTI_SCALE_EVERY > iterations - MULTI_SCALE_LAST):
+        return size_range(base, coef)[1]
+    rng = np.random.default_rng([int(seed), block, 31])
+    return random_network_size(rng, int(base), coef)
 
 
 class SampleOrder:
@@ -70,7 +86,7 @@ class SampleOrder:
     (`TrainBatches`) and the device path (`darktune.train.device_inputs.DeviceBatches`)."""
 
     def __init__(self, n: int, size: tuple[int, int], batch: int, subdivisions: int, seed: int, rank: int = 0,
-                 world: int = 1, multi_scale: bool = False):
+                 world: int = 1, multi_scale: bool | float = False, iterations: int | None = None):
         micro = batch // subdivisions
         if batch % subdivisions or micro % world:
             raise DarktuneError(f"batch {batch} must split into {subdivisions} subdivisions of a size divisible "
@@ -78,6 +94,7 @@ class SampleOrder:
         if size[0] != size[1]:
             raise DarktuneError(f"training needs a square network input, got {size[1]}x{size[0]}")
         self.n, self.size, self.multi_scale = int(n), size, bool(multi_scale)
+        self.scale_coef, self.iterations = scale_coefficient(multi_scale), iterations
         self.batch, self.subdivisions, self.micro = batch, subdivisions, micro
         self.per_rank = micro // world
         self.seed, self.rank, self.world = int(seed), rank, world
@@ -88,11 +105,11 @@ class SampleOrder:
 
     @property
     def largest_size(self) -> int:
-        return size_range(self.size[0])[1] if self.multi_scale else self.size[0]
+        return size_range(self.size[0], self.scale_coef)[1] if self.multi_scale else self.size[0]
 
     def size_at(self, iteration: int) -> int:
         """Network size of 0-based `iteration`."""
-        return network_size(self.seed, iteration, self.size[0], self.multi_scale)
+        return network_size(self.seed, iteration, self.size[0], self.scale_coef, self.iterations)
 
     def perm(self, epoch: int) -> np.ndarray:
         perm = self._perms.get(epoch)
@@ -127,10 +144,11 @@ class TrainBatches(SampleOrder):
 
     def __init__(self, items: list[tuple[Path, np.ndarray]], size: tuple[int, int], augment, batch: int,
                  subdivisions: int, seed: int, rank: int = 0, world: int = 1, workers: int = 0,
-                 multi_scale: bool = False, device: torch.device | None = None):
+                 multi_scale: bool | float = False, device: torch.device | None = None,
+                 iterations: int | None = None):
         if not items:
             raise DarktuneError("no usable training images")
-        super().__init__(len(items), size, batch, subdivisions, seed, rank, world, multi_scale)
+        super().__init__(len(items), size, batch, subdivisions, seed, rank, world, multi_scale, iterations)
 
         self.dataset = DetectionDataset(items, size[0], augment, cache="ram",
                                         cache_size=round(CACHE_SCALE * self.largest_size))

@@ -12,7 +12,7 @@ import torch
 
 from darktune.errors import DarktuneError
 from darktune.train.config import RESUMABLE_CHANGES, TrainConfig
-from darktune.train.state import Dist, Run, TrainResult
+from darktune.train.state import Dist, Run, RunState, TrainResult
 from darktune.train.files import (
     names_text,
     open_run_log,
@@ -26,6 +26,7 @@ from darktune.data.augment import AugmentConfig
 from darktune.data.check import check_dataset
 from darktune.data.formats.yolo import read_obj_data
 from darktune.devices import resolve_device
+from darktune.train.cfg_keys import refuse_unhonoured
 from darktune.train.checkpoint import load_checkpoint, set_rng_state
 from darktune.train.device_inputs import make_batches
 from darktune.train.freeze import frozen_at, layer_digests, set_frozen
@@ -100,16 +101,18 @@ def _training_items(config: TrainConfig, log) -> list:
 
 
 def augment_config(spec, enabled: bool = True):
-    """Darknet's augmentation from the cfg (jitter of the first [yolo]; [net] hue, saturation, exposure,
-    flip, mosaic, letter_box), or None when off."""
+    """Darknet's augmentation from the cfg (jitter and resize of the last [yolo], as darknet's train_detector
+    reads them; [net] hue, saturation, exposure, flip, mosaic, letter_box), or None when off."""
     if not enabled:
         return None
 
     yolos = [layer for layer in spec.layers if isinstance(layer, YoloSpec)]
-    jitter = min(0.49, yolos[0].jitter) if yolos else 0.0
+    jitter = min(0.49, yolos[-1].jitter) if yolos else 0.0
+    resize = yolos[-1].resize if yolos else 1.0
     n = spec.net
     return AugmentConfig(jitter=jitter, hue=min(0.5, n.hue), saturation=max(1.0, n.saturation),
-                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=n.mosaic, letterbox=n.letter_box)
+                         exposure=max(1.0, n.exposure), flip=n.flip, mosaic=n.mosaic, letterbox=n.letter_box,
+                         resize=resize)
 
 
 def build_run(config: TrainConfig, progress: bool) -> Run:
@@ -130,6 +133,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     model = Darknet(spec)
     run_dir = Path(config.out)
     frozen = frozen_at(config, 0, len(spec.layers))
+    refuse_unhonoured(spec, frozen)  # mixup/cutmix/blur/gaussian_noise; stopbackward beyond the freeze
     set_frozen(model, frozen)
     model.to(dist.device)
     channels_last = True if config.channels_last is None else config.channels_last  # faster on CPU too (oneDNN)
@@ -158,7 +162,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
               channels_last, _net_params(config, spec), names=list(od.names))
     if not od.valid and (config.eval_every or config.eval_at or config.target_map is not None):
         log_items.append("no valid list in the data file: no mAP will be measured")
-    run.state["notes"] = log_items
+    run.notes = log_items
     return run
 
 
@@ -167,17 +171,14 @@ def _fresh_start(run: Run) -> None:
     c = run.config
     report = init_model(run.model, c.weights, c.upto, c.seed)
     if c.obj_prior is not None:
-
         report["obj_prior_layers"] = set_objectness_prior(run.model, report["new_layers"], c.obj_prior)
     set_frozen(run.model, run.frozen)  # init may have replaced tensors; make sure the flags hold
     report["frozen_layers"] = run.frozen
     # darknet without -clear: the schedule goes on at the iteration the file's `seen` counter says
     offset = report.get("seen", 0) // run.batch if c.continue_schedule else 0
     report["schedule_offset"] = offset
-    run.state.update(best_map=None, final_map=None, time_to_target=None, train_seconds=0.0, skipped_steps=0,
-                     schedule_offset=offset,
-                     bad_in_row=0, maps=[], init=report, input=run.data.input_path,
-                     digests_before={str(k): v for k, v in layer_digests(run.model).items()})
+    run.state = RunState(schedule_offset=offset, init=report, input=run.data.input_path,
+                         digests_before={str(k): v for k, v in layer_digests(run.model).items()})
     if run.dist.main:
         try:
             (run.dir / "weights").mkdir(parents=True, exist_ok=True)
@@ -226,9 +227,10 @@ def _resume(run: Run) -> None:
     if diff:
         raise DarktuneError("cannot resume with different settings: " + ", ".join(
             f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in diff), path=str(run.dir / "checkpoint.pt"))
-    if ck["state"].get("input", run.data.input_path) != run.data.input_path:  # batches would differ
-        raise DarktuneError(f"cannot resume: the run used the {ck['state']['input']} input path, not "
-                            f"{run.data.input_path} (pass --{'no-' * (ck['state']['input'] != 'gpu_augment')}"
+    saved_state = RunState.from_checkpoint(ck["state"])
+    if saved_state.input not in (None, run.data.input_path):  # batches would differ
+        raise DarktuneError(f"cannot resume: the run used the {saved_state.input} input path, not "
+                            f"{run.data.input_path} (pass --{'no-' * (saved_state.input != 'gpu_augment')}"
                             "gpu-augment)", path=str(run.dir / "checkpoint.pt"))
     run.step = int(ck["step"])
     # the frozen set of the checkpoint's last iteration, which its optimizer state matches: a checkpoint at
@@ -239,14 +241,12 @@ def _resume(run: Run) -> None:
     run.opt = build_optimizer(run.model, 0.0, run.spec.net.momentum, run.spec.net.decay)
     run.opt.load_state_dict(ck["optimizer"])
     set_rng_state(ck["rng"])
-    run.state.update(ck["state"])
-    run.state["loader_at_resume"] = ck["loader"]
+    run.state = saved_state
     k = run.config.unfreeze_at
-    if k is not None and run.step == k and "digests_at_unfreeze" not in run.state:  # a checkpoint of older code
-
-        run.state["digests_at_unfreeze"] = {str(i): v for i, v in layer_digests(run.model).items()}
-    if run.scaler is not None and "scaler" in run.state:
-        run.scaler.load_state_dict(run.state["scaler"])
+    if k is not None and run.step == k and run.state.digests_at_unfreeze is None:  # a checkpoint of older code
+        run.state.digests_at_unfreeze = {str(i): v for i, v in layer_digests(run.model).items()}
+    if run.scaler is not None and run.state.scaler is not None:
+        run.scaler.load_state_dict(run.state.scaler)
     if run.dist.main:
         truncate_metrics(run.dir / "metrics.jsonl", run.step)
         (run.dir / "summary.json").unlink(missing_ok=True)
@@ -271,8 +271,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
             _resume(run)
         else:
             _fresh_start(run)
-        for note in run.state.pop("notes", []):
+        for note in run.notes:
             run.log(note)
+        run.notes = []
         run.net = wrap_model(run)
         open_outputs(run, progress)
         status, message = training_loop(run)
@@ -289,7 +290,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def _fail(run: Run, message: str) -> None:
-    if run.dist.main and run.dir.exists() and run.state:
+    if run.dist.main and run.dir.exists():
         try:
             write_summary(run, "failed", message)
         except (DarktuneError, OSError, ValueError, TypeError):  # never mask the original error

@@ -32,12 +32,14 @@ loaded 2-core machine), under 1% of a training iteration there. For each `[yolo]
   ``scale = 2 - w*h``. Darknet applies the x/y delta to the logit without the sigmoid's derivative, so the
   loss whose gradient is exactly darknet's is a cross-entropy on the sigmoid for x/y (shifted so its minimum
   is 0 when the target lies in the cell) and ``0.5 * (t - x)^2`` on tw/th.
-  ``iou_loss=iou|giou|diou|ciou``: ``iou_normalizer * (1 - IoU-variant)`` on the decoded box (no 2-wh scale).
+  ``iou_loss=iou|giou|diou|ciou``: value ``iou_normalizer * (1 - IoU-variant)`` of the decoded box (no 2-wh
+  scale), gradient darknet's delta written straight onto the raw outputs (`box_delta.DarknetIouBox`: no sigmoid
+  or 1/grid factor on x/y, only exp(tw) on w/h, clipped to ``max_delta`` when set).
 * Not implemented: ``focal_loss`` (darknet applies it to the class deltas only; with one class that term is
   ~0 after a few iterations, 0.01-0.05 per image against 3-5 for objectness in the transfer benchmark's
   runs, so it could not change time to target there), ``label_smooth_eps``,
-  ``objectness_smooth``, ``max_delta``, ``iou_thresh_kind`` other than IoU; ``new_coords`` box terms use their
-  decoded form.
+  ``objectness_smooth``, ``max_delta`` with mse, ``iou_thresh_kind`` other than IoU; ``new_coords`` with
+  ``iou_loss=mse`` uses the decoded IoU form.
 
 Truths per image for the IoU of ``ignore_thresh``/``truth_thresh`` are padded to a capacity T: ``max_truths``
 if given; else, for targets that arrive on the CPU (the loader's), the most truths in one image rounded up to a
@@ -59,12 +61,13 @@ cfg's [yolo] sections reached mAP50 0.9 on the synthetic target set at iteration
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
 from darktune.darknet.cfg import YoloSpec
+from darktune.train.box_delta import DarknetIouBox, decode_rows
+from darktune.train.box_delta import iou_variant as bbox_iou_variant
 
 
 def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
@@ -72,30 +75,6 @@ def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
     inter = torch.minimum(wh1[:, None, 0], wh2[None, :, 0]) * torch.minimum(wh1[:, None, 1], wh2[None, :, 1])
     union = (wh1[:, 0] * wh1[:, 1])[:, None] + (wh2[:, 0] * wh2[:, 1])[None, :] - inter
     return inter / union.clamp(min=1e-12)
-
-
-def bbox_iou_variant(a: torch.Tensor, b: torch.Tensor, kind: str = "iou", eps: float = 1e-9) -> torch.Tensor:
-    """Elementwise IoU / GIoU / DIoU / CIoU of cxcywh boxes (..., 4)."""
-    a1, a2 = a[..., :2] - a[..., 2:] / 2, a[..., :2] + a[..., 2:] / 2
-    b1, b2 = b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2
-    inter = (torch.minimum(a2, b2) - torch.maximum(a1, b1)).clamp(min=0).prod(-1)
-    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter + eps
-    iou = inter / union
-    if kind == "iou":
-        return iou
-    c_wh = torch.maximum(a2, b2) - torch.minimum(a1, b1)  # smallest enclosing box
-    if kind == "giou":
-        c_area = c_wh.prod(-1) + eps
-        return iou - (c_area - union) / c_area
-    c2 = (c_wh ** 2).sum(-1) + eps
-    rho2 = ((a[..., :2] - b[..., :2]) ** 2).sum(-1)
-    if kind == "diou":
-        return iou - rho2 / c2
-    v = (4 / math.pi ** 2) * (torch.atan(b[..., 2] / (b[..., 3] + eps))
-                              - torch.atan(a[..., 2] / (a[..., 3] + eps))) ** 2
-    with torch.no_grad():
-        alpha = v / (1 - iou + v + eps)
-    return iou - rho2 / c2 - alpha * v
 
 
 def _xy_term(logit: torch.Tensor, target: torch.Tensor, s: float) -> torch.Tensor:
@@ -241,17 +220,11 @@ def _box_rows(spec: YoloSpec, pxywh: torch.Tensor, txywh: torch.Tensor, gi: torc
         xy = _xy_term(pxywh[..., 0], tx, s) + _xy_term(pxywh[..., 1], ty, s)
         wh = 0.5 * ((pxywh[..., 2] - tw) ** 2 + (pxywh[..., 3] - th) ** 2)
         return scale * (xy + wh)
-    if spec.new_coords:
-        xy = pxywh[..., :2] * s - 0.5 * (s - 1)
-        wh = (pxywh[..., 2:4] * 2) ** 2 * anchor_n
-    else:
-        xy = torch.sigmoid(pxywh[..., :2]) * s - 0.5 * (s - 1)
-        wh = torch.exp(pxywh[..., 2:4].clamp(max=10)) * anchor_n
-    cx = (xy[..., 0] + gi) / w
-    cy = (xy[..., 1] + gj) / h
-    pred = torch.stack((cx, cy, wh[..., 0], wh[..., 1]), -1)
-    kind = "iou" if spec.iou_loss == "mse" else spec.iou_loss
-    return 1 - bbox_iou_variant(pred, txywh, kind)
+    if spec.iou_loss == "mse":  # new_coords with mse: the decoded form (darknet's mse delta is not copied)
+        pred = decode_rows(pxywh, gi, gj, anchor_n, hw, s, True)
+        return 1 - bbox_iou_variant(pred, txywh, "iou")
+    return DarknetIouBox.apply(pxywh, txywh, gi, gj, anchor_n, hw, s, spec.iou_loss, spec.new_coords,
+                               spec.iou_normalizer, spec.max_delta)
 
 
 def _assign_slots(spec: YoloSpec, t: torch.Tensor, valid: torch.Tensor, net_hw: tuple[int, int],

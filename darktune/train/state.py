@@ -1,10 +1,14 @@
-"""What one training run holds while it trains (`Run`, with its `Dist` placement) and what it returns
-(`TrainResult`)."""
+"""What one training run holds while it trains (`Run`, with its `Dist` placement and its `RunState`) and what it
+returns (`TrainResult`).
+
+`RunState` is what a run has measured and must carry across a resume: the checkpoint's "state" entry is its
+`to_checkpoint()` dict (the same keys as checkpoints of older darktune, which `from_checkpoint` reads: a key
+they lack takes its default, a key it does not know is ignored)."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -22,6 +26,40 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass
+class RunState:
+    """A run's measurements and resume-relevant facts (plain values: it goes into checkpoint.pt)."""
+
+    best_map: float | None = None
+    final_map: float | None = None
+    time_to_target: dict | None = None  # {"iteration", "seconds" (training), "elapsed_seconds"}
+    maps: list = field(default_factory=list)  # [iteration, mAP] per evaluation
+    train_seconds: float = 0.0  # training steps only (no evaluation, checkpoints, start-up)
+    elapsed_seconds: float = 0.0  # wall time of the run so far, at the last checkpoint
+    skipped_steps: int = 0  # non-finite losses, update skipped
+    bad_in_row: int = 0
+    schedule_offset: int = 0  # --continue-schedule: the weights' iteration, where the lr schedule goes on
+    init: dict = field(default_factory=dict)  # what init_model loaded (mode, weights, upto, layers)
+    input: str | None = None  # the input path (cpu loader / gpu_augment): a resume must use the same
+    digests_before: dict = field(default_factory=dict)  # layer -> sha256 at the start (freeze proof)
+    digests_at_unfreeze: dict | None = None  # layer -> sha256 after iteration --unfreeze-at
+    scaler: dict | None = None  # GradScaler state (fp16 AMP)
+    last_saved_step: int | None = None
+
+    def to_checkpoint(self) -> dict:
+        """The checkpoint's "state" dict; optional entries that were never set are left out, as before."""
+        out = asdict(self)
+        for key in ("digests_at_unfreeze", "scaler"):
+            if out[key] is None:
+                del out[key]
+        return out
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict) -> RunState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
 
 @dataclass
@@ -48,7 +86,9 @@ class Run:
     net_params: object = None  # [net] with the run's schedule overrides
     names: list = field(default_factory=list)  # class names (RUN/obj.names)
     step: int = 0
-    state: dict = field(default_factory=dict)
+    state: RunState = field(default_factory=RunState)
+    notes: list = field(default_factory=list)  # lines to log once the run has started
+    elapsed_base: float | None = None  # elapsed seconds of earlier processes of this run (set on start)
     eval_set: object = None
     eval_cache: object = None  # evaluate.PrefixCache: the frozen layers' outputs on eval_set
     feature_cache: object = None  # train_cache.FeatureCache: the frozen layers' outputs on training images

@@ -41,13 +41,14 @@ def wrap_model(run: Run) -> torch.nn.Module:
 
 
 def _elapsed(run: Run) -> float:
-    return run.state.get("elapsed_base", 0.0) + time.perf_counter() - run.t_start
+    return (run.elapsed_base or 0.0) + time.perf_counter() - run.t_start
 
 
 def open_outputs(run: Run, progress: bool) -> None:
     from tqdm import tqdm
 
-    run.state.setdefault("elapsed_base", run.state.get("elapsed_seconds", 0.0))
+    if run.elapsed_base is None:
+        run.elapsed_base = run.state.elapsed_seconds
     if not run.dist.main:
         return
     try:
@@ -79,7 +80,7 @@ def _write(run: Run, record: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ one iteration
 def _set_lr(run: Run, iteration: int) -> float:
-    offset = run.state.get("schedule_offset", 0)  # continue_schedule: where the weights' schedule was
+    offset = run.state.schedule_offset  # continue_schedule: where the weights' schedule was
     lr = learning_rate(run.net_params, iteration + offset, run.config.lr, run.iterations + offset, run.config.seed)
     for group in run.opt.param_groups:
         group["lr"] = lr
@@ -165,20 +166,20 @@ def training_loop(run: Run) -> tuple[str, str]:
         if cuda and logging:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        st["train_seconds"] += dt
+        st.train_seconds += dt
         window_t, window_imgs = window_t + dt, window_imgs + run.batch
         run.step = it
         if it == c.unfreeze_at and run.frozen:  # the end of the frozen phase: what freeze_proof.json compares to
-            st["digests_at_unfreeze"] = _digests(run)
-        st["skipped_steps"] += 0 if ok else 1
-        st["bad_in_row"] = 0 if ok else st["bad_in_row"] + 1
+            st.digests_at_unfreeze = _digests(run)
+        st.skipped_steps += 0 if ok else 1
+        st.bad_in_row = 0 if ok else st.bad_in_row + 1
         if logging:
             _log_iteration(run, it, ok, parts, lr, window_imgs / max(window_t, 1e-9))
             window_t, window_imgs = 0.0, 0
         if run.progress is not None:
             run.progress.update(1)
-        if st["bad_in_row"] >= c.max_bad_steps:
-            message = (f"stopped at iteration {it}: the loss was not finite in {st['bad_in_row']} iterations in a "
+        if st.bad_in_row >= c.max_bad_steps:
+            message = (f"stopped at iteration {it}: the loss was not finite in {st.bad_in_row} iterations in a "
                        "row (try a lower --lr, a longer burn_in, or check the labels)")
             run.log(message)
             return "failed", message
@@ -199,7 +200,7 @@ def _evaluates_start(run: Run) -> bool:
     fresh start, or on a resume before the first update if it was not recorded yet."""
     c = run.config
     return (run.step == 0 and bool(run.eval_points) and bool(c.eval_every or c.eval_at)
-            and not any(m[0] == 0 for m in run.state.get("maps", [])))
+            and not any(m[0] == 0 for m in run.state.maps))
 
 
 def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_per_s: float) -> None:
@@ -208,17 +209,17 @@ def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_p
     record = {"iteration": it, "loss": values["loss"] if ok else None,
               **{k: values[k] if ok else None for k in ("box", "obj", "cls")}, "n_pos": values.get("n_pos"),
               "lr": lr, "size": run.data.size_at(it - 1), "input": run.data.input_path,
-              "images_per_s": round(images_per_s, 3), "train_s": round(run.state["train_seconds"], 4),
+              "images_per_s": round(images_per_s, 3), "train_s": round(run.state.train_seconds, 4),
               "elapsed_s": round(_elapsed(run), 4)}
     if not ok:
-        record.update(nonfinite=True, skipped_steps=run.state["skipped_steps"])
+        record.update(nonfinite=True, skipped_steps=run.state.skipped_steps)
     _write(run, record)
     if run.progress is not None:
         run.progress.set_postfix(loss=f"{values['loss']:.3f}" if ok else "nan", lr=f"{lr:.2g}",
                                  img_s=f"{images_per_s:.1f}", refresh=False)
     if not ok:
-        run.log(f"iteration {it}: non-finite loss, update skipped ({run.state['bad_in_row']} in a row, "
-                f"{run.state['skipped_steps']} in all)")
+        run.log(f"iteration {it}: non-finite loss, update skipped ({run.state.bad_in_row} in a row, "
+                f"{run.state.skipped_steps} in all)")
 
 
 def _evaluate(run: Run, it: int) -> bool:
@@ -228,21 +229,21 @@ def _evaluate(run: Run, it: int) -> bool:
     if run.dist.main:
         t = time.perf_counter()
         result = _measure(run)
-        st["maps"].append([it, result.map])
-        st["final_map"] = result.map
-        if st["best_map"] is None or result.map > st["best_map"]:
-            st["best_map"] = result.map
+        st.maps.append([it, result.map])
+        st.final_map = result.map
+        if st.best_map is None or result.map > st.best_map:
+            st.best_map = result.map
             _save_weights(run, "best.weights")
         reached = c.target_map is not None and result.map >= c.target_map
-        if reached and st["time_to_target"] is None:
-            st["time_to_target"] = {"iteration": it, "seconds": round(st["train_seconds"], 4),
+        if reached and st.time_to_target is None:
+            st.time_to_target = {"iteration": it, "seconds": round(st.train_seconds, 4),
                                     "elapsed_seconds": round(_elapsed(run), 4)}
         stop = reached and c.stop_at_target
         _write(run, {"iteration": it, "map": result.map, "protocol": c.protocol, "precision": result.precision,
                      "recall": result.recall, "f1": result.f1, "avg_iou": result.avg_iou,
-                     "eval_seconds": round(time.perf_counter() - t, 4), "train_s": round(st["train_seconds"], 4),
+                     "eval_seconds": round(time.perf_counter() - t, 4), "train_s": round(st.train_seconds, 4),
                      "elapsed_s": round(_elapsed(run), 4)})
-        run.log(f"iteration {it}: mAP {100 * result.map:.2f}% ({c.protocol}), best {100 * st['best_map']:.2f}%")
+        run.log(f"iteration {it}: mAP {100 * result.map:.2f}% ({c.protocol}), best {100 * st.best_map:.2f}%")
     if run.dist.world > 1:
         import torch.distributed as td
 
@@ -268,7 +269,7 @@ def _measure(run: Run):
 
 # ------------------------------------------------------------------------------------------------ files
 def _save_weights(run: Run, name: str) -> None:
-    seen = seen_after(run.state.get("schedule_offset", 0), run.step, run.batch)  # the lineage's images
+    seen = seen_after(run.state.schedule_offset, run.step, run.batch)  # the lineage's images
     save_weights(run.model, run.dir / "weights" / name, Header(0, 2, 0, seen))
 
 
@@ -276,33 +277,32 @@ def save_state(run: Run) -> None:
     """checkpoint.pt and last.weights (rank 0)."""
     if not run.dist.main:
         return
-    run.state["elapsed_seconds"] = _elapsed(run)
+    run.state.elapsed_seconds = _elapsed(run)
     if run.scaler is not None:
-        run.state["scaler"] = run.scaler.state_dict()
-    state = {k: v for k, v in run.state.items() if k not in ("loader_at_resume", "elapsed_base")}
+        run.state.scaler = run.scaler.state_dict()
     save_checkpoint(run.dir / "checkpoint.pt", model=run.model, optimizer=run.opt, step=run.step,
-                    config=run.config.to_dict(), loader=run.data.position(run.step), state=state)
+                    config=run.config.to_dict(), loader=run.data.position(run.step), state=run.state.to_checkpoint())
     _save_weights(run, "last.weights")
-    run.state["last_saved_step"] = run.step
+    run.state.last_saved_step = run.step
 
 
 def write_summary(run: Run, status: str, message: str = "") -> dict:
     st = run.state
-    ts = st.get("train_seconds", 0.0)
+    ts = st.train_seconds
     summary = {
         "status": status, "message": message, "iterations": run.step, "iterations_planned": run.iterations,
-        "best_map": st.get("best_map"), "final_map": st.get("final_map"), "protocol": run.config.protocol,
-        "target_map": run.config.target_map, "time_to_target": st.get("time_to_target"),
-        "maps": st.get("maps", []), "train_seconds": round(ts, 4), "elapsed_seconds": round(_elapsed(run), 4),
+        "best_map": st.best_map, "final_map": st.final_map, "protocol": run.config.protocol,
+        "target_map": run.config.target_map, "time_to_target": st.time_to_target,
+        "maps": st.maps, "train_seconds": round(ts, 4), "elapsed_seconds": round(_elapsed(run), 4),
         "images_per_s": round(run.step * run.batch / ts, 3) if ts > 0 else 0.0,
-        "skipped_steps": st.get("skipped_steps", 0), "train_images": len(run.data), "batch": run.batch,
+        "skipped_steps": st.skipped_steps, "train_images": len(run.data), "batch": run.batch,
         "subdivisions": run.subdivisions,
         "size": [run.spec.net.width, run.spec.net.height], "frozen_layers_at_end": run.frozen,
         "input": run.data.input_path, "multi_scale": run.data.multi_scale,
         "device": str(run.dist.device), "world_size": run.dist.world, "amp": str(run.amp_dtype),
-        "init": {k: st.get("init", {}).get(k) for k in ("mode", "weights", "upto", "loaded_layers", "new_layers")},
+        "init": {k: st.init.get(k) for k in ("mode", "weights", "upto", "loaded_layers", "new_layers")},
         "feature_cache": run.feature_cache.summary() if run.feature_cache is not None else None,
-        "schedule_offset": st.get("schedule_offset", 0),
+        "schedule_offset": st.schedule_offset,
         "config": run.config.to_dict(),
     }
     atomic_write_bytes(run.dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
@@ -315,11 +315,11 @@ def _write_proof(run: Run) -> dict:
     def by_layer(digests: dict) -> dict[int, str]:
         return {int(k): v for k, v in digests.items()}
 
-    before = by_layer(run.state["digests_before"])
+    before = by_layer(run.state.digests_before)
     frozen = [i for i in frozen_at(run.config, 0, len(run.spec.layers)) if i in before]
     k = run.config.unfreeze_at
     unfrozen = k is not None and run.step > k
-    at_k = run.state.get("digests_at_unfreeze") if unfrozen else None
+    at_k = run.state.digests_at_unfreeze if unfrozen else None
     if unfrozen and at_k is None:  # a resume past K from a checkpoint of older code: no digests at K
         proof = freeze_proof(before, layer_digests(run.model), [])
         proof.update(frozen_layers=frozen, frozen_unchanged=None, frozen_changed=None,
@@ -336,7 +336,7 @@ def _write_proof(run: Run) -> dict:
 def finish(run: Run, status: str, message: str) -> TrainResult:
     st = run.state
     if run.dist.main:
-        if st.get("last_saved_step") != run.step:
+        if st.last_saved_step != run.step:
             save_state(run)
         proof = _write_proof(run)
         if proof["frozen_unchanged"] is False:  # cannot happen; say so loudly if it ever does
@@ -347,7 +347,7 @@ def finish(run: Run, status: str, message: str) -> TrainResult:
         frozen = f"frozen {len(frozen_at(run.config, 0, len(run.spec.layers)))} layers"
         if proof["unfrozen_at"] is not None:
             frozen += f" until iteration {proof['unfrozen_at']}"
-        title = f"{run.dir.name}: {st['init']['mode']}, {frozen}, batch {run.batch}"
+        title = f"{run.dir.name}: {st.init['mode']}, {frozen}, batch {run.batch}"
         write_chart(run.dir / "metrics.jsonl", run.dir / "chart.png", title, run.config.target_map)
         summary = write_summary(run, status, message)
         if run.progress is not None:
@@ -360,9 +360,9 @@ def finish(run: Run, status: str, message: str) -> TrainResult:
     else:
         summary = {"images_per_s": 0.0, "elapsed_seconds": _elapsed(run)}
     _dist_done(run)
-    return TrainResult(run.dir, status, run.step, st.get("best_map"), st.get("final_map"), st.get("time_to_target"),
-                       summary["images_per_s"], round(st.get("train_seconds", 0.0), 4), summary["elapsed_seconds"],
-                       st.get("skipped_steps", 0), [tuple(m) for m in st.get("maps", [])], message)
+    return TrainResult(run.dir, status, run.step, st.best_map, st.final_map, st.time_to_target,
+                       summary["images_per_s"], round(st.train_seconds, 4), summary["elapsed_seconds"],
+                       st.skipped_steps, [tuple(m) for m in st.maps], message)
 
 
 def _dist_done(run: Run) -> None:

@@ -16,6 +16,7 @@ from darktune.data.augment import (
     distort_colour,
     flip_boxes,
     rand_scale,
+    darknet_size,
     random_network_size,
     resize_sample,
 )
@@ -168,11 +169,15 @@ def test_rand_scale_range():
     assert rand_scale(rng, 1.0) == 1.0
 
 
-def test_random_network_size():
+def test_random_network_size_is_darknets():
+    """roundl(r*base/32 + 1)*32 (detector.c), by hand: 416: r=1.4 -> 608, 1/1.4 -> 320, 1 -> 448 (the +1 biases
+    up); 160: r=1/1.2 or 1/1.4 -> 160 (never above base when r < 1)."""
+    assert darknet_size(1.4, 416) == 608 and darknet_size(1 / 1.4, 416) == 320 and darknet_size(1.0, 416) == 448
+    assert darknet_size(1 / 1.2, 160) == 160 and darknet_size(1 / 1.4, 160) == 160
     rng = np.random.default_rng(0)
-    sizes = {random_network_size(rng, 416) for _ in range(500)}
-    assert sizes == set(range(320, 577, 32))
-    assert {random_network_size(rng, 160) for _ in range(200)} <= set(range(128, 225, 32))
+    sizes = {random_network_size(rng, 416) for _ in range(1000)}
+    assert sizes == set(range(320, 609, 32))
+    assert {random_network_size(rng, 160) for _ in range(400)} == {160, 192, 224, 256}
 
 
 def test_from_net_params():

@@ -247,12 +247,14 @@ def overlap_case(seed, extra=""):
     return spec, heads, t
 
 
-# (total loss, sum of |gradient|) of the implementation before the sync-free rewrite (commit c2ae513), same cases
+# (total loss, sum of |gradient|) of the implementation before the sync-free rewrite (commit c2ae513), same cases;
+# the gradient sums of the ciou/giou cases (1, 3) are those of darknet's IoU delta (train/box_delta.py), which
+# replaced autograd through the decode (the values are unchanged)
 GOLDEN = [
     (lambda: random_case(0), 3156.662353515625, 1972.1854553222656),
-    (lambda: random_case(1, "ciou"), 3073.111572265625, 1913.9751586914062),
+    (lambda: random_case(1, "ciou"), 3073.111572265625, 1939.9927368164062),
     (lambda: random_case(2, "mse", "1,2,3"), 3110.37109375, 1936.4447021484375),
-    (lambda: random_case(3, "giou", "0,1,2", 3), 3142.95849609375, 1940.6936340332031),
+    (lambda: random_case(3, "giou", "0,1,2", 3), 3142.95849609375, 1992.2792053222656),
     (lambda: random_case(4, "mse", "0,1,2", 1, 2, 30), 1689.89892578125, 1093.181640625),
     (lambda: overlap_case(5), 1311.1553955078125, 947.6946105957031),
 ]

@@ -79,14 +79,25 @@ def test_device_path_picks_the_cpu_loaders_images_also_past_an_unreadable_one(it
 
 
 def test_multi_scale_sizes(items):
+    """darknet's rule (detector.c): the largest size roundl(coef*base/32 + 1)*32 for the first 10 iterations and
+    the blocks of 10 that start after max_batches - 100; else roundl(rand_scale(coef)*base/32 + 1)*32, never
+    above base when the scale is under 1. By hand: 416 -> 320..608; 160 -> 160..256; random=1.2 at 416 -> 544."""
+    assert size_range(416) == (320, 608) and size_range(160) == (160, 256) and size_range(416, 1.2)[1] == 544
     for base in (96, 128, 416):
         lo, hi = size_range(base)
         sizes = [network_size(3, it, base, True) for it in range(400)]
-        assert all(s % 32 == 0 and lo <= s <= hi and base / 1.4 <= s <= base * 1.4 for s in sizes)
+        assert all(s % 32 == 0 and lo <= s <= hi for s in sizes)
+        assert sizes[:10] == [hi] * 10  # the first 10 iterations: the largest
         assert len(set(sizes)) > 1 and sizes == [network_size(3, it, base, True) for it in range(400)]
         assert all(len(set(sizes[k:k + 10])) == 1 for k in range(0, 400, 10))  # a new size every 10 iterations
         assert {network_size(3, it, base, False) for it in range(50)} == {base}
-    assert size_range(416) == (320, 576)
+    last = [network_size(3, it, 416, True, iterations=2000) for it in range(1900, 2000)]
+    assert set(last[10:]) == {608}  # blocks starting at 1910..1990 (> 2000 - 100): the largest
+    assert {network_size(3, it, 416, 1.2, iterations=2000) for it in range(1910, 2000)} == {544}
+    # at 160, darknet's sizes are 160 (p 1/2), 192 (1/8), 224 (1/4), 256 (1/8): mean 192 (uniform would be 176)
+    small = [network_size(s, 10, 160, True) for s in range(4000)]
+    assert set(small) == {160, 192, 224, 256} and abs(np.mean(small) - 192) < 3
+    assert abs(small.count(160) / 4000 - 0.5) < 0.03 and abs(small.count(224) / 4000 - 0.25) < 0.03
     order = SampleOrder(len(items), (128, 128), 4, 2, seed=3, multi_scale=True)
     cpu = TrainBatches(items, (128, 128), AUG, 4, 2, seed=3, multi_scale=True)
     for it in (0, 10, 25):
@@ -103,6 +114,9 @@ def test_multi_scale_follows_the_cfgs_random_unless_told(dataset):
     assert multi_scale_of(cfg_of(dataset, "x", multi_scale=True), spec)
     assert not multi_scale_of(cfg_of(dataset, "x", augment=False), with_random)  # no augmentation: one size
     assert multi_scale_of(cfg_of(dataset, "x", augment=False, multi_scale=True), spec)
+    assert multi_scale_of(cfg_of(dataset, "x"), with_random) == 1.4  # random=1: darknet's 1.4
+    with_coef = parse_cfg_text(dataset_cfg_text(dataset).replace("jitter=.2", "jitter=.2\nrandom=1.2"))
+    assert multi_scale_of(cfg_of(dataset, "x"), with_coef) == 1.2  # another value is the coefficient
 
 
 def dataset_cfg_text(dataset) -> str:
@@ -116,7 +130,8 @@ def test_gpu_augment_run_records_its_input_path_and_resume_keeps_it(dataset, tmp
                 progress=False)
     assert res.status == "finished"
     rows = lines(run)[0]
-    assert {r["input"] for r in rows} == {"gpu_augment"} and [r["size"] for r in rows] == [96, 96]
+    # multi-scale starts at darknet's largest size: roundl(1.4*96/32 + 1)*32 = 160
+    assert {r["input"] for r in rows} == {"gpu_augment"} and [r["size"] for r in rows] == [160, 160]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["input"] == "gpu_augment" and summary["multi_scale"] is True
     with pytest.raises(DarktuneError, match="gpu_augment"):
