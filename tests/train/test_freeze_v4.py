@@ -134,7 +134,7 @@ def test_frozen_prefix_forward_and_grads_through_the_mixed_route(v4_model):
         assert all(n.split(".")[1] in ("29", "32", "35", "36") for n in grads)
         for n, p in v4_model.named_parameters():
             if p.grad is not None:
-                assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n
+                assert (p.grad - grads[n]).abs().max() <= 1e-4 * grads[n].abs().max(), n
     finally:
         v4_model.eval()
         set_frozen(v4_model, [])
