@@ -1,4 +1,4 @@
-"""Shared fixtures: the official COCO yolov3-tiny files (fetched once into $DARKTUNE_HOME, verified)."""
+"""Shared fixtures: a private $DARKTUNE_HOME; the official COCO yolov3-tiny and yolov4-tiny files (lazy, verified)."""
 
 from __future__ import annotations
 
@@ -27,14 +27,20 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def pytest_configure(config):
-    """Fetch the official weights once into the user's cache, then give the tests a private $DARKTUNE_HOME
-    (check caches, runs) in which the model folder is a link to that cache: tests never write the user's cache."""
-    from darktune.darknet import zoo
+def _user_home() -> Path:
+    """The user's darktune cache, as it was before the suite replaced $DARKTUNE_HOME."""
+    return Path(os.environ.get("DARKTUNE_HOME") or Path.home() / ".cache" / "darktune")
 
-    result = zoo.fetch("yolov3-tiny", progress=False)
+
+def pytest_configure(config):
+    """Give the tests a private $DARKTUNE_HOME (check caches, runs, fetched models). Models the user has already
+    fetched are linked into it (no download here: the COCO weights are lazy fixtures, `coco` and `coco_v4`);
+    tests never write the user's cache."""
+    user = _user_home()
     home = Path(tempfile.mkdtemp(prefix="darktune-test-home-"))
-    (home / "yolov3-tiny").symlink_to(result.weights.parent, target_is_directory=True)
+    for name in ("yolov3-tiny", "yolov4-tiny"):
+        if (user / name).is_dir():
+            (home / name).symlink_to((user / name).resolve(), target_is_directory=True)
     os.environ["DARKTUNE_HOME"] = str(home)
     # detect's default (--backend auto) would time every runtime once per machine and model shape; the suite
     # runs many small models, so it names the runtime (tests/deploy/test_backend_choice.py covers auto itself)
@@ -54,12 +60,38 @@ def pytest_unconfigure(config):
         shutil.rmtree(home, ignore_errors=True)
 
 
+def fetch_model(name: str):
+    """The official files of a known model in the suite's private $DARKTUNE_HOME, sha256-verified: the user's
+    cached copy through the link made at configure, else downloaded into the private home (the link, if the
+    user's copy does not verify, is replaced by a private folder: the user's cache is never written)."""
+    from darktune.darknet import zoo
+
+    found = zoo.cached(name)
+    if found is not None:
+        return found
+    folder = Path(os.environ["DARKTUNE_HOME"]) / name
+    if folder.is_symlink():
+        folder.unlink()
+    return zoo.fetch(name, progress=False)
+
+
 @pytest.fixture(scope="session")
 def coco():
     """FetchResult with .cfg, .weights, .names of the official COCO yolov3-tiny (sha256-verified)."""
-    from darktune.darknet import zoo
+    return fetch_model("yolov3-tiny")
 
-    return zoo.fetch("yolov3-tiny", progress=False)
+
+@pytest.fixture(scope="session")
+def coco_v4():
+    """FetchResult with .cfg, .weights, .names of the official COCO yolov4-tiny (sha256-verified)."""
+    return fetch_model("yolov4-tiny")
+
+
+@pytest.fixture(scope="session")
+def coco_v4_model(coco_v4):
+    from darktune.darknet.load import load_darknet
+
+    return load_darknet(coco_v4.cfg, coco_v4.weights)[0].eval()
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,11 @@ counts the roundings outside the dot product (bias add, output store, and the ru
 in float32 (OpenCV DNN: add, sqrt, divide, multiply; torch's training model: batch norm after the conv)).
 W^2 * v propagates the input errors as independent noise (the quantisation-noise model of signal processing):
 the worst case |W| * e instead, with a rigorous per-layer bound, grows about 20x per layer and ends near 1e10
-on yolov3-tiny's heads, which no test could fail. Activations: v * L^2 with L the Lipschitz constant (leaky,
-relu, linear 1; logistic 1/4) plus one rounding u^2/3 * y^2; max pooling takes the largest variance in the
+on yolov3-tiny's heads, which no test could fail. Activations: v * s^2 with s the local slope at the float64
+pre-activation (leaky: 1 above zero, 0.1 below; logistic: its derivative at the error's far end), the Lipschitz
+constant (1) within KINK_SIGMAS error sigmas of leaky's kink, plus one rounding u^2/3 * y^2. (The Lipschitz
+constant everywhere made the budget of the deeper yolov4-tiny ~20x too loose to catch float16 weights: the
+leaky layers damp the errors of their negative half by 10.) Max pooling takes the largest variance in the
 window (the output is one of its inputs), upsampling and routes move the variance with the values; a shortcut
 adds the two.
 
@@ -64,6 +67,7 @@ U = 2.0 ** -24  # float32 unit roundoff
 FAILURE_PROBABILITY = 1e-9  # of the probabilistic bound, over the whole network and batch
 DECODE_ROUNDINGS = 16  # float32 roundings of one decoded value (exp or sigmoid ~4 each, scale, offset, divide)
 LIPSCHITZ = {"linear": 1.0, "leaky": 1.0, "relu": 1.0, "logistic": 0.25, "tanh": 1.0}
+KINK_SIGMAS = 10.0  # an error this many sigmas wide around a kink of leaky is taken to cross it
 
 # OpenCV DNN's Winograd F(6x6, 3x3) (interpolation points 0, +-1, +-2, +-1/2, inf; Lavin & Gray 2016)
 _AT = np.array([[1, 1, 1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0], [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0],
@@ -172,11 +176,24 @@ def _conv_variance(block: ConvBlock, x: torch.Tensor, v: torch.Tensor, arith: Ar
         magnitude = F.conv2d(x.abs(), weight.abs(), bias_mag, **args)
         n = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
     own = (n + arith.extra) * U * U / 3 * magnitude.square()
-    name = block.spec.activation
+    out = block.act(y.clone())
+    slope = activation_slope(block.spec.activation, y, carried + own)
+    return out, slope.square() * (carried + own) + U * U / 3 * out.square()
+
+
+def activation_slope(name: str, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The factor by which an activation scales a small error at pre-activation `y` (error variance `v`): its
+    local derivative (leaky: 0.1 below zero), except within KINK_SIGMAS error sigmas of a kink, where the
+    error may cross it: there the Lipschitz constant."""
     if name not in LIPSCHITZ:
         raise ValueError(f"no Lipschitz constant for activation {name!r}")
-    out = block.act(y.clone())
-    return out, LIPSCHITZ[name] ** 2 * (carried + own) + U * U / 3 * out.square()
+    if name == "leaky":
+        near = y.abs() <= KINK_SIGMAS * v.sqrt()
+        return torch.where((y < 0) & ~near, 0.1, 1.0).to(y.dtype)
+    if name == "logistic":  # s (1 - s), bounded by its value at y +- the error's reach, at most 1/4
+        s = torch.sigmoid(y.abs() - KINK_SIGMAS * v.sqrt())
+        return s * (1 - s)
+    return torch.full_like(y, LIPSCHITZ[name])
 
 
 def reference(model: Darknet, batch: np.ndarray, runtime: str) -> Reference:

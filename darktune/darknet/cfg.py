@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -199,6 +200,8 @@ def parse_cfg_text(text: str, path: str = "<cfg>") -> NetworkSpec:
     spec = NetworkSpec(net, tuple(layers), path)
     _check_heads(spec)
     infer_shapes(spec)
+    for message in not_honoured(spec):
+        warnings.warn(message, CfgWarning, stacklevel=2)
     return spec
 
 
@@ -225,6 +228,74 @@ def _check_heads(spec: NetworkSpec) -> None:
             raise prev.loc.error(f"[convolutional] layer {i - 1} before [yolo] layer {i} has filters={prev.filters}, "
                                  f"expected (classes+5)*len(mask) = ({yolo.classes}+5)*{len(yolo.mask)} = "
                                  f"{yolo.filters_needed}", "filters")
+
+
+# ---------------------------------------------------------------------------------------------- not honoured
+class CfgWarning(UserWarning):
+    """A cfg key darktune reads but does not act on (harmless for inference; named, never silent)."""
+
+
+# Keys darknet acts on that darktune does not, set to a value other than the default. REFUSED: a run would
+# compute something else than darknet (one-line error at the key's line). WARNED: inference (detect, export,
+# OpenCV) is unaffected; a warning names the key and what darktune does instead. docs/darknet.md lists both.
+REFUSED = {
+    ("net", "adam"): "darktune trains with SGD (momentum, decay); set adam=0",
+    ("net", "cutmix"): "not implemented (darknet itself does not apply cutmix to detectors)",
+    ("net", "label_smooth_eps"): "label smoothing is not implemented",
+    ("yolo", "label_smooth_eps"): "label smoothing is not implemented",
+    ("yolo", "focal_loss"): "the focal class loss is not implemented",
+    ("yolo", "counters_per_class"): "class-balanced loss weights are not implemented",
+    ("*", "dontload"): "darktune loads every conv of the weights file (use --upto N to load the first N layers)",
+    ("*", "dontloadscales"): "darktune loads every batch-norm scale of the weights file",
+}
+WARNED = {
+    ("yolo", "max_delta"): "darknet clips its training deltas to +-max_delta; darktune's training does not clip",
+    ("yolo", "nms_kind"): "darktune's detect and map use greedy class-wise NMS (greedynms), as OpenCV DNN does",
+    ("yolo", "beta_nms"): "used by diounms only; darktune's NMS is greedy",
+    ("net", "angle"): "darknet's detector training does not rotate images either",
+    ("net", "aspect"): "darknet's detector training does not use it either",
+    ("net", "optimized_memory"): "a darknet GPU memory setting, no effect on results",
+    ("net", "workspace_size_limit_MB"): "a darknet cuDNN workspace setting, no effect on results",
+    ("net", "loss_scale"): "darknet's mixed-precision loss scale; darktune trains in float32",
+    ("net", "dynamic_minibatch"): "darktune keeps the batch size when multi-scale changes the network size",
+    ("net", "min_crop"): "for darknet classifiers, not detectors",
+    ("net", "max_crop"): "for darknet classifiers, not detectors",
+    ("net", "inputs"): "for darknet's non-image networks",
+    ("net", "track"): "for darknet's recurrent (video) training",
+    ("net", "time_steps"): "for darknet's recurrent training",
+    ("net", "B1"): "Adam's beta1; darktune trains with SGD",
+    ("net", "B2"): "Adam's beta2; darktune trains with SGD",
+    ("net", "eps"): "Adam's epsilon; darktune trains with SGD",
+}
+_SAME_AS_DEFAULT = {("yolo", "nms_kind"): ("default", "greedynms")}  # values darktune does honour
+
+
+def _set(spec: Any, key: str, section: str) -> bool:
+    """The cfg set `key` to a value that makes darknet behave other than its default (and darktune's)."""
+    if key not in spec.explicit:
+        return False
+    value = getattr(spec, key)
+    if (section, key) in _SAME_AS_DEFAULT:
+        return value not in _SAME_AS_DEFAULT[(section, key)]
+    field_ = next(f for f in dataclasses.fields(spec) if f.name == key)
+    return value != field_.default
+
+
+def not_honoured(spec: NetworkSpec) -> list[str]:
+    """Raise DarktuneError (file:line, naming the key) for the first REFUSED key the cfg sets; return one line
+    per WARNED key it sets (each once per cfg, at its first section)."""
+    messages: dict[tuple[str, str], str] = {}
+    sections = [("net", spec.net)] + [(section_name(layer), layer) for layer in spec.layers]
+    for section, layer in sections:
+        for (where, key), why in REFUSED.items():
+            if where in (section, "*") and hasattr(layer, key) and _set(layer, key, section):
+                raise layer.loc.error(f"[{section}] {key}={_fmt(getattr(layer, key))} is not supported: {why}", key)
+        for (where, key), why in WARNED.items():
+            if where == section and (where, key) not in messages and _set(layer, key, section):
+                line = layer.loc.line_of(key)
+                messages[(where, key)] = (f"{spec.path}:{line}: [{section}] {key}={_fmt(getattr(layer, key))} is "
+                                          f"read but not acted on: {why}")
+    return list(messages.values())
 
 
 # ---------------------------------------------------------------------------------------------- writing

