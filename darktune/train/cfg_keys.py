@@ -1,8 +1,8 @@
 """darknet cfg keys that `darktune train` does not honour: refused in one line naming the key, file and line,
 never silently ignored (docs/darknet_training.md lists them with darknet's rule).
 
-* ``[net] mixup``, ``cutmix``, ``blur``, ``gaussian_noise``: darknet's extra augmentations (cutmix darknet
-  itself refuses for detectors); not implemented.
+* ``[net] mixup``, ``blur``, ``gaussian_noise``: darknet's extra augmentations; not implemented. (``cutmix``,
+  which darknet itself refuses for detectors, is refused when the cfg is read: `darktune.darknet.cfg`.)
 * ``stopbackward=1`` on layer k: darknet stops the backward pass there (layers 0..k get no gradient). darktune
   honours it when the run freezes at least layers 0..k (``--freeze k+1``: bit-identical, BN statistics
   included, which is stronger than darknet's), and refuses it otherwise rather than train layers darknet
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from darktune.darknet.specs import NetworkSpec
 
-_NET_KEYS = {"mixup": "mixup (blend of two augmented images)", "cutmix": "cutmix (darknet refuses it for detectors)",
-             "blur": "blur (background or whole-image Gaussian blur)", "gaussian_noise": "gaussian_noise"}
+_NET_KEYS = {"mixup": "mixup (blend of two augmented images)", "blur": "blur (background or whole-image Gaussian blur)",
+             "gaussian_noise": "gaussian_noise"}
 
 
 def refuse_unhonoured(spec: NetworkSpec, frozen: list[int] | set[int]) -> None:

@@ -24,7 +24,6 @@ size to `augment_batch` as ``out_size``.
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 

@@ -29,12 +29,18 @@ num=3
 """
 
 
-@pytest.mark.parametrize("key", ["mixup=1", "cutmix=1", "blur=1", "gaussian_noise=1"])
+@pytest.mark.parametrize("key", ["mixup=1", "blur=1", "gaussian_noise=1"])
 def test_net_augmentations_darktune_lacks_are_refused(key):
     spec = parse_cfg_text(CFG.format(net=key, stop=""))
     with pytest.raises(DarktuneError, match=key.split("=")[0]) as exc:
         refuse_unhonoured(spec, [])
     assert exc.value.line == 4  # the key's line
+
+
+def test_cutmix_is_refused_when_the_cfg_is_read():
+    with pytest.raises(DarktuneError, match="cutmix") as exc:
+        parse_cfg_text(CFG.format(net="cutmix=1", stop=""))
+    assert exc.value.line == 4
 
 
 def test_stopbackward_is_honoured_by_a_freeze_that_covers_it_else_refused():
