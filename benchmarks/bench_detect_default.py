@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from darktune.deploy import backend_choice
 
     from darktune.darknet import zoo
-    from darktune.deploy.runtimes import cpu_count
+    from darktune.devices import cpu_count
+    from darktune.machine import cpu_name
     from darktune.cli import build_parser
     from darktune.cli.detect import _class_names, _image
     from darktune.deploy.detect import preprocess_batch
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     fastest = min(med, key=med.get)
     detect_ms = float(np.median(per_image)) * 1000
     report = {
-        "date": time.strftime("%Y-%m-%d"), "machine": backend_choice.cpu_model(), "cpus": cpu_count(),
+        "date": time.strftime("%Y-%m-%d"), "machine": cpu_name(), "cpus": cpu_count(),
         "model": "yolov3-tiny 416 batch 1", "photos": args.photos, "photo_sizes": SIZES,
         "network_median_ms": {n: round(v, 2) for n, v in med.items()}, "skipped": missing,
         "fastest": fastest, "auto": choice.backend, "auto_reason": choice.reason, "auto_choose_s": round(choose_s, 2),

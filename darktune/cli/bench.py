@@ -61,12 +61,11 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
                     progress: bool = True, skip_unavailable: bool = False) -> dict:
     """Build each backend, time them in the same run, and return a JSON-ready report. With
     `skip_unavailable`, a backend that cannot run here (e.g. OpenCV without CUDA) is listed under `skipped`."""
-    import platform
-
     import torch
 
+    from darktune.devices import cpu_count
+    from darktune.machine import cpu_name, library_versions, load_average
     from darktune.deploy.runtimes import (
-        cpu_count,
         latency_summary,
         make_backend,
         time_backends,
@@ -96,7 +95,7 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
     if not built:
         raise DarktuneError("no backend can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     x = verification_input(batch, built[0].net_hw)
-    load_before = _loadavg()
+    load_before = load_average()
     times = time_backends(built, x, iters, warmup, block=block, progress=progress)
     results = {name: latency_summary(t, batch) for name, t in times.items()}
     if "opencv" in results:
@@ -104,47 +103,11 @@ def run_infer_bench(cfg, weights, backends: list[str], device: str = "cpu", batc
             r["speed_vs_opencv"] = results["opencv"]["median_ms"] / r["median_ms"]
     return {"cfg": str(cfg), "weights": str(weights), "device": device, "batch": batch, "size": size,
             "threads": threads, "iters": iters, "block": block,
-            "machine": _cpu_name() or platform.machine(),
-            "cpus": cpu_count(), "load_1min": [load_before, _loadavg()], "backends": results,
+            "machine": cpu_name(),
+            "cpus": cpu_count(), "load_1min": [load_before, load_average()], "backends": results,
             "skipped": skipped,
             "fastest": min(results, key=lambda n: results[n]["median_ms"]),
-            "versions": _versions()}
-
-
-def _loadavg() -> float | None:
-    """1-minute load average (other processes competing for the CPUs make every timing slower)."""
-    import os
-
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else ''."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def _versions() -> dict[str, str]:
-    import cv2
-    import torch
-
-    out = {"torch": torch.__version__, "opencv": cv2.__version__}
-    try:
-        import onnxruntime
-
-        out["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return out
+            "versions": {k: v for k, v in library_versions().items() if v}}
 
 
 def format_report(report: dict) -> str:

@@ -20,7 +20,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from darktune.deploy.runtimes import BACKENDS, Backend, OnnxRuntimeBackend, make
 from darktune.devices import cpu_count, parse_device
 from darktune.errors import DarktuneError, MissingDependency, optional_import
 from darktune.files import atomic_write_bytes, darktune_home
+from darktune.machine import cpu_name, library_versions
 
 ENV = "DARKTUNE_BACKEND"
 CACHE_NAME = "backend-probe.json"
@@ -52,27 +52,7 @@ class Choice:
 
 def machine_key(threads: int) -> dict:
     """What makes timings on one machine comparable: CPU model, CPUs used, library versions."""
-    import cv2
-
-    versions = {"torch": torch.__version__, "opencv": cv2.__version__}
-    try:
-        versions["onnxruntime"] = optional_import("onnxruntime", "export").__version__
-    except MissingDependency:
-        versions["onnxruntime"] = None
-    return {"cpu": cpu_model() or platform.processor() or platform.machine(), "threads": threads,
-            "versions": versions}
-
-
-def cpu_model() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else ''."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return {"cpu": cpu_name(), "threads": threads, "versions": library_versions()}
 
 
 def probe_key(cfg_text: str, batch: int, threads: int) -> tuple[str, dict]:

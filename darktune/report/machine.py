@@ -7,19 +7,9 @@ import datetime
 import os
 import platform
 
+from darktune.machine import cpu_name
 from darktune.report.data import ExperimentData
 from darktune import __version__
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def gpu_names() -> list[str]:

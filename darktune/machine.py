@@ -1,0 +1,43 @@
+"""This machine as figures name it: the CPU model, the load average, the versions of the libraries that do the
+arithmetic. Read by the benchmarks, the runtime probe's cache key and the report's machine lines."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows, else 'unknown CPU'."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def load_average() -> float | None:
+    """1-minute load average (other processes competing for the CPUs make every timing slower), None where
+    the OS does not say."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    """torch, OpenCV and onnxruntime versions (None: onnxruntime not installed). Imports them: call it where
+    they are loaded anyway."""
+    import cv2
+    import torch
+
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = None
+    return {"torch": torch.__version__, "opencv": cv2.__version__, "onnxruntime": ort}
