@@ -278,3 +278,18 @@ def folder_lock(out_dir: Path, what: str = "experiment"):
     finally:
         _HELD.pop(key, None)
         os.close(fd)  # releases the lock
+
+
+def make_folder(path: str | Path, what: str) -> Path:
+    """Create the folder `path` (parents too) for `what` ("experiment folder", "run folder"); a path that is, or
+    goes through, a file is a one-line error naming it."""
+    path = Path(path)
+    p = blocking_file(path)
+    if p is not None:
+        why = "exists and is not a folder" if p == path else f"cannot be made: {p} is a file, not a folder"
+        raise DarktuneError(f"the {what} {why}", path=str(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DarktuneError(f"cannot make the {what}: {exc.strerror or exc}", path=str(path)) from None
+    return path

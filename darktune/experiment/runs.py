@@ -18,7 +18,7 @@ from pathlib import Path
 
 from darktune.errors import DarktuneError
 from darktune.experiment.spec import RunPlan, identity_options
-from darktune.files import atomic_write_bytes, blocking_file
+from darktune.files import atomic_write_bytes, make_folder
 from darktune.plural import plural
 
 DONE = ("finished", "stopped_at_target")
@@ -262,11 +262,4 @@ def finish_run(outcome: RunOutcome, keep_checkpoints: bool) -> RunOutcome:
 
 def make_out_dir(out_dir: Path) -> None:
     """Create the experiment folder; a path that is, or goes through, a file is a one-line error."""
-    p = blocking_file(out_dir)
-    if p is not None:
-        what = "exists and is not a folder" if p == out_dir else f"cannot be made: {p} is a file, not a folder"
-        raise DarktuneError(f"the experiment folder {what}", path=str(out_dir))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DarktuneError(f"cannot make the experiment folder: {exc.strerror or exc}", path=str(out_dir)) from None
+    make_folder(out_dir, "experiment folder")

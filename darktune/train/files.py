@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from darktune.errors import DarktuneError
-from darktune.files import atomic_write_bytes, blocking_file
+from darktune.files import atomic_write_bytes, make_folder
 
 
 def write_run_file(path: Path, text: str) -> None:
@@ -55,15 +55,7 @@ def check_fresh_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -
 def make_run_folder(run_dir: str | Path) -> None:
     """Create the run folder (so `darktune train` can lock it before its first check); a path that is, or goes
     through, a file is a one-line error naming it."""
-    run_dir = Path(run_dir)
-    p = blocking_file(run_dir)
-    if p is not None:
-        what = "exists and is not a folder" if p == run_dir else f"cannot be made: {p} is a file, not a folder"
-        raise DarktuneError(f"the run folder {what}", path=str(run_dir))
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DarktuneError(f"cannot make the run folder: {exc.strerror or exc}", path=str(run_dir)) from None
+    make_folder(run_dir, "run folder")
 
 
 def remove_stale_temps(run_dir: Path) -> int:
