@@ -36,7 +36,7 @@ from darktune.data.formats.openimages import read_openimages
 from darktune.data.synth.sets import make_domain_set, make_target_set, WINDOW_SCALE
 from darktune.devices import resolve_device
 from darktune.experiment.models import MODELS
-from darktune.experiment.runner import run_experiment
+from darktune.experiment.runner import ExperimentResult, run_experiment
 from darktune.experiment.runs import make_out_dir
 from darktune.files import folder_lock
 from darktune.experiment.spec import spec_from_dict
@@ -297,10 +297,10 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
             outcomes[name] = _reproduce(profile, sub, devices, progress, backbone, jobs, rerun_changed, name)
     report = write_comparison(out, {name: out / name for name in STUDY_MODELS},
                               title=f"darktune reproduce --profile {profile.name} --model both")
-    first = outcomes["yolov3-tiny"]
-    return ReproduceOutcome(profile, first.result, report,
-                            [f"{name}: {v}" for name, o in outcomes.items() for v in o.verdicts], first.data,
-                            models=outcomes)
+    results = [o.result for o in outcomes.values()]  # one result over both models: its `failed` decides the exit
+    both = ExperimentResult(out, [x for r in results for x in r.outcomes], sum(r.wall_s for r in results))
+    return ReproduceOutcome(profile, both, report, [f"{name}: {v}" for name, o in outcomes.items() for v in o.verdicts],
+                            outcomes["yolov3-tiny"].data, models=outcomes)
 
 
 def _check_both_folder(out: Path) -> None:

@@ -307,7 +307,7 @@ def test_model_both_writes_each_study_and_the_comparison(tmp_path, monkeypatch):
     out = tmp_path / "both"
     outcome = reproduce("smoke", out, device="cpu", progress=False, jobs=1, model="both")
     assert set(outcome.models) == {"yolov3-tiny", "yolov4-tiny"}
-    assert all(not o.result.failed for o in outcome.models.values())
+    assert all(not o.result.failed for o in outcome.models.values()) and len(outcome.result.outcomes) == 26
     assert sorted(p.name for p in out.iterdir()) == [".lock", "comparison.json", "report.html", "report.md",
                                                      "report_files", "yolov3-tiny", "yolov4-tiny"]
     v4 = json.loads((out / "yolov4-tiny" / "experiment.json").read_text())
