@@ -162,6 +162,7 @@ def blocks(cmp: Comparison) -> list[Block]:
             Block("p", "Training seconds exclude evaluation and checkpoints. The domain path also paid for its "
                        "domain stage once: " + ", ".join(f"{r.model} {r.stage_s:.0f} s" for r in res
                                                          if r.stage_s is not None) + ".")]
+    out += levels_blocks(res, names)
     out += [Block("h2", "mAP at the table rows (no frozen layers)")]
     table = []
     for role in ROLES:
@@ -176,10 +177,34 @@ def blocks(cmp: Comparison) -> list[Block]:
     out += [Block("h2", "Training speed: images/s (median over the runs)"),
             Block("table", items=tuple(speed), header=("frozen", *names)),
             Block("p", "Frozen layers cost no backward work (and with the frozen-prefix cache no forward work "
-                       "either), so the speed depends on the frozen count. The runs of both models trained on the "
-                       "same machine, the models one after the other: load from other work moves these figures."),
+                       "either), so the speed depends on the frozen count. Both models' runs trained on this "
+                       "machine; a run's images/s and seconds also follow what else the machine ran meanwhile."),
             Block("h2", "Machine"), Block("list", items=tuple(machine_lines()))]
     return out
+
+
+def first_reached(row: StartRow, level: float) -> tuple[int, float] | None:
+    """(iteration, seconds) of the first mean-curve point at or above `level` (a fraction)."""
+    return next(((it, s) for it, s, m in row.curve if m >= 100 * level - 1e-9), None)
+
+
+def levels_blocks(res: list[ModelResult], names: list[str], levels=(0.5, 0.6, 0.7, 0.8, 0.9)) -> list[Block]:
+    """When the mean curve (no frozen layers) first reaches each level: the target read at other heights, so a
+    start that stops short of the target still shows which model gets as far sooner."""
+    rows = []
+    for role in ROLES:
+        cells = [r.row(role, 0) for r in res]
+        if all(c is None for c in cells):
+            continue
+        for level in levels:
+            hits = [None if c is None else first_reached(c, level) for c in cells]
+            shown = ["–" if c is None else ("not reached" if h is None else f"{h[0]} it. / {h[1]:.0f} s")
+                     for c, h in zip(cells, hits)]
+            secs = {m: h[1] for m, h in zip(names, hits) if h is not None}
+            rows.append((role, pct(level, 0), *shown, min(secs, key=secs.get) if secs else "neither"))
+    return [Block("h3", "Other targets: first iteration / training seconds at which the mean curve reaches a level "
+                        "(no frozen layers)"),
+            Block("table", items=tuple(rows), header=("start", "mAP", *names, "sooner"))] if rows else []
 
 
 def write_comparison(out_dir: str | Path, folders: dict[str, Path], title: str) -> ReportPaths:
