@@ -56,7 +56,7 @@ class ModelResult:
 @dataclass
 class Comparison:
     models: list[ModelResult]
-    faster: str | None  # the model whose fastest start reached the target in fewer training seconds (N=0)
+    faster: str | None  # the model whose fastest start reached the target in fewer training seconds (N=0), or "tie"
     verdict: str
 
 
@@ -115,14 +115,24 @@ def compare_models(folders: dict[str, Path]) -> Comparison:
     target = next((r.target_map for r in results if r.target_map is not None), None)
     if not best:
         return Comparison(results, None, f"no model reached the target {pct(target, 0)} mAP with every seed")
-    faster = min(best, key=lambda m: best[m].seconds)
+    faster = sooner({m: b.seconds for m, b in best.items()})
     parts = [f"{m}: {b.start} in {b.seconds:.0f} s ({its_text(b.iterations)} it.)" for m, b in best.items()]
     missing = [r.model for r in results if r.model not in best]
     if missing:
         parts += [f"{m}: no start reached it with every seed" for m in missing]
-    return Comparison(results, faster, f"{faster} reaches {pct(target, 0)} mAP sooner in training seconds, its "
-                                       f"fastest start against the other's fastest (no frozen layers): "
-                                       + "; ".join(parts))
+    lead = (f"{faster} reaches {pct(target, 0)} mAP sooner" if faster != "tie"
+            else f"both models reach {pct(target, 0)} mAP in the same time")
+    return Comparison(results, faster, f"{lead} in training seconds, its fastest start against the other's fastest "
+                                       "(no frozen layers): " + "; ".join(parts))
+
+
+def sooner(seconds: dict[str, float]) -> str:
+    """The model with the fewest seconds; "tie" when several share them, "neither" when none got there."""
+    if not seconds:
+        return "neither"
+    best = min(seconds.values())
+    first = [m for m, s in seconds.items() if s == best]
+    return first[0] if len(first) == 1 else "tie"
 
 
 def _freeze_label(results: list[ModelResult], position: int) -> str:
@@ -152,8 +162,7 @@ def blocks(cmp: Comparison) -> list[Block]:
             cells = [r.row(role, position) for r in res]
             if all(c is None for c in cells):
                 continue
-            secs = {r.model: c.seconds for r, c in zip(res, cells) if c is not None and c.seconds is not None}
-            first = min(secs, key=secs.get) if secs else "neither"
+            first = sooner({r.model: c.seconds for r, c in zip(res, cells) if c is not None and c.seconds is not None})
             rows.append((_freeze_label(res, position), role, *[_cell(c, lambda c: (
                 f"{its_text(c.iterations)} it. / {c.seconds:.0f} s" if c.seconds is not None else
                 f"not reached ({c.reached})")) for c in cells], first))
@@ -200,8 +209,7 @@ def levels_blocks(res: list[ModelResult], names: list[str], levels=(0.5, 0.6, 0.
             hits = [None if c is None else first_reached(c, level) for c in cells]
             shown = ["–" if c is None else ("not reached" if h is None else f"{h[0]} it. / {h[1]:.0f} s")
                      for c, h in zip(cells, hits)]
-            secs = {m: h[1] for m, h in zip(names, hits) if h is not None}
-            rows.append((role, pct(level, 0), *shown, min(secs, key=secs.get) if secs else "neither"))
+            rows.append((role, pct(level, 0), *shown, sooner({m: h[1] for m, h in zip(names, hits) if h is not None})))
     return [Block("h3", "Other targets: first iteration / training seconds at which the mean curve reaches a level "
                         "(no frozen layers)"),
             Block("table", items=tuple(rows), header=("start", "mAP", *names, "sooner"))] if rows else []

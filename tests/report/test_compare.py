@@ -87,14 +87,15 @@ def test_report_puts_the_models_side_by_side(both):
     md = paths.markdown.read_text()
     assert md.startswith("# both\n") and "![mAP against iterations and against training seconds" in md
     assert "| frozen | start | yolov3-tiny | yolov4-tiny | sooner |" in md
-    assert "| N=0 / N=0 | domain | 14 it. / 0 s | 14 it. / 0 s |" in md
+    assert "| N=0 / N=0 | domain | 14 it. / 0 s | 14 it. / 0 s | tie |" in md
     assert "| N=20 / N=35 | scratch | not reached (0/1 seeds) | not reached (0/1 seeds) | neither |" in md
     assert "| frozen | yolov3-tiny | yolov4-tiny |\n|---|---|---|\n| N=0 / N=0 | 100.0 | 100.0 |" in md
     assert "| domain | 40 |" in md and paths.figures[0].name == "models.png"
     assert "| domain | 90 | 22 it. / 0 s | 22 it. / 0 s |" in md and "| scratch | 50 | not reached | not reached | neither |" in md
     assert paths.figures[0].read_bytes()[:4] == b"\x89PNG" and "data:image/png;base64," in paths.html.read_text()
     record = json.loads((both / "comparison.json").read_text())
-    assert record["models"][1]["model"] == "yolov4-tiny" and record["faster"] in ("yolov3-tiny", "yolov4-tiny")
+    assert record["models"][1]["model"] == "yolov4-tiny" and record["faster"] == "tie"
+    assert record["verdict"].startswith("both models reach 80 mAP in the same time in training seconds")
 
 
 def test_a_model_that_never_reaches_the_target_is_said_so(both):
