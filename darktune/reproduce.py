@@ -12,15 +12,19 @@ Steps (each reuses its result when run again in the same folder):
      not need it);
   5. the report (report.md, report.html).
 
-Owns: `PROFILES` (smoke / quick / full), `reproduce(profile, out, device) -> ReproduceOutcome`,
-`prepare_data`, `build_spec`.
+`model`: yolov3-tiny (the study's; default), yolov4-tiny (the same study in its layer numbering: STUDY_MODELS),
+or both: each model's reproduction in DIR/<model>/ (each a complete reproduction folder with its own report) and
+DIR/report.md + report.html, which puts the two side by side (darktune.report.compare).
+
+Owns: `PROFILES` (smoke / quick / full), `STUDY_MODELS`, `reproduce(profile, out, device, model) ->
+ReproduceOutcome`, `prepare_data`, `build_spec`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from darktune.errors import DarktuneError
@@ -31,11 +35,13 @@ from darktune.data.filter import filter_dataset, FilterRules
 from darktune.data.formats.openimages import read_openimages
 from darktune.data.synth.sets import make_domain_set, make_target_set, WINDOW_SCALE
 from darktune.devices import resolve_device
-from darktune.experiment.runner import run_experiment
+from darktune.experiment.models import MODELS
+from darktune.experiment.runner import ExperimentResult, run_experiment
 from darktune.experiment.runs import make_out_dir
 from darktune.files import folder_lock
 from darktune.experiment.spec import spec_from_dict
 from darktune.report.data import load_experiment
+from darktune.report.compare import write_comparison
 from darktune.report.findings import findings
 from darktune.report.render import write_report
 
@@ -47,6 +53,30 @@ SEED = 0  # the data sets' seed; the training runs use Profile.seeds
 STAND_IN_BACKBONE_LAYERS = 8
 STARTS = ("scratch", "backbone", "coco15", "domain")
 FREEZE = (0, 13, 20)
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """The study's grid in one model's layer numbering (docs/study.md says why these cuts)."""
+
+    model: str
+    freeze: tuple[int, ...]  # none / the whole backbone / all but the last two convs of the 26x26 head
+    stand_in_layers: int  # the stand-in backbone: the COCO weights' layers up to the stride-16 maxpool
+
+    @property
+    def starts(self) -> tuple[str, ...]:
+        return ("scratch", "backbone", MODELS[self.model].partial, "domain")
+
+
+# yolov3-tiny: 13 = layers 0..12, its backbone; 20 leaves only conv 21 and 22 (the 26x26 head's 3x3 conv and
+# output) training. yolov4-tiny: the same parts are 27 (its CSP backbone is layers 0..26, and 27/28/29 are the
+# 13x13 head's 1x1, 3x3 and output convs, as 13/14/15 in v3) and 35 (0..34 frozen: 35, 36 train, as 21, 22).
+# Stand-in backbones end at the stride-16 maxpool: v3 layer 7, v4 layer 17 (the second CSP block's maxpool).
+STUDY_MODELS: dict[str, StudyModel] = {
+    "yolov3-tiny": StudyModel("yolov3-tiny", FREEZE, STAND_IN_BACKBONE_LAYERS),
+    "yolov4-tiny": StudyModel("yolov4-tiny", (0, 27, 35), 18),
+}
+MODEL_CHOICES = tuple(STUDY_MODELS) + ("both",)
 
 
 @dataclass(frozen=True)
@@ -121,6 +151,7 @@ class ReproduceOutcome:
     report: object  # ReportPaths
     verdicts: list[str]
     data: dict
+    models: dict = field(default_factory=dict)  # --model both: model -> its ReproduceOutcome
 
 
 def get_profile(name: str) -> Profile:
@@ -172,11 +203,11 @@ def _filtered_domain(boxes_csv: Path, out: Path, profile: Profile) -> tuple[Path
     return obj_data, stats
 
 
-def build_spec(profile: Profile, data: dict, backbone: str | None = None) -> dict:
+def build_spec(profile: Profile, data: dict, backbone: str | None = None, model: str = "yolov3-tiny") -> dict:
     """The experiment spec (as the YAML would hold it) for the study's grid on the prepared data. `backbone`:
-    darknet's ImageNet weights (darknet.weights) for the backbone start; default: the COCO weights' first 13
-    layers as a stand-in."""
-    p = profile
+    darknet's ImageNet weights (darknet.weights) for the backbone start; default: the COCO weights' first
+    layers as a stand-in. `model`: a key of STUDY_MODELS (yolov3-tiny writes the spec it always wrote)."""
+    p, study = profile, STUDY_MODELS[model]
     train = {"batch": p.batch, "subdivisions": p.subdivisions, "size": p.size, "lr": p.lr, "burn_in": p.burn_in,
              "protocol": "darknet", "checkpoint_every": p.checkpoint_every, "augment": p.augment}
     if p.max_valid_images:
@@ -189,17 +220,25 @@ def build_spec(profile: Profile, data: dict, backbone: str | None = None) -> dic
              f"boxes). Images and network {p.size}x{p.size}, batch {p.batch}, lr {p.lr}, burn_in {p.burn_in}, "
              f"augmentation {'on' if p.augment else 'off'}.")
     if not backbone:
-        n = STAND_IN_BACKBONE_LAYERS
+        n, last = study.stand_in_layers, MODELS[model].backbone_layers - 1
         notes += (" The backbone start is a stand-in: without darknet's ImageNet weights it loads the COCO "
-                  f"weights' layers 0..{n - 1} only (generic low-level filters) and leaves layers {n}..12 random; "
-                  "`reproduce --backbone darknet.weights` runs the study's Table I start (13 layers).")
+                  f"weights' layers 0..{n - 1} only (generic low-level filters) and leaves layers {n}..{last} "
+                  "random" + ("; `reproduce --backbone darknet.weights` runs the study's Table I start (13 layers)."
+                              if model == "yolov3-tiny" else "."))
+    if model != "yolov3-tiny":
+        m = MODELS[model]
+        notes += (f" Model {model}: the COCO partial start is {m.partial} (layers 0..{m.partial_layers - 1}); "
+                  f"frozen layers {'/'.join(map(str, study.freeze))} play the study's 0/13/20 (none, the whole "
+                  "backbone, all but the 26x26 head's last two convs).")
     spec = {
-        "cfg": "yolov3-tiny",
+        **({"cfg": model} if model == "yolov3-tiny" else {"model": model}),
         "train": train,
         "notes": notes,
-        "stages": {"domain": {"data": data["domain"], "weights": "coco15", "iterations": p.stage_iterations,
+        "stages": {"domain": {"data": data["domain"], "weights": MODELS[model].partial,
+                              "iterations": p.stage_iterations,
                               "eval_at": [p.stage_iterations // 2, p.stage_iterations]}},
-        "grid": {"data": data["target"], "starts": list(STARTS), "freeze": list(FREEZE), "images": ["all"],
+        "grid": {"data": data["target"], "starts": list(study.starts), "freeze": list(study.freeze),
+                 "images": ["all"],
                  "seeds": list(p.seeds), "iterations": p.iterations, "eval_at": list(p.eval_at),
                  "eval_every": p.eval_every, "target_map": p.target_map,
                  "per_start": {"domain": {"iterations": p.domain_iterations, "eval_at": list(p.domain_eval_at),
@@ -208,7 +247,7 @@ def build_spec(profile: Profile, data: dict, backbone: str | None = None) -> dic
     if backbone:
         spec["weights"] = {"backbone": str(Path(backbone).resolve())}
     else:
-        spec["weights"] = {"backbone_layers": STAND_IN_BACKBONE_LAYERS}
+        spec["weights"] = {"backbone_layers": study.stand_in_layers}
     return spec
 
 
@@ -232,35 +271,66 @@ def default_jobs(device: str | None) -> int:
 
 def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", device: str | None = None,
               progress: bool = True, backbone: str | None = None, jobs: int | None = None,
-              rerun_changed: bool = False) -> ReproduceOutcome:
+              rerun_changed: bool = False, model: str = "yolov3-tiny") -> ReproduceOutcome:
     """Run (or continue) the whole reproduction in `out` and write its report. One process at a time works in
-    `out` (the experiment's lock, held from the data sets on). `rerun_changed`: see run_experiment."""
+    `out` (the experiment's lock, held from the data sets on). `rerun_changed`: see run_experiment. `model`:
+    yolov3-tiny, yolov4-tiny, or both (DIR/<model>/ each, one after the other, and the comparison in DIR)."""
     profile = get_profile(profile_name)
+    if model not in MODEL_CHOICES:
+        raise DarktuneError(f"unknown model '{model}' (known: {', '.join(MODEL_CHOICES)})")
+    if backbone and model != "yolov3-tiny":
+        raise DarktuneError("--backbone is darknet's ImageNet darknet.weights for yolov3-tiny's Table I start; for "
+                            "yolov4-tiny give weights.backbone in a `darktune experiment` spec")
     out = Path(out).resolve()  # the spec written into `out` holds the data paths; relative ones would be read
     # against the spec's own folder, i.e. doubled
     devices = [_device(device)] if device else None
     make_out_dir(out)
     with folder_lock(out):
-        return _reproduce(profile, out, devices, progress, backbone, jobs, rerun_changed)
+        if model != "both":
+            return _reproduce(profile, out, devices, progress, backbone, jobs, rerun_changed, model)
+        _check_both_folder(out)
+    outcomes = {}
+    for name in STUDY_MODELS:  # each sub-folder holds its own lock; the comparison only reads their files
+        sub = out / name
+        make_out_dir(sub)
+        with folder_lock(sub):
+            outcomes[name] = _reproduce(profile, sub, devices, progress, backbone, jobs, rerun_changed, name)
+    report = write_comparison(out, {name: out / name for name in STUDY_MODELS},
+                              title=f"darktune reproduce --profile {profile.name} --model both")
+    results = [o.result for o in outcomes.values()]  # one result over both models: its `failed` decides the exit
+    both = ExperimentResult(out, [x for r in results for x in r.outcomes], sum(r.wall_s for r in results))
+    return ReproduceOutcome(profile, both, report, [f"{name}: {v}" for name, o in outcomes.items() for v in o.verdicts],
+                            outcomes["yolov3-tiny"].data, models=outcomes)
+
+
+def _check_both_folder(out: Path) -> None:
+    """A `--model both` folder holds the models' sub-folders and the comparison only; anything else (a
+    single-model reproduction, a user's files) is refused, nothing touched."""
+    allowed = {".lock", "report.md", "report.html", "report_files", "comparison.json", *STUDY_MODELS}
+    other = sorted(p.name for p in out.iterdir() if p.name not in allowed)
+    if other:
+        raise DarktuneError(f"holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}, which a --model both "
+                            "folder does not (it holds one sub-folder per model); choose a new --out", path=str(out))
 
 
 def _reproduce(profile: Profile, out: Path, devices: list[str] | None, progress: bool, backbone: str | None,
-               jobs: int | None, rerun_changed: bool) -> ReproduceOutcome:
+               jobs: int | None, rerun_changed: bool, model: str = "yolov3-tiny") -> ReproduceOutcome:
     import yaml
 
 
-    _check_profile_folder(out, profile)
-    zoo.fetch("yolov3-tiny")
+    _check_profile_folder(out, profile, model)
+    zoo.fetch(model)
     jobs = jobs or default_jobs(devices[0] if devices else None)
     data = prepare_data(profile, out, progress, workers=min(8, os.cpu_count() or 1))
     if backbone and not Path(backbone).is_file():
         raise DarktuneError("backbone weights not found", path=str(backbone))
-    spec_dict = build_spec(profile, data, backbone)
+    spec_dict = build_spec(profile, data, backbone, model)
     spec_path = out / "experiment.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
     spec = spec_from_dict(spec_dict, str(spec_path))
     result = run_experiment(spec, out, devices=devices, jobs=jobs, progress=progress, rerun_changed=rerun_changed)
-    report = write_report(out, title=f"darktune reproduce --profile {profile.name}: the transfer-learning study")
+    title = f"darktune reproduce --profile {profile.name}" + (f" --model {model}" if model != "yolov3-tiny" else "")
+    report = write_report(out, title=f"{title}: the transfer-learning study")
     verdicts = [f"{f.verdict}: {f.claim}" for f in findings(load_experiment(out))]
     return ReproduceOutcome(profile, result, report, verdicts, data)
 
@@ -271,11 +341,12 @@ def _device(name: str) -> str:
     return "cuda:0" if name == "cuda" else name
 
 
-def _check_profile_folder(out: Path, profile: Profile) -> None:
-    """One folder holds one profile: continuing a folder with another profile is refused, not mixed; a
-    non-empty folder that is not a reproduction is refused too (nothing of the user's is touched)."""
+def _check_profile_folder(out: Path, profile: Profile, model: str = "yolov3-tiny") -> None:
+    """One folder holds one profile and one model: continuing a folder with another profile or model is
+    refused, not mixed; a non-empty folder that is not a reproduction is refused too (nothing of the user's is
+    touched). A yolov3-tiny folder's marker is the profile alone, as before models could be chosen."""
     marker = out / "profile.json"
-    wanted = asdict(profile)
+    wanted = asdict(profile) | ({} if model == "yolov3-tiny" else {"model": model})
     if not marker.is_file() and out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
         raise DarktuneError("is not empty and holds no reproduction (profile.json); choose a new --out",
                             path=str(out))
@@ -286,8 +357,10 @@ def _check_profile_folder(out: Path, profile: Profile) -> None:
             found = None
         if found != json.loads(json.dumps(wanted)):
             name = found.get("name") if isinstance(found, dict) else "?"
-            raise DarktuneError(f"this folder holds a reproduction with profile '{name}' (or other settings); "
-                                f"use another --out for profile '{profile.name}'", path=str(out))
+            held = found.get("model", "yolov3-tiny") if isinstance(found, dict) else "?"
+            raise DarktuneError(f"this folder holds a reproduction with profile '{name}' and model '{held}' (or other "
+                                f"settings); use another --out for profile '{profile.name}' and model '{model}'",
+                                path=str(out))
         return
 
     atomic_write_bytes(marker, (json.dumps(wanted, indent=1) + "\n").encode())  # creates the folder too

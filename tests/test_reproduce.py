@@ -265,3 +265,74 @@ def test_a_second_reproduction_in_the_same_folder_is_refused(tmp_path, capsys):
         holder.wait()
     with folder_lock(out):  # released with the process
         pass
+
+
+# --- --model: the study on Tiny YOLOv4, and on both models side by side -----------------------------------------
+
+def test_v4_spec_is_the_study_grid_in_v4_numbering(smoke_data):
+    from darktune.reproduce import STUDY_MODELS
+
+    _, data = smoke_data
+    raw = build_spec(PROFILES["quick"], data, model="yolov4-tiny")
+    assert raw["model"] == "yolov4-tiny" and "cfg" not in raw
+    spec = spec_from_dict(raw, "generated.yaml")
+    plans = plan_runs(spec)
+    assert plans[0].group == "stage" and plans[0].start == "coco29" and spec.backbone_layers == 18
+    assert {(p.start, p.freeze) for p in plans if p.group == "grid"} == {
+        (s, n) for s in ("scratch", "backbone", "coco29", "domain") for n in (0, 27, 35)}
+    assert {p.model for p in plans} == {"yolov4-tiny"} and STUDY_MODELS["yolov3-tiny"].freeze == (0, 13, 20)
+    assert build_spec(PROFILES["quick"], data)["cfg"] == "yolov3-tiny"  # the v3 spec as before
+
+
+def test_folder_of_another_model_is_refused(tmp_path):
+    _check_profile_folder(tmp_path, PROFILES["smoke"], "yolov4-tiny")
+    _check_profile_folder(tmp_path, PROFILES["smoke"], "yolov4-tiny")
+    with pytest.raises(DarktuneError, match="model 'yolov4-tiny'.*model 'yolov3-tiny'"):
+        _check_profile_folder(tmp_path, PROFILES["smoke"])
+    v3 = tmp_path / "v3"
+    _check_profile_folder(v3, PROFILES["smoke"])  # a yolov3-tiny folder's marker is the profile alone
+    assert json.loads((v3 / "profile.json").read_text()) == json.loads(json.dumps(
+        __import__("dataclasses").asdict(PROFILES["smoke"])))
+
+
+@pytest.mark.slow
+def test_model_both_writes_each_study_and_the_comparison(tmp_path, monkeypatch):
+    """--model both on the smoke profile with the fake trainer (the pipeline, not the training, is under test):
+    one complete reproduction per model in OUT/<model>/, the comparison in OUT; run again, everything is reused."""
+    from fake_train import fake_train
+
+    from darktune.experiment import runner
+    from darktune.reproduce import reproduce
+
+    monkeypatch.setattr(runner, "default_train", fake_train)
+    out = tmp_path / "both"
+    outcome = reproduce("smoke", out, device="cpu", progress=False, jobs=1, model="both")
+    assert set(outcome.models) == {"yolov3-tiny", "yolov4-tiny"}
+    assert all(not o.result.failed for o in outcome.models.values()) and len(outcome.result.outcomes) == 26
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "comparison.json", "report.html", "report.md",
+                                                     "report_files", "yolov3-tiny", "yolov4-tiny"]
+    v4 = json.loads((out / "yolov4-tiny" / "experiment.json").read_text())
+    assert v4["model"] == "yolov4-tiny" and v4["starts"]["coco29"]["upto"] == 29
+    assert json.loads((out / "yolov4-tiny" / "runs" / "coco29-f35-nall-s0" / "run.json").read_text())["model"] \
+        == "yolov4-tiny"
+    assert (out / "yolov4-tiny" / "weights" / "coco.conv.29").is_file()
+    assert (out / "yolov3-tiny" / "weights" / "coco.conv.15").is_file()
+    md = (out / "report.md").read_text()
+    assert "## Which model gets there first" in md and "| N=20 / N=35 | coco partial |" in md
+    assert "## Training speed: images/s" in md and (out / "report_files" / "models.png").is_file()
+    again = reproduce("smoke", out, device="cpu", progress=False, jobs=1, model="both")
+    assert all(o.reused for m in again.models.values() for o in m.result.outcomes)
+    with pytest.raises(DarktuneError, match="holds no reproduction"):  # a both folder is not one model's
+        reproduce("smoke", out, device="cpu", progress=False, jobs=1, model="yolov4-tiny")
+    single = tmp_path / "single"
+    _check_profile_folder(single, PROFILES["smoke"])  # what a one-model reproduction writes first
+    with pytest.raises(DarktuneError, match="which a --model both folder does not"):
+        reproduce("smoke", single, device="cpu", progress=False, jobs=1, model="both")
+
+
+def test_backbone_weights_are_for_yolov3_tiny_only(tmp_path):
+    from darktune.reproduce import reproduce
+
+    with pytest.raises(DarktuneError, match="--backbone is darknet's ImageNet"):
+        reproduce("smoke", tmp_path / "r", backbone="darknet.weights", model="yolov4-tiny")
+    assert not (tmp_path / "r").exists()

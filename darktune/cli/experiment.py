@@ -57,6 +57,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "study's sizes and iterations, for a GPU")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--out", default="runs/reproduce", help="output folder (rerun to resume); default %(default)s")
+    p.add_argument("--model", choices=("yolov3-tiny", "yolov4-tiny", "both"), default="yolov3-tiny",
+                   help="the study on Tiny YOLOv3 (default), on Tiny YOLOv4 (its layer numbering: coco29, frozen "
+                        "0/27/35), or both: OUT/<model>/ each and OUT/report.md side by side")
     p.add_argument("--backbone", metavar="WEIGHTS", help="darknet's ImageNet darknet.weights for the backbone start "
                                                         "(first 13 layers); default: the COCO weights' "
                                                         "layers 0..7 as a stand-in, said so in the report")
@@ -143,9 +146,9 @@ def cmd_reproduce(args) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
     outcome = reproduce(args.profile, args.out, device=args.device, progress=not args.no_progress, backbone=args.backbone,
-                        jobs=args.jobs, rerun_changed=args.rerun_changed)
+                        jobs=args.jobs, rerun_changed=args.rerun_changed, model=args.model)
     _print_outcome(outcome.result, outcome.report, args.json,
-                   {"profile": args.profile, "findings": outcome.verdicts})
+                   {"profile": args.profile, "model": args.model, "findings": outcome.verdicts})
     if not args.json:
         for line in outcome.verdicts:
             print(f"  {line}")

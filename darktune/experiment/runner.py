@@ -54,12 +54,13 @@ from darktune.darknet import zoo
 from darktune.darknet.cfg import ConvSpec, parse_cfg
 from darktune.darknet.weights import partial
 from darktune.devices import resolve_device
+from darktune.experiment.models import MODELS
 from darktune.experiment.workers import GridProgress, TrainFn, execute
 from darktune.train.config import TrainConfig
 from darktune.train.loop import train
 
-BACKBONE_LAYERS = 13
-COCO15_LAYERS = 15
+BACKBONE_LAYERS = MODELS["yolov3-tiny"].backbone_layers
+COCO15_LAYERS = MODELS["yolov3-tiny"].partial_layers
 
 
 @dataclass
@@ -87,35 +88,38 @@ def _coco_weights(spec: ExperimentSpec) -> tuple[str, str]:
     if "coco" in spec.weights:
         return spec.weights["coco"], spec.weights["coco"]
 
-    fetched = zoo.fetch("yolov3-tiny")
-    return str(fetched.weights), "the official COCO yolov3-tiny.weights (zoo)"
+    fetched = zoo.fetch(spec.model)
+    return str(fetched.weights), f"the official COCO {spec.model}.weights (zoo)"
 
 
 def resolve_starts(spec: ExperimentSpec, cfg: str, out_dir: Path, plans: list[RunPlan],
                    digest: Callable[[str], str | None] | None = None) -> dict[str, StartWeights]:
-    """Weights for every starting point the plans use; derives conv.15 under DIR/weights/ once per source (a
-    sidecar coco.conv.15.json records the source's and the cfg's sha256; another source derives it again)."""
+    """Weights for every starting point the plans use; derives the model's COCO partial start (conv.15,
+    conv.29) under DIR/weights/ once per source (a sidecar coco.conv.N.json records the source's and the cfg's
+    sha256; another source derives it again)."""
     digest = digest or file_sha256
     used = {p.start for p in plans}
+    model = MODELS[spec.model]
+    partial_start, upto = model.partial, model.partial_layers
     starts: dict[str, StartWeights] = {}
     if "scratch" in used:
         starts["scratch"] = StartWeights(None, None, "random initialisation")
-    if used & {"coco", "coco15"} or ("backbone" in used and "backbone" not in spec.weights):
+    if used & {"coco", partial_start} or ("backbone" in used and "backbone" not in spec.weights):
         coco, coco_name = _coco_weights(spec)
         if "coco" in used:
             starts["coco"] = StartWeights(coco, None, f"every layer of {coco_name} that fits the cfg")
-        if "coco15" in used:
-            out = out_dir / "weights" / "coco.conv.15"
-            source = {"from_sha256": digest(coco), "cfg_sha256": digest(cfg), "upto": COCO15_LAYERS}
+        if partial_start in used:
+            out = out_dir / "weights" / f"coco.conv.{upto}"
+            source = {"from_sha256": digest(coco), "cfg_sha256": digest(cfg), "upto": upto}
             sidecar = out.with_name(out.name + ".json")
             if not out.is_file() or read_json(sidecar) != source:
-                partial(cfg, coco, out, COCO15_LAYERS)
+                partial(cfg, coco, out, upto)
                 write_json(sidecar, source)
-            starts["coco15"] = StartWeights(str(out), COCO15_LAYERS,
-                                            f"layers 0..14 of {coco_name} (darknet `partial ... 15`, {out.name})")
+            starts[partial_start] = StartWeights(str(out), upto, f"layers 0..{upto - 1} of {coco_name} (darknet "
+                                                                 f"`partial ... {upto}`, {out.name})")
         if "backbone" in used and "backbone" not in spec.weights:
-            starts["backbone"] = StartWeights(coco, spec.backbone_layers, backbone_stand_in(coco_name,
-                                                                                            spec.backbone_layers))
+            starts["backbone"] = StartWeights(coco, spec.backbone_layers, backbone_stand_in(
+                coco_name, spec.backbone_layers, model.backbone_layers))
     if "backbone" in used and "backbone" in spec.weights:
         n = spec.backbone_layers
         starts["backbone"] = StartWeights(spec.weights["backbone"], n,
@@ -130,12 +134,13 @@ def resolve_starts(spec: ExperimentSpec, cfg: str, out_dir: Path, plans: list[Ru
     return starts
 
 
-def backbone_stand_in(coco_name: str, layers: int) -> str:
-    """How a backbone start made from the COCO weights is described (the report keys on 'STAND-IN')."""
+def backbone_stand_in(coco_name: str, layers: int, backbone: int = BACKBONE_LAYERS) -> str:
+    """How a backbone start made from the COCO weights is described (the report keys on 'STAND-IN');
+    `backbone`: the model's backbone layers (13 for yolov3-tiny, 27 for yolov4-tiny)."""
     text = (f"layers 0..{layers - 1} of {coco_name}: a STAND-IN for darknet's ImageNet classification backbone "
             "(the study's Table I), which cannot be downloaded here")
-    if layers < BACKBONE_LAYERS:
-        text += (f"; layers {layers}..{BACKBONE_LAYERS - 1} of the backbone stay random, because COCO's deeper "
+    if layers < backbone:
+        text += (f"; layers {layers}..{backbone - 1} of the backbone stay random, because COCO's deeper "
                  "layers are detection features, which an ImageNet classifier does not have")
     return text + "; pass weights.backbone in the spec (reproduce --backbone) to use your own darknet.weights"
 
@@ -242,7 +247,7 @@ def experiment_record(spec: ExperimentSpec, cfg: str, starts: dict[str, StartWei
     for p in plans:
         if p.group == "grid" and p.options.get("target_map") is not None:
             target = p.options["target_map"]
-    return {"spec": spec.path, "cfg": cfg, "notes": spec.notes, "target_map": target,
+    return {"spec": spec.path, "model": spec.model, "cfg": cfg, "notes": spec.notes, "target_map": target,
             "protocol": next((p.options["protocol"] for p in plans if "protocol" in p.options), None),
             "starts": {k: {"path": v.path, "upto": v.upto, "description": v.description} for k, v in starts.items()},
             "runs": [p.to_dict() for p in plans]}

@@ -1,10 +1,10 @@
 """The folder of one experiment run and what decides whether it may be reused.
 
 Owns: `StartWeights` and `RunOutcome`, `train_config(plan, ...)` (a run's TrainConfig arguments), the run
-identity written to run.json (`RunInputs.identity`: the plan, the start weights' path and sha256, a sha256 over
-the data set's obj.data and the lists it names, the cfg's sha256), `check_reuse` (refuse, or with
-`rerun_changed` delete, every folder whose identity differs from the spec's), `prepare_run` / `finish_run`
-(a finished run drops its checkpoint.pt unless kept), and the experiment folder itself (`make_out_dir`, the
+identity written to run.json (`RunInputs.identity`: the plan with its model, the start weights' path and
+sha256, a sha256 over the data set's obj.data and the lists it names, the cfg's sha256), `check_reuse`
+(refuse, or with `rerun_changed` delete, every folder whose identity differs from the spec's), `prepare_run` /
+`finish_run` (a finished run drops its checkpoint.pt unless kept), and the experiment folder itself (`make_out_dir`, the
 flock of `darktune.files.folder_lock`). darktune/experiment.py runs the stages and the grid with these.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from darktune.errors import DarktuneError
+from darktune.experiment.models import DEFAULT_MODEL
 from darktune.experiment.spec import RunPlan, identity_options
 from darktune.files import atomic_write_bytes, make_folder
 from darktune.plural import plural
@@ -154,6 +155,7 @@ def describe_changes(recorded: dict, identity: dict, from_stage: bool) -> list[s
     """What differs between a folder's run.json and the run the spec asks for, named as the user set it
     ("iterations: 20 -> 30"; eval_at is not named when only its implied last point moved with iterations)."""
     old = dict(recorded)
+    old.setdefault("model", DEFAULT_MODEL)  # run.json from before `model`: the COCO starts were yolov3-tiny's
     if isinstance(old.get("options"), dict):  # run.json files written before target_map left the identity
         old["options"] = identity_options(old["options"])
     if old == identity:
@@ -165,7 +167,7 @@ def describe_changes(recorded: dict, identity: dict, from_stage: bool) -> list[s
     if unknown:
         changes.append(f"made by an older darktune that did not record the content of its {', '.join(unknown)}, "
                        "so it cannot be checked")
-    for key in ("start", "data", "freeze", "images", "seed", "iterations"):
+    for key in ("model", "start", "data", "freeze", "images", "seed", "iterations"):
         if old.get(key) != identity[key]:
             changes.append(f"{key}: {_show(key, old.get(key))} -> {_show(key, identity[key])}")
     if old.get("eval_at") != identity["eval_at"] and not _moved_with_iterations(old, identity):
@@ -183,7 +185,7 @@ def describe_changes(recorded: dict, identity: dict, from_stage: bool) -> list[s
         changes.append("its data set's files changed (obj.data or the names / train / valid lists it names)")
     if "cfg_sha256" in old and old["cfg_sha256"] != identity["cfg_sha256"]:
         changes.append("the cfg's text changed")
-    named = {"start", "data", "freeze", "images", "seed", "iterations", "eval_at", "options", "start_weights",
+    named = {"model", "start", "data", "freeze", "images", "seed", "iterations", "eval_at", "options", "start_weights",
              "data_sha256", "cfg_sha256"}
     changes += [f"{k} differs" for k in sorted((set(old) | set(identity)) - named) if old.get(k) != identity.get(k)]
     return changes or ["its run.json differs"]

@@ -4,10 +4,11 @@ Owns: `ExperimentSpec` / `StageSpec` / `GridSpec` (validated, paths resolved aga
 `load_spec(path)`, `spec_from_dict(data, path)`, and `plan_runs(spec) -> list[RunPlan]` (stages first, in
 dependency order, then the grid: starts x frozen layers x training images x seeds).
 
-Starting points: `scratch` (random init), `backbone` (the first 13 layers of a weights file; another count with
-`weights.backbone_layers`), `coco15` (the
-first 15 layers of the COCO weights, darknet's `partial ... 15`), `coco` (every COCO layer that fits), the name
-of a stage (its last weights), or a path to any `.weights` file (every layer that fits).
+`model` names a known model (darktune.experiment.models; default yolov3-tiny): its cfg, its COCO weights and
+what its named starting points mean. Starting points: `scratch` (random init), `backbone` (the first layers of a
+weights file: 13 for yolov3-tiny, 27 for yolov4-tiny; another count with `weights.backbone_layers`), the COCO
+partial start (`coco15` = darknet's `partial ... 15` for yolov3-tiny, `coco29` for yolov4-tiny), `coco` (every
+COCO layer that fits), the name of a stage (its last weights), or a path to any `.weights` file.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from darktune.errors import DarktuneError
+from darktune.experiment.models import ALL_BUILTIN_STARTS, DEFAULT_MODEL, MODELS, builtin_starts
 from darktune.experiment.spec_file import read_spec_yaml, short
 from darktune.train.config import OPTIONS, SPEC_OPTIONS
 
-BUILTIN_STARTS = ("scratch", "backbone", "coco15", "coco")
 TRAIN_OPTIONS = SPEC_OPTIONS  # passed through to every training run (TrainConfig fields whose Option says spec)
 _INT_OPTIONS = {"batch": 1, "subdivisions": 1, "size": 32, "eval_every": 0, "workers": 0, "unfreeze_at": 1,
                 "burn_in": 0, "max_valid_images": 1, "checkpoint_every": 1, "eval_batch": 1}
-TOP_KEYS = ("cfg", "weights", "train", "stages", "grid", "notes")
+TOP_KEYS = ("model", "cfg", "weights", "train", "stages", "grid", "notes")
 WEIGHT_NAMES = ("coco", "backbone")
 WEIGHT_KEYS = WEIGHT_NAMES + ("backbone_layers",)
-DEFAULT_BACKBONE_LAYERS = 13  # the study's Table I start: the first 13 layers (0..12) of a weights file
 PROTOCOLS = ("darknet", "voc07", "coco101", "coco")  # darktune.eval.metrics; repeated so a spec loads without torch
 STAGE_KEYS = ("data", "weights", "freeze", "iterations", "images", "seed", "eval_at") + TRAIN_OPTIONS
 GRID_KEYS = ("data", "starts", "freeze", "images", "seeds", "iterations", "eval_at", "per_start") + TRAIN_OPTIONS
@@ -70,9 +70,10 @@ class GridSpec:
 class ExperimentSpec:
     cfg: str  # a cfg path, or a zoo model name ("yolov3-tiny")
     grid: GridSpec
+    model: str = DEFAULT_MODEL  # a key of MODELS: the COCO weights and the named starts' layers
     stages: dict = field(default_factory=dict)  # name -> StageSpec, in dependency order
     weights: dict = field(default_factory=dict)  # "coco"/"backbone" -> path (default: the zoo's COCO weights)
-    backbone_layers: int = DEFAULT_BACKBONE_LAYERS  # layers 0..backbone_layers-1 of the backbone file are loaded
+    backbone_layers: int = MODELS[DEFAULT_MODEL].backbone_layers  # layers 0..backbone_layers-1 of the backbone file are loaded
     options: dict = field(default_factory=dict)  # train options for every run
     notes: str = ""
     path: str | None = None
@@ -94,6 +95,7 @@ class RunPlan:
     iterations: int
     eval_at: tuple[int, ...]
     options: dict
+    model: str = DEFAULT_MODEL  # part of the identity: a yolov3-tiny run is never reused for yolov4-tiny
 
     @property
     def folder(self) -> str:
@@ -103,7 +105,7 @@ class RunPlan:
         """What makes two runs the same run (stored in run.json; a finished run is reused only if it matches).
         Not in it: `workers` (speed only) and `target_map` unless `stop_at_target` is set (without it the target
         only decides how the report reads the curves)."""
-        return {"start": self.start, "data": self.data, "freeze": self.freeze, "images": self.images,
+        return {"model": self.model, "start": self.start, "data": self.data, "freeze": self.freeze, "images": self.images,
                 "seed": self.seed, "iterations": self.iterations, "eval_at": list(self.eval_at),
                 "options": identity_options(self.options)}
 
@@ -227,24 +229,35 @@ def spec_from_dict(data: Any, path: str | None = None, lines: dict[tuple, int] |
     top = check.mapping(data, (), TOP_KEYS)
     if "grid" not in top:
         raise check.error((), "missing 'grid' (the runs over the target set)")
-    cfg = top.get("cfg", "yolov3-tiny")
-    if not isinstance(cfg, str) or not cfg:
-        raise check.error(("cfg",), f"must be a cfg path or a zoo model name, got {short(cfg)}")
-    if cfg.endswith(".cfg"):
-        cfg = check.path_(cfg, ("cfg",))
+    model, cfg = _model_and_cfg(check, top)
     weights_raw = check.mapping(top.get("weights"), ("weights",), WEIGHT_KEYS)
     weights = {k: check.path_(v, ("weights", k)) for k, v in weights_raw.items() if k in WEIGHT_NAMES}
-    backbone_layers = check.int_(weights_raw.get("backbone_layers", DEFAULT_BACKBONE_LAYERS),
+    backbone_layers = check.int_(weights_raw.get("backbone_layers", MODELS[model].backbone_layers),
                                  ("weights", "backbone_layers"), 1)
     options = check.options(check.mapping(top.get("train"), ("train",), TRAIN_OPTIONS), ("train",))
-    stages = _stages(check, top.get("stages"))
-    grid = _grid(check, top["grid"], stages)
+    stages = _stages(check, top.get("stages"), model)
+    grid = _grid(check, top["grid"], stages, model)
     notes = top.get("notes", "")
     if not isinstance(notes, str):
         raise check.error(("notes",), "must be text")
     _check_evals(check, stages, grid)
-    return ExperimentSpec(cfg=cfg, grid=grid, stages=stages, weights=weights, backbone_layers=backbone_layers,
+    return ExperimentSpec(cfg=cfg, model=model, grid=grid, stages=stages, weights=weights, backbone_layers=backbone_layers,
                           options=options, notes=notes, path=path, lines=check.lines)
+
+
+def _model_and_cfg(check: _Checker, top: dict) -> tuple[str, str]:
+    """(model, cfg): model defaults to the cfg when that names a known model, else yolov3-tiny; cfg to the model."""
+    model = top.get("model")
+    if model is not None and (not isinstance(model, str) or model not in MODELS):
+        raise check.error(("model",), f"unknown model {short(model)} (known: {', '.join(MODELS)})")
+    cfg = top.get("cfg", model or DEFAULT_MODEL)
+    if not isinstance(cfg, str) or not cfg:
+        raise check.error(("cfg",), f"must be a cfg path or a zoo model name, got {short(cfg)}")
+    if cfg.endswith(".cfg"):
+        return model or DEFAULT_MODEL, check.path_(cfg, ("cfg",))
+    if model is not None and cfg != model:
+        raise check.error(("cfg",), f"names the model {short(cfg)}, but model is {short(model)}")
+    return model or (cfg if cfg in MODELS else DEFAULT_MODEL), cfg
 
 
 def _check_evals(check: _Checker, stages: dict[str, StageSpec], grid: GridSpec) -> None:
@@ -304,25 +317,29 @@ def check_frozen(spec: ExperimentSpec, n_layers: int, weighted: list[int], cfg_n
                              f"freeze_layers {plan.options['freeze_layers']}: give one of them")
 
 
-def _start(check: _Checker, value: Any, where: tuple, stage_names: set[str]) -> str:
+def _start(check: _Checker, value: Any, where: tuple, stage_names: set[str], model: str) -> str:
     if not isinstance(value, str) or not value:
         raise check.error(where, f"a starting point must be a name or a path, got {short(value)}")
-    if value in BUILTIN_STARTS or value in stage_names:
+    if value in builtin_starts(model) or value in stage_names:
         return value
+    if value in ALL_BUILTIN_STARTS:
+        owner = next(m for m in MODELS if value in builtin_starts(m))
+        raise check.error(where, f"{value} is a {owner} start; the model is {model}, whose COCO partial start is "
+                                 f"{MODELS[model].partial}")
     resolved = check.path_(value, where)
     if not Path(resolved).is_file():
-        known = ", ".join(BUILTIN_STARTS + tuple(sorted(stage_names)))
+        known = ", ".join(builtin_starts(model) + tuple(sorted(stage_names)))
         raise check.error(where, f"{short(value)} is neither a starting point ({known}) nor an existing weights file")
     return resolved
 
 
-def _stages(check: _Checker, raw: Any) -> dict[str, StageSpec]:
+def _stages(check: _Checker, raw: Any, model: str) -> dict[str, StageSpec]:
     stages_raw = check.mapping(raw, ("stages",), tuple(raw) if isinstance(raw, dict) else ())
     names = set()
     for name in stages_raw:
-        if not isinstance(name, str) or _SAFE.search(name) or name in BUILTIN_STARTS:
+        if not isinstance(name, str) or _SAFE.search(name) or name in ALL_BUILTIN_STARTS:
             raise check.error(("stages", str(name)), "a stage name must be letters, digits, '.', '_' or '-' and "
-                              f"not one of {', '.join(BUILTIN_STARTS)}")
+                              f"not one of {', '.join(ALL_BUILTIN_STARTS)}")
         names.add(name)
     stages = {}
     for name, body in stages_raw.items():
@@ -333,7 +350,7 @@ def _stages(check: _Checker, raw: Any) -> dict[str, StageSpec]:
                 raise check.error(where, f"missing '{key}'")
         stages[name] = StageSpec(
             name=name, data=check.path_(body["data"], where + ("data",)),
-            weights=_start(check, body["weights"], where + ("weights",), names - {name}),
+            weights=_start(check, body["weights"], where + ("weights",), names - {name}, model),
             freeze=check.int_(body.get("freeze", 0), where + ("freeze",)),
             iterations=check.int_(body.get("iterations", 100), where + ("iterations",), 1),
             images=check.images(body.get("images"), where + ("images",)),
@@ -364,14 +381,14 @@ def _dependency_order(check: _Checker, stages: dict[str, StageSpec]) -> dict[str
     return ordered
 
 
-def _grid(check: _Checker, raw: Any, stages: dict[str, StageSpec]) -> GridSpec:
+def _grid(check: _Checker, raw: Any, stages: dict[str, StageSpec], model: str) -> GridSpec:
     where = ("grid",)
     body = check.mapping(raw, where, GRID_KEYS)
     for key in ("data", "starts"):
         if key not in body:
             raise check.error(where, f"missing '{key}'")
     starts_raw = body["starts"] if isinstance(body["starts"], list) else [body["starts"]]
-    starts = tuple(_start(check, s, where + ("starts",), set(stages)) for s in starts_raw)
+    starts = tuple(_start(check, s, where + ("starts",), set(stages), model) for s in starts_raw)
     if len(set(starts)) != len(starts):
         raise check.error(where + ("starts",), "lists a starting point twice")
     images_raw = body.get("images", ["all"])
@@ -405,18 +422,22 @@ def start_label(start: str) -> str:
 
 
 def plan_runs(spec: ExperimentSpec) -> list[RunPlan]:
-    """Every run of the experiment: the stages (dependency order), then the grid in a stable order."""
+    """Every run of the experiment: the stages (dependency order), then the grid in a stable order. Evaluation
+    iterations are sorted and always hold the last iteration (validated by _check_evals)."""
+    def _evals(eval_at: tuple[int, ...], iterations: int) -> tuple[int, ...]:
+        return tuple(sorted(set(eval_at) | {iterations}))
+
     plans = []
     for st in spec.stages.values():
         plans.append(RunPlan(name=st.name, group="stage", start=st.weights, start_label=start_label(st.weights),
                              data=st.data, freeze=st.freeze, images=st.images, seed=st.seed,
-                             iterations=st.iterations, eval_at=_evals(st.eval_at, st.iterations, spec.path),
-                             options={**spec.options, **st.options}))
+                             iterations=st.iterations, eval_at=_evals(st.eval_at, st.iterations),
+                             options={**spec.options, **st.options}, model=spec.model))
     g = spec.grid
     for start in g.starts:
         over = g.per_start.get(start, {})
         iterations = over.get("iterations", g.iterations)
-        eval_at = _evals(over.get("eval_at", g.eval_at), iterations, spec.path)
+        eval_at = _evals(over.get("eval_at", g.eval_at), iterations)
         options = {**spec.options, **g.options, **over.get("options", {})}
         label = start_label(start)
         for freeze in g.freeze:
@@ -425,10 +446,5 @@ def plan_runs(spec: ExperimentSpec) -> list[RunPlan]:
                     name = f"{label}-f{freeze}-n{images or 'all'}-s{seed}"
                     plans.append(RunPlan(name=name, group="grid", start=start, start_label=label, data=g.data,
                                          freeze=freeze, images=images, seed=seed, iterations=iterations,
-                                         eval_at=eval_at, options=options))
+                                         eval_at=eval_at, options=options, model=spec.model))
     return plans
-
-
-def _evals(eval_at: tuple[int, ...], iterations: int, path: str | None) -> tuple[int, ...]:
-    """Evaluation iterations, sorted, always including the last iteration (validated by _check_evals)."""
-    return tuple(sorted(set(eval_at) | {iterations}))

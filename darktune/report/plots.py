@@ -128,3 +128,36 @@ def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()
+
+
+def models_figure(curves: dict[tuple[str, str], list[tuple[int, float, float]]], models: list[str],
+                  target: float | None) -> bytes:
+    """Two models side by side: mAP (%) against iterations (left) and against training seconds (right).
+    `curves`: (model, starting point) -> [(iteration, seconds, mAP %)]; colour = starting point, line style =
+    model, so the eye compares a start's two lines and sees on the right which model gets to the target first."""
+    plt = _pyplot()
+    fig, (by_it, by_s) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    starts = list(dict.fromkeys(start for _, start in curves))
+    colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(starts)}
+    styles = {m: LINESTYLES[i % len(LINESTYLES)] for i, m in enumerate(models)}
+    for (model, start), points in curves.items():
+        if not points:
+            continue
+        its, secs, maps = zip(*points)
+        for ax, xs in ((by_it, its), (by_s, secs)):
+            ax.plot(xs, maps, styles[model], color=colours[start], marker=MARKERS[models.index(model) % 4],
+                    markersize=3, linewidth=1.5, label=f"{start}, {model}")
+    for ax, label in ((by_it, "iteration"), (by_s, "training seconds (evaluation excluded)")):
+        if target is not None:
+            ax.axhline(100 * target, color="grey", linewidth=0.8, linestyle="--", label="target")
+        ax.set_xlabel(label)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    by_it.set_ylabel("mAP % (darknet)")
+    by_it.set_title("mAP against iterations")
+    by_s.set_title("mAP against wall-clock training time")
+    _legend_or_note(by_s)
+    try:
+        return png_bytes(fig)
+    finally:
+        plt.close(fig)
