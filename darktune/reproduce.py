@@ -8,8 +8,8 @@ Steps (each reuses its result when run again in the same folder):
      images with reasonable boxes), written in darknet layout;
   4. the experiment: stage `domain` (COCO conv.15 -> domain set, darknet's usual recipe), then the grid over the
      target set with the starting points scratch, backbone, coco15, domain, 0, 13, 20 frozen layers and the
-     profile's training seeds; on CPU two one-thread runs at a time (the stage trains beside the runs that do
-     not need it);
+     profile's training seeds; on CPU two one-thread runs at a time through a local Ray instance when Ray is
+     installed, else one at a time (the stage trains beside the runs that do not need it);
   5. the report (report.md, report.html).
 
 Owns: `PROFILES` (smoke / quick / full), `reproduce(profile, out, device) -> ReproduceOutcome`,
@@ -18,6 +18,7 @@ Owns: `PROFILES` (smoke / quick / full), `reproduce(profile, out, device) -> Rep
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ from darktune.data.filter import filter_dataset, FilterRules
 from darktune.data.formats.openimages import read_openimages
 from darktune.data.synth.sets import make_domain_set, make_target_set, WINDOW_SCALE
 from darktune.devices import resolve_device
+from darktune.experiment.ray_executor import RayOptions
 from darktune.experiment.runner import run_experiment
 from darktune.experiment.runs import make_out_dir
 from darktune.files import folder_lock
@@ -227,31 +229,33 @@ def default_jobs(device: str | None) -> int:
                 return 1
         except ImportError:  # pragma: no cover
             pass
+    if importlib.util.find_spec("ray") is None:  # more than one run at a time runs through Ray
+        return 1
     return max(1, min(4, os.cpu_count() or 1))
 
 
 def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", device: str | None = None,
               progress: bool = True, backbone: str | None = None, jobs: int | None = None,
-              rerun_changed: bool = False) -> ReproduceOutcome:
+              rerun_changed: bool = False, ray: RayOptions | None = None) -> ReproduceOutcome:
     """Run (or continue) the whole reproduction in `out` and write its report. One process at a time works in
-    `out` (the experiment's lock, held from the data sets on). `rerun_changed`: see run_experiment."""
+    `out` (the experiment's lock, held from the data sets on). `rerun_changed`, `ray`: see run_experiment."""
     profile = get_profile(profile_name)
     out = Path(out).resolve()  # the spec written into `out` holds the data paths; relative ones would be read
     # against the spec's own folder, i.e. doubled
     devices = [_device(device)] if device else None
     make_out_dir(out)
     with folder_lock(out):
-        return _reproduce(profile, out, devices, progress, backbone, jobs, rerun_changed)
+        return _reproduce(profile, out, devices, progress, backbone, jobs, rerun_changed, ray)
 
 
 def _reproduce(profile: Profile, out: Path, devices: list[str] | None, progress: bool, backbone: str | None,
-               jobs: int | None, rerun_changed: bool) -> ReproduceOutcome:
+               jobs: int | None, rerun_changed: bool, ray: RayOptions | None = None) -> ReproduceOutcome:
     import yaml
 
 
     _check_profile_folder(out, profile)
     zoo.fetch("yolov3-tiny")
-    jobs = jobs or default_jobs(devices[0] if devices else None)
+    jobs = jobs or (1 if ray else default_jobs(devices[0] if devices else None))
     data = prepare_data(profile, out, progress, workers=min(8, os.cpu_count() or 1))
     if backbone and not Path(backbone).is_file():
         raise DarktuneError("backbone weights not found", path=str(backbone))
@@ -259,7 +263,8 @@ def _reproduce(profile: Profile, out: Path, devices: list[str] | None, progress:
     spec_path = out / "experiment.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
     spec = spec_from_dict(spec_dict, str(spec_path))
-    result = run_experiment(spec, out, devices=devices, jobs=jobs, progress=progress, rerun_changed=rerun_changed)
+    result = run_experiment(spec, out, device=devices[0] if devices else None, jobs=jobs, ray=ray, progress=progress,
+                            rerun_changed=rerun_changed)
     report = write_report(out, title=f"darktune reproduce --profile {profile.name}: the transfer-learning study")
     verdicts = [f"{f.verdict}: {f.claim}" for f in findings(load_experiment(out))]
     return ReproduceOutcome(profile, result, report, verdicts, data)
