@@ -15,6 +15,7 @@ from typing import Callable
 
 from darktune.errors import DarktuneError
 from darktune.experiment.runs import DONE, run_status
+from darktune.files import folder_lock
 
 TrainFn = Callable[[dict, bool], object]  # (TrainConfig keyword arguments, progress) -> anything
 
@@ -41,7 +42,8 @@ def run_task(train_fn: TrainFn, kwargs: dict, device: str, threads: int) -> tupl
 
     Read from the run's folder when the task starts, not when it was planned: a retried task (its worker or
     node died) resumes from the checkpoint the dead one left, and a run whose summary already says it ended
-    (the worker died after finishing) is not trained a second time. The status goes back with the answer, so
+    (the worker died after finishing) is not trained a second time. The run's folder is locked while it
+    trains (RUN/.lock), so a worker that outlived its driver cannot train the same run beside a new attempt. The status goes back with the answer, so
     the driver never reads a result file that another machine may still be writing."""
     run_dir = Path(kwargs["out"])
     status = run_status(run_dir)
@@ -52,7 +54,11 @@ def run_task(train_fn: TrainFn, kwargs: dict, device: str, threads: int) -> tupl
         import torch
 
         torch.set_num_threads(threads)
-    error = call_run(train_fn, {**kwargs, "device": device, "resume": (run_dir / "checkpoint.pt").is_file()})
+    try:
+        with folder_lock(run_dir, "training"):  # a worker of a dead driver still on it: this attempt fails
+            error = call_run(train_fn, {**kwargs, "device": device, "resume": (run_dir / "checkpoint.pt").is_file()})
+    except DarktuneError as exc:
+        error = str(exc)
     return error, run_status(run_dir)
 
 
