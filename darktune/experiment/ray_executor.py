@@ -67,6 +67,11 @@ def _probe(folder: str, token: str, node_id: str) -> str | None:
     return None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _node_name(node: dict) -> str:
     return f"{node.get('NodeManagerAddress', '?')} (node {node['NodeID'][:8]})"
 
@@ -123,9 +128,13 @@ class RayPool:
         self._ray = ray
         if not ray.is_initialized():
             local = self.options.address is None
-            ray.init(address="local" if local else self.options.address, include_dashboard=False,
-                     log_to_driver=False, logging_level="error", configure_logging=True,
-                     **({"num_cpus": self.options.num_cpus or os.cpu_count() or 1} if local else {}))
+            try:
+                ray.init(address="local" if local else self.options.address, include_dashboard=False,
+                         log_to_driver=False, logging_level="error", configure_logging=True,
+                         **({"num_cpus": self.options.num_cpus or os.cpu_count() or 1} if local else {}))
+            except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+                what = "start a local Ray instance" if local else f"join the Ray cluster at {self.options.address}"
+                raise DarktuneError(f"cannot {what}: {type(exc).__name__}: {_first_line(exc)}") from None
             self._started = True
         check_shared_folder(ray, self.out_dir)
         return self
@@ -184,7 +193,6 @@ class RayPool:
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:  # the worker or its node died more often than max_retries
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             return (f"{type(exc).__name__}: the run's Ray worker was lost {self.options.max_retries + 1} times "
-                    f"({first}); run the same command again to resume it from its checkpoint"), None
+                    f"({_first_line(exc)}); run the same command again to resume it from its checkpoint"), None
 

@@ -186,7 +186,9 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, device: str | N
 def local_ray(jobs: int) -> RayOptions:
     """`jobs` runs at a time on this machine, through a local Ray instance: each run gets an equal share of the
     CPU cores (its torch threads) and, on a GPU, 1/jobs of it."""
-    return RayOptions(jobs=jobs, cpus_per_run=max(1, (os.cpu_count() or 1) // jobs))
+    cores = os.cpu_count() or 1
+    cpus = max(1, cores // jobs)
+    return RayOptions(jobs=jobs, cpus_per_run=cpus, num_cpus=max(cores, jobs * cpus))  # more jobs than cores: as asked
 
 
 def _run_waves(spec: ExperimentSpec, plans: list[RunPlan], inputs: RunInputs, train_fn: TrainFn, device: str,

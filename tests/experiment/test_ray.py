@@ -260,3 +260,30 @@ def test_folder_one_node_cannot_see_is_refused(cluster, tmp_path):
     finally:
         os.killpg(node.pid, signal.SIGTERM)
         node.wait(timeout=30)
+
+
+@pytest.mark.parametrize("argv, expect", [
+    ([], None),
+    (["--jobs", "2"], None),  # the library's local Ray instance (runner.local_ray)
+    (["--ray"], RayOptions()),
+    (["--ray", "--jobs", "2"], RayOptions(jobs=2, cpus_per_run=max(1, (os.cpu_count() or 1) // 2))),
+    (["--ray-address", "auto", "--gpus-per-run", "0.25", "--cpus-per-run", "2"],
+     RayOptions(address="auto", gpus_per_run=0.25, cpus_per_run=2)),
+    (["--gpus-per-run", "0.5"], "--gpus-per-run and --cpus-per-run place runs on Ray"),
+    (["--ray", "--gpus-per-run", "1.5"], "--gpus-per-run must be a fraction"),
+    (["--ray", "--cpus-per-run", "0"], "--cpus-per-run must be above 0"),
+])
+def test_ray_flags(argv, expect):
+    import argparse
+
+    from darktune.cli.experiment import add_commands, ray_options
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    for command in (["experiment", "SPEC", "--out", "o"], ["reproduce"]):
+        args = parser.parse_args(command + argv)
+        if isinstance(expect, str):
+            with pytest.raises(DarktuneError, match=expect):
+                ray_options(args)
+        else:
+            assert ray_options(args) == expect
