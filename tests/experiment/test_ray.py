@@ -23,7 +23,7 @@ from fake_train import fake_train
 
 from corpus import datasets
 from darktune.errors import DarktuneError
-from darktune.experiment.ray_executor import RayOptions
+from darktune.experiment.ray_executor import RayOptions, local_instance
 from darktune.experiment.runner import run_experiment
 from darktune.experiment.spec import load_spec
 
@@ -62,7 +62,8 @@ def cluster():
     """A local Ray instance with 2 CPUs for this module; its workers import darktune and tests/ (ray_train)."""
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)] + ([before] if before else []))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="error",
+             **local_instance(2))
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
