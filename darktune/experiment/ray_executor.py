@@ -67,6 +67,11 @@ def _probe(folder: str, token: str, node_id: str) -> str | None:
     return None
 
 
+def require_ray():
+    """The ray module, or a one-line MissingDependency that names `pip install 'darktune[ray]'`."""
+    return optional_import("ray", "ray", "running the grid on Ray (--ray, --ray-address, --jobs above 1)")
+
+
 def local_instance(num_cpus: int | None) -> dict:
     """ray.init arguments of the local instance darktune starts. Ray runs its workers at nice 15 (so that its
     own daemons stay responsive); on a machine shared with other work that starves the runs: measured 0.25-0.45
@@ -131,7 +136,7 @@ class RayPool:
         self._pending: dict = {}
 
     def __enter__(self) -> RayPool:
-        ray = optional_import("ray", "ray", "running the grid on Ray (--ray, --ray-address, --jobs above 1)")
+        ray = require_ray()
         self._ray = ray
         if not ray.is_initialized():
             local = self.options.address is None

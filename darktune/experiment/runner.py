@@ -59,7 +59,7 @@ from darktune.darknet.weights import partial
 from darktune.devices import resolve_device
 from darktune.experiment.executors import execute
 from darktune.experiment.progress import GridProgress
-from darktune.experiment.ray_executor import RayOptions, RayPool
+from darktune.experiment.ray_executor import RayOptions, RayPool, require_ray
 from darktune.experiment.task import TrainFn
 from darktune.train.config import TrainConfig
 from darktune.train.loop import train
@@ -166,6 +166,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, device: str | N
         resolve_device(device, "--device")
     if ray is None and jobs > 1:
         ray = local_ray(jobs)
+    if ray is not None:
+        require_ray()  # missing: one line, before the folder is made
     cfg = resolve_cfg(spec)
     _check_layers(spec, cfg)
     make_out_dir(out_dir)

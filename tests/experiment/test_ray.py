@@ -243,6 +243,9 @@ def test_without_ray_one_line_says_what_to_install(tmp_path, capsys, monkeypatch
     assert main(["experiment", str(spec), "--out", str(tmp_path / "o"), "--ray"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "pip install 'darktune[ray]'" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    assert main(["experiment", str(spec), "--out", str(tmp_path / "o"), "--jobs", "2"]) == 2
+    assert "pip install 'darktune[ray]'" in capsys.readouterr().err
     code = ("import sys; sys.path.insert(0, sys.argv[3]); from fake_train import fake_train; "
             "from darktune.experiment.runner import run_experiment; from darktune.experiment.spec import load_spec; "
             "r = run_experiment(load_spec(sys.argv[1]), sys.argv[2], train_fn=fake_train, progress=False); "
