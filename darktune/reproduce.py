@@ -8,8 +8,8 @@ Steps (each reuses its result when run again in the same folder):
      images with reasonable boxes), written in darknet layout;
   4. the experiment: stage `domain` (COCO conv.15 -> domain set, darknet's usual recipe), then the grid over the
      target set with the starting points scratch, backbone, coco15, domain, 0, 13, 20 frozen layers and the
-     profile's training seeds; on CPU two one-thread runs at a time (the stage trains beside the runs that do
-     not need it);
+     profile's training seeds; on CPU two one-thread runs at a time through a local Ray instance when Ray is
+     installed, else one at a time (the stage trains beside the runs that do not need it);
   5. the report (report.md, report.html).
 
 `model`: yolov3-tiny (the study's; default), yolov4-tiny (the same study in its layer numbering: STUDY_MODELS),
@@ -22,6 +22,7 @@ ReproduceOutcome`, `prepare_data`, `build_spec`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,7 @@ from darktune.data.formats.openimages import read_openimages
 from darktune.data.synth.sets import make_domain_set, make_target_set, WINDOW_SCALE
 from darktune.devices import resolve_device
 from darktune.experiment.models import MODELS
+from darktune.experiment.ray_executor import RayOptions
 from darktune.experiment.runner import ExperimentResult, run_experiment
 from darktune.experiment.runs import make_out_dir
 from darktune.files import folder_lock
@@ -266,15 +268,19 @@ def default_jobs(device: str | None) -> int:
                 return 1
         except ImportError:  # pragma: no cover
             pass
+    if importlib.util.find_spec("ray") is None:  # more than one run at a time runs through Ray
+        return 1
     return max(1, min(4, os.cpu_count() or 1))
 
 
 def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", device: str | None = None,
               progress: bool = True, backbone: str | None = None, jobs: int | None = None,
-              rerun_changed: bool = False, model: str = "yolov3-tiny") -> ReproduceOutcome:
+              rerun_changed: bool = False, model: str = "yolov3-tiny", ray: RayOptions | None = None
+              ) -> ReproduceOutcome:
     """Run (or continue) the whole reproduction in `out` and write its report. One process at a time works in
-    `out` (the experiment's lock, held from the data sets on). `rerun_changed`: see run_experiment. `model`:
-    yolov3-tiny, yolov4-tiny, or both (DIR/<model>/ each, one after the other, and the comparison in DIR)."""
+    `out` (the experiment's lock, held from the data sets on). `rerun_changed`, `ray`: see run_experiment.
+    `model`: yolov3-tiny, yolov4-tiny, or both (DIR/<model>/ each, one after the other, and the comparison in
+    DIR)."""
     profile = get_profile(profile_name)
     if model not in MODEL_CHOICES:
         raise DarktuneError(f"unknown model '{model}' (known: {', '.join(MODEL_CHOICES)})")
@@ -287,14 +293,15 @@ def reproduce(profile_name: str = "quick", out: str | Path = "runs/reproduce", d
     make_out_dir(out)
     with folder_lock(out):
         if model != "both":
-            return _reproduce(profile, out, devices, progress, backbone, jobs, rerun_changed, model)
+            return _reproduce(profile, out, devices, progress, backbone, jobs, rerun_changed, model, ray)
         _check_both_folder(out)
     outcomes = {}
     for name in STUDY_MODELS:  # each sub-folder holds its own lock; the comparison only reads their files
         sub = out / name
         make_out_dir(sub)
         with folder_lock(sub):
-            outcomes[name] = _reproduce(profile, sub, devices, progress, backbone, jobs, rerun_changed, name)
+            outcomes[name] = _reproduce(profile, sub, devices, progress, backbone, jobs, rerun_changed, name,
+                                    ray)
     report = write_comparison(out, {name: out / name for name in STUDY_MODELS},
                               title=f"darktune reproduce --profile {profile.name} --model both")
     results = [o.result for o in outcomes.values()]  # one result over both models: its `failed` decides the exit
@@ -314,13 +321,13 @@ def _check_both_folder(out: Path) -> None:
 
 
 def _reproduce(profile: Profile, out: Path, devices: list[str] | None, progress: bool, backbone: str | None,
-               jobs: int | None, rerun_changed: bool, model: str = "yolov3-tiny") -> ReproduceOutcome:
+               jobs: int | None, rerun_changed: bool, model: str = "yolov3-tiny",
+               ray: RayOptions | None = None) -> ReproduceOutcome:
     import yaml
-
 
     _check_profile_folder(out, profile, model)
     zoo.fetch(model)
-    jobs = jobs or default_jobs(devices[0] if devices else None)
+    jobs = jobs or (1 if ray else default_jobs(devices[0] if devices else None))
     data = prepare_data(profile, out, progress, workers=min(8, os.cpu_count() or 1))
     if backbone and not Path(backbone).is_file():
         raise DarktuneError("backbone weights not found", path=str(backbone))
@@ -328,7 +335,8 @@ def _reproduce(profile: Profile, out: Path, devices: list[str] | None, progress:
     spec_path = out / "experiment.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
     spec = spec_from_dict(spec_dict, str(spec_path))
-    result = run_experiment(spec, out, devices=devices, jobs=jobs, progress=progress, rerun_changed=rerun_changed)
+    result = run_experiment(spec, out, device=devices[0] if devices else None, jobs=jobs, ray=ray, progress=progress,
+                            rerun_changed=rerun_changed)
     title = f"darktune reproduce --profile {profile.name}" + (f" --model {model}" if model != "yolov3-tiny" else "")
     report = write_report(out, title=f"{title}: the transfer-learning study")
     verdicts = [f"{f.verdict}: {f.claim}" for f in findings(load_experiment(out))]

@@ -108,12 +108,12 @@ def test_the_training_library_checks_the_device_too(tmp_path):
 @pytest.mark.parametrize("argv, option", [
     (["reproduce", "--profile", "smoke", "--device", "gpu"], "--device 'gpu'"),
     (["reproduce", "--profile", "smoke", "--device", "cuda:7"], "--device cuda:7"),
-    (["experiment", "SPEC", "--devices", "cpu,gpu"], "--devices 'gpu'"),
-    (["experiment", "SPEC", "--devices", "cuda:7"], "--devices cuda:7"),
+    (["experiment", "SPEC", "--device", "gpu"], "--device 'gpu'"),
+    (["experiment", "SPEC", "--device", "cuda:7"], "--device cuda:7"),
 ])
 def test_grids_refuse_a_device_before_writing_anything(argv, option, tmp_path, capsys, monkeypatch):
     """Before, `reproduce --device cuda` on a machine without one generated the data sets and then failed every
-    run, and `experiment --devices cuda:0` wrote an empty report."""
+    run, and `experiment --devices cuda:0` (now --device) wrote an empty report."""
     from darktune.cli import main
 
     _fake_cuda(monkeypatch, count=1)

@@ -33,9 +33,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        epilog=SPEC_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", metavar="SPEC.yaml")
     p.add_argument("--out", required=True, help="experiment folder (runs, report); rerun to resume")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time on one device (default 1)")
-    p.add_argument("--devices", help="comma-separated devices, one worker process each, e.g. cuda:0,cuda:1 "
-                                     "(default: cuda:0 if available, else cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N for runs in this process (default: cuda:0 "
+                                                  "if available, else cpu); with Ray, Ray places the runs")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="at most N runs at a time; above 1 they run on a local Ray instance, each with 1/N of the "
+                        "CPU cores (and of the GPU) (default: 1, or as many as the resources allow with --ray)")
+    add_ray_flags(p)
     p.add_argument("--rerun-changed", action="store_true",
                    help="delete and retrain the run folders the spec no longer matches (changed options, data, "
                         "start weights; without it they are an error that lists them)")
@@ -63,8 +66,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", metavar="WEIGHTS", help="darknet's ImageNet darknet.weights for the backbone start "
                                                         "(first 13 layers); default: the COCO weights' "
                                                         "layers 0..7 as a stand-in, said so in the report")
-    p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: one per CPU core up to 4 on "
-                                                          "CPU, 1 on a GPU)")
+    p.add_argument("--jobs", type=int, default=None, help="runs at a time, above 1 through a local Ray instance "
+                                                          "(default: one per CPU core up to 4 on CPU when Ray is "
+                                                          "installed, else 1; 1 on a GPU)")
+    add_ray_flags(p)
     p.add_argument("--rerun-changed", action="store_true",
                    help="delete and retrain the run folders this version no longer matches (e.g. made by an older "
                         "darktune; without it they are an error that lists them)")
@@ -73,15 +78,39 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reproduce)
 
 
-def _devices(text: str | None) -> list[str] | None:
-    from darktune.devices import resolve_device
+def add_ray_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Ray (pip install 'darktune[ray]'; see docs/cluster.md)")
+    g.add_argument("--ray", action="store_true", help="run each run as a Ray task on a local Ray instance that "
+                                                      "darktune starts (all CPUs and GPUs of this machine)")
+    g.add_argument("--ray-address", metavar="ADDRESS", help="join a running Ray cluster instead: auto, HOST:6379 or "
+                                                            "ray://HOST:10001; the --out folder must be on a "
+                                                            "filesystem every node shares")
+    g.add_argument("--gpus-per-run", type=float, metavar="G", help="GPUs each run holds; fractions pack several "
+                                                                   "runs on one GPU (default: 1 when the cluster "
+                                                                   "has GPUs, 1/N with --jobs N, else 0)")
+    g.add_argument("--cpus-per-run", type=float, metavar="C", help="CPUs each run holds, also its torch threads "
+                                                                   "(default 1; cores / N with --jobs N)")
 
-    if not text:
+
+def ray_options(args):
+    """RayOptions from the flags, or None when the runs train in this process (--jobs above 1 alone: the
+    library's local Ray instance)."""
+    import os
+
+    from darktune.errors import DarktuneError
+    from darktune.experiment.ray_executor import RayOptions
+
+    if args.jobs is not None and args.jobs < 1:
+        raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
+    if not (args.ray or args.ray_address):
+        if args.gpus_per_run is not None or args.cpus_per_run is not None:
+            raise DarktuneError("--gpus-per-run and --cpus-per-run place runs on Ray: add --ray or --ray-address")
         return None
-    devices = [d.strip() for d in text.split(",") if d.strip()]
-    for d in devices:
-        resolve_device(d, "--devices")
-    return devices
+    cpus = args.cpus_per_run
+    if cpus is None:
+        cpus = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs and not args.ray_address else 1.0
+    return RayOptions(address=args.ray_address, cpus_per_run=cpus, gpus_per_run=args.gpus_per_run,
+                      jobs=args.jobs)
 
 
 def _print_outcome(result, report, as_json: bool, extra: dict | None = None) -> None:
@@ -107,17 +136,15 @@ def _print_outcome(result, report, as_json: bool, extra: dict | None = None) -> 
 
 
 def cmd_experiment(args) -> int:
-    from darktune.errors import DarktuneError
     from darktune.experiment.spec import load_spec
 
-    if args.jobs < 1:
-        raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
+    ray = ray_options(args)
     spec = load_spec(args.spec)  # before torch is imported: a bad spec is refused at once
 
     from darktune.experiment.runner import run_experiment
     from darktune.report.render import write_report
 
-    result = run_experiment(spec, args.out, jobs=args.jobs, devices=_devices(args.devices),
+    result = run_experiment(spec, args.out, device=args.device, jobs=args.jobs or 1, ray=ray,
                             progress=not args.no_progress, rerun_changed=args.rerun_changed,
                             keep_checkpoints=args.keep_checkpoints)
     report = None if args.no_report else write_report(args.out)
@@ -140,13 +167,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from darktune.errors import DarktuneError
     from darktune.reproduce import reproduce
 
-    if args.jobs is not None and args.jobs < 1:
-        raise DarktuneError(f"--jobs must be at least 1, got {args.jobs}")
+    ray = ray_options(args)
     outcome = reproduce(args.profile, args.out, device=args.device, progress=not args.no_progress, backbone=args.backbone,
-                        jobs=args.jobs, rerun_changed=args.rerun_changed, model=args.model)
+                        jobs=args.jobs, rerun_changed=args.rerun_changed, model=args.model, ray=ray)
     _print_outcome(outcome.result, outcome.report, args.json,
                    {"profile": args.profile, "model": args.model, "findings": outcome.verdicts})
     if not args.json:

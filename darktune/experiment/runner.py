@@ -19,12 +19,15 @@ is checked against the spec (`check_reuse`): a folder whose run.json differs, la
 older darktune), or starts from a stage that is to be retrained, is refused, never silently reused; the error
 lists the folders and what changed, and `rerun_changed` deletes and retrains exactly those. A finished run's
 checkpoint.pt (only needed to resume) is deleted unless `keep_checkpoints`. One process at a time works in
-DIR (an flock on DIR/.lock; a killed process releases it). Runs execute in this process (one job) or in one
-worker process per device/job, fed from a work queue (experiment_workers).
+DIR (an flock on DIR/.lock; a killed process releases it). Runs execute in this process, one after another, or
+as Ray tasks (`ray`, or `jobs` > 1: a local Ray instance; darktune/experiment/ray_executor), each wave's runs
+starting as resources free up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +58,10 @@ from darktune.darknet.cfg import ConvSpec, parse_cfg
 from darktune.darknet.weights import partial
 from darktune.devices import resolve_device
 from darktune.experiment.models import MODELS
-from darktune.experiment.workers import GridProgress, TrainFn, execute
+from darktune.experiment.executors import execute
+from darktune.experiment.progress import GridProgress
+from darktune.experiment.ray_executor import RayOptions, RayPool, require_ray
+from darktune.experiment.task import TrainFn
 from darktune.train.config import TrainConfig
 from darktune.train.loop import train
 
@@ -150,18 +156,23 @@ def default_train(kwargs: dict, progress: bool) -> object:
     return train(TrainConfig(**kwargs), progress=progress)
 
 
-def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, devices: list[str] | None = None,
-                   train_fn: TrainFn | None = None, progress: bool = True, rerun_changed: bool = False,
-                   keep_checkpoints: bool = False) -> ExperimentResult:
+def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, device: str | None = None, jobs: int = 1,
+                   ray: RayOptions | None = None, train_fn: TrainFn | None = None, progress: bool = True,
+                   rerun_changed: bool = False, keep_checkpoints: bool = False) -> ExperimentResult:
     """Run the stages (in order) and then the grid; finished runs are reused, interrupted ones resumed.
+    `device`: where runs train in this process; `ray`: run them as Ray tasks instead (`jobs` > 1 without `ray`:
+    a local Ray instance with at most `jobs` runs at a time, each with an equal share of this machine's CPUs);
     `rerun_changed`: delete and retrain the run folders the spec no longer matches (else they are an error);
     `keep_checkpoints`: keep finished runs' checkpoint.pt."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     _check_data(spec)
-    if devices:
-        for device in devices:  # a device that is not here fails every run; say so once, before any
-            resolve_device(device, "--devices")
+    if device:  # a device that is not here fails every run; say so once, before any
+        resolve_device(device, "--device")
+    if ray is None and jobs > 1:
+        ray = local_ray(jobs)
+    if ray is not None:
+        require_ray()  # missing: one line, before the folder is made
     cfg = resolve_cfg(spec)
     _check_layers(spec, cfg)
     make_out_dir(out_dir)
@@ -171,7 +182,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
         inputs.starts = resolve_starts(spec, cfg, out_dir, plans, inputs.digest)
         check_reuse(plans, inputs, rerun_changed)
         write_json(out_dir / "experiment.json", experiment_record(spec, cfg, inputs.starts, plans))
-        result = _run_waves(spec, plans, inputs, train_fn or default_train, devices or [_default_device()], jobs,
+        result = _run_waves(spec, plans, inputs, train_fn or default_train, device or _default_device(), ray,
                             progress, keep_checkpoints)
     order = {p.folder: i for i, p in enumerate(plans)}
     result.outcomes.sort(key=lambda o: order[o.plan.folder])
@@ -179,21 +190,28 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, jobs: int = 1, 
     return result
 
 
-def _run_waves(spec: ExperimentSpec, plans: list[RunPlan], inputs: RunInputs, train_fn: TrainFn,
-               devices: list[str], jobs: int, progress: bool, keep_checkpoints: bool) -> ExperimentResult:
+def local_ray(jobs: int) -> RayOptions:
+    """`jobs` runs at a time on this machine, through a local Ray instance: each run gets an equal share of the
+    CPU cores (its torch threads) and, on a GPU, 1/jobs of it."""
+    cores = os.cpu_count() or 1
+    cpus = max(1, cores // jobs)
+    return RayOptions(jobs=jobs, cpus_per_run=cpus, num_cpus=max(cores, jobs * cpus))  # more jobs than cores: as asked
 
+
+def _run_waves(spec: ExperimentSpec, plans: list[RunPlan], inputs: RunInputs, train_fn: TrainFn, device: str,
+               ray: RayOptions | None, progress: bool, keep_checkpoints: bool) -> ExperimentResult:
     result = ExperimentResult(inputs.out_dir)
-    bar = GridProgress(inputs.out_dir, plans, enabled=progress)
-    try:
-        for wave, is_stage in waves(spec, plans):
-            result.outcomes += execute(wave, inputs, train_fn, devices if not is_stage else devices[:1],
-                                       jobs if not is_stage else 1, bar, keep_checkpoints)
-            for o in result.outcomes:
-                if o.plan.group == "stage" and o.status not in DONE:
-                    raise DarktuneError(f"stage '{o.plan.name}' did not finish ({o.error}); the runs that start "
-                                        "from it cannot run", path=str(o.run_dir))
-    finally:
-        bar.close()
+    with RayPool(ray, inputs.out_dir) if ray is not None else contextlib.nullcontext() as pool:
+        bar = GridProgress(inputs.out_dir, plans, enabled=progress)  # after Ray's checks: a refusal is one line
+        try:
+            for wave, _ in waves(spec, plans):
+                result.outcomes += execute(wave, inputs, train_fn, device, bar, pool, keep_checkpoints)
+                for o in result.outcomes:
+                    if o.plan.group == "stage" and o.status not in DONE:
+                        raise DarktuneError(f"stage '{o.plan.name}' did not finish ({o.error}); the runs that "
+                                            "start from it cannot run", path=str(o.run_dir))
+        finally:
+            bar.close()
     return result
 
 

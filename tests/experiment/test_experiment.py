@@ -1,5 +1,5 @@
 """Experiment specs (validation with file and line), the grid expansion, and the runner's resume / reuse /
-parallel rules, with a fake trainer (tests/fake_train.py) so nothing here trains a network."""
+parallel rules (more than one run at a time: tests/experiment/test_ray.py), with a fake trainer (tests/fake_train.py) so nothing here trains a network."""
 
 from __future__ import annotations
 
@@ -376,18 +376,6 @@ def test_failed_run_is_reported_and_others_go_on(spec_file, tmp_path):
     assert sum(o.status == "finished" for o in result.outcomes) == 12
 
 
-@pytest.mark.slow
-def test_parallel_workers_share_the_queue(spec_file, tmp_path):
-    out = tmp_path / "exp"
-    result = run_experiment(load_spec(spec_file), out, jobs=2, devices=["cpu"], train_fn=fake_train,
-                            progress=False)
-    assert not result.failed and len(result.outcomes) == 13
-    serial = tmp_path / "serial"
-    run_experiment(load_spec(spec_file), serial, train_fn=fake_train, progress=False)
-    for run in (serial / "runs").iterdir():
-        assert (run / "metrics.jsonl").read_text() == (out / "runs" / run.name / "metrics.jsonl").read_text()
-
-
 def test_cli_reports_bad_spec_in_one_line(tmp_path, capsys):
     from darktune.cli import main
 
@@ -434,50 +422,6 @@ def test_conv15_extract_follows_its_source(spec_file, tmp_path, coco):
     assert "runs/domain-f0-nall-s0" in text and "runs/scratch" not in text
 
 
-ORPHAN = """\
-import multiprocessing as mp, os, sys, time
-from darktune.experiment.workers import _die_with_parent
-
-def child(parent):
-    _die_with_parent(parent)
-    time.sleep(60)
-
-if __name__ == "__main__":
-    p = mp.get_context("spawn").Process(target=child, args=(os.getpid(),), daemon=True)
-    p.start()
-    time.sleep(1.5)  # let the child arm its parent-death signal
-    print(p.pid, flush=True)
-    time.sleep(60)
-"""
-
-
-@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="parent-death signal: Linux only")
-def test_killed_experiment_leaves_no_worker_running(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    script = tmp_path / "orphan.py"
-    script.write_text(ORPHAN)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
-    child = int(proc.stdout.readline())
-    proc.send_signal(signal.SIGKILL)  # no cleanup in the parent at all
-    proc.wait()
-    deadline = time.time() + 20
-    while time.time() < deadline and Path(f"/proc/{child}").exists():
-        state = Path(f"/proc/{child}/stat").read_text().split()[2] if Path(f"/proc/{child}/stat").exists() else "X"
-        if state == "Z":  # ended, waiting to be reaped by init
-            break
-        time.sleep(0.1)
-    alive = Path(f"/proc/{child}/stat").exists() and Path(f"/proc/{child}/stat").read_text().split()[2] != "Z"
-    if alive:
-        os.kill(child, signal.SIGKILL)
-    assert not alive, "the worker kept running after its parent was killed"
-
-
 DOC = Path(__file__).resolve().parents[2] / "docs" / "experiment_spec.md"
 
 
@@ -497,50 +441,3 @@ def test_spec_doc_names_every_key_and_its_example_runs(tmp_path):
     assert spec.grid.starts == ("scratch", "backbone", "coco15", "domain") and spec.backbone_layers == 13
     result = run_experiment(spec, tmp_path / "exp", train_fn=fake_train, progress=False)
     assert not result.failed and len(result.outcomes) == 13
-
-
-INTERRUPTED = """\
-import sys, time
-from pathlib import Path
-
-def slow_train(kwargs, progress):
-    from tqdm import tqdm
-
-    tqdm(total=1, disable=True).close()  # as darktune.train.config does: tqdm makes its lock at the first bar
-    Path(kwargs["out"]).mkdir(parents=True, exist_ok=True)
-    (Path(kwargs["out"]) / "started").write_text("")
-    time.sleep(60)
-
-if __name__ == "__main__":
-    from darktune.experiment.runner import run_experiment
-    from darktune.experiment.spec import load_spec
-
-    try:
-        run_experiment(load_spec(sys.argv[1]), sys.argv[2], jobs=2, devices=["cpu"], train_fn=slow_train,
-                       progress=False)
-    except KeyboardInterrupt:
-        sys.exit(130)
-"""
-
-
-@pytest.mark.slow
-def test_interrupted_parallel_experiment_leaks_no_semaphore(spec_file, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    script = tmp_path / "interrupted.py"
-    script.write_text(INTERRUPTED)
-    out = tmp_path / "exp"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, str(script), str(spec_file), str(out)], stderr=subprocess.PIPE,
-                            text=True, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*/*/started"))) < 2 and proc.poll() is None:
-        time.sleep(0.1)
-    assert len(list(out.glob("*/*/started"))) == 2, "both workers should be training"
-    proc.send_signal(signal.SIGINT)  # the parent only: it ends its workers itself
-    err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130 and "leaked semaphore" not in err, err
