@@ -61,7 +61,8 @@ def test_resumable_and_identity_sets_come_from_the_fields():
 
 
 def test_run_identity_is_byte_identical_to_before():
-    """Old run folders are reused only when run.json's identity matches: its JSON must not move."""
+    """Old run folders are reused only when run.json's identity matches: its JSON must not move, except for the
+    leading "model" (a run.json without it is read as yolov3-tiny's: darktune.experiment.runs.check_reuse)."""
     spec = spec_from_dict({
         "train": {"batch": 8, "workers": 2, "checkpoint_every": 5, "feature_cache": False, "target_map": 0.5,
                   "lr": 0.001, "freeze_layers": [0, 1], "steps": [4], "scales": [0.1], "augment": False},
@@ -71,8 +72,8 @@ def test_run_identity_is_byte_identical_to_before():
     head = ('"data": "/d/obj.data", "freeze": 0, "images": null, "seed": 0, "iterations": 10, "eval_at": [5, 10], '
             '"options": {"augment": false, "batch": 8, "freeze_layers": [0, 1], "lr": 0.001, "scales": [0.1], '
             '"steps": [4]')
-    assert stops == '{"start": "scratch", ' + head + ', "stop_at_target": true, "target_map": 0.5}}'
-    assert goes == '{"start": "coco", ' + head + "}}"
+    assert stops == '{"model": "yolov3-tiny", "start": "scratch", ' + head + ', "stop_at_target": true, "target_map": 0.5}}'
+    assert goes == '{"model": "yolov3-tiny", "start": "coco", ' + head + "}}"
 
 
 def test_train_help_lists_every_flag_field(capsys):
