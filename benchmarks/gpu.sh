@@ -132,14 +132,14 @@ run_part train "${T_TRAIN:-270}" "$PY" benchmarks/bench_gpu_train.py --device "$
 run_part augment "${T_AUGMENT:-45}" "$PY" benchmarks/bench_batch_augment.py --device "$DEVICE" --size "$SIZE" \
     --batches "$BATCH" --repeats "$REPEATS" --images "$((IMAGES < 64 ? IMAGES : 64))" --json
 
-if "$PY" -c 'import darktune.train_bench' 2> /dev/null; then
+if "$PY" -c 'import darktune.train.bench' 2> /dev/null; then
     run_part bench_train "${T_BENCH_TRAIN:-120}" "$PY" -m darktune bench train --device "$DEVICE" --sizes "$SIZE" \
         --batch "$BATCH" --freeze 13 --json
 else
-    skip_part bench_train "darktune.train_bench is not in this checkout"
+    skip_part bench_train "darktune.train.bench is not in this checkout"
 fi
 
-HAS_WEIGHTS='import sys; from darktune import zoo; sys.exit(0 if zoo.cached("yolov3-tiny") else 3)'
+HAS_WEIGHTS='import sys; from darktune.darknet import zoo; sys.exit(0 if zoo.cached("yolov3-tiny") else 3)'
 if ! "$PY" -m darktune reproduce --help > /dev/null 2>&1; then
     skip_part reproduce "no 'darktune reproduce' command"
 elif ! "$PY" -c "$HAS_WEIGHTS" 2> /dev/null; then
