@@ -75,7 +75,7 @@ def _detect(args) -> int:
     from darktune.deploy import backend_choice
     from darktune.deploy.runtimes import make_backend
     from darktune.errors import DarktuneError
-    from darktune.deploy.video import expand_source, open_source
+    from darktune.deploy.video import expand_source
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
         if not 0.0 <= value <= 1.0:  # also refuses nan
@@ -119,11 +119,9 @@ def _detect(args) -> int:
             failures += 1
     records, bar = [], None
     try:
-        for source in sources:
-            try:
-                src = open_source(source)
-            except DarktuneError as exc:
-                tqdm.write(f"darktune: error: {exc}", file=sys.stderr)
+        for source, src in _opened(sources):
+            if isinstance(src, DarktuneError):
+                tqdm.write(f"darktune: error: {src}", file=sys.stderr)
                 failures += 1
                 continue
             if bar is None:
@@ -142,6 +140,30 @@ def _detect(args) -> int:
     if args.json:
         print(json.dumps(records))
     return 1 if failures else 0
+
+
+def _opened(sources: list[str]):
+    """(source, FrameSource or the DarktuneError that refused it), in order. The next source is opened (an image
+    read and decoded) in a background thread while the current one is being detected: OpenCV's decoding and the
+    runtimes release the GIL, so reading overlaps the network. Cameras are opened in turn, never ahead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from darktune.deploy.video import is_camera, open_source
+    from darktune.errors import DarktuneError
+
+    def attempt(source: str):
+        try:
+            return open_source(source)
+        except DarktuneError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="darktune-read") as pool:
+        ahead = None
+        for i, source in enumerate(sources):
+            src = ahead.result() if ahead is not None else attempt(source)
+            nxt = sources[i + 1] if i + 1 < len(sources) else None
+            ahead = pool.submit(attempt, nxt) if nxt is not None and not is_camera(nxt) else None
+            yield source, src
 
 
 class OutputNames:
