@@ -44,6 +44,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "as the cfg's [net] letter_box (the cfg stored in an --onnx model without --cfg), as "
                         "training and evaluation do")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="images detected side by side, each on one CPU thread (default: one per CPU when every "
+                        "source is an image file and there are at least two, on a CPU; else 1: one image at a "
+                        "time on all threads). Output order and results do not depend on it (torch's may round "
+                        "1e-5 differently on one thread)")
     p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
     p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
                                  "a video becomes <file name>.mp4 (clip.mp4, clip.avi.mp4), camera N cameraN.mp4; "
@@ -68,6 +73,7 @@ def cmd_detect(args) -> int:
 
 
 def _detect(args) -> int:
+    from functools import partial
     from pathlib import Path
 
     from tqdm import tqdm
@@ -75,6 +81,7 @@ def _detect(args) -> int:
     from darktune.deploy import backend_choice
     from darktune.deploy.runtimes import make_backend
     from darktune.errors import DarktuneError
+    from darktune.deploy.pipeline import PerThread, in_order, one_thread_each, worker_count
     from darktune.deploy.video import expand_source
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
@@ -86,17 +93,27 @@ def _detect(args) -> int:
         raise DarktuneError("--onnx is for --backend onnxruntime")
     if args.cfg is None and not args.onnx:
         raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
+    if args.workers is not None and args.workers < 1:
+        raise DarktuneError(f"--workers must be at least 1, got {args.workers}")
+    sources, failures = [], 0
+    for source in args.sources:  # folders and quoted globs -> their files; an empty one is a failed source
+        try:
+            sources += expand_source(source)
+        except DarktuneError as exc:
+            print(f"darktune: error: {exc}", file=sys.stderr)
+            failures += 1
+    workers = worker_count(sources, args.device, args.workers)
     if args.backend == "auto":
         backend, choice = backend_choice.choose(args.cfg, args.weights, size=args.size, device=args.device,
-                                                onnx=args.onnx, note=_note)
+                                                onnx=args.onnx, note=_note, workers=workers)
         _note(f"backend {choice.backend}: {choice.reason}")
     elif args.backend == "opencv":
         backend = make_backend("opencv", args.cfg, args.weights, size=args.size, device=args.device, batch=1,
-                               winograd=not args.no_winograd)
+                               threads=1 if workers > 1 else None, winograd=not args.no_winograd)
         choice = backend_choice.Choice("opencv", "--backend opencv" + " --no-winograd" * args.no_winograd)
     else:
         backend, choice = backend_choice.explicit(args.backend, args.cfg, args.weights, size=args.size,
-                                                  device=args.device, onnx=args.onnx)
+                                                  device=args.device, onnx=args.onnx, workers=workers)
     args.choice = choice
     for note in getattr(backend, "notes", ()):
         print(f"darktune: note: {note}", file=sys.stderr)
@@ -110,30 +127,31 @@ def _detect(args) -> int:
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     outputs = OutputNames(out_dir) if out_dir else None
-    sources, failures = [], 0
-    for source in args.sources:  # folders and quoted globs -> their files; an empty one is a failed source
-        try:
-            sources += expand_source(source)
-        except DarktuneError as exc:
-            print(f"darktune: error: {exc}", file=sys.stderr)
-            failures += 1
+    runner = PerThread(backend)
+    job = partial(_opened_detected if workers > 1 else _opened, args, runner)
     records, bar = [], None
+    if workers > 1:
+        _note(f"{len(sources)} images, {workers} side by side, one CPU thread each (--workers 1: one at a time "
+              "on all threads)")
     try:
-        for source, src in _opened(sources):
-            if isinstance(src, DarktuneError):
-                tqdm.write(f"darktune: error: {src}", file=sys.stderr)
-                failures += 1
-                continue
-            if bar is None:
-                # a frame counter helps with videos, cameras and many sources; for one image it is only noise
-                # (decided on what the source turned out to be: an image need not have an image suffix)
-                one_image = len(sources) == 1 and src.kind == "image"
-                bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=one_image,
-                           bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
-            bar.set_description(Path(src.name).name if src.kind != "camera" else src.name)
-            run = _image if src.kind == "image" else _stream
-            target = outputs.name_for(src) if outputs else None
-            records += run(args, backend, src, names, target, bar)
+        with one_thread_each(workers > 1):
+            for source, (src, dets) in in_order(sources, job, ahead=workers):
+                if isinstance(src, DarktuneError):
+                    tqdm.write(f"darktune: error: {src}", file=sys.stderr)
+                    failures += 1
+                    continue
+                if bar is None:
+                    # a frame counter helps with videos, cameras and many sources; for one image it is only
+                    # noise (decided on what the source turned out to be: an image need not have an image suffix)
+                    one_image = len(sources) == 1 and src.kind == "image"
+                    bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+                               disable=one_image, bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
+                bar.set_description(Path(src.name).name if src.kind != "camera" else src.name)
+                target = outputs.name_for(src) if outputs else None
+                if src.kind == "image":
+                    records += _image(args, runner.get() if dets is None else None, src, names, target, bar, dets)
+                else:
+                    records += _stream(args, runner.get(), src, names, target, bar)
     finally:
         if bar is not None:
             bar.close()
@@ -142,28 +160,26 @@ def _detect(args) -> int:
     return 1 if failures else 0
 
 
-def _opened(sources: list[str]):
-    """(source, FrameSource or the DarktuneError that refused it), in order. The next source is opened (an image
-    read and decoded) in a background thread while the current one is being detected: OpenCV's decoding and the
-    runtimes release the GIL, so reading overlaps the network. Cameras are opened in turn, never ahead."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from darktune.deploy.video import is_camera, open_source
+def _opened(args, runner, source: str):
+    """(FrameSource or the DarktuneError that refused it, None). `in_order` runs it for the next source in a
+    background thread while the current one is being detected (OpenCV's decoding and the runtimes release
+    the GIL, so reading overlaps the network); cameras are opened in turn, never ahead."""
+    from darktune.deploy.video import open_source
     from darktune.errors import DarktuneError
 
-    def attempt(source: str):
-        try:
-            return open_source(source)
-        except DarktuneError as exc:
-            return exc
+    try:
+        return open_source(source), None
+    except DarktuneError as exc:
+        return exc, None
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="darktune-read") as pool:
-        ahead = None
-        for i, source in enumerate(sources):
-            src = ahead.result() if ahead is not None else attempt(source)
-            nxt = sources[i + 1] if i + 1 < len(sources) else None
-            ahead = pool.submit(attempt, nxt) if nxt is not None and not is_camera(nxt) else None
-            yield source, src
+
+def _opened_detected(args, runner, source: str):
+    """(FrameSource or DarktuneError, detections of an image source or None): with --workers N, each of N
+    threads reads an image and detects it on its own backend (`runner.get()`), on one CPU thread."""
+    src, _ = _opened(args, runner, source)
+    if isinstance(src, Exception) or src.kind != "image":
+        return src, None
+    return src, _detect_one(args, runner.get(), src._first)
 
 
 class OutputNames:
@@ -238,13 +254,16 @@ def _detect_one(args, backend, image):
     return clip_boxes(dets, image.shape[1], image.shape[0])
 
 
-def _image(args, backend, src, names, target, bar) -> list[dict]:
+def _image(args, backend, src, names, target, bar, dets=None) -> list[dict]:
+    """One image source: its detections (`dets` when a worker has found them already), the record, the text
+    and the annotated image (--out)."""
     import cv2
 
     from darktune.deploy.detect import draw
 
     image = next(iter(src))
-    dets = _detect_one(args, backend, image)
+    if dets is None:
+        dets = _detect_one(args, backend, image)
     bar.update(1)
     record = _record(src, None, dets, names, (image.shape[1], image.shape[0]), args.choice)
     if target:

@@ -142,21 +142,26 @@ def build(name: str, cfg, weights, *, size: int | None, device: str, batch: int,
 
 
 def choose(cfg, weights, *, size: int | None = None, device: str = "cpu", batch: int = 1,
-           threads: int | None = None, onnx: str | Path | None = None, note=None) -> tuple[Backend, Choice]:
-    """The backend `--backend auto` runs, built, and why. `note(text)` is told before a probe starts."""
+           threads: int | None = None, onnx: str | Path | None = None, note=None,
+           workers: int = 1) -> tuple[Backend, Choice]:
+    """The backend `--backend auto` runs, built, and why. `note(text)` is told before a probe starts. With
+    `workers` > 1 the backend is built for that many single-thread calls side by side
+    (`darktune.deploy.pipeline`); the choice is still the fastest call on one image with all threads."""
+    run_threads = 1 if workers > 1 else threads
     if onnx is not None:  # an ONNX model runs on onnxruntime only, whatever DARKTUNE_BACKEND says
-        return _explicit("onnxruntime", "--onnx given", cfg, weights, size, device, batch, threads, onnx)
+        return _explicit("onnxruntime", "--onnx given", cfg, weights, size, device, batch, run_threads, onnx)
     forced = os.environ.get(ENV, "").strip()
     if forced and forced != "auto":
         if forced not in BACKENDS:
             raise DarktuneError(f"{ENV}={forced}: use one of {', '.join(BACKENDS)} or auto")
-        return _explicit(forced, f"{ENV}={forced}", cfg, weights, size, device, batch, threads, onnx)
+        return _explicit(forced, f"{ENV}={forced}", cfg, weights, size, device, batch, run_threads, onnx)
     if parse_device(device).type != "cpu":
         return _explicit("torch", f"--device {device}: torch (the probe is for CPUs)", cfg, weights, size,
-                         device, batch, threads, None)
+                         device, batch, run_threads, None)
     if cfg is None or weights is None:
         raise DarktuneError("--cfg and --weights are required (or --onnx MODEL)")
     threads = threads or cpu_count()
+    run_threads = run_threads or threads
     spec_text = format_cfg(load_darknet(cfg, size=size)[0].spec)
     key, what = probe_key(spec_text, batch, threads)
     cache = darktune_home() / CACHE_NAME
@@ -167,7 +172,7 @@ def choose(cfg, weights, *, size: int | None = None, device: str = "cpu", batch:
         medians = {n: float(v) for n, v in entry["medians_ms"].items() if n in runnable}
         for name in sorted(medians, key=medians.get):
             try:
-                backend = build(name, cfg, weights, size=size, device=device, batch=batch, threads=threads)
+                backend = build(name, cfg, weights, size=size, device=device, batch=batch, threads=run_threads)
             except DarktuneError:
                 continue
             return backend, Choice(name, _reason(medians, f"probed {entry.get('date', '?')}, cached in {cache}")
@@ -186,7 +191,10 @@ def choose(cfg, weights, *, size: int | None = None, device: str = "cpu", batch:
     write_cache(cache, key, {"medians_ms": medians, "date": datetime.date.today().isoformat(), **what})
     best = min(medians, key=medians.get)
     skipped += "".join(f"; {n} failed: {why}" for n, why in failed.items())
-    return next(b for b in built if b.name == best), Choice(best, _reason(medians, "probed now") + skipped, medians)
+    backend = next(b for b in built if b.name == best)
+    if run_threads != threads:  # probed with all threads, runs with fewer
+        backend = build(best, cfg, weights, size=size, device=device, batch=batch, threads=run_threads)
+    return backend, Choice(best, _reason(medians, "probed now") + skipped, medians)
 
 
 def probe(backends: list[Backend], batch: int) -> dict[str, float]:
@@ -213,6 +221,9 @@ def _explicit(name, reason, cfg, weights, size, device, batch, threads, onnx) ->
 
 
 def explicit(name: str, cfg, weights, *, size: int | None = None, device: str = "cpu", batch: int = 1,
-             threads: int | None = None, onnx: str | Path | None = None) -> tuple[Backend, Choice]:
-    """`--backend NAME` as given (onnxruntime on the cached ONNX export unless --onnx is given)."""
-    return _explicit(name, f"--backend {name}", cfg, weights, size, device, batch, threads, onnx)
+             threads: int | None = None, onnx: str | Path | None = None, workers: int = 1
+             ) -> tuple[Backend, Choice]:
+    """`--backend NAME` as given (onnxruntime on the cached ONNX export unless --onnx is given); with
+    `workers` > 1, built for single-thread calls side by side, as `choose`."""
+    return _explicit(name, f"--backend {name}", cfg, weights, size, device, batch, 1 if workers > 1 else threads,
+                     onnx)

@@ -66,6 +66,12 @@ class Backend:
         """(B, 3, H, W) float32 -> raw heads, each (B, A*(5+C), H', W') float32."""
         raise NotImplementedError
 
+    def for_worker(self) -> "Backend":
+        """A backend that may run beside this one in another thread (`darktune.deploy.pipeline`): this one
+        when its runtime allows concurrent calls (torch, onnxruntime), else a copy (OpenCV DNN's nets keep
+        their buffers in the net)."""
+        return self
+
     def detect(self, images: list[np.ndarray], conf_thresh: float = 0.25, nms_thresh: float = 0.45,
                letterbox: bool = False) -> list[np.ndarray]:
         """BGR images -> per image (n, 6) [x1, y1, x2, y2, score, class] in image pixels."""
@@ -211,6 +217,7 @@ class OpenCVBackend(Backend):
         import cv2
 
         super().__init__(spec)
+        self.files, self.device = (cfg, weights), device
         try:
             self.net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
         except cv2.error as exc:
@@ -235,6 +242,10 @@ class OpenCVBackend(Backend):
         self.winograd = winograd
         cv2.setNumThreads(threads or cpu_count())
         self.outputs = head_layer_names(list(self.net.getLayerNames()), spec)
+
+    def for_worker(self) -> "OpenCVBackend":
+        """A second net from the same files, on one thread (a net cannot run two inputs at once)."""
+        return OpenCVBackend(*self.files, self.spec, self.device, threads=1, winograd=self.winograd)
 
     def raw(self, batch: np.ndarray) -> list[np.ndarray]:
         import cv2

@@ -60,8 +60,8 @@ def is_camera(source: str) -> bool:
 def expand_source(source: str) -> list[str]:
     """The sources one command-line argument stands for: a folder -> its image and video files (by suffix,
     sorted, not recursive); a glob pattern that is not itself a file ('imgs/*.jpg', quoted so the shell left
-    it; ** spans folders) -> the files it matches, sorted; anything else -> itself (`open_source` judges it). A folder or
-    pattern that gives no file is a DarktuneError naming it."""
+    it; ** spans folders) -> the files it matches, sorted; anything else -> itself (`open_source` judges it).
+    A folder or pattern that gives no file is a DarktuneError naming it."""
     import glob
 
     path = Path(source)

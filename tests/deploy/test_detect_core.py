@@ -156,28 +156,3 @@ def test_detect_thresholds_must_be_between_0_and_1(coco, photo_path, capsys, opt
                  option, value]) != 0
     err = capsys.readouterr().err
     assert f"{option} must be between 0 and 1, got {value}" in err and "Traceback" not in err
-
-
-def test_sources_are_opened_in_order_one_ahead_cameras_never_ahead(monkeypatch):
-    """detect reads the next image in a background thread while the current one runs: same order, a refused
-    source comes back as its error in its place, and a camera is opened in turn, not ahead."""
-    import threading
-
-    from darktune.cli.detect import _opened
-    from darktune.deploy import video
-    from darktune.errors import DarktuneError
-
-    opened = []
-
-    def fake_open(source):
-        opened.append((source, threading.current_thread().name.startswith("darktune-read")))
-        if source == "bad.jpg":
-            raise DarktuneError("not a readable image", path=source)
-        return f"frames of {source}"
-
-    monkeypatch.setattr(video, "open_source", fake_open)
-    got = [(s, src if isinstance(src, str) else f"error: {src}") for s, src in _opened(["a.jpg", "bad.jpg", "0",
-                                                                                        "c.jpg"])]
-    assert got == [("a.jpg", "frames of a.jpg"), ("bad.jpg", "error: bad.jpg: not a readable image"),
-                   ("0", "frames of 0"), ("c.jpg", "frames of c.jpg")]
-    assert dict(opened) == {"a.jpg": False, "bad.jpg": True, "0": False, "c.jpg": True}  # True: read ahead

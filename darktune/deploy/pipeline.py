@@ -1,0 +1,108 @@
+"""Detection over many sources: the next ones are opened (and, with several workers, detected) in background
+threads while the current one is reported, in the order given.
+
+On a CPU a batch-1 network call does not keep all cores busy: the runtimes' parallel sections are separated
+by work that runs on one thread, and reading and decoding an image, resizing it, decoding the heads and NMS
+run on one thread too. `detect` over a list of image files therefore runs `workers` images side by side, each
+on one thread (one per CPU by default): yolov3-tiny at 416 on a 2-core Xeon, onnxruntime, the network call
+alone: 25.3 ms per image with 2 threads on one image, 23.3 ms per image with two single-thread calls side by
+side (`benchmarks/bench_detect_default.py` gives the whole path). onnxruntime and OpenCV give the same bits
+on one thread as on several; torch's convolutions may round differently (1e-5 on raw heads).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from darktune.devices import cpu_count, parse_device
+from darktune.deploy.video import IMAGE_SUFFIXES, is_camera
+
+T = TypeVar("T")
+
+
+def in_order(sources: list[str], job: Callable[[str], T], ahead: int = 1,
+             inline: Callable[[str], bool] = is_camera) -> Iterator[tuple[str, T]]:
+    """(source, job(source)) for each source in order, the jobs of up to `ahead` sources after the current
+    one running in background threads. A source for which `inline` is true (a camera) runs its job on the
+    caller's thread when its turn comes, and nothing after it starts before then. An exception in a job is
+    raised here, in its turn."""
+    with ThreadPoolExecutor(max_workers=max(1, ahead), thread_name_prefix="darktune-read") as pool:
+        queued: deque[tuple[str, Future | None]] = deque()
+        nxt = 0
+
+        def top_up() -> None:
+            nonlocal nxt
+            while nxt < len(sources) and sum(f is not None for _, f in queued) < ahead:
+                if queued and queued[-1][1] is None:  # a camera waits for its turn, and so does all after it
+                    return
+                source = sources[nxt]
+                nxt += 1
+                queued.append((source, None if inline(source) else pool.submit(job, source)))
+
+        top_up()
+        while queued:
+            source, future = queued.popleft()
+            result = future.result() if future is not None else job(source)
+            top_up()
+            yield source, result
+
+
+class PerThread:
+    """One backend per thread: the first thread that asks gets `backend` itself, every other thread its own
+    `backend.for_worker()` (the same object for torch and onnxruntime, a second net for OpenCV DNN)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._given = False
+
+    def get(self):
+        mine = getattr(self._local, "backend", None)
+        if mine is None:
+            with self._lock:
+                first, self._given = not self._given, True
+            mine = self._local.backend = self.backend if first else self.backend.for_worker()
+        return mine
+
+
+def worker_count(sources: list[str], device: str, requested: int | None = None) -> int:
+    """How many images run side by side: `requested` when given; else, on a CPU with several cores and a
+    list of at least two sources that all name image files (by suffix; no camera, no video), one per CPU;
+    else 1 (one image at a time on all threads)."""
+    if requested is not None:
+        return max(1, min(requested, len(sources)))
+    if parse_device(device).type != "cpu" or cpu_count() < 2 or len(sources) < 2:
+        return 1
+    for source in sources:
+        if is_camera(source) or Path(source).suffix.lower() not in IMAGE_SUFFIXES:
+            return 1
+    return min(cpu_count(), len(sources))
+
+
+@contextmanager
+def one_thread_each(active: bool = True):
+    """torch and OpenCV on one thread inside the block (restored after it): each of several images that run
+    side by side gets one CPU, rather than every call waking a pool of threads that compete for the same
+    cores. (onnxruntime's threads are the session's own: build it with threads=1.)"""
+    if not active:
+        yield
+        return
+    import cv2
+    import torch
+
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
