@@ -11,7 +11,8 @@ one thread each: `darktune.deploy.pipeline`) and with --workers 1 (one image at 
 next one read ahead), the two taking turns. Goals (issue 16): auto picks a runtime within 5% of the fastest
 network call; detect's per image <= 1.10x the fastest network call.
 
-    .venv/bin/python benchmarks/bench_detect_default.py [--photos 32] [--rounds 8] [--sweeps 5] [--json]
+    .venv/bin/python benchmarks/bench_detect_default.py [--photos 32] [--rounds 8] [--sweeps 5] [--each-runtime]
+        [--json]
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="turns; each times --block calls of each")
     parser.add_argument("--block", type=int, default=4)
     parser.add_argument("--sweeps", type=int, default=5, help="runs of the detect command over the photos")
+    parser.add_argument("--each-runtime", action="store_true",
+                        help="also time the command with --backend NAME for each installed runtime")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -120,15 +123,20 @@ def main(argv: list[str] | None = None) -> int:
                 cli_main(["detect", *map(str, paths), "--cfg", cfg, "--weights", weights, "--json", *extra])
             return time.perf_counter() - t
 
-        sweeps = {"one": [], "default": [], "workers1": []}
-        run(photos[:1])
-        for _ in range(args.sweeps):
-            sweeps["one"].append(run(photos[:1]))
-            sweeps["default"].append(run(photos))
-            sweeps["workers1"].append(run(photos, "--workers", "1"))
-        one = float(np.median(sweeps["one"]))
-        sweep_ms = (float(np.median(sweeps["default"])) - one) / (len(photos) - 1) * 1000
-        sweep1_ms = (float(np.median(sweeps["workers1"])) - one) / (len(photos) - 1) * 1000
+        def command_ms(backend: list[str]) -> tuple[float, float]:
+            """(default, --workers 1) ms per image of the command with these backend options."""
+            sweeps = {"one": [], "default": [], "workers1": []}
+            run(photos[:1], *backend)
+            for _ in range(args.sweeps):
+                sweeps["one"].append(run(photos[:1], *backend))
+                sweeps["default"].append(run(photos, *backend))
+                sweeps["workers1"].append(run(photos, *backend, "--workers", "1"))
+            one = float(np.median(sweeps["one"]))
+            return tuple((float(np.median(sweeps[k])) - one) / (len(photos) - 1) * 1000
+                         for k in ("default", "workers1"))
+
+        sweep_ms, sweep1_ms = command_ms([])
+        by_runtime = {n: command_ms(["--backend", n]) for n in runnable} if args.each_runtime else {}
     med = {n: float(np.median(v)) * 1000 for n, v in net.items()}
     fastest = min(med, key=med.get)
     detect_ms = float(np.median(per_image)) * 1000
@@ -147,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         "detect_command_workers1_per_image_ms": round(sweep1_ms, 2),
         "detect_command_workers1_vs_fastest_network": round(sweep1_ms / med[fastest], 3),
         "sweeps": args.sweeps,
+        "detect_command_by_runtime": {n: {"per_image_ms": round(d, 2), "workers1_per_image_ms": round(w, 2),
+                                          "vs_own_network": round(d / med[n], 3),
+                                          "workers1_vs_own_network": round(w / med[n], 3)}
+                                      for n, (d, w) in by_runtime.items()},
         "load_1min": load_average(),
     }
     if args.json:
@@ -155,13 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench detect default: {report['model']}, {report['machine']} ({report['cpus']} CPUs), {report['date']}")
     for n, v in sorted(med.items(), key=lambda kv: kv[1]):
         print(f"  network call {n:<12} {v:8.2f} ms  ({v / med[fastest]:.3f}x the fastest)")
-    print(f"  detect per image (auto -> {choice.backend}) {detect_ms:8.2f} ms  "
+    print(f"  detect one image at a time, its read not overlapped (auto -> {choice.backend}) {detect_ms:8.2f} ms  "
           f"({report['detect_vs_fastest_network']:.3f}x the fastest network call; goal <= 1.10)")
     print(f"  detect command over {args.photos} photos, per image {sweep_ms:8.2f} ms  "
           f"({report['detect_command_vs_fastest_network']:.3f}x the fastest network call; goal <= 1.10; "
           f"{report['detect_command_workers']} images side by side, one thread each)")
     print(f"  detect command, --workers 1, per image {sweep1_ms:8.2f} ms  "
           f"({report['detect_command_workers1_vs_fastest_network']:.3f}x; one image at a time on all threads)")
+    for n, r in report["detect_command_by_runtime"].items():
+        print(f"  detect command --backend {n:<12} per image {r['per_image_ms']:8.2f} ms "
+              f"({r['vs_own_network']:.3f}x its network call); --workers 1 {r['workers1_per_image_ms']:.2f} ms "
+              f"({r['workers1_vs_own_network']:.3f}x)")
     print(f"  auto's runtime vs the fastest: {report['auto_vs_fastest']:.3f}x (goal <= 1.05); why: {choice.reason}")
     return 0
 

@@ -45,10 +45,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "training and evaluation do")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="images detected side by side, each on one CPU thread (default: one per CPU when every "
-                        "source is an image file and there are at least two, on a CPU; else 1: one image at a "
-                        "time on all threads). Output order and results do not depend on it (torch's may round "
-                        "1e-5 differently on one thread)")
+                   help="images detected side by side, the CPU threads shared out among them (default: on a CPU, "
+                        "when every source is an image file and there are at least two, one per CPU, as many as "
+                        "there are images at most; else 1: one image at a time on all threads). Output order and "
+                        "results do not depend on it (torch's may round 1e-5 differently on fewer threads)")
     p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
     p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
                                  "a video becomes <file name>.mp4 (clip.mp4, clip.avi.mp4), camera N cameraN.mp4; "
@@ -81,7 +81,7 @@ def _detect(args) -> int:
     from darktune.deploy import backend_choice
     from darktune.deploy.runtimes import make_backend
     from darktune.errors import DarktuneError
-    from darktune.deploy.pipeline import PerThread, in_order, one_thread_each, worker_count
+    from darktune.deploy.pipeline import PerThread, in_order, threads_each, threads_for_each, worker_count
     from darktune.deploy.video import expand_source
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
@@ -103,17 +103,18 @@ def _detect(args) -> int:
             print(f"darktune: error: {exc}", file=sys.stderr)
             failures += 1
     workers = worker_count(sources, args.device, args.workers)
+    threads = threads_each(workers) if workers > 1 else None  # None: the runtime's default, all CPUs
     if args.backend == "auto":
         backend, choice = backend_choice.choose(args.cfg, args.weights, size=args.size, device=args.device,
-                                                onnx=args.onnx, note=_note, workers=workers)
+                                                onnx=args.onnx, note=_note, run_threads=threads)
         _note(f"backend {choice.backend}: {choice.reason}")
     elif args.backend == "opencv":
         backend = make_backend("opencv", args.cfg, args.weights, size=args.size, device=args.device, batch=1,
-                               threads=1 if workers > 1 else None, winograd=not args.no_winograd)
+                               threads=threads, winograd=not args.no_winograd)
         choice = backend_choice.Choice("opencv", "--backend opencv" + " --no-winograd" * args.no_winograd)
     else:
         backend, choice = backend_choice.explicit(args.backend, args.cfg, args.weights, size=args.size,
-                                                  device=args.device, onnx=args.onnx, workers=workers)
+                                                  device=args.device, onnx=args.onnx, threads=threads)
     args.choice = choice
     for note in getattr(backend, "notes", ()):
         print(f"darktune: note: {note}", file=sys.stderr)
@@ -131,10 +132,10 @@ def _detect(args) -> int:
     job = partial(_opened_detected if workers > 1 else _opened, args, runner)
     records, bar = [], None
     if workers > 1:
-        _note(f"{len(sources)} images, {workers} side by side, one CPU thread each (--workers 1: one at a time "
-              "on all threads)")
+        _note(f"{len(sources)} images, {workers} side by side, {threads} CPU thread{'s' * (threads > 1)} each "
+              "(--workers 1: one at a time on all threads)")
     try:
-        with one_thread_each(workers > 1):
+        with threads_for_each(threads):
             for source, (src, dets) in in_order(sources, job, ahead=workers):
                 if isinstance(src, DarktuneError):
                     tqdm.write(f"darktune: error: {src}", file=sys.stderr)
@@ -175,7 +176,7 @@ def _opened(args, runner, source: str):
 
 def _opened_detected(args, runner, source: str):
     """(FrameSource or DarktuneError, detections of an image source or None): with --workers N, each of N
-    threads reads an image and detects it on its own backend (`runner.get()`), on one CPU thread."""
+    threads reads an image and detects it on its own backend (`runner.get()`), on its share of the CPUs."""
     src, _ = _opened(args, runner, source)
     if isinstance(src, Exception) or src.kind != "image":
         return src, None

@@ -143,11 +143,12 @@ def build(name: str, cfg, weights, *, size: int | None, device: str, batch: int,
 
 def choose(cfg, weights, *, size: int | None = None, device: str = "cpu", batch: int = 1,
            threads: int | None = None, onnx: str | Path | None = None, note=None,
-           workers: int = 1) -> tuple[Backend, Choice]:
-    """The backend `--backend auto` runs, built, and why. `note(text)` is told before a probe starts. With
-    `workers` > 1 the backend is built for that many single-thread calls side by side
-    (`darktune.deploy.pipeline`); the choice is still the fastest call on one image with all threads."""
-    run_threads = 1 if workers > 1 else threads
+           run_threads: int | None = None) -> tuple[Backend, Choice]:
+    """The backend `--backend auto` runs, built, and why. `note(text)` is told before a probe starts.
+    `threads`: the CPU threads the runtimes are timed with (default: all); `run_threads`: those the chosen
+    backend is built with (default: `threads`; fewer when several images run side by side,
+    `darktune.deploy.pipeline`): the choice is the fastest call on one image either way."""
+    run_threads = run_threads or threads
     if onnx is not None:  # an ONNX model runs on onnxruntime only, whatever DARKTUNE_BACKEND says
         return _explicit("onnxruntime", "--onnx given", cfg, weights, size, device, batch, run_threads, onnx)
     forced = os.environ.get(ENV, "").strip()
@@ -221,9 +222,6 @@ def _explicit(name, reason, cfg, weights, size, device, batch, threads, onnx) ->
 
 
 def explicit(name: str, cfg, weights, *, size: int | None = None, device: str = "cpu", batch: int = 1,
-             threads: int | None = None, onnx: str | Path | None = None, workers: int = 1
-             ) -> tuple[Backend, Choice]:
-    """`--backend NAME` as given (onnxruntime on the cached ONNX export unless --onnx is given); with
-    `workers` > 1, built for single-thread calls side by side, as `choose`."""
-    return _explicit(name, f"--backend {name}", cfg, weights, size, device, batch, 1 if workers > 1 else threads,
-                     onnx)
+             threads: int | None = None, onnx: str | Path | None = None) -> tuple[Backend, Choice]:
+    """`--backend NAME` as given (onnxruntime on the cached ONNX export unless --onnx is given)."""
+    return _explicit(name, f"--backend {name}", cfg, weights, size, device, batch, threads, onnx)

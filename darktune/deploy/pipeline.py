@@ -3,11 +3,12 @@ threads while the current one is reported, in the order given.
 
 On a CPU a batch-1 network call does not keep all cores busy: the runtimes' parallel sections are separated
 by work that runs on one thread, and reading and decoding an image, resizing it, decoding the heads and NMS
-run on one thread too. `detect` over a list of image files therefore runs `workers` images side by side, each
-on one thread (one per CPU by default): yolov3-tiny at 416 on a 2-core Xeon, onnxruntime, the network call
-alone: 25.3 ms per image with 2 threads on one image, 23.3 ms per image with two single-thread calls side by
-side (`benchmarks/bench_detect_default.py` gives the whole path). onnxruntime and OpenCV give the same bits
-on one thread as on several; torch's convolutions may round differently (1e-5 on raw heads).
+run on one thread too. `detect` over a list of image files therefore runs `workers` images side by side (one
+per CPU by default, no more than there are images), the CPU threads shared out among them. yolov3-tiny at
+416 on a 2-core Xeon, onnxruntime, the network call alone: 25.3 ms per image with 2 threads on one image,
+23.3 ms per image with two single-thread calls side by side (`benchmarks/bench_detect_default.py` gives the
+whole path). onnxruntime and OpenCV give the same bits on one thread as on several; torch's convolutions may
+round differently (1e-5 on raw heads).
 """
 
 from __future__ import annotations
@@ -86,21 +87,26 @@ def worker_count(sources: list[str], device: str, requested: int | None = None) 
     return min(cpu_count(), len(sources))
 
 
+def threads_each(workers: int) -> int:
+    """CPU threads for each of `workers` images side by side: the CPUs shared out, at least one each (two
+    images on a 2-core machine: one thread each; two on a 32-core one: 16 each)."""
+    return max(1, cpu_count() // max(1, workers))
+
+
 @contextmanager
-def one_thread_each(active: bool = True):
-    """torch and OpenCV on one thread inside the block (restored after it): each of several images that run
-    side by side gets one CPU, rather than every call waking a pool of threads that compete for the same
-    cores. (onnxruntime's threads are the session's own: build it with threads=1.)"""
-    if not active:
+def threads_for_each(threads: int | None):
+    """torch and OpenCV on `threads` threads inside the block (restored after it; None: left as they are), so
+    that images running side by side share the CPUs rather than each call waking a pool of threads that
+    compete for the same cores. (onnxruntime's threads are the session's own: build it with `threads`.)"""
+    if threads is None:
         yield
         return
     import cv2
     import torch
 
-
     before = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     try:
         yield
     finally:

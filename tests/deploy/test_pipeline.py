@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from darktune.cli import main
-from darktune.deploy.pipeline import PerThread, in_order, one_thread_each, worker_count
+from darktune.deploy.pipeline import PerThread, in_order, threads_each, threads_for_each, worker_count
 
 
 def test_in_order_keeps_the_order_and_raises_in_turn():
@@ -97,13 +97,19 @@ def test_per_thread_shares_a_backend_that_allows_it_and_copies_one_that_does_not
     assert Single.copies == 1
 
 
-def test_one_thread_each_restores_the_thread_counts():
+def test_threads_are_shared_out_and_restored(monkeypatch):
     import torch
 
+    import darktune.deploy.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "cpu_count", lambda: 32)
+    assert [threads_each(w) for w in (1, 2, 3, 32, 64)] == [32, 16, 10, 1, 1]
     before = torch.get_num_threads(), cv2.getNumThreads()
-    with one_thread_each():
+    with threads_for_each(1):
         assert torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
     assert (torch.get_num_threads(), cv2.getNumThreads()) == before
+    with threads_for_each(None):  # one image at a time: left as they are
+        assert (torch.get_num_threads(), cv2.getNumThreads()) == before
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +134,7 @@ def test_detect_workers_give_the_records_of_one_at_a_time(coco, photos, capsys, 
                    "--thresh", "0.1", "--backend", backend, "--workers", workers])
         captured = capsys.readouterr()
         assert rc == 1 and "p3b.jpg" in captured.err and "Traceback" not in captured.err
-        assert ("2 side by side" in captured.err) == (workers == "2")
+        assert ("7 images, 2 side by side" in captured.err) == (workers == "2")
         runs[workers] = json.loads(captured.out)
     one, two = runs["1"], runs["2"]
     assert [r["image"] for r in one] == [r["image"] for r in two] == [str(photos / f"p{i}.jpg") for i in
