@@ -1,9 +1,9 @@
 """One parity run as a script, for a subprocess whose environment narrows the CPU's instruction set (the
 libraries read it at load): prints JSON {runtime: {"error": max abs vs float64, "budget": max budget,
 "excess": max error/budget}} for torch (fused), ONNX Runtime, OpenCV DNN with and without Winograd, on one
-real photo at SIZE (default 224) with the official COCO yolov3-tiny.
+real photo at SIZE (default 224) with the official COCO MODEL (yolov3-tiny, the default, or yolov4-tiny).
 
-    ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default python tests/parity_check.py
+    ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default MODEL=yolov4-tiny python tests/parity_check.py
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> int:
     from parity import excess, max_error, reference
 
     size = int(os.environ.get("SIZE", "224"))
-    fetched = zoo.fetch("yolov3-tiny", progress=False)
+    fetched = zoo.fetch(os.environ.get("MODEL", "yolov3-tiny"), progress=False)
     model, _ = load_darknet(fetched.cfg, fetched.weights, size=size)
     photo = read_image(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
     batch = preprocess_batch([photo], (size, size))

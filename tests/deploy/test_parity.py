@@ -72,11 +72,14 @@ def test_budget_fails_real_errors(small, mutation):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["yolov3-tiny", "yolov4-tiny"])
 @pytest.mark.parametrize("isa", sorted(ISA_SETTINGS))
-def test_parity_under_narrower_instruction_sets(isa):
-    """tests/parity_check.py in a subprocess with the ISA switches set: every runtime within its budget."""
+def test_parity_under_narrower_instruction_sets(isa, model, request):
+    """tests/parity_check.py in a subprocess with the ISA switches set: every runtime within its budget, on
+    both official models."""
+    request.getfixturevalue("coco" if model == "yolov3-tiny" else "coco_v4")  # fetched and verified here
     script = Path(__file__).parents[1] / "parity_check.py"
-    env = {**os.environ, **ISA_SETTINGS[isa], "SIZE": "160"}
+    env = {**os.environ, **ISA_SETTINGS[isa], "SIZE": "160", "MODEL": model}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
