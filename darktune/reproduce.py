@@ -36,7 +36,7 @@ from darktune.data.filter import filter_dataset, FilterRules
 from darktune.data.formats.openimages import read_openimages
 from darktune.data.synth.sets import make_domain_set, make_target_set, WINDOW_SCALE
 from darktune.devices import resolve_device
-from darktune.experiment.models import MODELS
+from darktune.darknet.transfer import MODELS
 from darktune.experiment.ray_executor import RayOptions
 from darktune.experiment.runner import ExperimentResult, run_experiment
 from darktune.experiment.runs import make_out_dir
@@ -54,7 +54,6 @@ SEED = 0  # the data sets' seed; the training runs use Profile.seeds
 # classifier has no such thing, and with them the stand-in shared 13 of coco15's 15 layers (see the report).
 STAND_IN_BACKBONE_LAYERS = 8
 STARTS = ("scratch", "backbone", "coco15", "domain")
-FREEZE = (0, 13, 20)
 
 
 @dataclass(frozen=True)
@@ -70,13 +69,11 @@ class StudyModel:
         return ("scratch", "backbone", MODELS[self.model].partial, "domain")
 
 
-# yolov3-tiny: 13 = layers 0..12, its backbone; 20 leaves only conv 21 and 22 (the 26x26 head's 3x3 conv and
-# output) training. yolov4-tiny: the same parts are 27 (its CSP backbone is layers 0..26, and 27/28/29 are the
-# 13x13 head's 1x1, 3x3 and output convs, as 13/14/15 in v3) and 35 (0..34 frozen: 35, 36 train, as 21, 22).
-# Stand-in backbones end at the stride-16 maxpool: v3 layer 7, v4 layer 17 (the second CSP block's maxpool).
+# The frozen-layer cuts are the study's 0/13/20 in each model's numbering (darktune.darknet.transfer). Stand-in
+# backbones end at the stride-16 maxpool: v3 layer 7, v4 layer 17 (the second CSP block's maxpool).
 STUDY_MODELS: dict[str, StudyModel] = {
-    "yolov3-tiny": StudyModel("yolov3-tiny", FREEZE, STAND_IN_BACKBONE_LAYERS),
-    "yolov4-tiny": StudyModel("yolov4-tiny", (0, 27, 35), 18),
+    "yolov3-tiny": StudyModel("yolov3-tiny", MODELS["yolov3-tiny"].study_freeze, STAND_IN_BACKBONE_LAYERS),
+    "yolov4-tiny": StudyModel("yolov4-tiny", MODELS["yolov4-tiny"].study_freeze, 18),
 }
 MODEL_CHOICES = tuple(STUDY_MODELS) + ("both",)
 

@@ -2,7 +2,8 @@
 checkpoint.pt, weights/last.weights) with a made-up mAP curve per starting point, in milliseconds.
 
 The curve: map(it) = cap * (1 - exp(-it / tau)), tau and cap chosen per starting point and frozen layers so
-that the study's findings hold (domain fastest, coco15 before backbone before scratch, N=20 much worse).
+that the study's findings hold (domain fastest, coco15 before backbone before scratch, N=20 much worse), in
+the trained model's own numbering (yolov4-tiny: coco29, N=27/35).
 `FAIL_AFTER` (env DARKTUNE_FAKE_FAIL_AFTER) makes a run raise KeyboardInterrupt after that many iterations,
 to test resuming.
 """
@@ -14,23 +15,31 @@ import math
 import os
 from pathlib import Path
 
+from darktune.darknet.transfer import MODELS
+
 TAU = {"domain": 8.0, "coco": 30.0, "coco15": 60.0, "backbone": 120.0, "scratch": 400.0}
 CAP = {0: 0.98, 13: 0.85, 20: 0.3}
 
 
+def _study(kwargs: dict):
+    """The known model whose zoo cfg the run trains (yolov4-tiny.cfg -> yolov4-tiny), else yolov3-tiny's
+    numbering: its starts and frozen counts play the study's (coco29 is coco15, 35 frozen layers are 20)."""
+    return MODELS.get(Path(str(kwargs.get("cfg") or "")).stem, MODELS["yolov3-tiny"])
+
+
 def start_kind(kwargs: dict) -> str:
-    """Which starting point a run's kwargs describe (as resolve_starts sets weights/upto)."""
-    weights, upto = kwargs["weights"], kwargs.get("upto")
+    """Which starting point a run's kwargs describe (as resolve_starts sets weights/upto), in the study's names."""
+    weights, upto, study = kwargs["weights"], kwargs.get("upto"), _study(kwargs)
     if weights is None:
         return "scratch"
     if "stages" in Path(weights).parts:
         return "domain"
-    return {13: "backbone", 15: "coco15"}.get(upto, "coco")
+    return {study.backbone_layers: "backbone", study.partial_layers: "coco15"}.get(upto, "coco")
 
 
 def curve(kwargs: dict, iteration: int) -> float:
     tau = TAU[start_kind(kwargs)]
-    cap = CAP.get(kwargs["freeze"], 0.9)
+    cap = CAP.get(_study(kwargs).study_n(kwargs["freeze"]), 0.9)
     return round(cap * (1 - math.exp(-iteration / tau)) + 0.001 * kwargs["seed"], 6)
 
 

@@ -57,7 +57,7 @@ from darktune.darknet import zoo
 from darktune.darknet.cfg import ConvSpec, parse_cfg
 from darktune.darknet.weights import partial
 from darktune.devices import resolve_device
-from darktune.experiment.models import MODELS
+from darktune.darknet.transfer import MODELS
 from darktune.experiment.executors import execute
 from darktune.experiment.progress import GridProgress
 from darktune.experiment.ray_executor import RayOptions, RayPool, require_ray

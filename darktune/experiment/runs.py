@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from darktune.errors import DarktuneError
-from darktune.experiment.models import DEFAULT_MODEL
+from darktune.darknet.transfer import DEFAULT_MODEL
 from darktune.experiment.spec import RunPlan, identity_options
 from darktune.files import atomic_write_bytes, make_folder
 from darktune.plural import plural

@@ -4,7 +4,7 @@ Owns: `ExperimentSpec` / `StageSpec` / `GridSpec` (validated, paths resolved aga
 `load_spec(path)`, `spec_from_dict(data, path)`, and `plan_runs(spec) -> list[RunPlan]` (stages first, in
 dependency order, then the grid: starts x frozen layers x training images x seeds).
 
-`model` names a known model (darktune.experiment.models; default yolov3-tiny): its cfg, its COCO weights and
+`model` names a known model (darktune.darknet.transfer; default yolov3-tiny): its cfg, its COCO weights and
 what its named starting points mean. Starting points: `scratch` (random init), `backbone` (the first layers of a
 weights file: 13 for yolov3-tiny, 27 for yolov4-tiny; another count with `weights.backbone_layers`), the COCO
 partial start (`coco15` = darknet's `partial ... 15` for yolov3-tiny, `coco29` for yolov4-tiny), `coco` (every
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from darktune.errors import DarktuneError
-from darktune.experiment.models import ALL_BUILTIN_STARTS, DEFAULT_MODEL, MODELS, builtin_starts
+from darktune.darknet.transfer import ALL_BUILTIN_STARTS, DEFAULT_MODEL, MODELS, builtin_starts
 from darktune.experiment.spec_file import read_spec_yaml, short
 from darktune.train.config import OPTIONS, SPEC_OPTIONS
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from statistics import mean
 
 from darktune.errors import DarktuneError
+from darktune.darknet.transfer import DEFAULT_MODEL, MODELS, ModelStudy
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,22 @@ class ExperimentData:
     @property
     def target_map(self) -> float | None:
         return self.record.get("target_map")
+
+    @property
+    def model(self) -> str:
+        """The known model the experiment trained (`model:` in its spec; yolov3-tiny when unnamed)."""
+        return self.record.get("model") or DEFAULT_MODEL
+
+    @property
+    def study(self) -> ModelStudy:
+        """The model's transfer starts and the study's cuts in its layers (yolov3-tiny's for a model darktune
+        does not know: the study's own names)."""
+        return MODELS.get(self.model, MODELS[DEFAULT_MODEL])
+
+    @property
+    def partial(self) -> str:
+        """The model's COCO partial start, the study's coco15 (coco15 on yolov3-tiny, coco29 on yolov4-tiny)."""
+        return self.study.partial
 
     @property
     def grid(self) -> list[RunData]:
@@ -269,36 +286,40 @@ def time_to_target(data: ExperimentData, start: str, freeze: int, images: int | 
 
 @dataclass(frozen=True)
 class Decrease:
-    """The fewest iterations to target of a transfer path against coco15's, at one frozen count."""
+    """The fewest iterations to target of a transfer path against the COCO partial start's (the study's
+    coco15), at one frozen count."""
 
     freeze: int
     best: str
     best_iterations: float
-    coco15_iterations: float | None  # None: coco15 never reached the target
-    coco15_max: int
-    fraction: float  # 1 - best / coco15 (a lower bound when coco15 did not reach the target)
+    partial_iterations: float | None  # None: the partial start never reached the target
+    partial_max: int
+    fraction: float  # 1 - best / partial (a lower bound when the partial start did not reach the target)
     lower_bound: bool
     seconds_fraction: float | None = None  # the same in training seconds, when both reached the target
 
 
-TRANSFER_EXCLUDED = ("scratch", "backbone", "coco15")
+def transfer_excluded(data: ExperimentData) -> tuple[str, ...]:
+    """The starts that are not transfer paths: scratch, backbone and the COCO partial start."""
+    return ("scratch", "backbone", data.partial)
 
 
 def best_transfer_decrease(data: ExperimentData, freeze: int, images: int | None,
                            target: float | None = None) -> Decrease | None:
     """Percent decrease in iterations to target of the best transfer path (a start other than scratch,
-    backbone and coco15: a stage, coco, another weights file) against coco15 — the study's 83% figure."""
-    base = time_to_target(data, "coco15", freeze, images, target)
+    backbone and the COCO partial start: a stage, coco, another weights file) against the COCO partial start
+    (coco15, coco29): the study's 83% figure."""
+    base = time_to_target(data, data.partial, freeze, images, target)
     if base is None:
         return None
-    paths = [t for s in data.starts() if s not in TRANSFER_EXCLUDED
+    paths = [t for s in data.starts() if s not in transfer_excluded(data)
              for t in [time_to_target(data, s, freeze, images, target)] if t is not None and t.iterations is not None]
     if not paths:
         return None
     best = min(paths, key=lambda t: t.iterations)
-    if base.iterations is None and base.unfinished:  # coco15 runs that failed say nothing of its time to target
+    if base.iterations is None and base.unfinished:  # partial runs that failed say nothing of its time to target
         return None
-    if base.iterations == 0:  # coco15's start weights already meet the target: nothing to cut
+    if base.iterations == 0:  # the partial start's weights already meet the target: nothing to cut
         return Decrease(freeze, best.start, best.iterations, 0.0, base.max_iterations, 0.0, False,
                         0.0 if best.seconds == 0 else None)
     if base.iterations is not None:

@@ -144,13 +144,13 @@ def time_table(data: ExperimentData) -> list[Block]:
         dec = best_transfer_decrease(data, freeze, images)
         if dec is None:
             continue
-        base = (its_text(dec.coco15_iterations) if dec.coco15_iterations is not None
-                else f"more than {dec.coco15_max}")
+        base = (its_text(dec.partial_iterations) if dec.partial_iterations is not None
+                else f"more than {dec.partial_max}")
         bound = "at least " if dec.lower_bound else ""
         secs = (f", {dec.seconds_fraction * 100:.0f}% fewer training seconds" if dec.seconds_fraction is not None
                 else "")
         lines.append(f"N={freeze}: best transfer path `{dec.best}` needs {its_text(dec.best_iterations)} iterations, "
-                     "coco15 "
+                     f"{data.partial} "
                      f"{base}: **{bound}{dec.fraction * 100:.0f}% fewer iterations**{secs} (the study: "
                      f"{study.HEADLINE_DECREASE * 100:.0f}% less time).")
     if lines:
@@ -171,7 +171,7 @@ def sensitivity_blocks(data: ExperimentData, images: int | None) -> list[Block]:
     target says little about the starts."""
     rows = []
     for level in table_levels(data):
-        base = time_to_target(data, "coco15", 0, images, level)
+        base = time_to_target(data, data.partial, 0, images, level)
         dec = best_transfer_decrease(data, 0, images, level)
         if base is None:
             break
@@ -193,7 +193,7 @@ def sensitivity_blocks(data: ExperimentData, images: int | None) -> list[Block]:
     if starts:
         text += " mAP of the start weights (iteration 0): " + ", ".join(starts) + "."
     return [Block("p", text), Block("table", items=tuple(rows), header=(
-        "target mAP %", "coco15 iterations", "best transfer path", "its iterations", "fewer iterations"))]
+        "target mAP %", f"{data.partial} iterations", "best transfer path", "its iterations", "fewer iterations"))]
 
 
 def images_blocks(data: ExperimentData, protocol: str) -> list[Block]:

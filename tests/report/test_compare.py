@@ -105,3 +105,23 @@ def test_a_model_that_never_reaches_the_target_is_said_so(both):
                                                        for r in lines))
     cmp = compare_models(_folders(both))
     assert cmp.faster == "yolov3-tiny" and "yolov4-tiny: no start reached it with every seed" in cmp.verdict
+
+
+def test_the_study_findings_are_checked_on_each_model_in_its_own_names(two_models):
+    """yolov4-tiny's grid is checked against the study's findings as yolov3-tiny's is: coco29 plays coco15, 35
+    frozen layers play 20; the verdicts come from its runs, and its claims say which study name each plays."""
+    from darktune.report.data import load_experiment
+    from darktune.report.findings import findings
+
+    v3 = findings(load_experiment(two_models / "yolov3-tiny"))
+    v4 = findings(load_experiment(two_models / "yolov4-tiny"))
+    assert [f.verdict for f in v4] == [f.verdict for f in v3] == ["agrees"] * 5
+    assert v3[0].claim == "Freezing 20 layers is clearly worse than freezing none, for every starting point"
+    assert v4[0].claim.startswith("Freezing 35 layers (the study's 20 layers) is clearly worse")
+    assert v3[1].claim == "coco15 (COCO conv.15) beats backbone at equal iterations"
+    assert v4[1].claim == "coco29 (COCO conv.29, the study's coco15) beats backbone at equal iterations"
+    assert "than coco29 (the study's coco15)" in v4[3].claim and v4[4].claim.endswith("against coco29 (the study's coco15)")
+    assert any("N=0" in e and "N=35" in e for e in v4[0].evidence)
+    assert any(e.startswith("N=27: coco29") for e in v4[1].evidence)
+    assert "vs coco29" in v4[4].evidence[0]
+    assert not any("coco15" in e or "N=20" in e for f in v4 for e in f.evidence)
