@@ -49,7 +49,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(func=cmd_experiment)
 
-    p = sub.add_parser("report", help="write report.md and report.html of an experiment folder")
+    p = sub.add_parser("report", help="write report.md and report.html of an experiment folder (of a "
+                                      "`reproduce --model both` folder: each model's and the comparison)")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_report)
@@ -155,14 +156,16 @@ def cmd_experiment(args) -> int:
 def cmd_report(args) -> int:
     import json
 
-    from darktune.report.render import write_report
+    from darktune.report.compare import write_reports
 
-    paths = write_report(args.dir)
+    made = write_reports(args.dir)
     if args.json:
-        print(json.dumps({"report_md": str(paths.markdown), "report_html": str(paths.html),
-                          "figures": [str(p) for p in paths.figures]}))
+        records = [{"report_md": str(p.markdown), "report_html": str(p.html), "figures": [str(f) for f in p.figures]}
+                   for p in made]
+        print(json.dumps(records[0] if len(records) == 1 else records))
     else:
-        print(f"report: {paths.markdown} and {paths.html}")
+        for paths in made:
+            print(f"report: {paths.markdown} and {paths.html}")
     return 0
 
 

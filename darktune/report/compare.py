@@ -1,8 +1,9 @@
 """Two models' reproductions side by side (`darktune reproduce --model both`), from their run files only.
 
 Owns: `compare_models(folders) -> Comparison` (per model and starting point: mean mAP at the table rows, time to
-target in iterations and training seconds, images/s) and `write_comparison(out_dir, folders)` (report.md,
-report.html, report_files/models.png, comparison.json). The starting points are matched by their role in the
+target in iterations and training seconds, images/s), `write_comparison(out_dir, folders)` (report.md,
+report.html, report_files/models.png, comparison.json) and `write_reports(out_dir)` (`darktune report`: one
+experiment's report, or every model's and the comparison of a `--model both` folder). The starting points are matched by their role in the
 study (scratch, backbone, the COCO partial start, the domain path), the frozen counts by position (the study's
 0/13/20 on yolov3-tiny are 0/27/35 on yolov4-tiny), so each row compares like with like.
 """
@@ -14,12 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 
+from darktune.darknet.transfer import MODELS
 from darktune.files import atomic_write_bytes
 from darktune.report.data import ExperimentData, cell_map, eval_iterations, its_text, load_experiment, \
     main_images, time_to_target
 from darktune.report.machine import machine_lines
 from darktune.report.plots import models_figure
-from darktune.report.render import Block, ReportPaths, pct, render_html, render_markdown
+from darktune.report.render import Block, ReportPaths, pct, render_html, render_markdown, write_report
 
 ROLES = ("scratch", "backbone", "coco partial", "domain")
 
@@ -227,3 +229,29 @@ def write_comparison(out_dir: str | Path, folders: dict[str, Path], title: str) 
     md = atomic_write_bytes(out_dir / "report.md", render_markdown(parts, title).encode())
     page = atomic_write_bytes(out_dir / "report.html", render_html(parts, title).encode())
     return ReportPaths(md, page, figures)
+
+
+def model_folders(out_dir: str | Path) -> dict[str, Path] | None:
+    """{model: its sub-folder} of a `darktune reproduce --model both` folder (no experiment of its own, an
+    experiment in the sub-folder of at least two known models); None for any other folder."""
+    out_dir = Path(out_dir)
+    if (out_dir / "experiment.json").is_file():
+        return None
+    found = {m: out_dir / m for m in MODELS if (out_dir / m / "experiment.json").is_file()}
+    return found if len(found) >= 2 else None
+
+
+def write_reports(out_dir: str | Path) -> list[ReportPaths]:
+    """The reports of a folder, from its run files: an experiment's report; for a `reproduce --model both`
+    folder, each model's report and then the comparison (titled as `reproduce` titles it)."""
+    folders = model_folders(out_dir)
+    if folders is None:
+        return [write_report(out_dir)]
+    made = [write_report(folder) for folder in folders.values()]
+    try:
+        profile = json.loads((next(iter(folders.values())) / "profile.json").read_text(encoding="utf-8"))["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        profile = None
+    title = (f"darktune reproduce --profile {profile} --model both" if isinstance(profile, str)
+             else f"darktune: {' and '.join(folders)} side by side")
+    return made + [write_comparison(out_dir, folders, title=title)]

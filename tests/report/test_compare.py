@@ -125,3 +125,21 @@ def test_the_study_findings_are_checked_on_each_model_in_its_own_names(two_model
     assert any(e.startswith("N=27: coco29") for e in v4[1].evidence)
     assert "vs coco29" in v4[4].evidence[0]
     assert not any("coco15" in e or "N=20" in e for f in v4 for e in f.evidence)
+
+
+def test_report_rebuilds_each_model_and_the_comparison_of_a_both_folder(both, capsys):
+    """`darktune report DIR` on a `reproduce --model both` folder: each model's report and the comparison,
+    rebuilt from the run files (a run edited since shows in the comparison)."""
+    from darktune.cli import main
+
+    (both / "yolov3-tiny" / "profile.json").write_text(json.dumps({"name": "quick"}))
+    for run_dir in (both / "yolov4-tiny" / "runs").iterdir():
+        _scale_seconds(run_dir, 2.0, speed=50.0)
+    assert main(["report", str(both), "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert [Path(r["report_md"]).parent for r in made] == [both / "yolov3-tiny", both / "yolov4-tiny", both]
+    assert all(Path(r["report_html"]).is_file() for r in made)
+    assert (both / "report.md").read_text().startswith("# darktune reproduce --profile quick --model both")
+    assert json.loads((both / "comparison.json").read_text())["faster"] == "yolov3-tiny"
+    assert main(["report", str(both / "yolov4-tiny"), "--json"]) == 0  # one experiment: one record, as before
+    assert json.loads(capsys.readouterr().out)["report_md"] == str(both / "yolov4-tiny" / "report.md")
