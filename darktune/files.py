@@ -247,9 +247,10 @@ _HELD: dict[str, int] = {}  # folders this process holds the lock of
 @contextlib.contextmanager
 def folder_lock(out_dir: Path, what: str = "experiment"):
     """Hold an flock on DIR/.lock while working in DIR (an experiment folder, a training run's folder): a second
-    process fails at once instead of training the same runs. The kernel releases it when the process ends, kill -9 included (no stale lock). Re-entrant in
-    one process (a caller may hold it around run_experiment); no lock where fcntl is missing (Windows). `what`
-    names the holder in the refusal (`darktune train` takes it on its run folder too)."""
+    process fails at once instead of training the same runs. The kernel releases it when the process ends, kill -9
+    included (no stale lock). Re-entrant in one process (a caller may hold it around run_experiment); no lock where
+    fcntl is missing (Windows). `what` names the holder in the refusal (`darktune train` takes it on its run folder
+    too)."""
     key = str(out_dir.resolve())
     try:
         import fcntl

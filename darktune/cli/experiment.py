@@ -173,8 +173,9 @@ def cmd_reproduce(args) -> int:
     from darktune.reproduce import reproduce
 
     ray = ray_options(args)
-    outcome = reproduce(args.profile, args.out, device=args.device, progress=not args.no_progress, backbone=args.backbone,
-                        jobs=args.jobs, rerun_changed=args.rerun_changed, model=args.model, ray=ray)
+    outcome = reproduce(args.profile, args.out, device=args.device, progress=not args.no_progress,
+                        backbone=args.backbone, jobs=args.jobs, rerun_changed=args.rerun_changed, model=args.model,
+                        ray=ray)
     _print_outcome(outcome.result, outcome.report, args.json,
                    {"profile": args.profile, "model": args.model, "findings": outcome.verdicts})
     if not args.json:

@@ -59,7 +59,8 @@ class PrefixState:
 
 
 def memory_budget(cap: int, fraction: float) -> int:
-    """Bytes the prefix caches may keep: min(cap, fraction of this machine's RAM) in bytes (`cap` where the RAM size cannot be read)."""
+    """Bytes the prefix caches may keep: min(cap, fraction of this machine's RAM) in bytes (`cap` where the RAM size
+    cannot be read)."""
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):

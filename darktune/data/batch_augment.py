@@ -25,8 +25,8 @@ Owns `augment_batch` (= `sample_params` + `apply_params` = `apply_images` + `app
   output into 4 tiles. NOT the CPU path's (darknet's) tiles: here every image is a mosaic (CPU and darknet:
   about half), each tile is its image jittered and resized INTO the tile (CPU and darknet: a window of the
   full-size augmented image, objects at full scale) with one flip and colour per canvas (CPU and darknet: per
-  tile); listed in docs/darknet_training.md; tile k of output b shows batch image perm_k[b] (perm_0 = identity, the others
-  random permutations of the batch, so every image is used once per tile and the target count stays 4N;
+  tile); listed in docs/darknet_training.md; tile k of output b shows batch image perm_k[b] (perm_0 = identity, the
+  others random permutations of the batch, so every image is used once per tile and the target count stays 4N;
   the CPU path draws its 3 partners from the whole data set), jittered and resized into the tile; then flip
   and colour of the whole canvas, as in the CPU path. Cost: 4 full-size samples per image (selected per
   pixel by tile), i.e. ~4x the geometric cost.

@@ -325,7 +325,8 @@ def _strict(report: CheckReport, path: Path) -> None:
     if report.problems:
         shown = "\n  ".join(str(p) for p in report.problems[:20])
         more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
-        raise DarktuneError(f"{plural(len(report.problems), 'problem')} (strict mode):\n  {shown}{more}", path=str(path))
+        raise DarktuneError(f"{plural(len(report.problems), 'problem')} (strict mode):\n  {shown}{more}",
+                            path=str(path))
 
 
 def check_dataset(obj_data_path: str | Path, split: str = "train", strict: bool = False, cache: bool = True,

@@ -2,8 +2,8 @@
 
 Owns: `Box` / `ImageRecord` / `Dataset` (boxes as normalised corners in [0, 1]), `Problem` (one finding about
 one file, with its line), `image_identity` (which file an image path names; merging sources by it is
-darktune/data/merge.py), and placing image copies under new unique names. The darknet layout on disk (reading, writing, label files) is
-`darktune.data.formats.yolo`.
+darktune/data/merge.py), and placing image copies under new unique names. The darknet layout on disk (reading,
+writing, label files) is `darktune.data.formats.yolo`.
 """
 
 from __future__ import annotations

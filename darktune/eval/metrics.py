@@ -232,7 +232,8 @@ def _flatten(detections: Sequence, truths: Sequence, num_classes: int, max_dets:
         keep[by_cls[rank < max_dets]] = True
         order = order[keep[order]]
     kept_counts = np.bincount(d_img[order], minlength=n_img)
-    return _Flat(d[order, :4], d[order, 4], d[order, 5].astype(np.int64), np.concatenate(([0], np.cumsum(kept_counts))), input_index[order],
+    return _Flat(d[order, :4], d[order, 4], d[order, 5].astype(np.int64),
+                 np.concatenate(([0], np.cumsum(kept_counts))), input_index[order],
                  g[:, 1:5], g[:, 0].astype(np.int64), np.concatenate(([0], np.cumsum(g_counts))))
 
 

@@ -73,7 +73,8 @@ class ExperimentSpec:
     model: str = DEFAULT_MODEL  # a key of MODELS: the COCO weights and the named starts' layers
     stages: dict = field(default_factory=dict)  # name -> StageSpec, in dependency order
     weights: dict = field(default_factory=dict)  # "coco"/"backbone" -> path (default: the zoo's COCO weights)
-    backbone_layers: int = MODELS[DEFAULT_MODEL].backbone_layers  # layers 0..backbone_layers-1 of the backbone file are loaded
+    # layers 0..backbone_layers-1 of the backbone file are loaded
+    backbone_layers: int = MODELS[DEFAULT_MODEL].backbone_layers
     options: dict = field(default_factory=dict)  # train options for every run
     notes: str = ""
     path: str | None = None
@@ -105,7 +106,8 @@ class RunPlan:
         """What makes two runs the same run (stored in run.json; a finished run is reused only if it matches).
         Not in it: `workers` (speed only) and `target_map` unless `stop_at_target` is set (without it the target
         only decides how the report reads the curves)."""
-        return {"model": self.model, "start": self.start, "data": self.data, "freeze": self.freeze, "images": self.images,
+        return {"model": self.model, "start": self.start, "data": self.data, "freeze": self.freeze,
+                "images": self.images,
                 "seed": self.seed, "iterations": self.iterations, "eval_at": list(self.eval_at),
                 "options": identity_options(self.options)}
 
@@ -241,8 +243,8 @@ def spec_from_dict(data: Any, path: str | None = None, lines: dict[tuple, int] |
     if not isinstance(notes, str):
         raise check.error(("notes",), "must be text")
     _check_evals(check, stages, grid)
-    return ExperimentSpec(cfg=cfg, model=model, grid=grid, stages=stages, weights=weights, backbone_layers=backbone_layers,
-                          options=options, notes=notes, path=path, lines=check.lines)
+    return ExperimentSpec(cfg=cfg, model=model, grid=grid, stages=stages, weights=weights,
+                          backbone_layers=backbone_layers, options=options, notes=notes, path=path, lines=check.lines)
 
 
 def _model_and_cfg(check: _Checker, top: dict) -> tuple[str, str]:

@@ -43,8 +43,9 @@ def run_task(train_fn: TrainFn, kwargs: dict, device: str, threads: int) -> tupl
     Read from the run's folder when the task starts, not when it was planned: a retried task (its worker or
     node died) resumes from the checkpoint the dead one left, and a run whose summary already says it ended
     (the worker died after finishing) is not trained a second time. The run's folder is locked while it
-    trains (RUN/.lock), so a worker that outlived its driver cannot train the same run beside a new attempt. The status goes back with the answer, so
-    the driver never reads a result file that another machine may still be writing."""
+    trains (RUN/.lock), so a worker that outlived its driver cannot train the same run beside a new attempt. The
+    status goes back with the answer, so the driver never reads a result file that another machine may still be
+    writing."""
     run_dir = Path(kwargs["out"])
     status = run_status(run_dir)
     if status in DONE:

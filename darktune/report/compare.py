@@ -3,9 +3,9 @@
 Owns: `compare_models(folders) -> Comparison` (per model and starting point: mean mAP at the table rows, time to
 target in iterations and training seconds, images/s), `write_comparison(out_dir, folders)` (report.md,
 report.html, report_files/models.png, comparison.json) and `write_reports(out_dir)` (`darktune report`: one
-experiment's report, or every model's and the comparison of a `--model both` folder). The starting points are matched by their role in the
-study (scratch, backbone, the COCO partial start, the domain path), the frozen counts by position (the study's
-0/13/20 on yolov3-tiny are 0/27/35 on yolov4-tiny), so each row compares like with like.
+experiment's report, or every model's and the comparison of a `--model both` folder). The starting points are matched
+by their role in the study (scratch, backbone, the COCO partial start, the domain path), the frozen counts by
+position (the study's 0/13/20 on yolov3-tiny are 0/27/35 on yolov4-tiny), so each row compares like with like.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def model_result(model: str, folder: Path) -> ModelResult:
                 continue
             t = time_to_target(data, start, freeze, images)
             rows.append(StartRow(
-                role, start, freeze, {i: cell_map(data, start, freeze, i, images) for i in eval_iterations(data, start)},
+                role, start, freeze,
+                {i: cell_map(data, start, freeze, i, images) for i in eval_iterations(data, start)},
                 t.iterations if t else None, t.seconds if t else None,
                 f"{t.reached_seeds}/{t.seeds} seeds" if t else "–", _curve(data, start, freeze, images)))
     speeds = {f: [r.images_per_s for r in data.select(None, f, images) if r.images_per_s] for f in data.freezes()}

@@ -117,8 +117,8 @@ def _rows(data: ExperimentData, start: str, freeze: int, images: int | None) -> 
 
 def freeze_20_worse(data: ExperimentData) -> Finding:
     deep = data.study.study_freeze[2]  # the study's 20 in this model's layers
-    claim = (f"Freezing {_as_study(data, f'{deep} layers', '20 layers')} is clearly worse than freezing none, for every "
-             "starting point")
+    layers = _as_study(data, f"{deep} layers", "20 layers")
+    claim = f"Freezing {layers} is clearly worse than freezing none, for every starting point"
     study = "Table I 92 vs <1, Table II 98 vs 27, Table III 98.1 vs 72.8 (N=0 vs N=20)"
     images = main_images(data)
     evidence, ok = [], []
@@ -145,8 +145,8 @@ def freeze_20_worse(data: ExperimentData) -> Finding:
             last0, last20 = (_stat(data, start, n, images, its[-1:]) for n in (0, deep))
             e0, e20 = (_stat(data, start, n, images, its[:1]) for n in (0, deep))
             if last0 and last20 and e0 and e20:
-                tag += (f"; at its last row (it. {its[-1]}) N=0 {last0.text()} vs N={deep} {last20.text()}, at its first "
-                        f"(it. {its[0]}) {e0.text()} vs {e20.text()}")
+                tag += (f"; at its last row (it. {its[-1]}) N=0 {last0.text()} vs N={deep} {last20.text()}, at its "
+                        f"first (it. {its[0]}) {e0.text()} vs {e20.text()}")
         evidence.append(f"{where}: N=0 {s0.text()} vs N={deep} {s20.text()} mAP "
                         f"({tag}: margin {CLEAR_MARGIN * 100:.0f} points)")
     note = _heads_note(data, deep)
@@ -255,10 +255,10 @@ def coco15_beats(data: ExperimentData, other: str) -> Finding:
                 if a and b and a.mean - b.mean < BEAT_MARGIN]
         if lost:
             note += (f". Yet {p} does not lead at N={'/'.join(map(str, lost))}: frozen random layers "
-                     f"{by_construction}..{data.study.backbone_layers - 1} do as well as COCO's frozen layers there, so on this target COCO's "
-                     "deeper features add nothing measurable (a likely reason: the target differs from its "
-                     "distractor windows only in small design details, which COCO's object features do not "
-                     "single out)")
+                     f"{by_construction}..{data.study.backbone_layers - 1} do as well as COCO's frozen layers there, "
+                     "so on this target COCO's deeper features add nothing measurable (a likely reason: the "
+                     "target differs from its distractor windows only in small design details, which COCO's object "
+                     "features do not single out)")
         evidence.append(note)
     return Finding(claim, study, _verdict(ok, evidence), evidence)
 

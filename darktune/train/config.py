@@ -28,9 +28,9 @@ Semantics (darknet's unless said):
     ``detector map`` decoding (score 0.005, NMS 0.45), protocol ``protocol``; with ``eval_every`` or
     ``eval_at`` also the start weights, at iteration 0 before the first update (once: a resume does not
     repeat it), so mAP curves start at the start. Time to target = the first
-    evaluated iteration with mAP >= ``target_map`` (0 when the start weights meet it), with training seconds (evaluation, checkpoints and
-    start-up excluded) and elapsed seconds (everything since start); ``stop_at_target`` (needs ``target_map``)
-    ends the run there. An ``eval_at`` point past the last iteration is an error.
+    evaluated iteration with mAP >= ``target_map`` (0 when the start weights meet it), with training seconds
+    (evaluation, checkpoints and start-up excluded) and elapsed seconds (everything since start); ``stop_at_target``
+    (needs ``target_map``) ends the run there. An ``eval_at`` point past the last iteration is an error.
   * Non-finite loss: the update is skipped (grads dropped, batch-norm statistics restored) and counted;
     ``max_bad_steps`` in a row fail the run. One host sync per iteration decides it (none other unless logged).
   * Data: darknet's augmentation from the cfg (jitter of the first [yolo]; hue, saturation, exposure, flip,

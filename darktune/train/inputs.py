@@ -16,8 +16,8 @@ is `network_size(seed, it, base, coef, iterations)`: darknet's rule (`detector.c
 roundl(coef*base/32 + 1)*32 for the first 10 iterations and the last ~100, else
 roundl(rand_scale(coef)*base/32 + 1)*32 (never above base when the scale is under 1), coef = random when it is
 not 1, else 1.4 (`darktune.data.augment.random_network_size`), drawn from ``default_rng([seed, it // 10, 31])``:
-a new size every 10 iterations, a pure function of (seed, it // 10), the same on every rank. This CPU loader *loads* each
-sample at that size (the augmentation warp writes straight into the new size; no second resize), with its
+a new size every 10 iterations, a pure function of (seed, it // 10), the same on every rank. This CPU loader *loads*
+each sample at that size (the augmentation warp writes straight into the new size; no second resize), with its
 RAM cache kept at ``CACHE_SCALE x`` the largest size. The device path (`darktune.train.device_inputs`) passes the
 size to `augment_batch` as ``out_size``.
 """

@@ -91,7 +91,8 @@ def test_report_puts_the_models_side_by_side(both):
     assert "| N=20 / N=35 | scratch | not reached (0/1 seeds) | not reached (0/1 seeds) | neither |" in md
     assert "| frozen | yolov3-tiny | yolov4-tiny |\n|---|---|---|\n| N=0 / N=0 | 100.0 | 100.0 |" in md
     assert "| domain | 40 |" in md and paths.figures[0].name == "models.png"
-    assert "| domain | 90 | 22 it. / 0 s | 22 it. / 0 s |" in md and "| scratch | 50 | not reached | not reached | neither |" in md
+    assert "| domain | 90 | 22 it. / 0 s | 22 it. / 0 s |" in md
+    assert "| scratch | 50 | not reached | not reached | neither |" in md
     assert paths.figures[0].read_bytes()[:4] == b"\x89PNG" and "data:image/png;base64," in paths.html.read_text()
     record = json.loads((both / "comparison.json").read_text())
     assert record["models"][1]["model"] == "yolov4-tiny" and record["faster"] == "tie"
@@ -120,7 +121,8 @@ def test_the_study_findings_are_checked_on_each_model_in_its_own_names(two_model
     assert v4[0].claim.startswith("Freezing 35 layers (the study's 20 layers) is clearly worse")
     assert v3[1].claim == "coco15 (COCO conv.15) beats backbone at equal iterations"
     assert v4[1].claim == "coco29 (COCO conv.29, the study's coco15) beats backbone at equal iterations"
-    assert "than coco29 (the study's coco15)" in v4[3].claim and v4[4].claim.endswith("against coco29 (the study's coco15)")
+    assert "than coco29 (the study's coco15)" in v4[3].claim
+    assert v4[4].claim.endswith("against coco29 (the study's coco15)")
     assert any("N=0" in e and "N=35" in e for e in v4[0].evidence)
     assert any(e.startswith("N=27: coco29") for e in v4[1].evidence)
     assert "vs coco29" in v4[4].evidence[0]

@@ -3,8 +3,8 @@
 Reading: `src` is a folder of .xml files, one .xml file, or a VOC root holding Annotations/ and JPEGImages/.
 Images are found as <images folder>/<filename> (default: JPEGImages/ beside Annotations/, else the XML's
 folder); a <filename> not found as written (no extension, another case) falls back to the XML's own stem with
-an image extension, then to a file whose name matches either ignoring case, with a warning naming the XML. A <size> must match the image file's header (only the header is read; a missing or 0 size is taken
-from it).
+an image extension, then to a file whose name matches either ignoring case, with a warning naming the XML. A <size>
+must match the image file's header (only the header is read; a missing or 0 size is taken from it).
 
 Pixel convention (darknet's scripts/voc_label.py, also ultralytics' VOC conversion): VOC numbers pixels from
 1, so a pixel number p is the continuous position p - 1: x1 = (xmin - 1) / width, x2 = (xmax - 1) / width
