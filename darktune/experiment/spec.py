@@ -73,8 +73,7 @@ class ExperimentSpec:
     model: str = DEFAULT_MODEL  # a key of MODELS: the COCO weights and the named starts' layers
     stages: dict = field(default_factory=dict)  # name -> StageSpec, in dependency order
     weights: dict = field(default_factory=dict)  # "coco"/"backbone" -> path (default: the zoo's COCO weights)
-    # layers 0..backbone_layers-1 of the backbone file are loaded
-    backbone_layers: int = MODELS[DEFAULT_MODEL].backbone_layers
+    backbone_layers: int = MODELS[DEFAULT_MODEL].backbone_layers  # the backbone file's layers 0..N-1 are loaded
     options: dict = field(default_factory=dict)  # train options for every run
     notes: str = ""
     path: str | None = None
@@ -107,9 +106,8 @@ class RunPlan:
         Not in it: `workers` (speed only) and `target_map` unless `stop_at_target` is set (without it the target
         only decides how the report reads the curves)."""
         return {"model": self.model, "start": self.start, "data": self.data, "freeze": self.freeze,
-                "images": self.images,
-                "seed": self.seed, "iterations": self.iterations, "eval_at": list(self.eval_at),
-                "options": identity_options(self.options)}
+                "images": self.images, "seed": self.seed, "iterations": self.iterations,
+                "eval_at": list(self.eval_at), "options": identity_options(self.options)}
 
     def to_dict(self) -> dict:
         return {"name": self.name, "group": self.group, "folder": self.folder, "start_label": self.start_label,
