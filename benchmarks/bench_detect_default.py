@@ -8,8 +8,8 @@ sample photograph at several sizes. The runtimes and detect take turns in small 
 shared machine hits all alike. Then the `darktune detect --json` command itself over the folder of photos,
 per image with start-up cancelled: as it runs by default (on a CPU with several cores, images side by side,
 one thread each: `darktune.deploy.pipeline`) and with --workers 1 (one image at a time on all threads, the
-next one read ahead), the two taking turns. Goals (issue 16): auto picks a runtime within 5% of the fastest
-network call; detect's per image <= 1.10x the fastest network call.
+next one read ahead), the two taking turns; then a video's frames the same two ways. Goals (issue 16): auto picks a
+runtime within 5% of the fastest network call; detect's per image <= 1.10x the fastest network call.
 
     .venv/bin/python benchmarks/bench_detect_default.py [--photos 32] [--rounds 8] [--sweeps 5] [--each-runtime]
         [--json]
@@ -44,12 +44,27 @@ def make_photos(folder: Path, n: int) -> list[Path]:
     return paths
 
 
+def make_video(path: Path, frames: int) -> Path:
+    """An mp4v video of `frames` 640x480 frames: the sample photograph panning right, 4 px per frame."""
+    import cv2
+    import matplotlib
+
+    image = cv2.resize(cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")),
+                       (640, 480))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (640, 480))
+    for i in range(frames):
+        writer.write(np.roll(image, 4 * i, axis=1))
+    writer.release()
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=8, help="turns; each times --block calls of each")
     parser.add_argument("--block", type=int, default=4)
     parser.add_argument("--sweeps", type=int, default=5, help="runs of the detect command over the photos")
+    parser.add_argument("--video-frames", type=int, default=64, help="frames of the video timed (640x480)")
     parser.add_argument("--each-runtime", action="store_true",
                         help="also time the command with --backend NAME for each installed runtime")
     parser.add_argument("--json", action="store_true")
@@ -137,6 +152,17 @@ def main(argv: list[str] | None = None) -> int:
 
         sweep_ms, sweep1_ms = command_ms([])
         by_runtime = {n: command_ms(["--backend", n]) for n in runnable} if args.each_runtime else {}
+        # a video: per frame = (all frames - one frame) / (frames - 1), medians of --sweeps runs, the default
+        # (frames side by side) and --workers 1 taking turns
+        clip = make_video(Path(tmp) / "clip.mp4", args.video_frames)
+        video = {"one": [], "default": [], "workers1": []}
+        run([clip], "--max-frames", "1")
+        for _ in range(args.sweeps):
+            video["one"].append(run([clip], "--max-frames", "1"))
+            video["default"].append(run([clip]))
+            video["workers1"].append(run([clip], "--workers", "1"))
+        video_ms = {k: (float(np.median(video[k])) - float(np.median(video["one"]))) / (args.video_frames - 1) * 1000
+                    for k in ("default", "workers1")}
     med = {n: float(np.median(v)) * 1000 for n, v in net.items()}
     fastest = min(med, key=med.get)
     detect_ms = float(np.median(per_image)) * 1000
@@ -155,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         "detect_command_workers1_per_image_ms": round(sweep1_ms, 2),
         "detect_command_workers1_vs_fastest_network": round(sweep1_ms / med[fastest], 3),
         "sweeps": args.sweeps,
+        "video": {"frames": args.video_frames, "size": [640, 480], "per_frame_ms": round(video_ms["default"], 2),
+                  "vs_fastest_network": round(video_ms["default"] / med[fastest], 3),
+                  "workers1_per_frame_ms": round(video_ms["workers1"], 2),
+                  "workers1_vs_fastest_network": round(video_ms["workers1"] / med[fastest], 3)},
         "detect_command_by_runtime": {n: {"per_image_ms": round(d, 2), "workers1_per_image_ms": round(w, 2),
                                           "vs_own_network": round(d / med[n], 3),
                                           "workers1_vs_own_network": round(w / med[n], 3)}
@@ -171,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
           f"({report['detect_vs_fastest_network']:.3f}x the fastest network call; goal <= 1.10)")
     print(f"  detect command over {args.photos} photos, per image {sweep_ms:8.2f} ms  "
           f"({report['detect_command_vs_fastest_network']:.3f}x the fastest network call; goal <= 1.10; "
-          f"{report['detect_command_workers']} images side by side, one thread each)")
+          f"{report['detect_command_workers']} images side by side)")
     print(f"  detect command, --workers 1, per image {sweep1_ms:8.2f} ms  "
           f"({report['detect_command_workers1_vs_fastest_network']:.3f}x; one image at a time on all threads)")
+    v = report["video"]
+    print(f"  detect command on a {v['frames']}-frame 640x480 video, per frame {v['per_frame_ms']:8.2f} ms  "
+          f"({v['vs_fastest_network']:.3f}x; frames side by side); --workers 1 {v['workers1_per_frame_ms']:.2f} ms "
+          f"({v['workers1_vs_fastest_network']:.3f}x)")
     for n, r in report["detect_command_by_runtime"].items():
         print(f"  detect command --backend {n:<12} per image {r['per_image_ms']:8.2f} ms "
               f"({r['vs_own_network']:.3f}x its network call); --workers 1 {r['workers1_per_image_ms']:.2f} ms "

@@ -81,8 +81,9 @@ def _detect(args) -> int:
     from darktune.deploy import backend_choice
     from darktune.deploy.runtimes import make_backend
     from darktune.errors import DarktuneError
-    from darktune.deploy.pipeline import PerThread, in_order, threads_each, threads_for_each, worker_count
-    from darktune.deploy.video import expand_source
+    from darktune.deploy.pipeline import (PerThread, in_order, threads_each, threads_for_each, worker_count,
+                                          workers_pool)
+    from darktune.deploy.video import IMAGE_SUFFIXES, expand_source
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
         if not 0.0 <= value <= 1.0:  # also refuses nan
@@ -130,13 +131,15 @@ def _detect(args) -> int:
     outputs = OutputNames(out_dir) if out_dir else None
     runner = PerThread(backend)
     job = partial(_opened_detected if workers > 1 else _opened, args, runner)
+    pool = workers_pool(workers)
     records, bar = [], None
     if workers > 1:
-        _note(f"{len(sources)} images, {workers} side by side, {threads} CPU thread{'s' * (threads > 1)} each "
-              "(--workers 1: one at a time on all threads)")
+        what = "images" if all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in sources) else "images or frames"
+        _note(f"{len(sources)} sources, {workers} {what} side by side, {threads} CPU thread{'s' * (threads > 1)} "
+              "each (--workers 1: one at a time on all threads)")
     try:
-        with threads_for_each(threads):
-            for source, (src, dets) in in_order(sources, job, ahead=workers):
+        with pool, threads_for_each(threads):
+            for source, (src, dets) in in_order(sources, job, ahead=workers, pool=pool):
                 if isinstance(src, DarktuneError):
                     tqdm.write(f"darktune: error: {src}", file=sys.stderr)
                     failures += 1
@@ -152,7 +155,7 @@ def _detect(args) -> int:
                 if src.kind == "image":
                     records += _image(args, runner.get() if dets is None else None, src, names, target, bar, dets)
                 else:
-                    records += _stream(args, runner.get(), src, names, target, bar)
+                    records += _stream(args, runner, src, names, target, bar, pool, workers)
     finally:
         if bar is not None:
             bar.close()
@@ -279,17 +282,23 @@ def _image(args, backend, src, names, target, bar, dets=None) -> list[dict]:
     return [record]
 
 
-def _stream(args, backend, src, names, target, bar) -> list[dict]:
-    """A video or camera: detect frame by frame, show frames/s, write an annotated mp4 to `target` (--out)."""
+def _stream(args, runner, src, names, target, bar, pool=None, workers: int = 1) -> list[dict]:
+    """A video or camera: detect frame by frame (with `workers` > 1, that many frames side by side on `pool`'s
+    threads while this one decodes the next), show frames/s, write an annotated mp4 to `target` (--out)."""
+    from itertools import islice
+
     from darktune.deploy.detect import draw
+    from darktune.deploy.pipeline import ordered_map
     from darktune.deploy.video import VideoSink
 
+    def detected(frame):
+        return frame, _detect_one(args, runner.get(), frame)
+
+    frames = islice(src, args.max_frames)
+    results = ordered_map(detected, frames, workers, pool) if workers > 1 else map(detected, frames)
     sink, records, objects, start = None, [], 0, time.perf_counter()
     try:
-        for i, frame in enumerate(src):
-            if args.max_frames is not None and i >= args.max_frames:
-                break
-            dets = _detect_one(args, backend, frame)
+        for i, (frame, dets) in enumerate(results):
             records.append(_record(src, i, dets, names, (frame.shape[1], frame.shape[0]), args.choice))
             objects += len(dets)
             if target:

@@ -1,5 +1,5 @@
 """Detection over many sources: the next ones are opened (and, with several workers, detected) in background
-threads while the current one is reported, in the order given.
+threads while the current one is reported, in the order given; a video's frames likewise (`ordered_map`).
 
 On a CPU a batch-1 network call does not keep all cores busy: the runtimes' parallel sections are separated
 by work that runs on one thread, and reading and decoding an image, resizing it, decoding the heads and NMS
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,15 +25,23 @@ from darktune.devices import cpu_count, parse_device
 from darktune.deploy.video import IMAGE_SUFFIXES, is_camera
 
 T = TypeVar("T")
+U = TypeVar("U")
+
+
+def workers_pool(workers: int) -> ThreadPoolExecutor:
+    """The background threads of one detect run (`in_order`'s and `ordered_map`'s): the same threads for every
+    source, so a backend made per thread (`PerThread`: OpenCV DNN's nets) is made once per thread."""
+    return ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="darktune-read")
 
 
 def in_order(sources: list[str], job: Callable[[str], T], ahead: int = 1,
-             inline: Callable[[str], bool] = is_camera) -> Iterator[tuple[str, T]]:
+             inline: Callable[[str], bool] = is_camera, pool: ThreadPoolExecutor | None = None
+             ) -> Iterator[tuple[str, T]]:
     """(source, job(source)) for each source in order, the jobs of up to `ahead` sources after the current
-    one running in background threads. A source for which `inline` is true (a camera) runs its job on the
-    caller's thread when its turn comes, and nothing after it starts before then. An exception in a job is
-    raised here, in its turn."""
-    with ThreadPoolExecutor(max_workers=max(1, ahead), thread_name_prefix="darktune-read") as pool:
+    one running in background threads (`pool`'s, else its own). A source for which `inline` is true (a
+    camera) runs its job on the caller's thread when its turn comes, and nothing after it starts before then.
+    An exception in a job is raised here, in its turn."""
+    with (nullcontext(pool) if pool is not None else workers_pool(ahead)) as pool:
         queued: deque[tuple[str, Future | None]] = deque()
         nxt = 0
 
@@ -73,18 +81,30 @@ class PerThread:
         return mine
 
 
+def ordered_map(fn: Callable[[T], U], items: Iterable[T], workers: int, pool: ThreadPoolExecutor
+                ) -> Iterator[U]:
+    """fn(item) for each item, in order, up to `workers` calls at once on `pool`'s threads; the items are
+    drawn on the caller's thread (a video's frames, decoded there while the workers detect). An exception in
+    a call is raised here, in its turn."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= workers:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def worker_count(sources: list[str], device: str, requested: int | None = None) -> int:
-    """How many images run side by side: `requested` when given; else, on a CPU with several cores and a
-    list of at least two sources that all name image files (by suffix; no camera, no video), one per CPU;
-    else 1 (one image at a time on all threads)."""
+    """How many images (or a video's frames) run side by side: `requested` when given; else 1 off a CPU, on a
+    CPU with one core and when a camera is among the sources (a live stream wants each frame's result at once);
+    else one per CPU, and no more than there are sources when they are all image files (by suffix)."""
+    images = all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in sources)
     if requested is not None:
-        return max(1, min(requested, len(sources)))
-    if parse_device(device).type != "cpu" or cpu_count() < 2 or len(sources) < 2:
+        return max(1, min(requested, len(sources)) if images else requested)
+    if parse_device(device).type != "cpu" or cpu_count() < 2 or any(is_camera(s) for s in sources):
         return 1
-    for source in sources:
-        if is_camera(source) or Path(source).suffix.lower() not in IMAGE_SUFFIXES:
-            return 1
-    return min(cpu_count(), len(sources))
+    return max(1, min(cpu_count(), len(sources))) if images else cpu_count()
 
 
 def threads_each(workers: int) -> int:

@@ -12,6 +12,7 @@ import pytest
 
 from darktune.cli import main
 from darktune.deploy.pipeline import PerThread, in_order, threads_each, threads_for_each, worker_count
+from darktune.deploy.pipeline import ordered_map as pipeline_ordered_map
 
 
 def test_in_order_keeps_the_order_and_raises_in_turn():
@@ -65,12 +66,38 @@ def test_worker_count(tmp_path, monkeypatch):
     assert worker_count(images, "cpu") == 4
     assert worker_count(images[:3], "cpu") == 3  # no more workers than images
     assert worker_count(images[:1], "cpu") == 1
-    assert worker_count(images + ["clip.mp4"], "cpu") == 1  # a video streams frame by frame on all threads
-    assert worker_count(images + ["0"], "cpu") == 1  # so does a camera
+    assert worker_count(["clip.mp4"], "cpu") == 4  # a video's frames side by side
+    assert worker_count(images + ["0"], "cpu") == 1  # a camera: each frame's result at once
+    assert worker_count(images, "cuda") == 1
     assert worker_count(images, "cpu", requested=2) == 2
     assert worker_count(images[:2], "cpu", requested=8) == 2
+    assert worker_count(["clip.mp4"], "cpu", requested=8) == 8
     monkeypatch.setattr(pipeline, "cpu_count", lambda: 1)
     assert worker_count(images, "cpu") == 1
+
+
+def test_ordered_map_keeps_the_order_and_bounds_the_calls_in_flight():
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock, running, most, drawn = threading.Lock(), [0], [0], []
+
+    def fn(item):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01 * (3 - item % 3))
+        with lock:
+            running[0] -= 1
+        return item * item
+
+    def items():
+        for i in range(8):
+            drawn.append((i, threading.current_thread() is threading.main_thread()))
+            yield i
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pipeline_ordered_map(fn, items(), 2, pool)) == [i * i for i in range(8)]
+    assert most[0] <= 2 and all(on_caller for _, on_caller in drawn)  # drawn on the caller's thread
 
 
 def test_per_thread_shares_a_backend_that_allows_it_and_copies_one_that_does_not():
@@ -134,7 +161,7 @@ def test_detect_workers_give_the_records_of_one_at_a_time(coco, photos, capsys, 
                    "--thresh", "0.1", "--backend", backend, "--workers", workers])
         captured = capsys.readouterr()
         assert rc == 1 and "p3b.jpg" in captured.err and "Traceback" not in captured.err
-        assert ("7 images, 2 side by side" in captured.err) == (workers == "2")
+        assert ("7 sources, 2 images side by side" in captured.err) == (workers == "2")
         runs[workers] = json.loads(captured.out)
     one, two = runs["1"], runs["2"]
     assert [r["image"] for r in one] == [r["image"] for r in two] == [str(photos / f"p{i}.jpg") for i in
@@ -155,3 +182,26 @@ def test_detect_workers_must_be_positive(coco, photo_path, capsys):
                  "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "--workers must be at least 1, got 0" in err and "Traceback" not in err
+
+
+def test_detect_video_frames_side_by_side_give_the_records_of_one_at_a_time(coco, photo_path, tmp_path, capsys):
+    """A video's frames detected two at a time (OpenCV: bit-equal runtimes) give the records, frame numbers
+    and annotated video of one frame at a time."""
+    image = cv2.resize(cv2.imread(str(photo_path)), (320, 240))
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+    for i in range(7):
+        writer.write(np.roll(image, 7 * i, axis=1))
+    writer.release()
+    runs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}"
+        assert main(["detect", str(clip), "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--json",
+                     "--thresh", "0.1", "--backend", "opencv", "--workers", workers, "--max-frames", "6",
+                     "--out", str(out)]) == 0
+        runs[workers] = json.loads(capsys.readouterr().out)
+        written = cv2.VideoCapture(str(out / "clip.mp4"))
+        assert int(written.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+        written.release()
+    assert [r["frame"] for r in runs["2"]] == list(range(6))
+    assert runs["1"] == runs["2"] and sum(len(r["detections"]) for r in runs["1"]) >= 6
