@@ -45,10 +45,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "training and evaluation do")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="images detected side by side, the CPU threads shared out among them (default: on a CPU, "
-                        "when every source is an image file and there are at least two, one per CPU, as many as "
-                        "there are images at most; else 1: one image at a time on all threads). Output order and "
-                        "results do not depend on it (torch's may round 1e-5 differently on fewer threads)")
+                   help="images (or a video's frames) detected side by side, the CPU threads shared out among "
+                        "them (default on a CPU: one per CPU, no more than there are images; 1, one at a time on "
+                        "all threads, with a camera among the sources or off a CPU). Output order and results do "
+                        "not depend on it (torch's may round 1e-5 differently on fewer threads)")
     p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
     p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
                                  "a video becomes <file name>.mp4 (clip.mp4, clip.avi.mp4), camera N cameraN.mp4; "
@@ -84,6 +84,7 @@ def _detect(args) -> int:
     from darktune.deploy.pipeline import (PerThread, in_order, threads_each, threads_for_each, worker_count,
                                           workers_pool)
     from darktune.deploy.video import IMAGE_SUFFIXES, expand_source
+    from darktune.plural import plural
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
         if not 0.0 <= value <= 1.0:  # also refuses nan
@@ -133,10 +134,10 @@ def _detect(args) -> int:
     job = partial(_opened_detected if workers > 1 else _opened, args, runner)
     pool = workers_pool(workers)
     records, bar = [], None
-    if workers > 1:
-        what = "images" if all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in sources) else "images or frames"
-        _note(f"{len(sources)} sources, {workers} {what} side by side, {threads} CPU thread{'s' * (threads > 1)} "
-              "each (--workers 1: one at a time on all threads)")
+    images = all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in sources)
+    if workers > 1 and len(sources) > 1:
+        _note(f"{plural(len(sources), 'source')}, {workers} {'images' if images else 'images or frames'} side by "
+              f"side, {plural(threads, 'CPU thread')} each (--workers 1: one at a time on all threads)")
     try:
         with pool, threads_for_each(threads):
             for source, (src, dets) in in_order(sources, job, ahead=workers, pool=pool):
