@@ -157,6 +157,8 @@ class OnnxRuntimeBackend(Backend):
                 part = np.concatenate([part, np.zeros((step - len(part),) + part.shape[1:], part.dtype)])
             chunks.append(self.session.run(None, {self.input_name: part}))
         n = len(batch)
+        if len(chunks) == 1:  # one call: its outputs as they are (no copy)
+            return [out[:n].astype(np.float32, copy=False) for out in chunks[0]]
         return [np.concatenate([c[k] for c in chunks])[:n].astype(np.float32, copy=False)
                 for k in range(len(chunks[0]))]
 
