@@ -85,6 +85,7 @@ def _detect(args) -> int:
                                           workers_pool)
     from darktune.deploy.video import IMAGE_SUFFIXES, expand_source
     from darktune.plural import plural
+    from darktune.devices import cpu_count
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
         if not 0.0 <= value <= 1.0:  # also refuses nan
@@ -95,8 +96,9 @@ def _detect(args) -> int:
         raise DarktuneError("--onnx is for --backend onnxruntime")
     if args.cfg is None and not args.onnx:
         raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
-    if args.workers is not None and args.workers < 1:
-        raise DarktuneError(f"--workers must be at least 1, got {args.workers}")
+    most_workers = max(64, 2 * cpu_count())  # each worker holds an image or frame and its network's buffers
+    if args.workers is not None and not 1 <= args.workers <= most_workers:
+        raise DarktuneError(f"--workers must be between 1 and {most_workers} on this machine, got {args.workers}")
     sources, failures = [], 0
     for source in args.sources:  # folders and quoted globs -> their files; an empty one is a failed source
         try:

@@ -177,11 +177,13 @@ def test_detect_workers_give_the_records_of_one_at_a_time(coco, photos, capsys, 
             np.testing.assert_allclose(d["box"], e["box"], atol=0.02)
 
 
-def test_detect_workers_must_be_positive(coco, photo_path, capsys):
+@pytest.mark.parametrize("workers", ["0", "-3", "100000"])
+def test_detect_workers_must_be_a_sensible_count(coco, photo_path, capsys, workers):
+    """0 or fewer would run nothing; a huge count would hold that many frames of a video in memory."""
     assert main(["detect", str(photo_path), "--cfg", str(coco.cfg), "--weights", str(coco.weights),
-                 "--workers", "0"]) == 2
+                 "--workers", workers]) == 2
     err = capsys.readouterr().err
-    assert "--workers must be at least 1, got 0" in err and "Traceback" not in err
+    assert "--workers must be between 1 and " in err and f"got {workers}" in err and "Traceback" not in err
 
 
 def test_detect_video_frames_side_by_side_give_the_records_of_one_at_a_time(coco, photo_path, tmp_path, capsys):
