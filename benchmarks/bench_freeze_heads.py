@@ -6,10 +6,10 @@ target boxes go to the [yolo] head that freezing 20 layers freezes (layer 16, st
 
 With whole scenes at 128 px the quick profile could not show the study's freeze-20 penalty for the domain start:
 99% of its target boxes went to the stride-16 head (layer 23), which N=20 leaves trainable. This benchmark runs
-that whole-scene profile's data and schedule (close views, batch 8, lr 0.001, burn_in 20, domain stage of 300 iterations from
-conv.15, 160 target iterations evaluated every 10) at `--size`, only for the domain start and N = 0, 20, and
-prints the mean mAP over the table rows (iterations 40, 80, 120, 160) next to the share of the training boxes that
-each head learns at that size. Figures: benchmarks/FREEZE20.md. Everything is written under ``--root``; a second
+that whole-scene profile's data and schedule (close views, batch 8, lr 0.001, burn_in 20, domain stage of 300
+iterations from conv.15, 160 target iterations evaluated every 10) at `--size`, only for the domain start and N = 0,
+20, and prints the mean mAP over the table rows (iterations 40, 80, 120, 160) next to the share of the training boxes
+that each head learns at that size. Figures: benchmarks/FREEZE20.md. Everything is written under ``--root``; a second
 call with the same arguments reuses what is there.
 """
 

@@ -1,6 +1,7 @@
 """Bare training step (forward + backward + SGD step, random input, 1 class, nothing frozen) of both models at
 128 px, batch 8, one torch thread, alternating v3/v4 so both see the same load; images/s median of 5 rounds."""
-import statistics, sys, time
+import statistics
+import time
 import torch
 from darktune.darknet import zoo
 from darktune.darknet.cfg import parse_cfg
@@ -18,7 +19,8 @@ def step_rate(spec, iterations=10):
         if i == 2:
             t = time.perf_counter()
         sum(h.square().mean() for h in model(x)).backward()
-        opt.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return 8 * iterations / (time.perf_counter() - t)
 rates = {m: [] for m in specs}
 for _ in range(5):

@@ -41,7 +41,8 @@ def _darktune(*args: str, threads: int | None = None) -> subprocess.CompletedPro
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    return subprocess.run([sys.executable, "-m", "darktune", *args], check=False, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "darktune", *args], check=False, env=env, capture_output=True,
+                          text=True)
 
 
 def _check(proc: subprocess.CompletedProcess, what: str) -> str:

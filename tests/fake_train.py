@@ -1,5 +1,5 @@
-"""A fake trainer for the experiment tests: writes a run folder as darktune.train.config does (metrics.jsonl, summary.json,
-checkpoint.pt, weights/last.weights) with a made-up mAP curve per starting point, in milliseconds.
+"""A fake trainer for the experiment tests: writes a run folder as darktune.train.config does (metrics.jsonl,
+summary.json, checkpoint.pt, weights/last.weights) with a made-up mAP curve per starting point, in milliseconds.
 
 The curve: map(it) = cap * (1 - exp(-it / tau)), tau and cap chosen per starting point and frozen layers so
 that the study's findings hold (domain fastest, coco15 before backbone before scratch, N=20 much worse), in

@@ -37,7 +37,8 @@ DOC = ROOT / "docs" / "reliability.md"  # the page that shows the table (the REA
 HEADING = "## Reliability (produced by the test suite)"
 TEST_FILES = ("tests/reliability/test_images.py", "tests/reliability/test_labels.py",
               "tests/reliability/test_cfg_weights.py", "tests/reliability/test_hostile.py",
-              "tests/reliability/test_faults.py", "tests/reliability/test_imports.py", "tests/train/test_determinism.py")
+              "tests/reliability/test_faults.py", "tests/reliability/test_imports.py",
+              "tests/train/test_determinism.py")
 OUTCOMES = ("handled", "crash", "silent")
 
 # Table rows, in order: key -> what the inputs are.

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Where the writer kills itself (darktune.darknet.weights.atomic_write_bytes under darktune.train.checkpoint.save_checkpoint),
-# then random times while it saves in a loop.
+# Where the writer kills itself (darktune.darknet.weights.atomic_write_bytes under
+# darktune.train.checkpoint.save_checkpoint), then random times while it saves in a loop.
 KILL_POINTS = ["serialised", "temp_created", "write_0", "write_1pct", "write_half", "write_99pct", "before_fsync",
                "before_rename", "after_rename"]
 RANDOM_KILLS = 6

@@ -159,7 +159,8 @@ def test_expand_source_folders_and_globs(tmp_path):
     assert expand_source(str(tmp_path)) == [str(tmp_path / n) for n in ("a.PNG", "b.jpg", "c.mp4")]
     assert expand_source(str(tmp_path / "*.jpg")) == [str(tmp_path / "b.jpg")]
     assert expand_source(str(tmp_path / "**" / "*.jpg")) == [str(tmp_path / "b.jpg"), str(tmp_path / "sub/d.jpg")]
-    assert expand_source("0") == ["0"] and expand_source(str(tmp_path / "missing.jpg")) == [str(tmp_path / "missing.jpg")]
+    assert expand_source("0") == ["0"]
+    assert expand_source(str(tmp_path / "missing.jpg")) == [str(tmp_path / "missing.jpg")]
     with pytest.raises(DarktuneError, match=r"\*\.gif: no file matches this pattern"):
         expand_source(str(tmp_path / "*.gif"))
     with pytest.raises(DarktuneError, match="sub2: folder holds no image or video file"):

@@ -138,7 +138,8 @@ def test_detect_boxes_clipped_to_the_image_with_its_size_in_the_record(coco, pho
     from darktune.deploy.detect import clip_boxes
 
     dets = np.array([[-5.5, -2, 700, 40, 0.9, 3], [10, 20, 30, 900, 0.5, 0]], np.float32)
-    np.testing.assert_array_equal(clip_boxes(dets, 640, 480), [[0, 0, 640, 40, dets[0, 4], 3], [10, 20, 30, 480, 0.5, 0]])
+    np.testing.assert_array_equal(clip_boxes(dets, 640, 480),
+                                  [[0, 0, 640, 40, dets[0, 4], 3], [10, 20, 30, 480, 0.5, 0]])
     assert clip_boxes(np.zeros((0, 6)), 10, 10).shape == (0, 6)
     h, w = read_image(photo_path).shape[:2]
     assert main(["detect", str(photo_path), "--cfg", str(coco.cfg), "--weights", str(coco.weights), "--size", "128",

@@ -256,7 +256,8 @@ def test_backend_errors(coco, tmp_path):
     bad.write_bytes(b"not onnx")
     with pytest.raises(DarktuneError, match="bad.onnx"):
         OnnxRuntimeBackend(bad)
-    graph = export_onnx(load_darknet(coco.cfg, coco.weights, size=128)[0], tmp_path / "d.onnx", decode=True, verify=False)
+    graph = export_onnx(load_darknet(coco.cfg, coco.weights, size=128)[0], tmp_path / "d.onnx", decode=True,
+                        verify=False)
     with pytest.raises(DarktuneError, match="raw-heads"):
         OnnxRuntimeBackend(graph.path)
     raw = export_onnx(load_darknet(coco.cfg, coco.weights, size=128)[0], tmp_path / "r.onnx", verify=False).path

@@ -1,5 +1,6 @@
 """Experiment specs (validation with file and line), the grid expansion, and the runner's resume / reuse /
-parallel rules (more than one run at a time: tests/experiment/test_ray.py), with a fake trainer (tests/fake_train.py) so nothing here trains a network."""
+parallel rules (more than one run at a time: tests/experiment/test_ray.py), with a fake trainer (tests/fake_train.py)
+so nothing here trains a network."""
 
 from __future__ import annotations
 
@@ -355,7 +356,8 @@ def test_interrupted_grid_resumes_to_the_same_metrics(spec_file, tmp_path, monke
 
 
 def test_missing_data_set_is_an_error_before_any_run(spec_file, tmp_path):
-    text = spec_file.read_text().replace("grid:\n  data: " + str(tmp_path / "obj.data"), "grid:\n  data: nowhere/obj.data")
+    text = spec_file.read_text().replace("grid:\n  data: " + str(tmp_path / "obj.data"),
+                                         "grid:\n  data: nowhere/obj.data")
     spec_file.write_text(text)
     calls = []
     with pytest.raises(DarktuneError, match=r"grid.data: .*nowhere/obj.data not found") as err:

@@ -139,7 +139,8 @@ def test_plan_identity_holds_the_model_and_a_v3_run_is_never_reused_for_v4(tmp_p
     extra = {"start_weights": {"path": None, "upto": None}, "data_sha256": "d", "cfg_sha256": "c"}
     recorded = {**v3.identity(), **extra}
     assert describe_changes(recorded, {**v3.identity(), **extra}, False) == []
-    assert describe_changes(recorded, {**v4.identity(), **extra}, False) == ["model: \"yolov3-tiny\" -> \"yolov4-tiny\""]
+    changes = describe_changes(recorded, {**v4.identity(), **extra}, False)
+    assert changes == ["model: \"yolov3-tiny\" -> \"yolov4-tiny\""]
     older = {k: v for k, v in recorded.items() if k != "model"}  # run.json from before `model`: yolov3-tiny
     assert describe_changes(older, {**v3.identity(), **extra}, False) == []
     assert describe_changes(older, {**v4.identity(), **extra}, False)[0].startswith("model: ")

@@ -72,7 +72,8 @@ def test_run_identity_is_byte_identical_to_before():
     head = ('"data": "/d/obj.data", "freeze": 0, "images": null, "seed": 0, "iterations": 10, "eval_at": [5, 10], '
             '"options": {"augment": false, "batch": 8, "freeze_layers": [0, 1], "lr": 0.001, "scales": [0.1], '
             '"steps": [4]')
-    assert stops == '{"model": "yolov3-tiny", "start": "scratch", ' + head + ', "stop_at_target": true, "target_map": 0.5}}'
+    assert stops == ('{"model": "yolov3-tiny", "start": "scratch", ' + head
+                     + ', "stop_at_target": true, "target_map": 0.5}}')
     assert goes == '{"model": "yolov3-tiny", "start": "coco", ' + head + "}}"
 
 
