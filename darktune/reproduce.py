@@ -61,19 +61,23 @@ class StudyModel:
     """The study's grid in one model's layer numbering (docs/study.md says why these cuts)."""
 
     model: str
-    freeze: tuple[int, ...]  # none / the whole backbone / all but the last two convs of the 26x26 head
     stand_in_layers: int  # the stand-in backbone: the COCO weights' layers up to the stride-16 maxpool
 
     @property
     def starts(self) -> tuple[str, ...]:
         return ("scratch", "backbone", MODELS[self.model].partial, "domain")
 
+    @property
+    def freeze(self) -> tuple[int, ...]:
+        """The study's 0/13/20 in this model's numbering (none / the whole backbone / all but the last two convs
+        of the 26x26 head): darktune.darknet.transfer."""
+        return MODELS[self.model].study_freeze
 
-# The frozen-layer cuts are the study's 0/13/20 in each model's numbering (darktune.darknet.transfer). Stand-in
-# backbones end at the stride-16 maxpool: v3 layer 7, v4 layer 17 (the second CSP block's maxpool).
+
+# Stand-in backbones end at the stride-16 maxpool: v3 layer 7, v4 layer 17 (the second CSP block's maxpool).
 STUDY_MODELS: dict[str, StudyModel] = {
-    "yolov3-tiny": StudyModel("yolov3-tiny", MODELS["yolov3-tiny"].study_freeze, STAND_IN_BACKBONE_LAYERS),
-    "yolov4-tiny": StudyModel("yolov4-tiny", MODELS["yolov4-tiny"].study_freeze, 18),
+    "yolov3-tiny": StudyModel("yolov3-tiny", STAND_IN_BACKBONE_LAYERS),
+    "yolov4-tiny": StudyModel("yolov4-tiny", 18),
 }
 MODEL_CHOICES = tuple(STUDY_MODELS) + ("both",)
 

@@ -81,9 +81,9 @@ def _detect(args) -> int:
     from darktune.deploy import backend_choice
     from darktune.deploy.runtimes import make_backend
     from darktune.errors import DarktuneError
-    from darktune.deploy.pipeline import (PerThread, in_order, threads_each, threads_for_each, worker_count,
-                                          workers_pool)
-    from darktune.deploy.video import IMAGE_SUFFIXES, expand_source
+    from darktune.deploy.pipeline import (PerThread, all_images, in_order, threads_each, threads_for_each,
+                                          worker_count, workers_pool)
+    from darktune.deploy.video import expand_source
     from darktune.plural import plural
     from darktune.devices import cpu_count
 
@@ -133,10 +133,10 @@ def _detect(args) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     outputs = OutputNames(out_dir) if out_dir else None
     runner = PerThread(backend)
-    job = partial(_opened_detected if workers > 1 else _opened, args, runner)
+    job = partial(_opened_detected, args, runner) if workers > 1 else _opened
     pool = workers_pool(workers)
     records, bar = [], None
-    images = all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in sources)
+    images = all_images(sources)
     if workers > 1 and len(sources) > 1:
         _note(f"{plural(len(sources), 'source')}, {workers} {'images' if images else 'images or frames'} side by "
               f"side, {plural(threads, 'CPU thread')} each (--workers 1: one at a time on all threads)")
@@ -167,7 +167,7 @@ def _detect(args) -> int:
     return 1 if failures else 0
 
 
-def _opened(args, runner, source: str):
+def _opened(source: str):
     """(FrameSource or the DarktuneError that refused it, None). `in_order` runs it for the next source in a
     background thread while the current one is being detected (OpenCV's decoding and the runtimes release
     the GIL, so reading overlaps the network); cameras are opened in turn, never ahead."""
@@ -183,7 +183,7 @@ def _opened(args, runner, source: str):
 def _opened_detected(args, runner, source: str):
     """(FrameSource or DarktuneError, detections of an image source or None): with --workers N, each of N
     threads reads an image and detects it on its own backend (`runner.get()`), on its share of the CPUs."""
-    src, _ = _opened(args, runner, source)
+    src, _ = _opened(source)
     if isinstance(src, Exception) or src.kind != "image":
         return src, None
     return src, _detect_one(args, runner.get(), src._first)

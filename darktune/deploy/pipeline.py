@@ -95,11 +95,16 @@ def ordered_map(fn: Callable[[T], U], items: Iterable[T], workers: int, pool: Th
         yield pending.popleft().result()
 
 
+def all_images(sources: list[str]) -> bool:
+    """Every source names an image file (by suffix)."""
+    return all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in sources)
+
+
 def worker_count(sources: list[str], device: str, requested: int | None = None) -> int:
     """How many images (or a video's frames) run side by side: `requested` when given; else 1 off a CPU, on a
     CPU with one core and when a camera is among the sources (a live stream wants each frame's result at once);
     else one per CPU, and no more than there are sources when they are all image files (by suffix)."""
-    images = all(Path(s).suffix.lower() in IMAGE_SUFFIXES for s in sources)
+    images = all_images(sources)
     if requested is not None:
         return max(1, min(requested, len(sources)) if images else requested)
     if parse_device(device).type != "cpu" or cpu_count() < 2 or any(is_camera(s) for s in sources):
