@@ -26,6 +26,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "model; else a names file beside --cfg with one name per class: <cfg "
                                    "stem>.names, obj.names, or the folder's only .names file; else class_0, "
                                    "class_1, ...)")
+    p.add_argument("--map-classes", metavar="FILE",
+                   help="report only the model's classes that FILE (an obj.data or a names file) names, under "
+                        "FILE's names and class ids, matched by name (case, spaces, _ and - ignored; aliases such "
+                        "as pedestrian=person): the COCO model's detections in a dataset's classes")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "opencv"), default="auto",
                    help="who runs the network; preprocessing, decoding and NMS are darktune's for all. auto "
                         "(default): on CPU the fastest runtime installed on this machine, timed once per machine "
@@ -128,6 +132,9 @@ def _detect(args) -> int:
             print("darktune: note: letterbox, as the cfg's letter_box=1 (--no-letterbox for a plain resize)",
                   file=sys.stderr)
     names = _class_names(args, backend)
+    args.remap = None
+    if args.map_classes:
+        names, args.remap = _mapped_classes(args.map_classes, names)
     out_dir = Path(args.out) if args.out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +245,21 @@ def _class_names(args, backend) -> list[str]:
     return names
 
 
+def _mapped_classes(path: str, model_names: list[str]) -> tuple[list[str], list[int]]:
+    """--map-classes: (the file's class names, per model class the file's class id or -1), with a note."""
+    from darktune.darknet.classes import match_classes, model_to_data, read_names_file
+    from darktune.data.formats.yolo import read_obj_data
+    from darktune.errors import DarktuneError
+
+    names = list(read_obj_data(path).names) if path.endswith(".data") else read_names_file(path)
+    match = match_classes(names, model_names)
+    if not match.matched:
+        raise DarktuneError(f"--map-classes: none of the classes ({', '.join(names[:8])}) is among the model's "
+                            f"{len(model_names)} classes by name", path=path)
+    _note("classes mapped by name: " + "; ".join(match.describe()))
+    return names, model_to_data(match)
+
+
 def _note(text: str) -> None:
     print(f"darktune: note: {text}", file=sys.stderr)
 
@@ -258,6 +280,10 @@ def _detect_one(args, backend, image):
     from darktune.deploy.detect import clip_boxes
 
     dets = backend.detect([image], args.thresh, args.nms, args.letterbox)[0]
+    if args.remap is not None:
+        from darktune.darknet.classes import remap_detections
+
+        dets = remap_detections(dets, args.remap)
     return clip_boxes(dets, image.shape[1], image.shape[0])
 
 

@@ -93,6 +93,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
     m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     m.add_argument("--max-images", type=int, help="evaluate on the first N images of the list")
+    m.add_argument("--class-map", default="auto", choices=("auto", "names", "none"),
+                   help="names: the model's classes mapped onto the data's by name (case, spaces, _ and - ignored; "
+                        "aliases such as pedestrian=person), so the COCO model is scored on the data's classes "
+                        "it has and a class it lacks scores 0; none: class i is the data's class i; auto "
+                        "(default): none when the weights hold the data's class count, else names")
+    m.add_argument("--model-names", metavar="FILE",
+                   help="the model's class names for --class-map (default: the names file beside --weights or "
+                        "--cfg, e.g. the zoo's coco.names)")
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=cmd_map)
 
@@ -157,7 +165,11 @@ def cmd_map(args: argparse.Namespace) -> int:
     from darktune.eval.evaluate import evaluate_model, load_eval_set, load_for_data
 
     device = resolve_device(args.device)
-    model, spec = load_for_data(args.cfg, args.weights, args.data, args.size)
+    model, spec, match = load_for_data(args.cfg, args.weights, args.data, args.size, args.class_map,
+                                       args.model_names)
+    if match is not None and not args.json:
+        print(f"the model's {len(match.model_names)} classes mapped onto the data's by name: "
+              + "; ".join(match.describe()), file=sys.stderr)
     model.to(device)
     es = load_eval_set(args.data, (spec.net.height, spec.net.width), args.split, spec.net.letter_box,
                        args.max_images, progress=not args.json)
@@ -172,7 +184,8 @@ def cmd_map(args: argparse.Namespace) -> int:
                             "(or a smaller --size, or --device cpu)") from None
     if args.json:
         out = result.to_dict()
-        out.update(images=len(es), skipped_images=es.n_skipped, size=[spec.net.width, spec.net.height])
+        out.update(images=len(es), skipped_images=es.n_skipped, size=[spec.net.width, spec.net.height],
+                   class_map=None if match is None else match.to_dict())
         print(json.dumps(out))
     else:
         print(f"{len(es)} images ({es.n_skipped} skipped), network {spec.net.width}x{spec.net.height}")

@@ -19,6 +19,7 @@ import torch
 
 from darktune.darknet import boxes_np
 from darktune.darknet.boxes import ImageGeometry, decode, postprocess
+from darktune.darknet.classes import names_beside
 from darktune.data.formats.image import MAX_IMAGE_BYTES, read_image  # noqa: F401  (re-exported: moved there)
 from darktune.darknet.load import load_darknet
 from darktune.errors import DarktuneError
@@ -39,18 +40,6 @@ def read_names(path: str | Path | None, num_classes: int) -> list[str]:
     if len(names) < num_classes:
         raise DarktuneError(f"{len(names)} names for a model with {num_classes} classes", path=str(path))
     return names[:num_classes]
-
-
-def names_beside(cfg: str | Path) -> Path | None:
-    """A names file that belongs with `cfg`: <stem>.names beside it (`darktune export darknet` writes
-    model.cfg + model.names), else obj.names (a `darktune train` run folder, darknet's habit), else the only
-    .names file in its folder (the zoo's yolov3-tiny.cfg + coco.names); None if there is none of these."""
-    cfg = Path(cfg)
-    for candidate in (cfg.with_suffix(".names"), cfg.parent / "obj.names"):
-        if candidate.is_file():
-            return candidate
-    found = [p for p in cfg.parent.glob("*.names") if p.is_file()]
-    return found[0] if len(found) == 1 else None
 
 
 def default_names(cfg: str | Path | None, num_classes: int) -> tuple[list[str], str]:

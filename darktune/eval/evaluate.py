@@ -20,6 +20,7 @@ from darktune.darknet.boxes import ImageGeometry, decode, postprocess
 from darktune.darknet.load import classes_in_weights, load_darknet
 from darktune.errors import DarktuneError
 from darktune.darknet.cfg import parse_cfg
+from darktune.darknet.classes import model_for_classes, names_beside, read_names_file
 from darktune.data.check import check_dataset
 from darktune.data.formats.yolo import read_obj_data
 from darktune.data.formats.image import read_image
@@ -185,14 +186,40 @@ def evaluate_model(model: torch.nn.Module, es: EvalSet, protocol: str = "darknet
                     conf_thresh=conf_thresh, image_names=es.paths)
 
 
-def load_for_data(cfg: str | Path, weights: str | Path, data: str | Path, size: int | None = None):
-    """(model in eval mode, spec) for evaluating `weights` on `data`: the cfg as given when the weights fit it,
-    else re-headed for the data's class count (as `darktune train` writes them). Other class counts are an
-    error naming both."""
-    n_names = len(read_obj_data(data).names)
+CLASS_MAPS = ("auto", "names", "none")
+
+
+def load_for_data(cfg: str | Path, weights: str | Path, data: str | Path, size: int | None = None,
+                  class_map: str = "auto", model_names: str | Path | None = None):
+    """(model in eval mode, spec, ClassMatch or None) for evaluating `weights` on `data`.
+
+    `class_map`: "none": the cfg as given when the weights fit it, else re-headed for the data's class count
+    (as `darktune train` writes them); other class counts are an error naming both. "names": the model's
+    classes (names from `model_names`, else the names file beside the weights or the cfg, e.g. the zoo's
+    coco.names) mapped onto the data's by name (`darktune.darknet.classes.model_for_classes`: a COCO model
+    scored on the data's "person"; a class the model lacks is never detected). "auto" (default): "none" when
+    the weights hold the data's class count, else "names"."""
+    if class_map not in CLASS_MAPS:
+        raise DarktuneError(f"--class-map must be one of {', '.join(CLASS_MAPS)}, got {class_map!r}")
+    data_names = list(read_obj_data(data).names)
     fitted = classes_in_weights(parse_cfg(cfg), weights)
-    if fitted != n_names:
-        found = f"a {fitted}-class model" if fitted else "no class count of this cfg"
-        raise DarktuneError(f"weights hold {found}, the data has {n_names} classes", path=str(weights))
-    model, _ = load_darknet(cfg, weights, size=size or None, classes=n_names)
-    return model, model.spec
+    if class_map == "none" or (class_map == "auto" and fitted == len(data_names)):
+        if fitted != len(data_names):
+            found = f"a {fitted}-class model" if fitted else "no class count of this cfg"
+            raise DarktuneError(f"weights hold {found}, the data has {len(data_names)} classes (--class-map names "
+                                "maps the model's classes onto the data's by name)", path=str(weights))
+        model, _ = load_darknet(cfg, weights, size=size or None, classes=len(data_names))
+        return model, model.spec, None
+    if fitted is None:
+        raise DarktuneError(f"weights hold no class count of this cfg ({cfg})", path=str(weights))
+    names_file = model_names or names_beside(weights) or names_beside(cfg)
+    if names_file is None:
+        raise DarktuneError(f"weights hold a {fitted}-class model and the data has {len(data_names)} classes; "
+                            "to map the model's classes onto the data's by name give --model-names FILE (its "
+                            "names file, e.g. coco.names)", path=str(weights))
+    model_class_names = read_names_file(names_file)
+    if len(model_class_names) != fitted:
+        raise DarktuneError(f"{len(model_class_names)} names for weights of {fitted} classes", path=str(names_file))
+    source, _ = load_darknet(cfg, weights, size=size or None, classes=fitted)
+    model, match = model_for_classes(source, data_names, model_class_names)
+    return model, model.spec, match

@@ -127,6 +127,17 @@ class TrainConfig:
     upto: int | None = option(  # load only layers 0..upto-1 of `weights`
         None, help="load only layers 0..N-1 of --weights (a partial file, e.g. conv.15)", kind="int",
         resumable=False, identity=True)
+    keep_classes: bool = option(  # darktune.darknet.classes: COCO's person rows for the data's "person"
+        False, help="start from every layer of --weights (a whole model for other classes, e.g. COCO's 80) and "
+                    "keep, in each head's output conv, every anchor's box and objectness rows and the rows of the "
+                    "data's classes the weights have, matched by name (case, spaces, _ and - ignored; aliases "
+                    "such as pedestrian=person, VOC's motorbike=motorcycle); the other classes' rows start "
+                    "fresh. RUN/init.json says which row came from where",
+        kind="store_true", resumable=False, identity=True)
+    weights_names: str | None = option(  # the class names of --weights, for keep_classes
+        None, help="--keep-classes: the names file of --weights' classes (default: one beside --weights: <stem>"
+                   ".names, obj.names or its folder's only .names, e.g. the zoo's coco.names)",
+        kind="str", metavar="FILE", resumable=False, identity=True)
     freeze: int = option(0, help="freeze layers 0..N-1", kind="int", metavar="N", exclusive="freeze",
                          resumable=False, identity=True)
     freeze_layers: list[int] | None = option(  # or exactly these layers
@@ -240,6 +251,9 @@ class TrainConfig:
             self.weights = None
         checks = [
             (self.freeze >= 0, f"--freeze must be >= 0, got {self.freeze}"),
+            (not self.keep_classes or (self.weights is not None and self.upto is None),
+             "--keep-classes needs --weights of a whole model (every layer; not with --upto)"),
+            (self.weights_names is None or self.keep_classes, "--weights-names is for --keep-classes"),
             (not self.continue_schedule or self.weights is not None,
              "--continue-schedule needs --weights (a file whose header counts the images it has seen)"),
             (self.iterations is None or self.iterations >= 1, "--iterations must be >= 1"),

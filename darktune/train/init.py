@@ -6,6 +6,9 @@ Initial weights (`init_model`), reported layer by layer (loaded / new):
   * a full file made for another class count (found with `infer_num_classes`): loaded into the network with
     that class count, then every conv layer whose tensors have the same shapes is copied; the others (the
     convs before each [yolo]) start fresh.
+  * ``keep_classes`` (--keep-classes): a whole model for other classes (COCO's 80) loaded everywhere, and in the
+    heads' output convs each anchor's box and objectness rows and the rows of the data's classes it has (by
+    name) kept; the other classes' rows start fresh (`keep_class_rows`; init.json's "class_rows").
   * ``upto=N`` (or a file that holds exactly layers 0..N-1 of the network, e.g. ``yolov3-tiny.conv.15``):
     layers 0..N-1 loaded, the rest new. The header's ``seen`` is reported; a run counts its iterations from 0
     and, unless ``continue_schedule`` is set, also starts the learning-rate schedule there (darknet's ``-clear``).
@@ -29,6 +32,9 @@ import torch
 from torch import nn
 
 from darktune.darknet.cfg import ConvSpec, NetworkSpec, YoloSpec
+from darktune.darknet.classes import (
+    copy_class_rows, copy_other_layers, match_classes, names_beside, read_names_file,
+)
 from darktune.errors import DarktuneError
 from darktune.darknet.model import Darknet
 from darktune.darknet.weights import (
@@ -73,8 +79,10 @@ def _prefix_upto(spec: NetworkSpec, n_floats: int) -> int | None:
     return None
 
 
-def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, seed: int) -> dict:
-    """Fill `model` (a re-headed `Darknet`) from `weights`; returns the report written to RUN/init.json."""
+def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, seed: int,
+               keep_classes: tuple[list[str], list[str]] | None = None) -> dict:
+    """Fill `model` (a re-headed `Darknet`) from `weights`; returns the report written to RUN/init.json.
+    `keep_classes` = (the data's class names, the weights' class names): see `keep_class_rows`."""
     spec = model.spec
     convs = conv_layers(spec)
     gen = torch.Generator().manual_seed(seed)
@@ -86,6 +94,8 @@ def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, s
     wf = read_weights_file(weights)
     report["seen"] = int(wf.header.seen)  # images the file's training had seen (darknet's header)
     n = int(wf.floats.size)
+    if keep_classes is not None:
+        return keep_class_rows(model, weights, n, keep_classes, report)
     if upto is None and n != expected_floats(spec):
         file_classes = infer_num_classes(spec, n)
         if file_classes is None:
@@ -113,6 +123,47 @@ def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, s
     load_weights(model, weights)
     report.update(mode="full", file_classes=spec.num_classes, loaded_layers=convs, new_layers=[])
     return report
+
+
+def keep_class_rows(model: nn.Module, weights: str | Path, n_floats: int,
+                    names: tuple[list[str], list[str]], report: dict) -> dict:
+    """Every layer of `weights` (a whole model, for any class count) into `model`; in the heads' output convs,
+    every anchor's box and objectness rows and the rows of the data's classes that the weights' classes have
+    (`darktune.darknet.classes.match_classes`); the rest of those rows keep their fresh initialisation.
+    `report["class_rows"]` says, per data class, which row of the weights it starts from (or null: new)."""
+    spec = model.spec
+    data_names, weights_names = names
+    file_classes = spec.num_classes if n_floats == expected_floats(spec) else infer_num_classes(spec, n_floats)
+    if file_classes is None:
+        raise DarktuneError(f"--keep-classes needs a whole model of this cfg; the weights hold {n_floats:,} floats, "
+                            "which fit no class count of it (a partial file such as conv.15?)", path=str(weights))
+    if len(weights_names) != file_classes:
+        raise DarktuneError(f"--keep-classes: {len(weights_names)} class names for weights of {file_classes} "
+                            "classes (give the weights' own names file with --weights-names)")
+    match = match_classes(data_names, weights_names)
+    if not match.matched:
+        raise DarktuneError(f"--keep-classes: none of the data's classes ({', '.join(data_names[:8])}) is among the "
+                            f"weights' {file_classes} classes by name; leave --keep-classes out to start them fresh")
+    source = Darknet(spec.with_classes(file_classes))
+    load_weights(source, weights)
+    copy_other_layers(source, model)
+    heads = copy_class_rows(source, model, match)
+    convs = conv_layers(spec)
+    report.update(mode="classes kept", file_classes=file_classes, loaded_layers=convs, new_layers=[],
+                  class_rows={"layers": heads, "per_anchor": "box (tx, ty, tw, th) and objectness rows from the "
+                              "weights; class rows as below (null: new, darknet's initialisation)",
+                              "classes": match.to_dict()})
+    return report
+
+
+def weights_class_names(weights: str | Path, names_file: str | Path | None) -> list[str]:
+    """The class names of `weights` for --keep-classes: `names_file` (--weights-names), else the names file
+    beside the weights (`darktune.darknet.classes.names_beside`: the zoo's coco.names)."""
+    found = names_file or names_beside(weights)
+    if found is None:
+        raise DarktuneError("--keep-classes needs the names of the weights' classes: no .names file beside the "
+                            "weights; give --weights-names FILE (e.g. coco.names)", path=str(weights))
+    return read_names_file(found)
 
 
 def set_objectness_prior(model: nn.Module, layers: list[int], prior: float) -> list[int]:

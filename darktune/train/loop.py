@@ -31,7 +31,7 @@ from darktune.train.checkpoint import load_checkpoint, set_rng_state
 from darktune.train.device_inputs import make_batches
 from darktune.train.freeze import frozen_at, layer_digests, set_frozen
 from darktune.train.init import (
-    build_optimizer, burn_in_warning, check_against_network, init_model, set_objectness_prior,
+    build_optimizer, burn_in_warning, check_against_network, init_model, set_objectness_prior, weights_class_names,
 )
 from darktune.train.inputs import subset
 from darktune.train.loss import YoloLoss
@@ -169,7 +169,8 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
 # ------------------------------------------------------------------------------------------------ start / resume
 def _fresh_start(run: Run) -> None:
     c = run.config
-    report = init_model(run.model, c.weights, c.upto, c.seed)
+    keep = (run.names, weights_class_names(c.weights, c.weights_names)) if c.keep_classes else None
+    report = init_model(run.model, c.weights, c.upto, c.seed, keep)
     if c.obj_prior is not None:
         report["obj_prior_layers"] = set_objectness_prior(run.model, report["new_layers"], c.obj_prior)
     set_frozen(run.model, run.frozen)  # init may have replaced tensors; make sure the flags hold
@@ -196,6 +197,9 @@ def _fresh_start(run: Run) -> None:
     loaded, new = report["loaded_layers"], report["new_layers"]
     run.log(f"init: {report['mode']} from {report['weights'] or 'scratch'}; loaded conv layers {_ranges(loaded)}; "
             f"new {_ranges(new)}; frozen layers {_ranges(run.frozen)}")
+    for name, row in report.get("class_rows", {}).get("classes", {}).items():
+        run.log(f"init: class {name}: " + (f"rows of the weights' class {row['model_class']} ({row['model_name']})"
+                                           if row else "not among the weights' classes, new rows"))
     if c.continue_schedule:
         run.log(f"schedule: continues at iteration {offset} (the weights had seen {report.get('seen', 0):,} images, "
                 f"batch {run.batch})")
