@@ -155,11 +155,7 @@ def _detect(args) -> int:
                     failures += 1
                     continue
                 if bar is None:
-                    # a frame counter helps with videos, cameras and many sources; for one image it is only
-                    # noise (decided on what the source turned out to be: an image need not have an image suffix)
-                    one_image = len(sources) == 1 and src.kind == "image"
-                    bar = tqdm(unit="frame", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
-                               disable=one_image, bar_format="{desc}{n_fmt} frames [{elapsed}{postfix}]")
+                    bar = _counter(args, sources, src, images)
                 bar.set_description(Path(src.name).name if src.kind != "camera" else src.name)
                 target = outputs.name_for(src) if outputs else None
                 if src.kind == "image":
@@ -172,6 +168,19 @@ def _detect(args) -> int:
     if args.json:
         print(json.dumps(records))
     return 1 if failures else 0
+
+
+def _counter(args, sources: list[str], src, images: bool):
+    """The counter on stderr: images (or frames, when videos or cameras are among the sources) done. None shown
+    for one image, nor for images whose results are printed on a terminal (each image's lines are its progress
+    there, and a counter would be redrawn between them); decided on what the first source turned out to be."""
+    from tqdm import tqdm
+
+    unit = "image" if images else "frame"
+    lines_on_terminal = not args.json and sys.stdout.isatty() and images
+    quiet = src.kind == "image" and (len(sources) == 1 or lines_on_terminal)
+    return tqdm(unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=quiet,
+                bar_format="{desc}{n_fmt} " + unit + "s [{elapsed}{postfix}]")
 
 
 def _opened(source: str):

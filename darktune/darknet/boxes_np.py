@@ -20,7 +20,10 @@ F32 = np.float32
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return F32(1) / (F32(1) + np.exp(-x))
+    # exp(-x) overflows to inf below x = -88.7 (a trained head's objectness often is): 1 / (1 + inf) = 0 is the
+    # right value and torch's, so the overflow is not a warning
+    with np.errstate(over="ignore"):
+        return F32(1) / (F32(1) + np.exp(-x))
 
 
 def decode_above(heads: list[np.ndarray], specs: list[YoloSpec], net_hw: tuple[int, int], thresh: float,
@@ -47,7 +50,8 @@ def decode_above(heads: list[np.ndarray], specs: list[YoloSpec], net_hw: tuple[i
             probs = cand[:, 5:]
         else:
             xy = _sigmoid(cand[:, 0:2]) * s - shift
-            wh = np.exp(cand[:, 2:4]) * anchors
+            with np.errstate(over="ignore"):  # tw, th past 88.7: an infinite box, as torch's decode gives
+                wh = np.exp(cand[:, 2:4]) * anchors
             probs = _sigmoid(cand[:, 5:])
         box = np.stack(((xy[:, 0] + xs.astype(F32)) / F32(w), (xy[:, 1] + ys.astype(F32)) / F32(h),
                         wh[:, 0] / F32(net_hw[1]), wh[:, 1] / F32(net_hw[0])), -1)

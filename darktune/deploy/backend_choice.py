@@ -109,9 +109,9 @@ def installed() -> tuple[list[str], dict[str, str]]:
     return ok, missing
 
 
-def cached_onnx(model, cfg_text: str, weights: str | Path, batch: int | None) -> Path:
+def cached_onnx(model, cfg_text: str, weights: str | Path, batch: int | None, note=None) -> Path:
     """A raw-heads ONNX file of `model` in $DARKTUNE_HOME/onnx, exported once per cfg + weights + batch +
-    torch version and reused after."""
+    torch version and reused after; `note(text)` is told before an export starts."""
     digest = hashlib.sha256()
     for part in (cfg_text, str(batch), torch.__version__):
         digest.update(part.encode() + b"\0")
@@ -120,25 +120,28 @@ def cached_onnx(model, cfg_text: str, weights: str | Path, batch: int | None) ->
             digest.update(chunk)
     path = darktune_home() / "onnx" / f"{digest.hexdigest()[:32]}.onnx"
     if not path.is_file():
+        if note:
+            note(f"exporting this model to ONNX for onnxruntime (once per weights file; kept in {path.parent})")
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, path, batch=batch, verify=False, overwrite=True)
     return path
 
 
-def build(name: str, cfg, weights, *, size: int | None, device: str, batch: int, threads: int | None) -> Backend:
+def build(name: str, cfg, weights, *, size: int | None, device: str, batch: int, threads: int | None,
+          note=None) -> Backend:
     """`make_backend`, with the onnxruntime runtime on the cached ONNX export (re-exported once if the
-    cached file does not load)."""
+    cached file does not load; `note` is told of an export)."""
     if name != "onnxruntime":
         return make_backend(name, cfg, weights, size=size, device=device, batch=batch, threads=threads)
     optional_import("onnxruntime", "export", "the onnxruntime backend")  # before the export's work
     model, _ = load_darknet(cfg, weights, size=size)
     text = format_cfg(model.spec)
-    path = cached_onnx(model, text, weights, batch)
+    path = cached_onnx(model, text, weights, batch, note)
     try:
         return OnnxRuntimeBackend(path, model.spec, device, threads)
     except DarktuneError:
         path.unlink(missing_ok=True)  # a damaged cache file: export again
-        return OnnxRuntimeBackend(cached_onnx(model, text, weights, batch), model.spec, device, threads)
+        return OnnxRuntimeBackend(cached_onnx(model, text, weights, batch, note), model.spec, device, threads)
 
 
 def choose(cfg, weights, *, size: int | None = None, device: str = "cpu", batch: int = 1,
@@ -173,21 +176,26 @@ def choose(cfg, weights, *, size: int | None = None, device: str = "cpu", batch:
         medians = {n: float(v) for n, v in entry["medians_ms"].items() if n in runnable}
         for name in sorted(medians, key=medians.get):
             try:
-                backend = build(name, cfg, weights, size=size, device=device, batch=batch, threads=run_threads)
+                backend = build(name, cfg, weights, size=size, device=device, batch=batch, threads=run_threads,
+                                note=note)
             except DarktuneError:
                 continue
             return backend, Choice(name, _reason(medians, f"probed {entry.get('date', '?')}, cached in {cache}")
                                    + skipped, medians)
     if note:
-        note(f"timing {', '.join(runnable)} on this machine for this model (once; cached in {cache})")
+        note(f"first run of this model shape on this machine: timing {', '.join(runnable)} to pick the fastest "
+             f"(once; the choice is cached in {cache}; seconds, up to a minute on a busy machine)")
     built, failed = [], {}
     for name in runnable:
         try:
-            built.append(build(name, cfg, weights, size=size, device=device, batch=batch, threads=threads))
+            built.append(build(name, cfg, weights, size=size, device=device, batch=batch, threads=threads,
+                               note=note))
         except DarktuneError as exc:
             failed[name] = str(exc)
     if not built:
         raise DarktuneError("no runtime can run this model: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    if note:
+        note(f"timing {', '.join(b.name for b in built)}: {PROBE_ITERS} calls each, taking turns")
     medians = probe(built, batch)
     write_cache(cache, key, {"medians_ms": medians, "date": datetime.date.today().isoformat(), **what})
     best = min(medians, key=medians.get)

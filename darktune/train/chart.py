@@ -3,7 +3,8 @@
 The loss is drawn raw (faint) and as a trailing moving average over `smoothing_window` logged iterations, which
 scales with the run (a twentieth of its logged iterations, at least 1); the legend says how many. Each mAP point
 carries its value, set above its marker with a gap (`LABEL_OFFSET_PT`) on a light background, so neither the
-marker nor the line hides it."""
+marker nor the line hides it. The loss axis is logarithmic when the first iterations' loss dwarfs the rest
+(`log_axis`), so the curve after burn-in is not a flat line at the bottom; else linear from 0."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from darktune.files import atomic_write_bytes
 
 LABEL_OFFSET_PT = 7  # mAP value labels: their bottom this far above the point (the marker's radius is 3 pt)
+LOG_SPAN = 10  # the loss axis is logarithmic when the first loss is over this many times the later ones
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
@@ -51,6 +53,12 @@ def smoothing_window(n_points: int) -> int:
     return max(1, n_points // 20)
 
 
+def log_axis(loss: list[float]) -> bool:
+    """A log loss axis when the loss spans more than `LOG_SPAN` times (a fresh head's first iterations' loss is
+    often a hundred times its loss after burn-in) and stays positive."""
+    return bool(loss) and min(loss) > 0 and max(loss) > LOG_SPAN * min(loss[len(loss) // 10:] or loss)
+
+
 def plot_loss(ax, train: list[dict]) -> None:
     """Loss on `ax`: raw (faint, unlabelled) and averaged over `smoothing_window` points, and its parts."""
     rows = [r for r in train if r.get("loss") is not None]
@@ -64,11 +72,16 @@ def plot_loss(ax, train: list[dict]) -> None:
             vals = [r.get(part) for r in rows]
             if all(v is not None for v in vals):
                 ax.plot(its, _smooth(vals, k), color=color, lw=0.9, ls="--", label=part)
-        late = loss[len(loss) // 10:] or loss  # the first drop would flatten the rest of the curve
-        ax.set_ylim(0, min(max(loss), 1.5 * max(late)) * 1.05)
+        if log_axis(loss):  # the first iterations' loss would flatten the rest of the curve on a linear axis
+            ax.set_yscale("log")
+            parts = [r.get(k) for r in rows for k in ("box", "obj", "cls")]
+            floor = min([v for v in parts if isinstance(v, (int, float)) and v > 0] + loss)
+            ax.set_ylim(floor / 1.25, max(loss) * 1.25)  # the parts, below the total, stay in view
+        else:
+            ax.set_ylim(0, max(loss) * 1.05)
     ax.set_xlabel("iteration")
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (log scale)" if ax.get_yscale() == "log" else "loss")
     ax.grid(alpha=0.3)
 
 

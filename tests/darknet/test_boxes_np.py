@@ -67,6 +67,23 @@ def test_nothing_above_the_threshold_gives_an_empty_array():
     assert boxes_np.detections(rows, ImageGeometry(10, 10), (64, 64)).shape == (0, 6)
 
 
+def test_extreme_raw_values_decode_without_a_numpy_overflow_warning():
+    """A trained head's objectness far below -88.7 (exp(-x) overflows float32) and a huge tw: no RuntimeWarning,
+    the values torch's reference gives (objectness 0, an infinite box)."""
+    import warnings
+
+    heads = [np.full((1, 27, 2, 2), -200, np.float32), np.full((1, 27, 4, 4), -200, np.float32)]
+    heads[0][0, 4, 0, 0] = 5.0  # one confident cell, whose tw is huge
+    heads[0][0, 2, 0, 0] = 100.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = boxes_np.decode_above(heads, V3, (64, 64), 0.25)
+    _, decoded = _reference(heads, V3, (64, 64), ImageGeometry(64, 64), 0.25, 0.45)
+    ref = decoded[0][decoded[0][:, 4] > 0.25]
+    assert rows.shape == ref.shape == (1, 9) and np.isinf(rows[0, 2]) and np.isinf(ref[0, 2])
+    np.testing.assert_array_equal(rows[:, 5:], ref[:, 5:])  # class probabilities of -200: exactly 0
+
+
 def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
     assert boxes_np.nms(boxes, np.array([0.8, 0.9, 0.7], np.float32), 0.45).tolist() == [1, 2]

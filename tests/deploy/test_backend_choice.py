@@ -88,3 +88,20 @@ def test_real_probe_times_each_runtime(coco, monkeypatch, tmp_path):
     monkeypatch.setattr(backend_choice, "PROBE_WARMUP", 1)
     medians = backend_choice.probe(backends, 1)
     assert set(medians) == {"torch", "opencv"} and all(v > 0 for v in medians.values())
+
+
+def test_first_run_says_what_it_does_while_it_does_it(coco, auto, monkeypatch):
+    """A new model shape: a note before the probe, one before the ONNX export (minutes under load on a busy
+    machine otherwise pass in silence), one before the timing; a second run: no note."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(backend_choice, "installed", lambda: (["torch", "onnxruntime"], {}))
+    monkeypatch.setattr(backend_choice, "probe", lambda backends, batch: {"torch": 30.0, "onnxruntime": 20.0})
+    notes = []
+    backend, _ = backend_choice.choose(coco.cfg, coco.weights, size=64, note=notes.append)
+    assert backend.name == "onnxruntime" and len(notes) == 3
+    assert notes[0].startswith("first run of this model shape on this machine: timing torch, onnxruntime")
+    assert notes[1].startswith("exporting this model to ONNX for onnxruntime (once per weights file")
+    assert notes[2] == f"timing torch, onnxruntime: {backend_choice.PROBE_ITERS} calls each, taking turns"
+    notes.clear()
+    backend_choice.choose(coco.cfg, coco.weights, size=64, note=notes.append)
+    assert notes == []

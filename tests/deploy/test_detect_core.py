@@ -35,8 +35,19 @@ def test_detect_bad_image_others_still_processed(coco, photo_path, tmp_path, cap
     captured = capsys.readouterr()
     assert rc != 0
     assert "broken.jpg" in captured.err and "Traceback" not in captured.err
-    assert "frames" in captured.err  # several sources: the frame counter runs
+    assert "2 images" in captured.err and "frames" not in captured.err  # several images: an image counter runs
     assert len(json.loads(captured.out)) == 1
+
+
+def test_detect_images_printed_on_a_terminal_have_no_counter_between_their_lines(coco, photo_path, tmp_path,
+                                                                                  capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    rc = main(["detect", "--cfg", str(coco.cfg), "--weights", str(coco.weights), str(photo_path), str(photo_path)])
+    captured = capsys.readouterr()
+    assert rc == 0 and captured.out.count("grace_hopper.jpg: ") == 2
+    assert "images [" not in captured.err
 
 
 def test_summary_json(coco, capsys):

@@ -62,3 +62,15 @@ def test_write_chart_draws_a_png(tmp_path):
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = write_chart(metrics, tmp_path / "chart.png", "t", 0.9)
     assert out is not None and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_loss_that_starts_high_gets_a_log_axis_so_the_rest_is_not_flat(fig):
+    _, ax = fig
+    loss = [800.0 / (i + 1) ** 2 + 2 + 0.5 * (i % 3) for i in range(200)]  # 802 at the start, 2..3 after
+    plot_loss(ax, [{"iteration": i + 1, "loss": v} for i, v in enumerate(loss)])
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss (log scale)"
+    low, high = ax.get_ylim()
+    assert low < 2 and high > 802
+    _, flat = plt.subplots()
+    plot_loss(flat, [{"iteration": i + 1, "loss": 3.0 - i / 100} for i in range(200)])  # no early spike
+    assert flat.get_yscale() == "linear" and flat.get_ylim()[0] == 0
