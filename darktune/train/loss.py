@@ -8,26 +8,31 @@ pinned memory makes that truly asynchronous) and, once per head, device and netw
 cost of fixed shapes on CPU: 68 vs 52 ms for loss+backward of 16 images at 256 px with 80 truths (1 thread,
 loaded 2-core machine), under 1% of a training iteration there. For each `[yolo]` head:
 
+Reference: AlexeyAB darknet's `yolo_layer.c` (forward_yolo_layer / process_batch), checked number for number
+against darknet itself built for the CPU (tests/train/test_darknet_reference.py, docs/darknet_training.md).
+
 * Assignment: for every truth the best anchor over *all* ``num`` anchors of the head's anchor list (IoU of
   width/height only, both centred; ties: the first) decides; when that anchor is in the head's ``mask`` the
   truth is assigned to anchor ``mask.index(best)`` at cell ``(int(cy*H), int(cx*W))``. A truth whose best anchor
   is in no mask (e.g. anchor 0 with the official COCO cfg trained with mask 1,2,3) is no positive anywhere.
-  Two truths on the same cell and anchor: the later one wins (pjreddie darknet overwrites the deltas).
-* ``iou_thresh < 1`` (AlexeyAB, cfg key ``iou_thresh``, kind IoU): besides the best anchor, every anchor of
-  this head's mask whose width/height IoU with the truth exceeds ``iou_thresh`` is a positive for it too, at the
-  truth's cell, with the same box/objectness/class terms (darknet checks this whether or not the best anchor is
-  in this head). Slot clashes: the later truth wins, as above. AlexeyAB instead *adds* the box deltas of all
-  truths of a slot and divides by the number of distinct classes there; we do not copy that averaging.
-* Objectness: BCE towards 1 at assigned cells; BCE towards 0 elsewhere, except predictions whose decoded box
-  has IoU > ``ignore_thresh`` with some truth of the image, whatever its class (no objectness loss for those;
-  pjreddie's rule; AlexeyAB ignores only predictions that already score some class > 0.25). ×
-  ``obj_normalizer``.
-* ``truth_thresh < 1`` (both darknets): a prediction (any anchor, any cell of this head) whose decoded box has
-  IoU > ``truth_thresh`` with its best truth of the image (any class) is a positive for that truth: objectness
-  towards 1, class one-hot of that truth, box term towards that truth from the prediction's own cell and
-  anchor. Where that prediction is also an assigned positive, the assignment's terms replace these (pjreddie
-  overwrites; AlexeyAB adds both box deltas).
-* Classes: BCE per class at positives, one-hot target. × ``cls_normalizer``.
+  Truths that share a cell and anchor are all positives there: their box terms add up (darknet accumulates
+  the box deltas, ``delta_yolo_box`` with ``accumulate=1``) and the class target of the slot is the union of
+  their classes (``delta_yolo_class`` leaves an earlier truth's class at 1 - p). pjreddie's darknet overwrote
+  instead (the later truth won).
+* ``iou_thresh < 1``: besides the best anchor, every anchor of this head's mask whose width/height IoU with
+  the truth exceeds ``iou_thresh`` is a positive for it too, at the truth's cell, with the same terms (darknet
+  checks this whether or not the best anchor is in this head); a positive's summed box term is then divided by
+  the number of classes of its slot (darknet's ``averages_yolo_deltas``).
+* Objectness: BCE towards 1 at positives; BCE towards 0 elsewhere, except predictions whose decoded box has
+  IoU > ``ignore_thresh`` with some truth of the image (any class) *and* that score some class above 0.25
+  (AlexeyAB's ``compare_yolo_class``; pjreddie ignored on the IoU alone). × ``obj_normalizer``.
+* ``truth_thresh < 1``: a prediction (any anchor, any cell of this head) whose decoded box has IoU >
+  ``truth_thresh`` with its best truth of the image (any class) is a positive for that truth: objectness
+  towards 1, that truth's class added to the slot's class target, a box term towards that truth from the
+  prediction's own cell and anchor, added to any assignment's box terms there (darknet adds both deltas).
+* Classes: BCE per class at positives towards the slot's class target. ``cls_normalizer`` is not applied:
+  AlexeyAB darknet multiplies by it only together with ``counters_per_class`` (not implemented here), so a
+  cfg's ``cls_normalizer`` changes nothing in darknet either.
 * Box, ``iou_loss=mse`` (default): darknet's deltas ``scale * (t - x) * iou_normalizer`` with
   ``scale = 2 - w*h``. Darknet applies the x/y delta to the logit without the sigmoid's derivative, so the
   loss whose gradient is exactly darknet's is a cross-entropy on the sigmoid for x/y (shifted so its minimum
@@ -51,7 +56,8 @@ truths past its max boxes.
 `YoloLoss(specs, max_truths=None)(heads, targets, net_hw)` returns ``(total, parts)``: ``total`` is the *sum*
 over the images of the batch (darknet's cost); the trainer divides by the iteration's batch size, which with
 SGD(momentum, weight_decay=decay) reproduces darknet's update. ``parts`` are detached tensors: ``box``, ``obj``,
-``cls`` and ``n_pos`` (assigned positives, iou_thresh extras included, truth_thresh ones not).
+``cls`` and ``n_pos`` (assigned positives, one per truth and anchor, iou_thresh extras included, truth_thresh
+ones not: darknet's printed ``count``).
 
 Default: darknet's loss as the cfg says (yolov3-tiny: mse box term, ignore_thresh .7, truth_thresh 1, no
 iou_thresh). Measured with benchmarks/bench_transfer.py (benchmarks/TRANSFER.md): ``iou_thresh=0.213`` in the
@@ -156,43 +162,58 @@ class YoloLoss:
         na, nc = len(spec.mask), spec.classes
         p = raw.float().view(b, na, 5 + nc, h, w).permute(0, 1, 3, 4, 2)  # (B, A, H, W, 5+C)
         all_anchors, lookup, anchors_n, mask = self._head_consts(k, spec, raw.device, net_hw)
-        img, gj, gi, slot, keep = _assign_slots(spec, t, valid, net_hw, (b, h, w), all_anchors, lookup, mask)
+        img, gj, gi, slot, pos = _assign_slots(spec, t, valid, net_hw, (b, h, w), all_anchors, lookup, mask)
         n_slots = b * na * h * w
         ka = torch.arange(na, device=raw.device)
+        onehot = (t[:, 1].long()[:, None] == torch.arange(nc, device=raw.device)).float()  # (N, C)
 
-        # --- objectness: ignore predictions that already overlap a truth well; assigned slots are positives
         with torch.no_grad():
+            # per slot: positive (assigned by some truth) and the union of the classes of its truths
+            idx = torch.where(pos, slot, n_slots).flatten()  # non-positives write to the spare last slot
+            assigned = torch.zeros(n_slots + 1, device=raw.device).index_fill_(0, idx, 1.0)[:n_slots]
+            cols = torch.arange(nc, device=raw.device)
+            cls_target = torch.zeros((n_slots + 1) * nc, device=raw.device).scatter_reduce_(
+                0, (idx[:, None] * nc + cols).flatten(), onehot[:, None, :].expand(-1, na, -1).flatten(), "amax"
+            ).view(n_slots + 1, nc)[:n_slots]
             pred = _decode_boxes(p[..., :4].detach(), anchors_n, spec.scale_x_y)  # (B, A, H, W, 4) cxcywh
             best_iou, best_t = _best_truth_iou(pred.view(b, -1, 4), truths[0], truths[2])
-            weight = torch.cat(((best_iou <= spec.ignore_thresh).float().flatten(), pred.new_zeros(1)))
-            assigned = torch.zeros_like(weight)
-            idx = torch.where(keep, slot, n_slots).flatten()  # non-positives write to the spare last slot
-            weight[idx] = 1.0
-            assigned[idx] = 1.0
-            weight, assigned = weight[:n_slots].view(b, na, h, w), assigned[:n_slots].view(b, na, h, w)
+            # AlexeyAB: no objectness loss where the prediction overlaps a truth (any class) by more than
+            # ignore_thresh AND already scores some class above 0.25
+            class_match = (torch.sigmoid(p[..., 5:].detach()) > 0.25).any(-1).flatten()
+            ignored = (best_iou.flatten() > spec.ignore_thresh) & class_match
             extra = None
             if spec.truth_thresh < 1:
-                extra = (best_iou > spec.truth_thresh).view(b, na, h, w) & (assigned == 0)
-                weight = torch.where(extra, 1.0, weight)
-            obj_target = assigned if extra is None else torch.maximum(assigned, extra.float())
+                extra = best_iou.flatten() > spec.truth_thresh
+                tb = torch.gather(truths[1], 1, best_t[..., None].expand(-1, -1, 5)).view(n_slots, 5)
+                tcls = (tb[:, 0].long()[:, None] == cols).float()
+                cls_target = torch.where(extra[:, None], torch.maximum(cls_target, tcls), cls_target)
+            positive = assigned > 0 if extra is None else (assigned > 0) | extra
+            weight = (positive | ~ignored).float().view(b, na, h, w)
+            obj_target = positive.float().view(b, na, h, w)
+            # iou_thresh < 1: AlexeyAB divides a positive's summed box deltas by its number of classes
+            per_box = 1.0 / cls_target.sum(-1).clamp(min=1) if spec.iou_thresh < 1 else None
         obj = (F.binary_cross_entropy_with_logits(p[..., 4], obj_target, reduction="none") * weight).sum()
+        cls_rows = F.binary_cross_entropy_with_logits(p[..., 5:].reshape(n_slots, nc), cls_target, reduction="none")
+        cls = torch.where(positive, cls_rows.sum(-1), 0.0).sum()
 
-        # --- class and box terms at the assigned slots: one row per (truth, anchor of this head)
+        # --- box terms: one row per (truth, anchor of this head); every truth's term counts (AlexeyAB adds the
+        # box deltas of the truths that share a slot)
         pp = p[img[:, None], ka[None, :], gj[:, None], gi[:, None]]  # (N, A, 5+C)
         ts = t[:, None, :].expand(-1, na, -1)
         rows_box = _box_rows(spec, pp[..., :4], ts[..., 2:6], gi[:, None], gj[:, None], anchors_n[None], (h, w))
-        rows_cls = _class_rows(pp[..., 5:], ts[..., 1])
-        box = torch.where(keep, rows_box, 0.0).sum()
-        cls = torch.where(keep, rows_cls, 0.0).sum()
+        if per_box is not None:
+            rows_box = rows_box * torch.cat((per_box, per_box.new_ones(1)))[idx].view_as(rows_box)
+        box = torch.where(pos, rows_box, 0.0).sum()
         if extra is not None:  # truth_thresh: every prediction towards its best truth, kept where `extra`
-            tb = torch.gather(truths[1], 1, best_t[..., None].expand(-1, -1, 5)).view(b, na, h, w, 5)
             gy = torch.arange(h, device=raw.device).view(1, 1, h, 1).expand(b, na, h, w)
             gx = torch.arange(w, device=raw.device).view(1, 1, 1, w).expand(b, na, h, w)
-            dense_box = _box_rows(spec, p[..., :4], tb[..., 1:5], gx, gy, anchors_n.view(1, na, 1, 1, 2), (h, w))
-            box = box + torch.where(extra, dense_box, 0.0).sum()
-            cls = cls + torch.where(extra, _class_rows(p[..., 5:], tb[..., 0]), 0.0).sum()
-        n_pos = keep.sum().to(torch.float32)
-        return box * spec.iou_normalizer, obj * spec.obj_normalizer, cls * spec.cls_normalizer, n_pos
+            tbox = tb[:, 1:5].view(b, na, h, w, 4)
+            dense_box = _box_rows(spec, p[..., :4], tbox, gx, gy, anchors_n.view(1, na, 1, 1, 2), (h, w))
+            if per_box is not None:
+                dense_box = dense_box * per_box.view(b, na, h, w)
+            box = box + torch.where(extra.view(b, na, h, w), dense_box, 0.0).sum()
+        n_pos = pos.sum().to(torch.float32)
+        return box * spec.iou_normalizer, obj * spec.obj_normalizer, cls, n_pos  # cls_normalizer: see above
 
 
 def _valid_rows(t: torch.Tensor, batch: int, classes: int) -> torch.Tensor:
@@ -231,7 +252,8 @@ def _assign_slots(spec: YoloSpec, t: torch.Tensor, valid: torch.Tensor, net_hw: 
                   bhw: tuple[int, int, int], all_anchors: torch.Tensor, lookup: torch.Tensor, mask: torch.Tensor
                   ) -> tuple[torch.Tensor, ...]:
     """Fixed-shape assignment of one head: per truth row (N,) its image, cell y, cell x; per (row, anchor of
-    the mask) (N, A) its flat slot ((img*A + a)*H + y)*W + x and whether it is a positive that survives clashes."""
+    the mask) (N, A) its flat slot ((img*A + a)*H + y)*W + x and whether it is a positive (truths sharing a slot
+    are all positives there, as in AlexeyAB darknet)."""
     b, h, w = bhw
     na = len(spec.mask)
     wh_px = torch.stack((t[:, 4] * net_hw[1], t[:, 5] * net_hw[0]), 1)
@@ -246,12 +268,7 @@ def _assign_slots(spec: YoloSpec, t: torch.Tensor, valid: torch.Tensor, net_hw: 
     gi = (t[:, 2] * w).long().clamp(0, w - 1)
     gj = (t[:, 3] * h).long().clamp(0, h - 1)
     slot = ((img[:, None] * na + ka[None, :]) * h + gj[:, None]) * w + gi[:, None]  # (N, A)
-    row = torch.arange(t.shape[0], device=t.device)[:, None].expand_as(slot)
-    n_slots = b * na * h * w
-    owner = torch.full((n_slots + 1,), -1, dtype=torch.long, device=t.device)
-    owner = owner.scatter_reduce(0, torch.where(pos, slot, n_slots).flatten(), row.flatten(), "amax")
-    keep = pos & (owner[slot] == row)  # the later truth wins a shared slot
-    return img, gj, gi, slot, keep
+    return img, gj, gi, slot, pos
 
 
 def assign_targets(spec: YoloSpec, t: torch.Tensor, net_hw: tuple[int, int], grid_hw: tuple[int, int],
@@ -267,8 +284,8 @@ def assign_targets(spec: YoloSpec, t: torch.Tensor, net_hw: tuple[int, int], gri
     t = t.float()
     b = int(t[:, 0].max().item()) + 1 if batch is None and t.numel() else (batch or 1)
     valid = _valid_rows(t, b, spec.classes)
-    img, gj, gi, _, keep = _assign_slots(spec, t, valid, net_hw, (b, *grid_hw), all_anchors, lookup, mask)
-    rows, a = keep.nonzero(as_tuple=True)
+    img, gj, gi, _, pos = _assign_slots(spec, t, valid, net_hw, (b, *grid_hw), all_anchors, lookup, mask)
+    rows, a = pos.nonzero(as_tuple=True)
     return img[rows], a, gj[rows], gi[rows], rows
 
 

@@ -96,11 +96,27 @@ def test_best_anchor_outside_every_mask_is_no_positive():
     assert rows26[4].tolist() == [1] and rows26[1].tolist() == [2]  # local 2 here; anchor 0's truth: nowhere
 
 
-def test_later_truth_wins_a_shared_cell_and_anchor():
+def test_truths_sharing_a_cell_and_anchor_are_both_positives():
     spec13, _ = heads_of(tiny_cfg(416))
     t = torch.tensor([[0, 0, 0.50, 0.50, 80 / 416, 80 / 416], [0, 1, 0.51, 0.52, 82 / 416, 84 / 416]])
-    assert assign_targets(spec13, t, (416, 416), (13, 13))[4].tolist() == [1]
+    assert assign_targets(spec13, t, (416, 416), (13, 13))[4].tolist() == [0, 1]
 
+
+def test_a_shared_slot_adds_the_box_deltas_and_unites_the_classes():
+    """AlexeyAB darknet (yolo_layer.c): delta_yolo_box accumulates (+=) the deltas of every truth of a slot,
+    delta_yolo_class leaves the earlier truth's class at 1 - p (the target becomes multi-hot)."""
+    spec13, spec26 = heads_of(tiny_cfg(416))
+    t = torch.tensor([[0, 0, 0.50, 0.50, 80 / 416, 80 / 416], [0, 1, 0.51, 0.52, 82 / 416, 84 / 416]])
+    grads = []
+    for rows in (t, t[:1], t[1:]):
+        raw13 = torch.zeros(1, 3 * 7, 13, 13, requires_grad=True)
+        raw26 = torch.zeros(1, 3 * 7, 26, 26)
+        YoloLoss([spec13, spec26])([raw13, raw26], rows, (416, 416))[0].backward()
+        grads.append(raw13.grad.view(3, 7, 13, 13)[:, :, 6, 6])
+    both, first, second = grads
+    a = int(both[:, 4].argmin())  # the anchor with an objectness target of 1
+    assert torch.allclose(both[a, :4], first[a, :4] + second[a, :4], atol=1e-6)
+    assert both[a, 5].item() == pytest.approx(-0.5) and both[a, 6].item() == pytest.approx(-0.5)  # both classes
 
 
 def test_gradients_are_darknets_deltas():
@@ -158,6 +174,12 @@ def test_ignore_thresh_zeroes_objectness_gradient_of_a_good_other_prediction():
     g = raw26.grad.view(1, 3, 7, 16, 16)
     # decoded centre x of that prediction = (7 + sigmoid(-30)) / 16 = 7/16 vs truth 6.5/16: IoU = 0.8 > 0.7
     assert g[0, 2, 4, 7, 7].item() == 0.0
+    # AlexeyAB: the same overlap is not ignored when no class of the prediction scores above 0.25
+    raw26 = raw26.detach().clone()
+    raw26.view(1, 3, 7, 16, 16)[0, 2, 5:, 7, 7] = -2.0  # sigmoid 0.12
+    raw26.requires_grad_(True)
+    YoloLoss([y13, y26])([raw13, raw26], truth, (64, 64))[0].backward()
+    assert raw26.grad.view(1, 3, 7, 16, 16)[0, 2, 4, 7, 7].item() == pytest.approx(0.5)
     assert g[0, 2, 4, 0, 0].item() == pytest.approx(0.5)  # a plain negative
     assert g[0, 1, 4, 7, 6].item() == pytest.approx(-0.5)  # the responsible one
 
@@ -296,9 +318,11 @@ def _xy(x, target):
 
 
 def reference_loss(specs, heads, t, net):
-    """Loops as darknet: per prediction (ignore, truth_thresh), then per truth in order (best anchor, iou_thresh
-    extras), a later write to a slot replacing an earlier one. mse box term, scale_x_y 1. Returns (loss, number
-    of truth_thresh positives, number of iou_thresh extras)."""
+    """Loops as AlexeyAB darknet's yolo_layer.c: per prediction (ignore, truth_thresh), then per truth in order
+    (best anchor, iou_thresh extras). The box terms of every truth written to a slot add up (divided by the
+    slot's number of classes when iou_thresh < 1), the class target of a slot is the union of its truths'
+    classes, a prediction is ignored only when it also scores some class > 0.25. mse box term, scale_x_y 1.
+    Returns (loss, number of truth_thresh positives, number of iou_thresh extras)."""
     total, n_tt, n_extra = 0.0, 0, 0
     rows = [r for r in t.tolist() if r[4] > 0 and r[5] > 0]
     for spec, raw in zip(specs, heads):
@@ -313,36 +337,41 @@ def reference_loss(specs, heads, t, net):
                 aw, ah = anchors[spec.mask[a]]
                 for j in range(h):
                     for i in range(w):
-                        v = [p[bi][a][c][j][i] for c in range(4)]
+                        v = [p[bi][a][c][j][i] for c in range(5 + nc)]
                         box = ((i + 1 / (1 + math.exp(-v[0]))) / w, (j + 1 / (1 + math.exp(-v[1]))) / h,
                                math.exp(v[2]) * aw, math.exp(v[3]) * ah)
                         ious = [_iou_cxcywh(box, tr[1:]) for tr in truths]
                         best = max(ious, default=0.0)
-                        weight[a, j, i] = 0.0 if best > spec.ignore_thresh else 1.0
+                        class_match = any(1 / (1 + math.exp(-v[5 + c])) > 0.25 for c in range(nc))
+                        weight[a, j, i] = 0.0 if best > spec.ignore_thresh and class_match else 1.0
                         if best > spec.truth_thresh:
-                            slots[a, j, i] = (truths[ious.index(best)], spec.mask[a])
-            n_tt += len(slots)
+                            slots[a, j, i] = [(truths[ious.index(best)], spec.mask[a])]
+                            n_tt += 1
             for tr in truths:
                 i, j = min(int(tr[1] * w), w - 1), min(int(tr[2] * h), h - 1)
                 ious = [_iou_cxcywh((0, 0, tr[3], tr[4]), (0, 0, aw, ah)) for aw, ah in anchors]
                 best_n = ious.index(max(ious))
                 for a, n in enumerate(spec.mask):
                     if n == best_n or (spec.iou_thresh < 1 and ious[n] > spec.iou_thresh):
-                        slots[a, j, i] = (tr, n)
+                        slots.setdefault((a, j, i), []).append((tr, n))
                         n_extra += n != best_n
             for (a, j, i), wgt in weight.items():
                 obj = p[bi][a][4][j][i]
                 if (a, j, i) not in slots:
                     total += spec.obj_normalizer * wgt * _bce(obj, 0.0)
                     continue
-                tr, n = slots[a, j, i]
                 v = [p[bi][a][c][j][i] for c in range(5 + nc)]
-                tx, ty = tr[1] * w - i, tr[2] * h - j
-                tw, th = math.log(tr[3] / anchors[n][0]), math.log(tr[4] / anchors[n][1])
-                box = (2 - tr[3] * tr[4]) * (_xy(v[0], tx) + _xy(v[1], ty) + 0.5 * (v[2] - tw) ** 2
-                                             + 0.5 * (v[3] - th) ** 2)
-                cls = sum(_bce(v[5 + c], float(c == int(tr[0]))) for c in range(nc))
-                total += spec.iou_normalizer * box + spec.obj_normalizer * _bce(obj, 1.0) + spec.cls_normalizer * cls
+                classes = {int(tr[0]) for tr, _ in slots[a, j, i]}
+                box = 0.0
+                for tr, n in slots[a, j, i]:
+                    tx, ty = tr[1] * w - i, tr[2] * h - j
+                    tw, th = math.log(tr[3] / anchors[n][0]), math.log(tr[4] / anchors[n][1])
+                    box += (2 - tr[3] * tr[4]) * (_xy(v[0], tx) + _xy(v[1], ty) + 0.5 * (v[2] - tw) ** 2
+                                                  + 0.5 * (v[3] - th) ** 2)
+                if spec.iou_thresh < 1:
+                    box /= len(classes)
+                cls = sum(_bce(v[5 + c], float(c in classes)) for c in range(nc))
+                total += spec.iou_normalizer * box + spec.obj_normalizer * _bce(obj, 1.0) + cls
     return total, n_tt, n_extra
 
 
