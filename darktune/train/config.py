@@ -41,8 +41,10 @@ Semantics (darknet's unless said):
     ``gpu_augment`` (default on CUDA), a decode-once uint8 cache augmented batch-wise on the device
     (`darktune.train.device_inputs`); metrics.jsonl and summary.json say which ("input").
   * Multi-scale (``multi_scale``, default: the cfg's [yolo] random=1): a new square size every 10 iterations,
-    a multiple of 32 in [size / 1.4, size * 1.4], a pure function of (seed, iteration // 10); every
-    metrics.jsonl training row has its "size". Evaluation always runs at ``size``.
+    darknet's roundl(r * size / 32 + 1) * 32 with r drawn in [1/1.4, 1.4] (320..608 at 416, 256..480 at 320),
+    the largest for the first 10 and the last 100 iterations, a pure function of (seed, iteration // 10); the
+    log says so at the start, every metrics.jsonl training row has its "size", summary.json's "sizes" counts
+    the iterations at each. Evaluation always runs at ``size``.
   * Outputs in ``out`` (RUN): metrics.jsonl, weights/last.weights, weights/best.weights, checkpoint.pt,
     init.json, model.cfg, freeze_proof.json (fields: `darktune.train.freeze`), chart.png, summary.json (status
     finished / stopped_at_target / failed), train.log (the event lines also printed on stderr: init, evaluations,
@@ -155,7 +157,8 @@ class TrainConfig:
         None, help="micro-batches per iteration (default: [net] subdivisions)", kind="int", spec=2,
         resumable=False, identity=True)
     size: int | None = option(  # network width = height (multiple of 32); default: the cfg's
-        None, help="network width=height, a multiple of 32 (default: the cfg's)", kind="int", spec=3,
+        None, help="network width=height, a multiple of 32 (default: the cfg's): the size evaluation runs at; with "
+                   "multi-scale, training sizes vary around it (see --multi-scale)", kind="int", spec=3,
         resumable=False, identity=True)
     eval_every: int = option(0, help="mAP on the valid list every E iterations", kind="int", metavar="E", spec=8,
                              resumable=True, identity=True)
@@ -220,8 +223,11 @@ class TrainConfig:
                    "augmented on --device (default: on for CUDA, off on CPU)",
         kind="tristate", spec=20, resumable=False, identity=True)
     multi_scale: bool | None = option(  # None: as the cfg's [yolo] random=1 says (off with augment=False)
-        None, help="darknet multi-scale training: a new size in [size/1.4, size*1.4] every 10 "
-                   "iterations (default: on when the cfg's [yolo] layers say random=1, unless --no-augment)",
+        None, help="darknet multi-scale training: every 10 iterations a new size roundl(r*S/32+1)*32 for S = "
+                   "--size and r drawn in [1/1.4, 1.4] (at 416: 320..608; at 320: 256..480), and the largest for "
+                   "the first 10 and the last 100 iterations; the run's log gives the range and the iterations "
+                   "at each size, metrics.jsonl each iteration's size, summary.json the totals (default: on when "
+                   "the cfg's [yolo] layers say random=1, unless --no-augment)",
         kind="tristate", spec=19, resumable=False, identity=True)
     amp: bool | None = option(  # None: on for CUDA
         None, help="mixed precision: bf16 (fp16 on GPUs without bf16); default on for CUDA, off on CPU",

@@ -136,6 +136,32 @@ class SampleOrder:
             yield epoch, int(perm[(k + step) % self.n])
 
 
+def size_counts(order: SampleOrder, iterations: int) -> dict[int, int]:
+    """Iterations 0..iterations-1 per network size (a size holds for a block of 10 iterations)."""
+    counts: dict[int, int] = {}
+    for start in range(0, max(0, iterations), MULTI_SCALE_EVERY):
+        size = order.size_at(start)
+        counts[size] = counts.get(size, 0) + min(MULTI_SCALE_EVERY, iterations - start)
+    return dict(sorted(counts.items()))
+
+
+def multi_scale_note(order: SampleOrder, iterations: int) -> str | None:
+    """The run's log line on multi-scale: the range around the base size, darknet's rule, how many iterations
+    the largest size is forced for, and the iterations at each size; None without multi-scale."""
+    if not order.multi_scale:
+        return None
+    base, coef = order.size[0], order.scale_coef
+    low, high = size_range(base, coef)
+    forced = sum(min(MULTI_SCALE_EVERY, iterations - start) for start in range(0, iterations, MULTI_SCALE_EVERY)
+                 if start == 0 or start > iterations - MULTI_SCALE_LAST)
+    sizes = ", ".join(f"{s} x{n}" for s, n in size_counts(order, iterations).items())
+    return (f"multi-scale: training sizes {low}..{high} around {base} (darknet's random=1: every "
+            f"{MULTI_SCALE_EVERY} iterations roundl(r*{base}/32+1)*32, r drawn in [1/{coef:g}, {coef:g}]), the "
+            f"largest, {high}, for the first {MULTI_SCALE_EVERY} and the last {MULTI_SCALE_LAST} iterations "
+            f"({forced} of {iterations} here); evaluation at {base}; iterations per size: {sizes} (--no-multi-scale "
+            "trains at the size only)")
+
+
 class TrainBatches(SampleOrder):
     """Micro-batches of (uint8 images (b, 3, S, S), targets (N, 6) [image, class, cx, cy, w, h])."""
 

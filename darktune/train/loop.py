@@ -33,7 +33,7 @@ from darktune.train.freeze import frozen_at, layer_digests, set_frozen
 from darktune.train.init import (
     build_optimizer, burn_in_warning, check_against_network, init_model, set_objectness_prior, weights_class_names,
 )
-from darktune.train.inputs import subset
+from darktune.train.inputs import multi_scale_note, subset
 from darktune.train.loss import YoloLoss
 from darktune.train.steps import finish, open_outputs, training_loop, wrap_model, write_summary
 
@@ -203,6 +203,9 @@ def _fresh_start(run: Run) -> None:
     if c.continue_schedule:
         run.log(f"schedule: continues at iteration {offset} (the weights had seen {report.get('seen', 0):,} images, "
                 f"batch {run.batch})")
+    scales = multi_scale_note(run.data, run.iterations)
+    if scales:
+        run.log(scales)
     warning = burn_in_warning(run.net_params, run.iterations, offset, c.burn_in is not None)
     if warning:
         run.log(warning)

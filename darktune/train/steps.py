@@ -21,6 +21,7 @@ from darktune.train.chart import write_chart
 from darktune.train.checkpoint import save_checkpoint
 from darktune.train.freeze import freeze_proof, frozen_at, layer_digests, PrefixFrozenModel, set_frozen
 from darktune.train.init import build_optimizer
+from darktune.train.inputs import size_counts
 from darktune.train.schedule import learning_rate
 
 
@@ -299,6 +300,7 @@ def write_summary(run: Run, status: str, message: str = "") -> dict:
         "subdivisions": run.subdivisions,
         "size": [run.spec.net.width, run.spec.net.height], "frozen_layers_at_end": run.frozen,
         "input": run.data.input_path, "multi_scale": run.data.multi_scale,
+        "sizes": {str(k): n for k, n in size_counts(run.data, run.step).items()},  # iterations per training size
         "device": str(run.dist.device), "world_size": run.dist.world, "amp": str(run.amp_dtype),
         "init": {k: st.init.get(k) for k in ("mode", "weights", "upto", "loaded_layers", "new_layers")},
         "feature_cache": run.feature_cache.summary() if run.feature_cache is not None else None,

@@ -12,7 +12,9 @@ from test_train import cfg_of, lines, tiny_set
 from darktune.data.augment import AugmentConfig
 from darktune.errors import DarktuneError
 from darktune.train.loop import train
-from darktune.train.inputs import SampleOrder, TrainBatches, network_size, size_range
+from darktune.train.inputs import (
+    SampleOrder, TrainBatches, multi_scale_note, network_size, size_counts, size_range,
+)
 from darktune.train.device_inputs import DeviceBatches, multi_scale_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -104,6 +106,21 @@ def test_multi_scale_sizes(items):
         assert cpu.inputs(it, 0)[0].shape[-1] == order.size_at(it) == network_size(3, it, 128, True)
 
 
+def test_the_log_line_says_what_size_320_trains_at():
+    """--size 320, 300 iterations: sizes 256..480, the largest forced for 100 iterations (the first 10, the
+    last 90: blocks starting past 200), the counts per size adding up to the run."""
+    order = SampleOrder(16, (320, 320), 4, 2, seed=0, multi_scale=True, iterations=300)
+    counts = size_counts(order, 300)
+    assert sum(counts.values()) == 300 and min(counts) >= 256 and max(counts) == 480 and counts[480] >= 100
+    assert all(n % 10 == 0 for n in counts.values())
+    note = multi_scale_note(order, 300)
+    assert note.startswith("multi-scale: training sizes 256..480 around 320 (darknet's random=1: every 10 "
+                           "iterations roundl(r*320/32+1)*32, r drawn in [1/1.4, 1.4]), the largest, 480, for the "
+                           "first 10 and the last 100 iterations (100 of 300 here); evaluation at 320")
+    assert f"480 x{counts[480]}" in note
+    assert multi_scale_note(SampleOrder(16, (320, 320), 4, 2, seed=0), 300) is None
+
+
 def test_multi_scale_follows_the_cfgs_random_unless_told(dataset):
     from darktune.darknet.cfg import parse_cfg, parse_cfg_text
 
@@ -133,7 +150,8 @@ def test_gpu_augment_run_records_its_input_path_and_resume_keeps_it(dataset, tmp
     # multi-scale starts at darknet's largest size: roundl(1.4*96/32 + 1)*32 = 160
     assert {r["input"] for r in rows} == {"gpu_augment"} and [r["size"] for r in rows] == [160, 160]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["input"] == "gpu_augment" and summary["multi_scale"] is True
+    assert summary["input"] == "gpu_augment" and summary["multi_scale"] is True and summary["sizes"] == {"160": 2}
+    assert "multi-scale: training sizes 96..160 around 96" in (run / "train.log").read_text()
     with pytest.raises(DarktuneError, match="gpu_augment"):
         train(cfg_of(dataset, run, iterations=3, gpu_augment=False, multi_scale=True, size=96, seed=4,
                      resume=True), progress=False)
