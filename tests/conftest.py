@@ -34,13 +34,16 @@ def _user_home() -> Path:
 
 def pytest_configure(config):
     """Give the tests a private $DARKTUNE_HOME (check caches, runs, fetched models). Models the user has already
-    fetched are linked into it (no download here: the COCO weights are lazy fixtures, `coco` and `coco_v4`);
-    tests never write the user's cache."""
+    fetched are linked into it, file by file (no download here: the COCO weights are lazy fixtures, `coco` and
+    `coco_v4`); tests never write the user's cache."""
     user = _user_home()
     home = Path(tempfile.mkdtemp(prefix="darktune-test-home-"))
     for name in ("yolov3-tiny", "yolov4-tiny"):
-        if (user / name).is_dir():
-            (home / name).symlink_to((user / name).resolve(), target_is_directory=True)
+        if (user / name).is_dir():  # file by file: an upgrade of the cache replaces a link, never its target
+            (home / name).mkdir()
+            for entry in (user / name).iterdir():
+                if entry.is_file() and not entry.name.startswith("."):
+                    (home / name / entry.name).symlink_to(entry.resolve())
     os.environ["DARKTUNE_HOME"] = str(home)
     # detect's default (--backend auto) would time every runtime once per machine and model shape; the suite
     # runs many small models, so it names the runtime (tests/deploy/test_backend_choice.py covers auto itself)

@@ -1,11 +1,16 @@
 """The one place that turns a darknet cfg and .weights into a `Darknet`: network size, class count and the
-weights, each checked (every float of the file accounted for: `darktune.darknet.weights.load_weights`)."""
+weights, each checked (every float of the file accounted for: `darktune.darknet.weights.load_weights`); a cfg
+that carries a value known to be wrong for the weights (yolov3-tiny's published mask with the COCO weights:
+`darktune.darknet.known_cfg`) is warned about here."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from darktune.darknet.cfg import NetworkSpec, parse_cfg
+from darktune.darknet.cfg import CfgWarning, NetworkSpec, parse_cfg
+from darktune.darknet.known_cfg import known_bad_mask_warning
+from darktune.darknet.memory import check_memory
 from darktune.darknet.model import Darknet
 from darktune.darknet.weights import Header, expected_floats, infer_num_classes, load_weights, read_weights_file
 from darktune.errors import DarktuneError
@@ -37,6 +42,10 @@ def load_darknet(cfg: str | Path, weights: str | Path | None = None, *, size: in
         spec = spec.with_classes(classes)
     if size is not None:
         spec = spec.with_size(check_size(size))
+    check_memory(spec, 1, "cpu", advice="use a smaller --size")  # the model is built on the CPU first
     model = Darknet(spec).eval()
     header = load_weights(model, weights) if weights is not None else None
+    message = known_bad_mask_warning(spec, weights) if weights is not None else None
+    if message:
+        warnings.warn(message, CfgWarning, stacklevel=2)
     return model, header

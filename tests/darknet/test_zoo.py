@@ -216,3 +216,85 @@ def test_weights_list_shows_both_models(coco, coco_v4, capsys):
     assert main(["weights", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(zoo.KNOWN)
+
+
+def _home_with(tmp_path, monkeypatch, coco, files: dict[str, bytes | Path]) -> Path:
+    """A private $DARKTUNE_HOME whose yolov3-tiny folder holds `files` (bytes written, Paths linked)."""
+    monkeypatch.setenv("DARKTUNE_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "home" / "yolov3-tiny"
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        if isinstance(content, Path):
+            (folder / name).symlink_to(content)
+        else:
+            (folder / name).write_bytes(content)
+    return folder
+
+
+def test_a_cache_of_the_published_cfg_is_upgraded_without_download(coco, monkeypatch, tmp_path):
+    """A cache written before the fix holds the published cfg as yolov3-tiny.cfg (here a link to a user's
+    file): it becomes yolov3-tiny.published.cfg, byte for byte, and yolov3-tiny.cfg gets mask 1,2,3; the
+    linked file is not written."""
+    published = coco.published_cfg.read_bytes()
+    user_copy = tmp_path / "user.cfg"
+    user_copy.write_bytes(published)
+    folder = _home_with(tmp_path, monkeypatch, coco, {"yolov3-tiny.weights": coco.weights,
+                                                     "coco.names": coco.names, "yolov3-tiny.cfg": user_copy})
+    monkeypatch.setattr(zoo, "_download", lambda *a: pytest.fail("no download for an upgrade"))
+    found = zoo.fetch("yolov3-tiny", progress=False)
+    assert found.source == "cache" and found.cfg == folder / "yolov3-tiny.cfg"
+    assert found.published_cfg.read_bytes() == published == user_copy.read_bytes()
+    assert not found.cfg.is_symlink() and found.cfg.read_bytes() == coco.cfg.read_bytes()
+    assert zoo.cached("yolov3-tiny") is not None
+
+
+def test_a_cache_cfg_edited_by_hand_is_not_taken_as_the_model(coco, monkeypatch, tmp_path):
+    _home_with(tmp_path, monkeypatch, coco, {"yolov3-tiny.weights": coco.weights, "coco.names": coco.names,
+                                             "yolov3-tiny.published.cfg": coco.published_cfg,
+                                             "yolov3-tiny.cfg": coco.cfg.read_bytes().replace(b"=16", b"=17")})
+    assert zoo.cached("yolov3-tiny") is None
+
+
+DOUBLED = ("10,14,  23,27,  37,58,  81,82,  135,169,  344,319", "20,28,  46,54,  74,116,  162,164,  270,338,  688,638")
+
+
+def test_from_verifies_the_cfg_content_not_only_that_it_parses(coco, monkeypatch, tmp_path):
+    """`weights fetch --from` with every anchor doubled is refused; the published cfg with other line endings
+    and comments is taken, kept as published and installed with mask 1,2,3."""
+    from darktune.cli import main
+
+    folder = _home_with(tmp_path, monkeypatch, coco, {"yolov3-tiny.weights": coco.weights, "coco.names": coco.names})
+    given = tmp_path / "given"
+    given.mkdir()
+    doubled = given / "yolov3-tiny.cfg"
+    doubled.write_text(coco.published_cfg.read_text().replace(*DOUBLED))
+    with pytest.raises(DarktuneError, match="not the official yolov3-tiny.cfg: its content .* differs"):
+        zoo.import_files("yolov3-tiny", [str(doubled)])
+    assert not (folder / "yolov3-tiny.cfg").exists()
+    assert main(["weights", "fetch", "yolov3-tiny", "--from", str(doubled)]) != 0
+    crlf = coco.published_cfg.read_text().replace("\n", "\r\n") + "\r\n# my copy\r\n"
+    doubled.write_bytes(crlf.encode())
+    result = zoo.import_files("yolov3-tiny", [str(doubled)])
+    assert result.published_cfg.read_bytes() == crlf.encode()
+    assert b"mask = 1,2,3\r\n" in result.cfg.read_bytes() and zoo.cached("yolov3-tiny") is not None
+
+
+def test_a_folder_where_the_zoo_keeps_a_file_is_one_line(coco, monkeypatch, tmp_path, capsys):
+    from darktune.cli import main
+
+    folder = _home_with(tmp_path, monkeypatch, coco, {"coco.names": coco.names})
+    (folder / "yolov3-tiny.weights").mkdir()
+    with pytest.raises(DarktuneError, match="yolov3-tiny.weights: is a folder .* where the model cache keeps a file"):
+        zoo.fetch("yolov3-tiny", progress=False)
+    assert main(["weights", "fetch", "yolov3-tiny"]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "is a folder" in err
+    assert main(["weights", "list"]) == 0 and "not cached" in capsys.readouterr().out
+    (folder / "yolov3-tiny.weights").rmdir()
+    given = tmp_path / "yolov3-tiny.cfg"
+    given.mkdir()
+    assert main(["weights", "fetch", "yolov3-tiny", "--from", str(given)]) != 0
+    assert "not a regular file" in capsys.readouterr().err
+    monkeypatch.setenv("DARKTUNE_HOME", str(coco.names))  # a file where the home folder should be
+    with pytest.raises(DarktuneError, match="cannot create the model cache folder"):
+        zoo.fetch("yolov4-tiny", progress=False)
