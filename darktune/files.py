@@ -241,6 +241,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write_many({Path(path): data})[0]
 
 
+def replace_file(path: str | Path, data: bytes) -> Path:
+    """Write an output file through a temp file and a rename (no fsync: an output, not a record): whatever was
+    at `path` (a link, a hard link to another file) is replaced, never written through, so no other file
+    changes. DarktuneError naming `path` when it cannot be written."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(exc, path) from None
+    return path
+
+
 _HELD: dict[str, int] = {}  # folders this process holds the lock of
 
 

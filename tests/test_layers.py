@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "darktune"
 LAYERS = {
     "__init__": 0, "errors": 0,
     "plural": 1, "devices": 1, "files": 1, "machine": 1,
+    "records": 1.5,  # a utility over files (the schema check of files read back); below darknet and data
     "darknet": 2, "data": 2,
     "eval": 3,
     "train": 4, "deploy": 4,

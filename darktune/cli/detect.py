@@ -88,6 +88,7 @@ def _detect(args) -> int:
     from darktune.deploy.pipeline import (PerThread, all_images, in_order, threads_each, threads_for_each,
                                           worker_count, workers_pool)
     from darktune.deploy.video import expand_source
+    from darktune.files import make_folder
     from darktune.plural import plural
     from darktune.devices import cpu_count
 
@@ -135,10 +136,8 @@ def _detect(args) -> int:
     args.remap = None
     if args.map_classes:
         names, args.remap = _mapped_classes(args.map_classes, names)
-    out_dir = Path(args.out) if args.out else None
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = OutputNames(out_dir) if out_dir else None
+    out_dir = make_folder(args.out, "--out folder") if args.out else None
+    outputs = OutputNames(out_dir, sources) if out_dir else None
     runner = PerThread(backend)
     job = partial(_opened_detected, args, runner) if workers > 1 else _opened
     pool = workers_pool(workers)
@@ -160,8 +159,18 @@ def _detect(args) -> int:
                 target = outputs.name_for(src) if outputs else None
                 if src.kind == "image":
                     records += _image(args, runner.get() if dets is None else None, src, names, target, bar, dets)
-                else:
+                    continue
+                try:
                     records += _stream(args, runner, src, names, target, bar, pool, workers)
+                except DarktuneError as exc:  # a frame over the size limit, an unwritable output: counted
+                    tqdm.write(f"darktune: error: {exc}", file=sys.stderr)
+                    failures += 1
+                    continue
+                if src.shortfall:
+                    tqdm.write(f"darktune: error: {src.name}: the video ended after {src.frames_read} of the "
+                               f"{src.frame_count} frames its header gives: {src.shortfall} frames missing or "
+                               "damaged (truncated file?), not detected", file=sys.stderr)
+                    failures += 1
     finally:
         if bar is not None:
             bar.close()
@@ -209,11 +218,17 @@ class OutputNames:
     """Unique names for the annotated outputs of one run, in --out. An image keeps its file name (x.png ->
     x.png; a suffix OpenCV cannot write gets .jpg added); a video becomes <file name>.mp4 (clip.mp4 stays
     clip.mp4, clip.avi becomes clip.avi.mp4); camera N becomes cameraN.mp4. A name already used in this run
-    (two inputs a/x.jpg, b/x.jpg) gets -2, -3, ... before its suffix, with a note: no output is overwritten."""
+    (two inputs a/x.jpg, b/x.jpg) gets -2, -3, ... before its suffix, with a note: no output is overwritten.
+    A name that is one of the run's inputs (--out SRC, the same file under another name, a link to it) gets
+    the same treatment, with a note: an output never replaces an input."""
 
-    def __init__(self, out_dir):
+    def __init__(self, out_dir, sources=()):
         self.out_dir = out_dir
         self.used: set[str] = set()  # lower case: a case-insensitive file system must not merge two outputs
+        self.inputs = {ident for s in sources if (ident := _file_identity(s)) is not None}
+
+    def _taken(self, name: str) -> bool:
+        return name.lower() in self.used or _file_identity(self.out_dir / name) in self.inputs
 
     def name_for(self, src) -> Path:
         import cv2
@@ -228,14 +243,27 @@ class OutputNames:
             base = Path(src.name).name
             base = base if Path(base).suffix and cv2.haveImageWriter(base) else base + ".jpg"
         name, n = base, 1
-        while name.lower() in self.used:
+        while self._taken(name):
             n += 1
             name = f"{Path(base).stem}-{n}{Path(base).suffix}"
         self.used.add(name.lower())
         if name != base:
-            tqdm.write(f"darktune: note: {src.name}: {self.out_dir / base} is another input's output in this "
-                       f"run; writing {self.out_dir / name}", file=sys.stderr)
+            why = ("is an input of this run (an output never replaces an input)"
+                   if _file_identity(self.out_dir / base) in self.inputs else "is another input's output in this run")
+            tqdm.write(f"darktune: note: {src.name}: {self.out_dir / base} {why}; writing {self.out_dir / name}",
+                       file=sys.stderr)
         return self.out_dir / name
+
+
+def _file_identity(path) -> tuple[int, int] | None:
+    """(device, inode) of the file `path` names (links followed), None for no file (or a camera index)."""
+    import os
+
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _class_names(args, backend) -> list[str]:
@@ -310,9 +338,12 @@ def _image(args, backend, src, names, target, bar, dets=None) -> list[dict]:
     record = _record(src, None, dets, names, (image.shape[1], image.shape[0]), args.choice)
     if target:
         from darktune.errors import DarktuneError
+        from darktune.files import replace_file
 
-        if not cv2.imwrite(str(target), draw(image, dets, names)):
-            raise DarktuneError("cannot write the annotated image (is the disk full?)", path=str(target))
+        ok, encoded = cv2.imencode(target.suffix, draw(image, dets, names))
+        if not ok:
+            raise DarktuneError("cannot encode the annotated image", path=str(target))
+        replace_file(target, encoded.tobytes())  # a new file: never written through a link into another one
     if not args.json:
         lines = [f"{src.name}: {len(dets)} object{'' if len(dets) == 1 else 's'}"]
         lines += [f"  {d['name']}: {d['score'] * 100:.0f}%  box {d['box']}" for d in record["detections"]]

@@ -155,18 +155,22 @@ def cmd_experiment(args) -> int:
 
 def cmd_report(args) -> int:
     import json
+    import sys
 
     from darktune.report.compare import write_reports
 
     made = write_reports(args.dir)
+    damaged = [line for p in made for line in p.damaged]
+    for line in damaged:  # refused run files: shown as not measured in the report, and said here
+        print(f"darktune: error: {line} (the run is reported as damaged, not measured)", file=sys.stderr)
     if args.json:
-        records = [{"report_md": str(p.markdown), "report_html": str(p.html), "figures": [str(f) for f in p.figures]}
-                   for p in made]
+        records = [{"report_md": str(p.markdown), "report_html": str(p.html), "figures": [str(f) for f in p.figures],
+                    "damaged_runs": list(p.damaged)} for p in made]
         print(json.dumps(records[0] if len(records) == 1 else records))
     else:
         for paths in made:
             print(f"report: {paths.markdown} and {paths.html}")
-    return 0
+    return 1 if damaged else 0
 
 
 def cmd_reproduce(args) -> int:

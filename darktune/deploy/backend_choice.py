@@ -16,10 +16,13 @@ The onnxruntime runtime needs an ONNX file of the model: it is exported once per
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from darktune.devices import cpu_count, parse_device
 from darktune.errors import DarktuneError, MissingDependency, optional_import
 from darktune.files import atomic_write_bytes, darktune_home
 from darktune.machine import cpu_name, library_versions
+from darktune.records import Field, read_record, record_problem
 
 ENV = "DARKTUNE_BACKEND"
 CACHE_NAME = "backend-probe.json"
@@ -62,20 +66,28 @@ def probe_key(cfg_text: str, batch: int, threads: int) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32], what
 
 
+CACHE_SCHEMA = {"version": Field(int, required=True, nullable=False), "entries": Field(dict, required=True)}
+ENTRY_SCHEMA = {"medians_ms": Field(dict, required=True, nullable=False), "date": Field(str)}
+
+
 def read_cache(path: Path) -> dict:
-    """The probe cache's entries; {} for a missing, unreadable or malformed file (it is then rewritten)."""
+    """The probe cache's valid entries; {} for a missing, unreadable (a FIFO or device is never opened) or
+    malformed file, which is then rewritten: a bad cache costs a probe, never a wrong choice. An entry whose
+    timings are not finite positive numbers of known runtimes is dropped (probed again)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_record(path, CACHE_SCHEMA, "backend probe cache", max_bytes=16 << 20)
+    except DarktuneError:
         return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("entries"), dict):
+    if data["version"] != CACHE_VERSION:
         return {}
     return {k: v for k, v in data["entries"].items() if _valid_entry(v)}
 
 
 def _valid_entry(entry) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("medians_ms"), dict) and entry["medians_ms"]
-            and all(k in BACKENDS and isinstance(v, (int, float)) for k, v in entry["medians_ms"].items()))
+    if record_problem(entry, ENTRY_SCHEMA) or not entry["medians_ms"]:
+        return False
+    timing = Field(float, low=1e-6, nullable=False)  # ms: finite, > 0
+    return all(k in BACKENDS and not timing.problem(v) for k, v in entry["medians_ms"].items())
 
 
 def write_cache(path: Path, key: str, entry: dict) -> None:
@@ -119,12 +131,19 @@ def cached_onnx(model, cfg_text: str, weights: str | Path, batch: int | None, no
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     path = darktune_home() / "onnx" / f"{digest.hexdigest()[:32]}.onnx"
-    if not path.is_file():
-        if note:
-            note(f"exporting this model to ONNX for onnxruntime (once per weights file; kept in {path.parent})")
+    if path.is_file():
+        return path
+    if note:
+        note(f"exporting this model to ONNX for onnxruntime (once per weights file; kept in {path.parent})")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(model, path, batch=batch, verify=False, overwrite=True)
-    return path
+        return path
+    except (OSError, DarktuneError):  # a home that cannot be written costs an export each run, nothing more
+        folder = Path(tempfile.mkdtemp(prefix="darktune-onnx-"))
+        atexit.register(shutil.rmtree, folder, True)
+        export_onnx(model, folder / path.name, batch=batch, verify=False, overwrite=True)
+        return folder / path.name
 
 
 def build(name: str, cfg, weights, *, size: int | None, device: str, batch: int, threads: int | None,

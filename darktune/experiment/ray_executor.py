@@ -9,12 +9,19 @@ up, so fast runs (frozen layers) do not wait for slow ones. A task whose worker 
 retried (`max_retries`) and resumes from the run's checkpoint (darktune/experiment/task.py); a run that fails
 by itself is answered as an error, not retried. The experiment folder is the one source of truth: every node
 must see it at the same path (a shared filesystem), which `check_shared_folder` proves before the first run.
+
+Nothing waits without end: an address where no cluster answers is refused after a TCP connect of at most
+`CONNECT_TIMEOUT_S` (`check_reachable`), before Ray's own client, which retries for minutes; a run that asks for
+more than any node has (a GPU on a cluster without one) is refused before it is submitted (`fit_problem`), where
+Ray would hold it pending for ever.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import socket
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +31,8 @@ from darktune.experiment.task import TrainFn, run_task
 from darktune.plural import plural
 
 PROBE_TIMEOUT_S = 120.0  # a node whose worker cannot even start within this is named as not answering
+CONNECT_TIMEOUT_S = 10.0  # a cluster's head answers a TCP connect in milliseconds; none in 10 s is none
+RAY_PORT = 6379  # Ray's GCS port when an address names only a host
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,57 @@ def _probe(folder: str, token: str, node_id: str) -> str | None:
     except OSError as exc:
         return f"cannot write in {path} ({exc.strerror or exc})"
     return None
+
+
+def address_endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) that `--ray-address` names (HOST, HOST:PORT, [IPv6]:PORT, ray://HOST:PORT); None for `auto`
+    and `local`, which Ray resolves on this machine."""
+    if address.strip().lower() in ("auto", "local", ""):
+        return None
+    rest = address.split("://", 1)[1] if "://" in address else address
+    try:
+        parts = urlsplit("//" + rest)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise DarktuneError(f"--ray-address {address!r}: not HOST:PORT, ray://HOST:PORT or auto") from None
+    if not host:
+        raise DarktuneError(f"--ray-address {address!r}: not HOST:PORT, ray://HOST:PORT or auto")
+    return host, port or (10001 if address.startswith("ray://") else RAY_PORT)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """One TCP connect to the cluster's address, at most `timeout` seconds: nothing listening (refused, or no
+    answer) is one line, instead of Ray's client retrying for minutes."""
+    endpoint = address_endpoint(address)
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except TimeoutError:
+        raise DarktuneError(f"no Ray cluster answers at {address}: no reply to a connection in {timeout:.0f} s "
+                            "(start one with `ray start --head`, or check the address and the firewall)") from None
+    except OSError as exc:
+        raise DarktuneError(f"no Ray cluster answers at {address}: {exc.strerror or exc} (start one with `ray start "
+                            "--head`, or check the address)") from None
+
+
+def fit_problem(cpus: float, gpus: float, resources: dict, nodes: list[dict] | None = None) -> str | None:
+    """Why no node can hold one run of `cpus` CPUs and `gpus` GPUs (None when one can): what was asked and
+    what the cluster has. `nodes`: each live node's resources (Ray's `ray.nodes()[i]["Resources"]`)."""
+    per_node = nodes if nodes else [resources]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in per_node):
+        return None
+    have = f"{_amount(resources.get('CPU', 0))} CPUs and {_amount(resources.get('GPU', 0))} GPUs"
+    if nodes and len(nodes) > 1:
+        have += f" over {len(nodes)} nodes, at most " + ", ".join(
+            f"{_amount(max(n.get(k, 0) for n in nodes))} {k}s" for k in ("CPU", "GPU")) + " on one"
+    return (f"each run asks for {_amount(cpus)} CPUs and {_amount(gpus)} GPUs (--cpus-per-run, --gpus-per-run), "
+            f"but the Ray cluster has {have}: no run could ever start")
+
+
+def _amount(x: float) -> str:
+    return f"{x:g}"
 
 
 def require_ray():
@@ -140,6 +200,8 @@ class RayPool:
         self._ray = ray
         if not ray.is_initialized():
             local = self.options.address is None
+            if not local:
+                check_reachable(self.options.address)
             try:
                 ray.init(address="local" if local else self.options.address, include_dashboard=False,
                          log_to_driver=False, logging_level="error", configure_logging=True,
@@ -148,6 +210,11 @@ class RayPool:
                 what = "start a local Ray instance" if local else f"join the Ray cluster at {self.options.address}"
                 raise DarktuneError(f"cannot {what}: {type(exc).__name__}: {_first_line(exc)}") from None
             self._started = True
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        problem = fit_problem(self.options.cpus_per_run, self.gpus_per_run(), ray.cluster_resources(), nodes)
+        if problem:
+            self.__exit__(None, None, None)
+            raise DarktuneError(problem)
         check_shared_folder(ray, self.out_dir)
         return self
 

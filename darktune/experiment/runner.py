@@ -169,6 +169,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, device: str | N
     _check_data(spec)
     if device:  # a device that is not here fails every run; say so once, before any
         resolve_device(device, "--device")
+    jobs = min(jobs, max(1, len(plan_runs(spec))))  # more at a time than there are runs: no more can run
     if ray is None and jobs > 1:
         ray = local_ray(jobs)
     if ray is not None:

@@ -21,6 +21,8 @@ from darktune.darknet.transfer import DEFAULT_MODEL
 from darktune.experiment.spec import RunPlan, identity_options
 from darktune.files import atomic_write_bytes, make_folder
 from darktune.plural import plural
+from darktune.records import read_text
+from darktune.train.files import read_summary
 
 DONE = ("finished", "stopped_at_target")
 
@@ -44,10 +46,11 @@ class RunOutcome:
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON object from disk, or None when missing or unreadable (a half-written file counts as missing)."""
+    """A JSON object from disk, or None when missing or unreadable (a half-written file counts as missing; a
+    FIFO or device is never opened)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_text(path, "run file", 64 << 20))
+    except (DarktuneError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -57,8 +60,13 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def run_status(run_dir: Path) -> str | None:
-    summary = read_json(Path(run_dir) / "summary.json")
-    return summary.get("status") if summary else None
+    """The status RUN/summary.json gives; None when there is none, or when it does not fit its schema (the run
+    is then trained again, from its checkpoint: a damaged summary never counts as a finished run)."""
+    try:
+        summary = read_summary(Path(run_dir) / "summary.json")
+    except DarktuneError:
+        return None
+    return summary["status"] if summary else None
 
 
 def train_config(plan: RunPlan, cfg: str, start: StartWeights, run_dir: Path, device: str) -> dict:

@@ -16,7 +16,9 @@ from pathlib import Path
 from statistics import median
 
 from darktune.darknet.transfer import MODELS
+from darktune.errors import DarktuneError
 from darktune.files import atomic_write_bytes
+from darktune.records import read_text
 from darktune.report.data import ExperimentData, cell_map, eval_iterations, its_text, load_experiment, \
     main_images, time_to_target
 from darktune.report.machine import machine_lines
@@ -38,6 +40,14 @@ class StartRow:
     seconds: float | None  # training seconds to target
     reached: str  # "3/3 seeds"
     curve: list[tuple[int, float, float]] = field(default_factory=list)  # (iteration, seconds, mAP %) means
+    unfinished: int = 0  # runs that neither reached the target nor ended as planned: not measured, never "not reached"
+
+    def not_there(self) -> str:
+        """What a cell says when the row has no time to target: not measured (runs missing or unfinished), or
+        not reached by every seed."""
+        if self.unfinished:
+            return f"not measured: {self.unfinished} of {self.reached.split('/')[1]} did not finish"
+        return f"not reached ({self.reached})"
 
 
 @dataclass
@@ -101,7 +111,8 @@ def model_result(model: str, folder: Path) -> ModelResult:
                 role, start, freeze,
                 {i: cell_map(data, start, freeze, i, images) for i in eval_iterations(data, start)},
                 t.iterations if t else None, t.seconds if t else None,
-                f"{t.reached_seeds}/{t.seeds} seeds" if t else "–", _curve(data, start, freeze, images)))
+                f"{t.reached_seeds}/{t.seeds} seeds" if t else "–", _curve(data, start, freeze, images),
+                t.unfinished if t else 0))
     speeds = {f: [r.images_per_s for r in data.select(None, f, images) if r.images_per_s] for f in data.freezes()}
     stage = [r.train_s for r in data.stages if r.train_s is not None]
     return ModelResult(model, str(folder), data.target_map, data.freezes(), rows,
@@ -117,12 +128,18 @@ def compare_models(folders: dict[str, Path]) -> Comparison:
             best[res.model] = min(hits, key=lambda r: r.seconds)
     target = next((r.target_map for r in results if r.target_map is not None), None)
     if not best:
+        unmeasured = [r.model for r in results if any(row.unfinished for row in r.rows)]
+        if unmeasured:
+            return Comparison(results, None, f"not measured: runs of {' and '.join(unmeasured)} did not finish, "
+                                             f"so no model can be said to reach {pct(target, 0)} mAP")
         return Comparison(results, None, f"no model reached the target {pct(target, 0)} mAP with every seed")
     faster = sooner({m: b.seconds for m, b in best.items()})
     parts = [f"{m}: {b.start} in {b.seconds:.0f} s ({its_text(b.iterations)} it.)" for m, b in best.items()]
-    missing = [r.model for r in results if r.model not in best]
-    if missing:
-        parts += [f"{m}: no start reached it with every seed" for m in missing]
+    missing = [r for r in results if r.model not in best]
+    for r in missing:
+        unmeasured = sum(row.unfinished for row in r.rows if row.freeze == r.freezes[0])
+        parts.append(f"{r.model}: not measured ({unmeasured} runs did not finish)" if unmeasured
+                     else f"{r.model}: no start reached it with every seed")
     lead = (f"{faster} reaches {pct(target, 0)} mAP sooner" if faster != "tie"
             else f"both models reach {pct(target, 0)} mAP in the same time")
     return Comparison(results, faster, f"{lead} in training seconds, its fastest start against the other's fastest "
@@ -168,7 +185,7 @@ def blocks(cmp: Comparison) -> list[Block]:
             first = sooner({r.model: c.seconds for r, c in zip(res, cells) if c is not None and c.seconds is not None})
             rows.append((_freeze_label(res, position), role, *[_cell(c, lambda c: (
                 f"{its_text(c.iterations)} it. / {c.seconds:.0f} s" if c.seconds is not None else
-                f"not reached ({c.reached})")) for c in cells], first))
+                c.not_there())) for c in cells], first))
     out += [Block("h2", f"Time to target ({pct(target, 0)} mAP): iterations / training seconds"),
             Block("table", items=tuple(rows), header=("frozen", "start", *names, "sooner")),
             Block("p", "Training seconds exclude evaluation and checkpoints. The domain path also paid for its "
@@ -210,7 +227,8 @@ def levels_blocks(res: list[ModelResult], names: list[str], levels=(0.5, 0.6, 0.
             continue
         for level in levels:
             hits = [None if c is None else first_reached(c, level) for c in cells]
-            shown = ["–" if c is None else ("not reached" if h is None else f"{h[0]} it. / {h[1]:.0f} s")
+            shown = ["–" if c is None else (("not measured" if c.unfinished else "not reached") if h is None
+                                             else f"{h[0]} it. / {h[1]:.0f} s")
                      for c, h in zip(cells, hits)]
             rows.append((role, pct(level, 0), *shown, sooner({m: h[1] for m, h in zip(names, hits) if h is not None})))
     return [Block("h3", "Other targets: first iteration / training seconds at which the mean curve reaches a level "
@@ -250,8 +268,8 @@ def write_reports(out_dir: str | Path) -> list[ReportPaths]:
         return [write_report(out_dir)]
     made = [write_report(folder) for folder in folders.values()]
     try:
-        profile = json.loads((next(iter(folders.values())) / "profile.json").read_text(encoding="utf-8"))["name"]
-    except (OSError, ValueError, KeyError, TypeError):
+        profile = json.loads(read_text(next(iter(folders.values())) / "profile.json", "profile", 1 << 20))["name"]
+    except (DarktuneError, ValueError, KeyError, TypeError):  # a FIFO or device is never opened
         profile = None
     title = (f"darktune reproduce --profile {profile} --model both" if isinstance(profile, str)
              else f"darktune: {' and '.join(folders)} side by side")

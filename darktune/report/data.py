@@ -8,13 +8,16 @@ The findings (agrees / DISAGREES) live in report_findings.
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
 
 from darktune.errors import DarktuneError
 from darktune.darknet.transfer import DEFAULT_MODEL, MODELS, ModelStudy
+from darktune.files import is_outside
+from darktune.records import Field, read_record, record_problem
+from darktune.train.files import MAX_ITERATION, read_metrics, read_summary
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class RunData:
     train_s: float | None = None
     images_per_s: float | None = None
     summary: dict = field(default_factory=dict)
+    problem: str | None = None  # its summary.json or metrics.jsonl was refused (one line naming the file)
 
     @property
     def name(self) -> str:
@@ -146,20 +150,24 @@ class ExperimentData:
                 and (freeze is None or r.freeze == freeze) and (images == "any" or r.images == images)]
 
 
+EXPERIMENT = {"runs": Field(list, required=True, nullable=False), "target_map": Field(float, 0, 1),
+              "model": Field(str), "protocol": Field(str), "spec": Field(str), "cfg": Field(str),
+              "starts": Field(dict)}
+PLAN = {"name": Field(str, required=True, nullable=False), "folder": Field(str, required=True, nullable=False),
+        "group": Field(str, required=True, nullable=False, choices=("grid", "stage")),
+        "start": Field(str, required=True, nullable=False), "start_label": Field(str, required=True, nullable=False),
+        "freeze": Field(int, 0, 10_000, required=True, nullable=False), "images": Field(int, 1, required=True),
+        "seed": Field(int, required=True, nullable=False),
+        "iterations": Field(int, 1, MAX_ITERATION, required=True, nullable=False)}
+
+
 def read_metrics_file(path: Path) -> tuple[list[dict], list[dict]]:
-    """(training lines, evaluation lines) of a metrics.jsonl; lines that are not JSON objects are skipped."""
+    """(training lines, evaluation lines) of a metrics.jsonl, every line checked (`darktune.train.files.METRICS_LINE`:
+    an mAP outside [0, 1], NaN or infinite, a line that is not JSON, text that is not UTF-8 is one line naming the
+    file and line); ([], []) for a missing file."""
     train, evals = [], []
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return train, evals
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("iteration"), int):
-            (evals if isinstance(rec.get("map"), (int, float)) else train).append(rec)
+    for rec in read_metrics(path):
+        (evals if rec.get("map") is not None else train).append(rec)
     return train, evals
 
 
@@ -173,13 +181,14 @@ def _seconds(record: dict) -> float | None:
 
 
 def _load_run(out_dir: Path, plan: dict) -> RunData:
+    """One run from its files; a run whose summary or metrics fail their check loads as not measured (no
+    status, no evaluations) with the refusal in `problem`: the report shows it as damaged, never as a result."""
     run_dir = out_dir / plan["folder"]
     try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        summary = {}
-    summary = summary if isinstance(summary, dict) else {}
-    train, evals = read_metrics_file(run_dir / "metrics.jsonl")
+        summary = read_summary(run_dir / "summary.json") or {}
+        train, evals = read_metrics_file(run_dir / "metrics.jsonl")
+    except DarktuneError as exc:
+        return RunData(plan=plan, run_dir=run_dir, status=None, problem=str(exc))
     points = [EvalPoint(int(e["iteration"]), float(e["map"]), str(e.get("protocol", "?")), _seconds(e))
               for e in evals]
     clock = [s for s in (_seconds(t) for t in train) if s is not None]
@@ -193,17 +202,21 @@ def _load_run(out_dir: Path, plan: dict) -> RunData:
 
 
 def load_experiment(out_dir: str | Path) -> ExperimentData:
-    """Read DIR/experiment.json and every run it lists (missing or unfinished runs are loaded as they are)."""
+    """Read DIR/experiment.json and every run it lists (missing or unfinished runs are loaded as they are);
+    every file is checked against its schema (`darktune.records`) and refused in one line naming it."""
     out_dir = Path(out_dir)
     path = out_dir / "experiment.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except OSError:
+    if not os.path.lexists(path):
         raise DarktuneError("no experiment here (experiment.json missing); run `darktune experiment` first",
-                            path=str(out_dir)) from None
-    except ValueError as exc:
-        raise DarktuneError(f"experiment.json is damaged: {exc}", path=str(path)) from None
-    runs = [_load_run(out_dir, plan) for plan in record.get("runs", [])]
+                            path=str(out_dir))
+    record = read_record(path, EXPERIMENT, "experiment record")
+    for i, plan in enumerate(record["runs"]):
+        problem = record_problem(plan, PLAN)
+        if problem is None and (is_outside(out_dir, out_dir / plan["folder"]) or not plan["folder"].strip()):
+            problem = f"'folder' {plan['folder']!r} is not a folder inside the experiment"
+        if problem:
+            raise DarktuneError(f"experiment record: run {i + 1}: {problem}", path=str(path))
+    runs = [_load_run(out_dir, plan) for plan in record["runs"]]
     return ExperimentData(out_dir, record, runs)
 
 

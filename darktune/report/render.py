@@ -52,6 +52,7 @@ class ReportPaths:
     markdown: Path
     html: Path
     figures: tuple[Path, ...]
+    damaged: tuple[str, ...] = ()  # runs whose files were refused (one line each, naming the file)
 
 
 def pct(value: float | None, digits: int = 1) -> str:
@@ -278,7 +279,8 @@ def runs_blocks(data: ExperimentData) -> list[Block]:
     rows = []
     for r in data.runs:
         final = r.final_map()
-        rows.append((r.plan["folder"], r.plan["group"], r.status or "not finished", pct(final),
+        status = f"damaged, not measured ({r.problem})" if r.problem else r.status or "not finished"
+        rows.append((r.plan["folder"], r.plan["group"], status, pct(final),
                      f"{r.train_s:.1f}" if r.train_s is not None else "–",
                      f"{r.images_per_s:.1f}" if r.images_per_s is not None else "–"))
     total = sum(r.train_s or 0.0 for r in data.runs)
@@ -353,4 +355,4 @@ def write_report(out_dir: str | Path, title: str | None = None) -> ReportPaths:
             figures.append(atomic_write_bytes(out_dir / "report_files" / b.filename, b.image))
     md = atomic_write_bytes(out_dir / "report.md", render_markdown(blocks, title).encode())
     page = atomic_write_bytes(out_dir / "report.html", render_html(blocks, title).encode())
-    return ReportPaths(md, page, tuple(figures))
+    return ReportPaths(md, page, tuple(figures), tuple(r.problem for r in data.runs if r.problem))

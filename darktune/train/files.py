@@ -3,7 +3,9 @@ cutting metrics.jsonl back to a checkpoint's iteration on resume, removing the t
 interrupted, and the command line's refusal to start a fresh run over an existing one (`check_fresh_run_folder`,
 after `make_run_folder`; darktune train holds the folder's lock around both and the run).
 Also RUN/train.log (`open_run_log`), the one file written line by line: the run's event lines, appended to on
-resume."""
+resume. The schemas of the run files that are read back (`METRICS_LINE`, `SUMMARY`: `darktune.records`) live here
+beside their writer; `read_metrics` and `read_summary` are the readers the trainer, the experiment and the
+report share."""
 
 from __future__ import annotations
 
@@ -15,6 +17,39 @@ from pathlib import Path
 
 from darktune.errors import DarktuneError
 from darktune.files import atomic_write_bytes, make_folder
+from darktune.records import Field, read_json_lines, read_record
+
+MAX_ITERATION = 100_000_000
+# one line of RUN/metrics.jsonl (training lines: loss, lr, speed; evaluation lines: map and its protocol)
+METRICS_LINE = {
+    "iteration": Field(int, 0, MAX_ITERATION, required=True, nullable=False), "map": Field(float, 0, 1),
+    "protocol": Field(str), "precision": Field(float, 0, 1), "recall": Field(float, 0, 1), "f1": Field(float, 0, 1),
+    "loss": Field(float, finite=False), "lr": Field(float, 0), "images_per_s": Field(float, 0),
+    "train_s": Field(float, 0), "elapsed_s": Field(float, 0), "eval_seconds": Field(float, 0),
+}
+SUMMARY = {
+    "status": Field(str, required=True, nullable=False, choices=("finished", "stopped_at_target", "failed")),
+    "iterations": Field(int, 0, MAX_ITERATION), "iterations_planned": Field(int, 0, MAX_ITERATION),
+    "best_map": Field(float, 0, 1), "final_map": Field(float, 0, 1), "target_map": Field(float, 0, 1),
+    "maps": Field(list), "train_seconds": Field(float, 0), "elapsed_seconds": Field(float, 0),
+    "images_per_s": Field(float, 0), "skipped_steps": Field(int, 0), "time_to_target": Field(dict),
+    "config": Field(dict), "protocol": Field(str), "message": Field(str),
+}
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The lines of a RUN/metrics.jsonl, each checked (`METRICS_LINE`); [] for a missing file; DarktuneError
+    naming the file and line for one that is not UTF-8 JSON lines or holds an impossible value."""
+    if not os.path.lexists(path):
+        return []
+    return read_json_lines(path, METRICS_LINE, "run metrics")
+
+
+def read_summary(path: Path) -> dict | None:
+    """RUN/summary.json, checked (`SUMMARY`); None when missing; DarktuneError naming it when it does not fit."""
+    if not os.path.lexists(path):
+        return None
+    return read_record(path, SUMMARY, "run summary", max_bytes=64 << 20)
 
 
 def write_run_file(path: Path, text: str) -> None:
@@ -73,15 +108,8 @@ def remove_stale_temps(run_dir: Path) -> int:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    keep = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("iteration", 0) <= step:
-                keep.append(line)
+    """Keep the lines up to the checkpoint's iteration (a damaged file is refused by `read_metrics`)."""
+    keep = [json.dumps(rec) for rec in read_metrics(path) if rec["iteration"] <= step]
     atomic_write_bytes(path, "".join(s + "\n" for s in keep).encode())
 
 

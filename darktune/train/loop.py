@@ -27,7 +27,7 @@ from darktune.data.check import check_dataset
 from darktune.data.formats.yolo import read_obj_data
 from darktune.devices import resolve_device
 from darktune.train.cfg_keys import refuse_unhonoured
-from darktune.train.checkpoint import load_checkpoint, set_rng_state
+from darktune.train.checkpoint import load_checkpoint, load_model_state, load_optimizer_state, set_rng_state
 from darktune.train.device_inputs import make_batches
 from darktune.train.freeze import frozen_at, layer_digests, set_frozen
 from darktune.train.init import (
@@ -244,9 +244,9 @@ def _resume(run: Run) -> None:
     # K = --unfreeze-at is still frozen; the loop then unfreezes before iteration K+1 as an unbroken run does
     run.frozen = frozen_at(run.config, max(0, run.step - 1), len(run.spec.layers))
     set_frozen(run.model, run.frozen)
-    run.model.load_state_dict(ck["model"])
+    load_model_state(run.model, ck["model"], run.dir / "checkpoint.pt")  # one line when the cfg was edited
     run.opt = build_optimizer(run.model, 0.0, run.spec.net.momentum, run.spec.net.decay)
-    run.opt.load_state_dict(ck["optimizer"])
+    load_optimizer_state(run.opt, ck["optimizer"], run.dir / "checkpoint.pt")
     set_rng_state(ck["rng"])
     run.state = saved_state
     k = run.config.unfreeze_at

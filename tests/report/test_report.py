@@ -117,8 +117,11 @@ def test_lower_bound_when_coco15_never_reaches_the_target(copy):
 def test_missing_and_damaged_runs_are_shown_not_fatal(copy):
     (copy / "runs" / "scratch-f13-nall-s0" / "summary.json").unlink()
     (copy / "runs" / "scratch-f13-nall-s0" / "metrics.jsonl").write_text("{not json\n[1, 2]\n")
-    md = write_report(copy).markdown.read_text()
-    assert "| runs/scratch-f13-nall-s0 | grid | not finished | – |" in md
+    made = write_report(copy)
+    md = made.markdown.read_text()
+    metrics = copy / "runs" / "scratch-f13-nall-s0" / "metrics.jsonl"
+    assert f"| runs/scratch-f13-nall-s0 | grid | damaged, not measured ({metrics}:1: run metrics: not a JSON line) |" in md
+    assert made.damaged == (f"{metrics}:1: run metrics: not a JSON line",)
     assert "| 13 | 200 | – |" in md
 
 
