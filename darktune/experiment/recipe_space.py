@@ -73,6 +73,8 @@ class RecipeSettings:
             (all(v >= 0 for v in self.freeze or ()), f"--freeze: integers >= 0, got {self.freeze}"),
             (self.backbone_layers is None or self.backbone_layers >= 1, "--backbone-layers must be >= 1"),
         ]
+        checks += [(not isinstance(v, int) or isinstance(v, bool) or v >= 1,
+                    f"--{k.replace('_', '-')} must be >= 1, got {v}") for k, v in self.train.items()]
         for ok, message in checks:
             if not ok:
                 raise DarktuneError(message)

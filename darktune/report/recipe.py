@@ -34,10 +34,14 @@ def load_state(out_dir: Path) -> dict:
 
 
 def trial_curves(out_dir: Path) -> dict[str, list[tuple[float, float]]]:
-    """Trial folder name -> [(training seconds, mAP)] of its evaluations."""
+    """Trial folder name -> [(training seconds, mAP)] of its evaluations (a trial whose metrics cannot be read is
+    left out of the figure; the table still lists its candidate)."""
     out = {}
     for run_dir in sorted((Path(out_dir) / "runs").glob("*")):
-        _, evals = read_metrics_file(run_dir / "metrics.jsonl")
+        try:
+            _, evals = read_metrics_file(run_dir / "metrics.jsonl")
+        except DarktuneError:
+            continue
         points = sorted((float(e.get("train_s") or 0.0), float(e["map"])) for e in evals)
         if points:
             out[run_dir.name] = points

@@ -209,6 +209,7 @@ def test_other_settings_are_refused(setup, monkeypatch):
     ({"starts": ("domain",), "domain": None}, "needs --domain FILE"),
     ({"first_rung": 5}, "--first-rung"),
     ({"sizes": (100,)}, "multiples of 32"),
+    ({"train": {"batch": 0}}, "--batch must be >= 1"),
 ])
 def test_bad_settings_are_one_line_errors(setup, changes, message):
     settings, _ = setup
