@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from darktune.cli.data_anchors import add_anchors_parser
 from darktune.cli.data_check import add_check_parser
 
 FORMATS = ("auto", "yolo", "coco", "voc", "openimages")
@@ -30,7 +31,7 @@ by display name or LabelName in any case, e.g. --classes Window. Boxes it remove
 
 
 def add_commands(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="datasets: import, check, filter, stats, synth",
+    parser = subparsers.add_parser("data", help="datasets: import, check, filter, stats, anchors, synth",
                                    description="Datasets: import, check, filter, stats, synth.")
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: _help(parser))
@@ -38,6 +39,9 @@ def add_commands(subparsers) -> None:
     add_check_parser(sub)
     _add_filter(sub)
     _add_stats(sub)
+    anchors = add_anchors_parser(sub, SOURCES_HELP)
+    _add_source_args(anchors)
+    anchors.set_defaults(load_sources=load_sources)
     try:
         from darktune.cli.synth_cmd import add_synth_parser
     except ModuleNotFoundError as exc:
