@@ -67,6 +67,7 @@ cfg's [yolo] sections reached mAP50 0.9 on the synthetic target set at iteration
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -168,52 +169,75 @@ class YoloLoss:
         onehot = (t[:, 1].long()[:, None] == torch.arange(nc, device=raw.device)).float()  # (N, C)
 
         with torch.no_grad():
-            # per slot: positive (assigned by some truth) and the union of the classes of its truths
-            idx = torch.where(pos, slot, n_slots).flatten()  # non-positives write to the spare last slot
-            assigned = torch.zeros(n_slots + 1, device=raw.device).index_fill_(0, idx, 1.0)[:n_slots]
-            cols = torch.arange(nc, device=raw.device)
-            cls_target = torch.zeros((n_slots + 1) * nc, device=raw.device).scatter_reduce_(
-                0, (idx[:, None] * nc + cols).flatten(), onehot[:, None, :].expand(-1, na, -1).flatten(), "amax"
-            ).view(n_slots + 1, nc)[:n_slots]
+            # per (truth, anchor) row: its slot (non-positives: the spare last one), the union of the classes of
+            # the truths sharing that slot, and whether it is the slot's first row (which carries the class term)
+            idx = torch.where(pos, slot, n_slots).flatten()
+            union, first = _slot_union(idx, onehot[:, None, :].expand(-1, na, -1).reshape(-1, nc))
+            assigned = torch.zeros(n_slots + 1, device=raw.device).index_fill_(0, idx, 1.0)[:n_slots] > 0
             pred = _decode_boxes(p[..., :4].detach(), anchors_n, spec.scale_x_y)  # (B, A, H, W, 4) cxcywh
             best_iou, best_t = _best_truth_iou(pred.view(b, -1, 4), truths[0], truths[2])
             # AlexeyAB: no objectness loss where the prediction overlaps a truth (any class) by more than
-            # ignore_thresh AND already scores some class above 0.25
-            class_match = (torch.sigmoid(p[..., 5:].detach()) > 0.25).any(-1).flatten()
+            # ignore_thresh AND already scores some class above 0.25 (logit above log(1/3))
+            class_match = (p[..., 5:].detach().amax(-1) > _LOGIT_QUARTER).flatten()
             ignored = (best_iou.flatten() > spec.ignore_thresh) & class_match
             extra = None
             if spec.truth_thresh < 1:
                 extra = best_iou.flatten() > spec.truth_thresh
                 tb = torch.gather(truths[1], 1, best_t[..., None].expand(-1, -1, 5)).view(n_slots, 5)
-                tcls = (tb[:, 0].long()[:, None] == cols).float()
-                cls_target = torch.where(extra[:, None], torch.maximum(cls_target, tcls), cls_target)
-            positive = assigned > 0 if extra is None else (assigned > 0) | extra
+                tcls = (tb[:, 0].long()[:, None] == torch.arange(nc, device=raw.device)).float()
+                # an assigned slot that is also a truth_thresh positive: that truth's class joins the union
+                tt_rows = torch.cat((extra, extra.new_zeros(1)))[idx]
+                union = torch.where(tt_rows[:, None], torch.maximum(union, torch.cat((tcls, tcls[:1]))[idx]), union)
+            positive = assigned if extra is None else assigned | extra
             weight = (positive | ~ignored).float().view(b, na, h, w)
             obj_target = positive.float().view(b, na, h, w)
-            # iou_thresh < 1: AlexeyAB divides a positive's summed box deltas by its number of classes
-            per_box = 1.0 / cls_target.sum(-1).clamp(min=1) if spec.iou_thresh < 1 else None
         obj = (F.binary_cross_entropy_with_logits(p[..., 4], obj_target, reduction="none") * weight).sum()
-        cls_rows = F.binary_cross_entropy_with_logits(p[..., 5:].reshape(n_slots, nc), cls_target, reduction="none")
-        cls = torch.where(positive, cls_rows.sum(-1), 0.0).sum()
 
-        # --- box terms: one row per (truth, anchor of this head); every truth's term counts (AlexeyAB adds the
-        # box deltas of the truths that share a slot)
+        # --- class and box terms: one row per (truth, anchor of this head); every truth's box term counts
+        # (AlexeyAB adds the box deltas of the truths that share a slot), the class term once per slot
         pp = p[img[:, None], ka[None, :], gj[:, None], gi[:, None]]  # (N, A, 5+C)
+        rows_cls = F.binary_cross_entropy_with_logits(pp[..., 5:], union.view(-1, na, nc), reduction="none").sum(-1)
+        cls = torch.where(pos & first.view_as(pos), rows_cls, 0.0).sum()
         ts = t[:, None, :].expand(-1, na, -1)
         rows_box = _box_rows(spec, pp[..., :4], ts[..., 2:6], gi[:, None], gj[:, None], anchors_n[None], (h, w))
-        if per_box is not None:
-            rows_box = rows_box * torch.cat((per_box, per_box.new_ones(1)))[idx].view_as(rows_box)
+        if spec.iou_thresh < 1:  # AlexeyAB divides a positive's summed box deltas by its number of classes
+            rows_box = rows_box / union.sum(-1).clamp(min=1).view_as(rows_box)
         box = torch.where(pos, rows_box, 0.0).sum()
         if extra is not None:  # truth_thresh: every prediction towards its best truth, kept where `extra`
             gy = torch.arange(h, device=raw.device).view(1, 1, h, 1).expand(b, na, h, w)
             gx = torch.arange(w, device=raw.device).view(1, 1, 1, w).expand(b, na, h, w)
             tbox = tb[:, 1:5].view(b, na, h, w, 4)
             dense_box = _box_rows(spec, p[..., :4], tbox, gx, gy, anchors_n.view(1, na, 1, 1, 2), (h, w))
-            if per_box is not None:
-                dense_box = dense_box * per_box.view(b, na, h, w)
+            if spec.iou_thresh < 1:  # classes of the slot: its assigned truths' and this truth's
+                n_cls = torch.zeros(n_slots + 1, device=raw.device).scatter_reduce_(
+                    0, idx, union.sum(-1), "amax")[:n_slots]
+                n_cls = torch.where(assigned, n_cls, 1.0)  # a truth_thresh-only slot: one class
+                dense_box = dense_box / n_cls.view(b, na, h, w)
             box = box + torch.where(extra.view(b, na, h, w), dense_box, 0.0).sum()
+            only_tt = (extra & ~assigned).view(b, na, h, w)  # their class term (assigned slots have theirs above)
+            cls = cls + torch.where(only_tt, _class_rows(p[..., 5:], tb[:, 0].view(b, na, h, w)), 0.0).sum()
         n_pos = pos.sum().to(torch.float32)
         return box * spec.iou_normalizer, obj * spec.obj_normalizer, cls, n_pos  # cls_normalizer: see above
+
+
+_LOGIT_QUARTER = math.log(1 / 3)  # sigmoid(x) > 0.25  <=>  x > log(1/3)
+
+
+def _slot_union(idx: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (R,) with slot ids and (R, C) one-hot classes -> per row the union (max) of the classes of all rows
+    of its slot, and whether it is its slot's first row. Fixed shapes, no host sync: rows are sorted by slot and
+    each run of equal slots gets a segment id from a cumulative sum, so the table is (R, C), not (slots, C)."""
+    order = torch.argsort(idx, stable=True)
+    sorted_idx = idx[order]
+    starts = torch.ones_like(sorted_idx, dtype=torch.bool)
+    starts[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    seg = torch.empty_like(idx)
+    seg[order] = torch.cumsum(starts.long(), 0) - 1
+    first = torch.empty_like(starts)
+    first[order] = starts
+    table = torch.zeros(idx.shape[0], onehot.shape[1], device=onehot.device, dtype=onehot.dtype)
+    table = table.scatter_reduce(0, seg[:, None].expand_as(onehot), onehot, "amax")
+    return table[seg], first
 
 
 def _valid_rows(t: torch.Tensor, batch: int, classes: int) -> torch.Tensor:
