@@ -10,8 +10,10 @@ import argparse
 
 from darktune.cli.data_anchors import add_anchors_parser
 from darktune.cli.data_check import add_check_parser
+from darktune.cli.data_import import add_split_args
+from darktune.data.formats.records import clip_counts, is_clip_note
 
-FORMATS = ("auto", "yolo", "coco", "voc", "openimages")
+FORMATS = ("auto", "yolo", "coco", "voc", "openimages", "mot")
 SOURCES_HELP = """\
 Sources (SRC) per format:
   yolo        obj.data, a folder holding obj.data, or a folder of images + label .txt with obj.names
@@ -21,8 +23,12 @@ Sources (SRC) per format:
   openimages  one or more boxes CSV files (e.g. train-annotations-bbox.csv), with
               --descriptions CSV (LabelName,DisplayName) and --images DIR holding <ImageID>.jpg
               (defaults: a class-descriptions CSV and an images/ folder beside the boxes CSV)
+  mot         a MOT sequence (img1/ + gt/gt.txt, optional seqinfo.ini) or a folder of sequences
+              (MOT17/train); rows flagged not considered (column 7 = 0) are left out, classes by MOT's id
+              (1 pedestrian, 2 person_on_vehicle, 3 car, ..., 7 static_person, ...)
   auto        by the source: .json -> coco, .csv -> openimages, obj.data or a folder with obj.data /
-              obj.names / classes.txt -> yolo, a folder of .xml -> voc
+              obj.names / classes.txt -> yolo, a folder of .xml -> voc, a MOT sequence (or a folder of
+              them) -> mot
 Several sources are merged (classes in order of first appearance). Records of one image file (from several
 sources, or listed twice in one) become one image with the union of their boxes (identical boxes once),
 counted in the summary. --classes keeps only those classes, matched exactly (Cat, cat and CAT are three
@@ -83,6 +89,10 @@ def _guess_format(src: str) -> str:
         return "yolo"
     if p.is_dir() and ((p / "Annotations").is_dir() or any(p.glob("*.xml"))):
         return "voc"
+    from darktune.data.formats.mot import is_mot_sequence
+
+    if p.is_dir() and (is_mot_sequence(p) or any(c.is_dir() and is_mot_sequence(c) for c in p.iterdir())):
+        return "mot"
     from darktune.errors import DarktuneError
 
     raise DarktuneError("cannot tell the format of this source; pass --format", path=src)
@@ -138,12 +148,16 @@ def load_sources(args) -> tuple["Dataset", dict]:  # noqa: F821 (imported lazily
         elif fmt == "voc":
             from darktune.data.formats.voc import read_voc
             parts.append(read_voc(src, args.images, skip_bad=args.skip_bad, allow_outside=outside))
+        elif fmt == "mot":
+            from darktune.data.formats.mot import read_mot
+            parts.append(read_mot(src, skip_bad=args.skip_bad))
         else:
             from darktune.data.formats.openimages import read_openimages
             descriptions, images = _openimages_beside(src, args.descriptions, args.images)
             parts.append(read_openimages(src, descriptions, images, classes=classes, skip_bad=args.skip_bad))
     dataset, merged = merge_datasets(parts, skip_bad=args.skip_bad)
     notes = merged.to_dict() | {"n_boxes_removed_by_classes": 0, "n_images_removed_by_classes": 0}
+    notes |= clip_counts(dataset.notes)
     if classes:
         selected = dataset.select_classes(classes, keep_empty=args.keep_empty)
         notes["n_boxes_removed_by_classes"] = dataset.n_boxes - selected.n_boxes
@@ -164,6 +178,10 @@ def _notes_lines(notes: dict) -> list[str]:
         left = (f", and {plural(images, 'image')} left without boxes (--keep-empty keeps such images as "
                 "negatives)") if images else ""
         lines.append(f"--classes removed {plural(boxes, 'box')} of other classes{left}")
+    clipped, dropped = notes.get("n_boxes_clipped", 0), notes.get("n_boxes_dropped_at_edge", 0)
+    if clipped or dropped:
+        lines.append(f"{plural(clipped + dropped, 'box')} reached past the image edge: {clipped} clipped to the image, "
+                     f"{dropped} dropped (less than a quarter of the box, or under 2 px, inside)")
     return [line for line in lines if line]
 
 
@@ -176,7 +194,8 @@ def _print_json(obj) -> None:
 def _print_skipped(dataset, limit: int = 20) -> None:
     import sys
 
-    for label, items in (("note", dataset.notes), ("skipped", dataset.dropped)):
+    notes = [p for p in dataset.notes if not is_clip_note(p)]  # clipped boxes: counted in one line instead
+    for label, items in (("note", notes), ("skipped", dataset.dropped)):
         for p in items[:limit]:
             print(f"{label}: {p}", file=sys.stderr)
         if len(items) > limit:
@@ -196,6 +215,7 @@ def _add_import(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="validation share (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split (default 0)")
+    add_split_args(p)
     p.add_argument("--link", action="store_true", help="hardlink images instead of copying (falls back to copy)")
     p.add_argument("--allow-outside-images", action="store_true",
                    help="read images whose COCO file_name or VOC <filename> leads out of the images folder "
@@ -221,27 +241,23 @@ def _require_images(dataset, args) -> None:
 
 
 def cmd_import(args) -> int:
-    from darktune.data.formats.yolo import read_obj_data, write_darknet
+    from darktune.cli.data_import import import_summary, split_for_import, summary_lines
+    from darktune.data.formats.yolo import write_darknet
 
     dataset, notes = load_sources(args)
     _require_images(dataset, args)
-    obj_data = write_darknet(dataset, args.out, args.val_fraction, args.seed, link=args.link)
-    od = read_obj_data(obj_data)
-    summary = {"obj_data": str(obj_data), "classes": dataset.classes, "n_images": len(dataset.images),
-               "n_boxes": dataset.n_boxes, "n_train": len(od.train), "n_valid": len(od.valid),
-               "n_skipped": len(dataset.dropped), "n_notes": len(dataset.notes),
-               "class_counts": dataset.class_counts()} | notes
+    n_read = len(dataset.images)
+    mot = any((args.format if args.format != "auto" else _guess_format(src)) == "mot" for src in args.src)
+    dataset, split = split_for_import(dataset, args, mot)
+    obj_data = write_darknet(dataset, args.out, args.val_fraction, args.seed, link=args.link,
+                             split=(split.train, split.valid))
+    summary = import_summary(dataset, split, obj_data, n_read) | notes
     _print_skipped(dataset)
     if args.json:
         _print_json(summary)
     else:
-        from darktune.plural import plural
-
-        for line in _notes_lines(notes):
+        for line in _notes_lines(notes) + summary_lines(summary):
             print(line)
-        print(f"wrote {obj_data}: {plural(summary['n_images'], 'image')} ({summary['n_train']} train, "
-              f"{summary['n_valid']} valid), {plural(summary['n_boxes'], 'box')}, classes {dataset.classes}, "
-              f"{plural(summary['n_skipped'], 'record')} skipped")
     return 0
 
 

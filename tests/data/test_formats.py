@@ -208,7 +208,8 @@ VOC_OK = """<annotation><filename>a.jpg</filename><size><width>40</width><height
     (VOC_OK.replace("<xmin>4</xmin>", ""), "xmin"),
     (VOC_OK.replace("<xmin>4</xmin>", "<xmin>four</xmin>"), "xmin"),
     (VOC_OK.replace("<name>window</name>", ""), "name"),
-    (VOC_OK.replace("<xmax>24</xmax>", "<xmax>400</xmax>"), "outside"),
+    (VOC_OK.replace("<xmin>4</xmin>", "<xmin>400</xmin>").replace("<xmax>24</xmax>", "<xmax>500</xmax>"),
+     "outside the image, not only past its edge"),
     ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY b "bbbb"><!ENTITY c "&b;&b;&b;">]><annotation>&c;</annotation>',
      "XML entity declarations are refused"),
 ])

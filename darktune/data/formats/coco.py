@@ -23,7 +23,7 @@ from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_prob
 from darktune.files import (MAX_ANNOTATION_BYTES, is_outside, output_folder, outside_note, read_regular,
                             write_text)
 from darktune.data.formats.image import declared_size_problem, known_size, read_image_size
-from darktune.data.formats.records import BadBox, EmptyBox, checked_box
+from darktune.data.formats.records import BadBox, EmptyBox, clip_to_image
 from darktune.errors import DarktuneError
 from darktune.plural import plural
 
@@ -145,8 +145,8 @@ def _bbox(ann: dict) -> tuple[float, float, float, float]:
 
 def _box(ann: dict, bbox: tuple[float, float, float, float], rec: ImageRecord, name: str):
     x, y, w, h = bbox
-    return checked_box(name, x / rec.width, y / rec.height, (x + w) / rec.width, (y + h) / rec.height,
-                       f"bbox [{x:g}, {y:g}, {w:g}, {h:g}]", **_flags(ann))
+    return clip_to_image(name, x / rec.width, y / rec.height, (x + w) / rec.width, (y + h) / rec.height,
+                         f"bbox [{x:g}, {y:g}, {w:g}, {h:g}]", rec.width, rec.height, **_flags(ann))
 
 
 def _default_images_dir(doc: dict, path: Path) -> Path:
@@ -229,12 +229,16 @@ class _Reader:
             if cid not in self.cats:
                 raise _Bad(f"unknown category id {cid}")
             bbox = _bbox(ann)
-            box = _box(ann, bbox, rec, self.cats[cid])
+            box, clip = _box(ann, bbox, rec, self.cats[cid])
         except EmptyBox as exc:
             return self.fail(where, str(exc), "box skipped")
         except BadBox as exc:
             self.dropped.add(iid)
             return self.fail(where, str(exc), f"image {rec.path} skipped")
+        if clip:  # past the image edge: clipped, or dropped when mostly outside (counted either way)
+            self.skipped.append(Problem(str(self.path), None, f"{where}: {clip}", "warning"))
+        if box is None:
+            return
         key = (iid, cid, *bbox)
         if key in self.seen:
             first = _where(self.seen[key], self.annotations[self.seen[key]])

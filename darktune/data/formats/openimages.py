@@ -25,7 +25,7 @@ from typing import TextIO
 
 from darktune.data.dataset import Dataset, ImageRecord, Problem, class_name_problem, place_images
 from darktune.files import open_regular, output_folder, write_error
-from darktune.data.formats.records import BadBox, EmptyBox, checked_box
+from darktune.data.formats.records import BadBox, EmptyBox, clip_to_image
 from darktune.errors import DarktuneError
 from darktune.plural import plural
 
@@ -111,8 +111,8 @@ def _row_box(row: dict, name: str):
     if not all(math.isfinite(v) for v in (xmin, xmax, ymin, ymax)):
         raise _Bad("coordinates must be finite")
     flags = {flag: _flag(row, key) for key, flag in _FLAGS.items()}
-    return checked_box(name, xmin, ymin, xmax, ymax, f"XMin={xmin:g} XMax={xmax:g} YMin={ymin:g} YMax={ymax:g}",
-                       **flags)
+    return clip_to_image(name, xmin, ymin, xmax, ymax, f"XMin={xmin:g} XMax={xmax:g} YMin={ymin:g} YMax={ymax:g}",
+                         **flags)
 
 
 def _find_image(images_dir: Path, image_id: str) -> Path | None:
@@ -161,7 +161,7 @@ class _Collector:
             if _confidence(row) == 0:  # a verified-absent label, not a box
                 self.absent.append(line)
                 return
-            box = _row_box(row, self.wanted[label])
+            box, clip = _row_box(row, self.wanted[label])
         except EmptyBox as exc:
             return self.fail(line, str(exc), "box skipped")
         except BadBox as exc:
@@ -169,6 +169,10 @@ class _Collector:
                 return self.fail(line, str(exc), "skipped")
             self.dropped.add(image_id)
             return self.fail(line, str(exc), f"image {image_id} skipped")
+        if clip:  # past the image edge: clipped, or dropped when mostly outside (counted either way)
+            self.skipped.append(Problem(str(self.path), line, clip, "warning"))
+        if box is None:
+            return
         key = (image_id, label, box.x1, box.y1, box.x2, box.y2)
         if key in self.seen:
             self.skipped.append(Problem(str(self.path), line, f"duplicate of line {self.seen[key]} (same image, "

@@ -29,7 +29,7 @@ from pathlib import Path
 from darktune.data.dataset import BOX_TOLERANCE, Dataset, ImageRecord, Problem, class_name_problem, place_images
 from darktune.files import is_outside, output_folder, outside_note, read_regular, write_error
 from darktune.data.formats.image import IMAGE_EXTENSIONS, declared_size_problem, known_size, read_image_size
-from darktune.data.formats.records import BadBox, EmptyBox, checked_box
+from darktune.data.formats.records import BadBox, EmptyBox, clip_to_image
 from darktune.errors import DarktuneError
 
 _FLAG_TAGS = {"group_of": "is_group_of", "depiction": "is_depiction", "truncated": "is_truncated",
@@ -197,7 +197,7 @@ def _parse(xml_path: Path, finder: _ImageFinder, skip_bad: bool) -> tuple[ImageR
         problems.append(Problem(str(xml_path), None, note, "warning"))
     for k, obj in enumerate(root.iter("object")):
         try:
-            box = _object_box(obj, rec)
+            box, clip = _object_box(obj, rec)
         except EmptyBox as exc:
             if not skip_bad:
                 raise _Bad(f"object {k}: {exc}") from None
@@ -205,6 +205,10 @@ def _parse(xml_path: Path, finder: _ImageFinder, skip_bad: bool) -> tuple[ImageR
             continue
         except BadBox as exc:
             raise _Bad(f"object {k}: {exc}") from None
+        if clip:  # past the image edge: clipped, or dropped when mostly outside (counted either way)
+            problems.append(Problem(str(xml_path), None, f"object {k}: {clip}", "warning"))
+        if box is None:
+            continue
         key = (box.class_name, box.x1, box.y1, box.x2, box.y2)
         if key in seen:
             problems.append(Problem(str(xml_path), None, f"object {k}: duplicate of object {seen[key]} (same name "
@@ -232,9 +236,9 @@ def _object_box(obj, rec: ImageRecord):
         raise _Bad(reason)
     xmin, ymin, xmax, ymax = (_number(bnd, t) for t in ("xmin", "ymin", "xmax", "ymax"))
     flags = {flag: _text(obj, tag) in ("1", "true", "True") for tag, flag in _FLAG_TAGS.items()}
-    return checked_box(name, _shifted(xmin, rec.width), _shifted(ymin, rec.height), _shifted(xmax, rec.width),
-                       _shifted(ymax, rec.height), f"xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}",
-                       **flags)
+    return clip_to_image(name, _shifted(xmin, rec.width), _shifted(ymin, rec.height), _shifted(xmax, rec.width),
+                         _shifted(ymax, rec.height), f"xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}",
+                         rec.width, rec.height, **flags)
 
 
 def read_voc(src: str | Path, images_dir: str | Path | None = None, *, skip_bad: bool = False,

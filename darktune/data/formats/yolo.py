@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from darktune.data.dataset import (BOX_TOLERANCE, MIN_BOX_SIZE, Box, Dataset, ImageRecord, Problem,
-                                   class_name_problem, clipped_box, place_images)
+                                   class_name_problem, place_images)
 from darktune.data.formats.image import IMAGE_EXTENSIONS
+from darktune.data.formats.records import clip_to_image
 from darktune.errors import DarktuneError
 from darktune.files import MAX_TEXT_BYTES, output_folder, read_regular, write_text
 from darktune.plural import plural
@@ -87,31 +88,38 @@ def read_yolo(src: str | Path, *, skip_bad: bool = False) -> Dataset:
             skipped.append(Problem(str(img), None, reason))
             continue
         boxes, problems = _boxes_for(img, names)
-        if problems:
+        if any(p.severity == "error" for p in problems):
             if not skip_bad:
                 p = problems[0]
                 raise DarktuneError(p.reason, path=p.path, line=p.line)
             skipped += problems
             continue
+        skipped += problems  # boxes clipped at the image edge (notes)
         records.append(ImageRecord(img, None, None, boxes))
     return Dataset(list(names), records, skipped)
 
 
 def _boxes_for(image: Path, names: list[str]) -> tuple[list[Box], list[Problem]]:
-    """Boxes of one image from its label file (none when there is no label file) and its error problems."""
+    """Boxes of one image from its label file (none when there is no label file) and its problems: errors, or
+    notes of boxes clipped at the image edge."""
     label = label_path_for(image)
     if not label.is_file():
         if label.exists():  # a folder, device or FIFO: an image whose labels cannot be read is not a negative
             return [], [Problem(str(label), None, "label file is not a regular file (not read)")]
         return [], []
-    rows, problems = read_label_file(label, len(names), dtype=np.float64)
+    rows, problems = read_label_file(label, len(names), dtype=np.float64, tol=math.inf)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         return [], errors
-    boxes = []
-    for cls, cx, cy, w, h in rows.tolist():
-        boxes.append(clipped_box(names[int(cls)], cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
-    return boxes, []
+    boxes, notes = [], []
+    for cls, cx, cy, w, h in rows.tolist():  # a centre inside the image: past the edge is clipped (records.py)
+        box, clip = clip_to_image(names[int(cls)], cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2,
+                                  f"cx={cx:g} cy={cy:g} w={w:g} h={h:g}")
+        if clip:
+            notes.append(Problem(str(label), None, clip, "warning"))
+        if box is not None:
+            boxes.append(box)
+    return boxes, notes
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -129,9 +137,16 @@ def label_line(class_id: int, box: Box) -> str:
     return f"{class_id} {box.cx:.8f} {box.cy:.8f} {box.w:.8f} {box.h:.8f}"
 
 
+SOURCES_FILE = "image_sources.tsv"  # written beside obj.data: each image written and the file it came from
+
+
 def write_darknet(dataset: Dataset, out_dir: str | Path, val_fraction: float = 0.1, seed: int = 0, *,
-                  link: bool = False) -> Path:
+                  link: bool = False, split: tuple[list[int], list[int]] | None = None) -> Path:
     """Write `dataset` in the darknet layout (see module docstring) and return the path of obj.data.
+
+    `split`: (train, valid) indices into dataset.images, instead of a seeded random split by `val_fraction`.
+    `image_sources.tsv` maps each written image (`images/<name>`) to its source file, so an image renamed
+    (two sources with one file name: `000001.jpg`, `000001_1.jpg`) keeps its origin (`read_image_sources`).
 
     Paths in obj.data and the list files are absolute, so darknet runs from any folder. A failure (a full
     disk, an unreadable image) is a DarktuneError naming the file, and the output folder is left as it was
@@ -141,13 +156,17 @@ def write_darknet(dataset: Dataset, out_dir: str | Path, val_fraction: float = 0
         raise DarktuneError(f"nothing to write: the dataset has {plural(len(dataset.images), 'image')} and "
                             f"{plural(len(dataset.classes), 'class')}", path=str(out_dir))
     split_indices(len(dataset.images), val_fraction, seed)  # a bad fraction fails before anything is written
+    if split is not None and sorted(split[0] + split[1]) != list(range(len(dataset.images))):
+        raise DarktuneError("the split must list every image once, in train or in valid", path=str(out_dir))
     with output_folder(out_dir) as folder:
         out = folder.resolve()
         placed = place_images(dataset.images, out / "images", link=link)
         index = {c: i for i, c in enumerate(dataset.classes)}
         for rec, dst in zip(dataset.images, placed):
             write_text(dst.with_suffix(".txt"), "".join(label_line(index[b.class_name], b) + "\n" for b in rec.boxes))
-        train, valid = split_indices(len(placed), val_fraction, seed)
+        train, valid = split if split is not None else split_indices(len(placed), val_fraction, seed)
+        write_text(out / SOURCES_FILE, "image\tsource\n" + "".join(
+            f"images/{dst.name}\t{_tsv_cell(Path(rec.path).absolute())}\n" for rec, dst in zip(dataset.images, placed)))
         write_text(out / "train.txt", "".join(f"{placed[i]}\n" for i in train))
         write_text(out / "valid.txt", "".join(f"{placed[i]}\n" for i in valid))
         write_text(out / "obj.names", "".join(c + "\n" for c in dataset.classes))
@@ -156,6 +175,26 @@ def write_darknet(dataset: Dataset, out_dir: str | Path, val_fraction: float = 0
         write_text(obj_data, f"classes={len(dataset.classes)}\ntrain={out / 'train.txt'}\n"
                              f"valid={out / 'valid.txt'}\nnames={out / 'obj.names'}\nbackup={out / 'backup'}\n")
     return obj_data
+
+
+def _tsv_cell(path: Path) -> str:
+    return str(path).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def read_image_sources(out_dir: str | Path) -> list[tuple[str, str]]:
+    """(written image, source path) rows of the image_sources.tsv of a dataset `write_darknet` wrote."""
+    rows = []
+    text = read_regular(Path(out_dir) / SOURCES_FILE, "image sources", MAX_TEXT_BYTES).decode("utf-8")
+    for line in text.splitlines()[1:]:
+        image, _, source = line.partition("\t")
+        rows.append((image, re.sub(r"\\(.)", lambda m: {"t": "\t", "n": "\n", "r": "\r"}.get(m[1], m[1]), source)))
+    return rows
+
+
+def renamed_images(out_dir: str | Path) -> list[tuple[str, str]]:
+    """The rows of image_sources.tsv whose image was written under another name than its source's."""
+    return [(image, source) for image, source in read_image_sources(out_dir)
+            if Path(image).name.lower() != Path(source).name.lower()]
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -301,7 +340,8 @@ def parse_label_line(line: str, n_classes: int | None, tol: float = BOX_TOLERANC
     return [float(cls), cx, cy, w, h], ""
 
 
-def read_label_file(path: str | Path, n_classes: int | None, dtype=np.float32) -> tuple[np.ndarray, list[Problem]]:
+def read_label_file(path: str | Path, n_classes: int | None, dtype=np.float32,
+                    tol: float = BOX_TOLERANCE) -> tuple[np.ndarray, list[Problem]]:
     """Read a darknet label file -> (rows (n, 5) float32 [cls, cx, cy, w, h] of the valid lines, problems).
 
     Never raises for bad content: every bad line is an error Problem (file, line, reason); a UTF-8 BOM and
@@ -311,13 +351,14 @@ def read_label_file(path: str | Path, n_classes: int | None, dtype=np.float32) -
         data = read_regular(path, "label file", MAX_LABEL_BYTES)
     except DarktuneError as exc:
         return _NO_ROWS.copy(), [Problem(str(path), None, str(exc).removeprefix(f"{path}: "))]
-    return parse_label_bytes(data, path, n_classes, dtype)
+    return parse_label_bytes(data, path, n_classes, dtype, tol)
 
 
 
 def parse_label_bytes(data: bytes, path: str | Path, n_classes: int | None,
-                      dtype=np.float32) -> tuple[np.ndarray, list[Problem]]:
-    """`read_label_file` on bytes already read; `path` only names the file in problems."""
+                      dtype=np.float32, tol: float = BOX_TOLERANCE) -> tuple[np.ndarray, list[Problem]]:
+    """`read_label_file` on bytes already read; `path` only names the file in problems; `tol`: how far past the
+    image edge a box may reach (math.inf: any box whose centre is inside, to be clipped by the caller)."""
     problems: list[Problem] = []
     if len(data) > MAX_LABEL_BYTES:
         return _NO_ROWS.copy(), [Problem(str(path), None, f"label file larger than {MAX_LABEL_BYTES} bytes")]
@@ -337,7 +378,7 @@ def parse_label_bytes(data: bytes, path: str | Path, n_classes: int | None,
         line = raw.strip()
         if not line:
             continue
-        row, reason = parse_label_line(line, n_classes)
+        row, reason = parse_label_line(line, n_classes, tol)
         if row is None:
             problems.append(Problem(str(path), lineno, reason))
             continue
