@@ -245,8 +245,23 @@ class TrainConfig:
                             identity=False)
     checkpoint_every: int = option(100, help="checkpoint.pt and last.weights every N iterations", kind="int",
                                    spec=17, resumable=True, identity=False)
-    max_bad_steps: int = option(10, help="stop after K non-finite losses in a row", kind="int", resumable=True,
+    max_bad_steps: int = option(10, help="stop after K bad iterations in a row (non-finite loss or spike, each "
+                                         "already followed by a recovery)", kind="int", resumable=True,
                                 identity=True)
+    # darktune.train.recovery: a bad iteration goes back to the last good state with a lower lr
+    spike_factor: float = option(
+        10.0, help="an iteration whose loss per image (scaled to --size) is above F times the median of the "
+                   "last good ones is a spike: not applied, the run goes back to its last good state and lowers "
+                   "the lr for a while, as for a non-finite loss (default 10; 0: only non-finite losses)",
+        kind="float", metavar="F", resumable=True, identity=True)
+    # darktune.train.budget: the schedule fitted to a wall-clock budget
+    time: str | None = option(
+        None, help="wall-clock budget of the run, e.g. 15m, 90s, 1h: the speed of the first iterations sets the "
+                   "iterations, burn-in, lr steps, multi-scale's last stretch and evaluation points, and the run "
+                   "ends within the budget with a final evaluation (--iterations: at most that many)",
+        kind="str", metavar="T", spec=24, resumable=True, identity=True)
+    eval_weights: bool = option(False, help="keep RUN/weights/iter_K.weights of every evaluation",
+                                kind="store_true", resumable=True, identity=False)
     eval_batch: int = option(32, help="images per evaluation forward pass", kind="int", cli=False, spec=18,
                              resumable=True, identity=True)
     tensorboard: bool = option(False, help="TensorBoard logs (if tensorboard is installed)", kind="store_true",
@@ -286,6 +301,10 @@ class TrainConfig:
              f"--unfreeze-at {self.unfreeze_at} needs frozen layers to unfreeze: give --freeze N or --freeze-layers"),
             (not self.stop_at_target or self.target_map is not None,
              "--stop-at-target needs --target-map (the mAP at which to stop)"),
+            (self.spike_factor == 0 or self.spike_factor > 1,
+             f"--spike-factor must be 0 (off) or above 1, got {self.spike_factor}"),
+            (self.time is None or parse_duration(self.time) is not None,
+             f"--time must be a duration such as 15m, 90s, 1h or 1h30m, got {self.time!r}"),
             (self.max_images is None or self.max_images >= 1,
              f"--max-images must be >= 1, got {self.max_images} (leave it out to use every training image)"),
         ]
@@ -296,6 +315,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds of a duration such as 90s, 15m, 1h, 1h30m, 2.5m or a plain number of seconds; None if malformed
+    or not positive."""
+    total, number, units = 0.0, "", {"h": 3600.0, "m": 60.0, "s": 1.0}
+    for ch in str(text).strip().lower() + "s" * str(text).strip()[-1:].isdigit():
+        if ch.isdigit() or ch == ".":
+            number += ch
+        elif ch in units and number and number.count(".") <= 1:
+            total, number = total + float(number) * units[ch], ""
+        else:
+            return None
+    return total if total > 0 and not number else None
 
 
 # Derived from the fields' Options (see Option): the one declaration of every training option.

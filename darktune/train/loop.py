@@ -35,6 +35,9 @@ from darktune.train.init import (
 )
 from darktune.train.inputs import multi_scale_note, subset
 from darktune.train.loss import YoloLoss
+from darktune.train.recovery import GuardState
+from darktune.train import timed
+from darktune.train.timed import provisional_iterations
 from darktune.train.steps import finish, open_outputs, training_loop, wrap_model, write_summary
 
 
@@ -124,7 +127,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     subdivisions = config.subdivisions or spec.net.subdivisions
     if batch % subdivisions:
         raise DarktuneError(f"batch {batch} is not divisible by subdivisions {subdivisions}")
-    iterations = config.iterations or spec.net.max_batches
+    iterations = provisional_iterations(config) if config.time else config.iterations or spec.net.max_batches
     if iterations <= 0:
         raise DarktuneError("give --iterations (the cfg has no max_batches)", path=config.cfg)
     check_against_network(config, iterations, len(spec.layers))
@@ -157,12 +160,15 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
         log_items.append(f"image cache: {data.skipped} unreadable images skipped")
     points = set(config.eval_at) | set(range(config.eval_every, iterations + 1, config.eval_every or iterations + 1))
     points = {p for p in points if p <= iterations} | ({iterations} if od.valid else set())
+    if config.time:  # the evaluation points follow the fitted length (darktune.train.timed)
+        points = set()
     run = Run(config, dist, run_dir, spec, model, model, opt, data, YoloLoss([h.spec for h in model.heads]),
               iterations, batch, subdivisions, points if od.valid else set(), frozen, amp_dtype, scaler,
               channels_last, _net_params(config, spec), names=list(od.names))
     if not od.valid and (config.eval_every or config.eval_at or config.target_map is not None):
         log_items.append("no valid list in the data file: no mAP will be measured")
     run.notes = log_items
+    run.budget_evaluates = bool(config.time and od.valid)
     return run
 
 
@@ -180,6 +186,7 @@ def _fresh_start(run: Run) -> None:
     report["schedule_offset"] = offset
     run.state = RunState(schedule_offset=offset, init=report, input=run.data.input_path,
                          digests_before={str(k): v for k, v in layer_digests(run.model).items()})
+    timed.start(run)
     if run.dist.main:
         try:
             (run.dir / "weights").mkdir(parents=True, exist_ok=True)
@@ -249,6 +256,8 @@ def _resume(run: Run) -> None:
     load_optimizer_state(run.opt, ck["optimizer"], run.dir / "checkpoint.pt")
     set_rng_state(ck["rng"])
     run.state = saved_state
+    run.guard = GuardState.from_checkpoint(ck["state"].get("guard"), run.model, run.opt)
+    timed.start(run, ck["state"].get("budget"))
     k = run.config.unfreeze_at
     if k is not None and run.step == k and run.state.digests_at_unfreeze is None:  # a checkpoint of older code
         run.state.digests_at_unfreeze = {str(i): v for i, v in layer_digests(run.model).items()}

@@ -15,6 +15,7 @@ import torch
 
 from darktune.errors import DarktuneError
 from darktune.train.config import TrainConfig
+from darktune.train.recovery import GuardState
 
 
 @dataclass
@@ -38,7 +39,7 @@ class RunState:
     maps: list = field(default_factory=list)  # [iteration, mAP] per evaluation
     train_seconds: float = 0.0  # training steps only (no evaluation, checkpoints, start-up)
     elapsed_seconds: float = 0.0  # wall time of the run so far, at the last checkpoint
-    skipped_steps: int = 0  # non-finite losses, update skipped
+    skipped_steps: int = 0  # bad iterations (non-finite loss or spike), update skipped
     bad_in_row: int = 0
     schedule_offset: int = 0  # --continue-schedule: the weights' iteration, where the lr schedule goes on
     init: dict = field(default_factory=dict)  # what init_model loaded (mode, weights, upto, layers)
@@ -87,6 +88,9 @@ class Run:
     names: list = field(default_factory=list)  # class names (RUN/obj.names)
     step: int = 0
     state: RunState = field(default_factory=RunState)
+    guard: GuardState = field(default_factory=GuardState)  # snapshots, spike reference, lr drop (recovery)
+    budget: object = None  # budget.Budget with --time (darktune.train.timed), else None
+    budget_evaluates: bool = False  # --time and a valid list: evaluations follow the fitted length
     notes: list = field(default_factory=list)  # lines to log once the run has started
     elapsed_base: float | None = None  # elapsed seconds of earlier processes of this run (set on start)
     eval_set: object = None
@@ -95,6 +99,7 @@ class Run:
     metrics: object = None  # open file
     tb: object = None
     t_start: float = 0.0
+    cpu_start: float | None = None  # process CPU seconds at the start (DARKTUNE_BUDGET_CLOCK=cpu)
     progress: object = None
     log_file: object = None  # RUN/train.log, open (None where stderr already goes there)
 

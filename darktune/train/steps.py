@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 
@@ -22,6 +23,7 @@ from darktune.train.checkpoint import save_checkpoint
 from darktune.train.freeze import freeze_proof, frozen_at, layer_digests, PrefixFrozenModel, set_frozen
 from darktune.train.init import build_optimizer
 from darktune.train.inputs import size_counts
+from darktune.train import recovery, timed
 from darktune.train.schedule import learning_rate
 
 
@@ -83,13 +85,15 @@ def _write(run: Run, record: dict) -> None:
 def _set_lr(run: Run, iteration: int) -> float:
     offset = run.state.schedule_offset  # continue_schedule: where the weights' schedule was
     lr = learning_rate(run.net_params, iteration + offset, run.config.lr, run.iterations + offset, run.config.seed)
+    lr *= recovery.lr_scale(run.guard, iteration)  # lowered for a while after a recovery
     for group in run.opt.param_groups:
         group["lr"] = lr
     return lr
 
 
-def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]:
-    """One darknet iteration (1-based). Returns (finite, loss parts per image as detached tensors)."""
+def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor], str]:
+    """One darknet iteration (1-based). Returns (applied, loss parts per image as detached tensors, why it was
+    not applied: a non-finite loss or a spike, `darktune.train.recovery`)."""
     dist, dev = run.dist, run.dist.device
     per_rank = run.batch // dist.world
     run.model.train()
@@ -113,13 +117,14 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]
         parts["loss"] = loss.detach()
         for key, value in parts.items():
             sums[key] = sums[key] + value if key in sums else value
-    ok = torch.isfinite(sums["loss"]).to(torch.float32)
+    total = sums["loss"].detach().float().clone()
     if dist.world > 1:
         import torch.distributed as td
 
-        td.all_reduce(ok, op=td.ReduceOp.MIN)
-    finite = bool(ok.item())  # the one host sync of an iteration: a non-finite step must not be applied
-    if finite:
+        td.all_reduce(total)  # a NaN or inf on any rank makes the sum non-finite on every rank
+    loss = total.item() / run.batch  # the one host sync of an iteration: a bad step must not be applied
+    why = _judge(run, loss, hw[0])
+    if not why:
         if run.scaler is not None:
             run.scaler.step(run.opt)
             run.scaler.update()
@@ -128,7 +133,20 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor]]
     else:
         torch._foreach_copy_(buffers, backup)
     run.opt.zero_grad(set_to_none=True)
-    return finite, {k: v / per_rank if k != "n_pos" else v for k, v in sums.items()}
+    return not why, {k: v / per_rank if k != "n_pos" else v for k, v in sums.items()}, why
+
+
+def _judge(run: Run, loss: float, size: int) -> str:
+    """Why the iteration must not be applied ("" when it may): a non-finite loss, or a spike. A good one's loss
+    goes into the spike reference."""
+    if not math.isfinite(loss):
+        return recovery.describe(loss, loss, None, size)
+    scaled = recovery.scaled_loss(loss, size, run.spec.net.width)
+    spike, median = recovery.is_spike(run.guard, scaled, run.config.spike_factor)
+    if spike:
+        return recovery.describe(loss, scaled, median, size)
+    run.guard.history = (run.guard.history + [scaled])[-recovery.HISTORY:]
+    return ""
 
 
 def _bn_buffers(run: Run) -> list[torch.Tensor]:
@@ -146,6 +164,8 @@ def _unfreeze(run: Run) -> None:
     run.frozen = []
     run.opt = build_optimizer(run.model, 0.0, run.spec.net.momentum, run.spec.net.decay, previous=run.opt)
     run.net = wrap_model(run)
+    run.guard.good = None  # the snapshots' optimizer state has the frozen run's parameters
+    recovery.take_snapshot(run.guard, run.model, run.opt, run.step)
     run.log(f"iteration {run.step}: all layers unfrozen (--unfreeze-at {run.config.unfreeze_at})")
 
 
@@ -157,12 +177,19 @@ def training_loop(run: Run) -> tuple[str, str]:
     if _evaluates_start(run) and _evaluate(run, 0):  # the start weights already meet the target
         save_state(run)
         return "stopped_at_target", f"mAP reached {c.target_map} at iteration 0 (the start weights)"
-    for it in range(run.step + 1, run.iterations + 1):
+    if run.guard.good is None and run.guard.candidate is None:  # something to go back to from the start
+        recovery.take_snapshot(run.guard, run.model, run.opt, run.step)
+    it = run.step
+    while it < run.iterations:  # with --time, run.iterations is fitted as the run goes (darktune.train.timed)
+        it += 1
+        if run.budget is not None and not timed.next_fits(run, it, timed.clock(run)):
+            return _out_of_time(run, it - 1)
+        budget_t = timed.clock(run) if run.budget is not None else 0.0
         if c.unfreeze_at is not None and it - 1 >= c.unfreeze_at and run.frozen:
             _unfreeze(run)
         lr = _set_lr(run, it)
         t = time.perf_counter()
-        ok, parts = train_step(run, it)
+        ok, parts, why = train_step(run, it)
         logging = it % c.log_every == 0 or it == run.iterations or not ok or it in run.eval_points
         if cuda and logging:
             torch.cuda.synchronize()
@@ -170,6 +197,9 @@ def training_loop(run: Run) -> tuple[str, str]:
         st.train_seconds += dt
         window_t, window_imgs = window_t + dt, window_imgs + run.batch
         run.step = it
+        if run.budget is not None:
+            now = timed.clock(run)
+            timed.after_iteration(run, it, now - budget_t, run.data.size_at(it - 1), now)
         if it == c.unfreeze_at and run.frozen:  # the end of the frozen phase: what freeze_proof.json compares to
             st.digests_at_unfreeze = _digests(run)
         st.skipped_steps += 0 if ok else 1
@@ -177,11 +207,16 @@ def training_loop(run: Run) -> tuple[str, str]:
         if logging:
             _log_iteration(run, it, ok, parts, lr, window_imgs / max(window_t, 1e-9))
             window_t, window_imgs = 0.0, 0
+        if not ok:
+            _recover(run, it, why)
+        elif it % recovery.SNAPSHOT_EVERY == 0:
+            recovery.take_snapshot(run.guard, run.model, run.opt, it)
         if run.progress is not None:
             run.progress.update(1)
         if st.bad_in_row >= c.max_bad_steps:
-            message = (f"stopped at iteration {it}: the loss was not finite in {st.bad_in_row} iterations in a "
-                       "row (try a lower --lr, a longer burn_in, or check the labels)")
+            message = (f"stopped at iteration {it}: the loss was not finite (or spiked) in {st.bad_in_row} "
+                       "iterations in a row, though each went back to the last good state with a lower lr (try a "
+                       "lower --lr, a longer burn_in, or check the labels)")
             run.log(message)
             return "failed", message
         stop = it in run.eval_points and _evaluate(run, it)
@@ -192,6 +227,30 @@ def training_loop(run: Run) -> tuple[str, str]:
     return "finished", ""
 
 
+def _out_of_time(run: Run, last: int) -> tuple[str, str]:
+    """--time: the next iteration does not fit; `last` is the end (its evaluation unless done)."""
+    run.iterations = last
+    message = f"time budget {run.config.time} reached after iteration {last}"
+    run.log(message)
+    if run.budget_evaluates and not any(m[0] == last for m in run.state.maps):
+        _evaluate(run, last)
+    save_state(run)
+    return "finished", message
+
+
+def _recover(run: Run, it: int, why: str) -> None:
+    """A bad iteration: back to the last good state, the lr lowered (`darktune.train.recovery`); said in
+    train.log and metrics.jsonl."""
+    g = run.guard
+    back = recovery.recover(g, run.model, run.opt, it)
+    where = f"back to the state after iteration {back}" if back is not None else "no earlier state kept yet"
+    scale = recovery.lr_scale(g, it)
+    run.log(f"iteration {it}: {why}: update skipped, {where}, lr x{scale:.3g} rising back to the schedule's over "
+            f"{recovery.RAMP} iterations (recovery {g.recoveries}; {run.state.bad_in_row} bad in a row)")
+    _write(run, {"iteration": it, "event": "recovery", "reason": why, "restored_iteration": back,
+                 "lr_scale": scale, "recoveries": g.recoveries, "bad_in_row": run.state.bad_in_row})
+
+
 def _digests(run: Run) -> dict[str, str]:
     return {str(i): v for i, v in layer_digests(run.model).items()}
 
@@ -200,41 +259,43 @@ def _evaluates_start(run: Run) -> bool:
     """mAP of the start weights (iteration 0) when the run evaluates (--eval-every / --eval-at), once: on a
     fresh start, or on a resume before the first update if it was not recorded yet."""
     c = run.config
-    return (run.step == 0 and bool(run.eval_points) and bool(c.eval_every or c.eval_at)
+    return (run.step == 0 and (bool(run.eval_points) and bool(c.eval_every or c.eval_at) or run.budget_evaluates)
             and not any(m[0] == 0 for m in run.state.maps))
 
 
 def _log_iteration(run: Run, it: int, ok: bool, parts: dict, lr: float, images_per_s: float) -> None:
     keys = list(parts)
     values = dict(zip(keys, torch.stack([parts[k].float() for k in keys]).tolist()))  # one host sync
-    record = {"iteration": it, "loss": values["loss"] if ok else None,
-              **{k: values[k] if ok else None for k in ("box", "obj", "cls")}, "n_pos": values.get("n_pos"),
+    finite = math.isfinite(values["loss"])  # a spike is finite, and its losses are written
+    record = {"iteration": it, "loss": values["loss"] if finite else None,
+              **{k: values[k] if finite else None for k in ("box", "obj", "cls")}, "n_pos": values.get("n_pos"),
               "lr": lr, "size": run.data.size_at(it - 1), "input": run.data.input_path,
               "images_per_s": round(images_per_s, 3), "train_s": round(run.state.train_seconds, 4),
               "elapsed_s": round(_elapsed(run), 4)}
     if not ok:
-        record.update(nonfinite=True, skipped_steps=run.state.skipped_steps)
+        record.update(skipped=True, skipped_steps=run.state.skipped_steps)
+        if not finite:
+            record["nonfinite"] = True
     _write(run, record)
     if run.progress is not None:
-        run.progress.set_postfix(loss=f"{values['loss']:.3f}" if ok else "nan", lr=f"{lr:.2g}",
+        run.progress.set_postfix(loss=f"{values['loss']:.3f}" if finite else "nan", lr=f"{lr:.2g}",
                                  img_s=f"{images_per_s:.1f}", refresh=False)
-    if not ok:
-        run.log(f"iteration {it}: non-finite loss, update skipped ({run.state.bad_in_row} in a row, "
-                f"{run.state.skipped_steps} in all)")
 
 
 def _evaluate(run: Run, it: int) -> bool:
     """mAP at iteration `it` (rank 0); returns whether the run stops here (same answer on every rank)."""
     c, st = run.config, run.state
     stop = False
+    t, budget_t = time.perf_counter(), timed.clock(run) if run.budget is not None else 0.0
     if run.dist.main:
-        t = time.perf_counter()
         result = _measure(run)
         st.maps.append([it, result.map])
         st.final_map = result.map
         if st.best_map is None or result.map > st.best_map:
             st.best_map = result.map
             _save_weights(run, "best.weights")
+        if c.eval_weights:
+            _save_weights(run, f"iter_{it}.weights")
         reached = c.target_map is not None and result.map >= c.target_map
         if reached and st.time_to_target is None:
             st.time_to_target = {"iteration": it, "seconds": round(st.train_seconds, 4),
@@ -251,6 +312,9 @@ def _evaluate(run: Run, it: int) -> bool:
         flag = torch.tensor([1.0 if stop else 0.0])
         td.broadcast(flag, 0)
         stop = bool(flag.item())
+    if run.budget is not None:  # every rank (rank 0's fit is broadcast)
+        now = timed.clock(run)
+        timed.after_evaluation(run, it, now - budget_t, now)
     return stop
 
 
@@ -282,7 +346,9 @@ def save_state(run: Run) -> None:
     if run.scaler is not None:
         run.state.scaler = run.scaler.state_dict()
     save_checkpoint(run.dir / "checkpoint.pt", model=run.model, optimizer=run.opt, step=run.step,
-                    config=run.config.to_dict(), loader=run.data.position(run.step), state=run.state.to_checkpoint())
+                    config=run.config.to_dict(), loader=run.data.position(run.step),
+                    state={**run.state.to_checkpoint(), "guard": run.guard.to_checkpoint(run.step),
+                           "budget": run.budget.to_dict() if run.budget is not None else None})
     _save_weights(run, "last.weights")
     run.state.last_saved_step = run.step
 
@@ -296,7 +362,8 @@ def write_summary(run: Run, status: str, message: str = "") -> dict:
         "target_map": run.config.target_map, "time_to_target": st.time_to_target,
         "maps": st.maps, "train_seconds": round(ts, 4), "elapsed_seconds": round(_elapsed(run), 4),
         "images_per_s": round(run.step * run.batch / ts, 3) if ts > 0 else 0.0,
-        "skipped_steps": st.skipped_steps, "train_images": len(run.data), "batch": run.batch,
+        "skipped_steps": st.skipped_steps, "recoveries": run.guard.recoveries, "train_images": len(run.data),
+        "batch": run.batch,
         "subdivisions": run.subdivisions,
         "size": [run.spec.net.width, run.spec.net.height], "frozen_layers_at_end": run.frozen,
         "input": run.data.input_path, "multi_scale": run.data.multi_scale,
@@ -305,6 +372,7 @@ def write_summary(run: Run, status: str, message: str = "") -> dict:
         "init": {k: st.init.get(k) for k in ("mode", "weights", "upto", "loaded_layers", "new_layers")},
         "feature_cache": run.feature_cache.summary() if run.feature_cache is not None else None,
         "schedule_offset": st.schedule_offset,
+        "time_budget": run.budget.to_dict() if run.budget is not None else None,
         "config": run.config.to_dict(),
     }
     atomic_write_bytes(run.dir / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
