@@ -38,6 +38,10 @@ HEADING = "## Reliability (produced by the test suite)"
 TEST_FILES = ("tests/reliability/test_images.py", "tests/reliability/test_labels.py",
               "tests/reliability/test_cfg_weights.py", "tests/reliability/test_hostile.py",
               "tests/reliability/test_faults.py", "tests/reliability/test_imports.py",
+              "tests/reliability/test_videos.py", "tests/reliability/test_outputs.py",
+              "tests/reliability/test_caches.py", "tests/reliability/test_report_inputs.py",
+              "tests/reliability/test_ray_guards.py", "tests/reliability/test_options.py",
+              "tests/reliability/test_memory.py", "tests/reliability/test_semantics.py",
               "tests/train/test_determinism.py")
 OUTCOMES = ("handled", "crash", "silent")
 
@@ -67,6 +71,25 @@ KINDS = {
     "class_names": "Class names with control characters or terminal escapes (names file, COCO, VOC, Open Images)",
     "outputs": "Outputs a hostile input could flood or arm: 200,000 bad label lines (data check), spreadsheet "
                "formulas in CSV cells",
+    "videos": "Videos and other frame sources: cut at 30-90 %, zeroed frames, 100 MP+ frame headers, FIFOs, "
+              "devices and folders named like videos (detect)",
+    "detect_outputs": "detect --out onto its own inputs: the source folder, links and hard links to inputs and to "
+                      "other user files, --out naming an input file",
+    "caches": "backend-probe.json with NaN, negative or text timings, as a FIFO, device or folder; an unwritable "
+              "$DARKTUNE_HOME (detect --backend auto)",
+    "run_files": "Tampered checkpoints (types, ranges, NaN, RNG states), a cfg edited before --resume, metrics.jsonl "
+                 "that is not UTF-8 (train --resume)",
+    "report_inputs": "experiment.json, summary.json, metrics.jsonl with wrong types, NaN/inf/out-of-range mAPs, "
+                     "escaping folders, FIFOs; a --model both folder with one half missing (report)",
+    "ray": "Ray cluster addresses where nothing listens (loopback), runs no node can hold, --jobs past the runs",
+    "options": "Numbers on the command line: every numeric flag of every command with -1, 0, nan, inf, 1e30, text, "
+               "fractions for counts, past int64 (refused at parse time, naming the flag)",
+    "spec_numbers": "Numbers in experiment specs: every numeric key (train options, grid, stages, per_start, "
+                    "weights) with .nan, .inf, -1, 0, text, booleans, 1e30 (refused naming the file and line)",
+    "memory": "Sizes that multiply into memory: detect --size/--workers, train --batch, export --batch, cfg "
+              "random/maxpool/conv sizes; CPU out of memory in train, map, detect, export",
+    "semantics": "Model semantics: a spec's model against the network its cfg builds; decode keys out of domain "
+                 "(scale_x_y, random); an ONNX export whose stored cfg decodes otherwise",
 }
 
 INTRO = ("Every figure below is counted by the reliability tests as they run (`tests/reliability/test_*.py`, "
