@@ -26,7 +26,7 @@ LAYERS = {
     "report": 5,
     "experiment": 6,
     "reproduce": 7,
-    "cli": 8,
+    "cli": 8, "api": 8,  # the Python API: a face beside the command line (neither imports the other)
     "__main__": 9,
 }
 MAX_TOP_LEVEL = 10
@@ -159,6 +159,13 @@ def test_no_module_or_package_cycle():
             if unit(a) != unit(b):
                 packages.setdefault(unit(a), set()).add(unit(b))
     assert cycles(packages) == []
+
+
+def test_nothing_imports_the_python_api():
+    """darktune/api is a face over the layers for notebooks and scripts: it may import any layer, nothing
+    imports it (not even cli or __main__)."""
+    edges, _, _ = graph()
+    assert sorted(a for a, targets in edges.items() if unit(a) != "api" and any(unit(t) == "api" for t in targets)) == []
 
 
 def test_few_top_level_modules_and_short_files():
