@@ -312,3 +312,30 @@ def test_ray_flags(argv, expect):
                 ray_options(args)
         else:
             assert ray_options(args) == expect
+
+
+def test_recipe_trials_on_ray_give_the_in_process_metrics(cluster, tmp_path):
+    """`darktune recipe` with --ray-address: its trials as Ray tasks train as they do in this process (compared over
+    the iterations both trained: the rungs' decisions follow measured seconds)."""
+    import torch
+
+    from darktune.experiment.recipe import run_recipe
+    from darktune.experiment.recipe_space import RecipeSettings
+
+    cfg, data = datasets.make_tiny(tmp_path / "tiny")
+    settings = RecipeSettings(data=str(data), target_map=0.99, cfg=str(cfg), starts=("scratch",), freeze=(0,),
+                              lrs=(0.001, 0.002), first_rung=2, eval_every=1, max_iterations=4, seeds=1,
+                              train={"batch": 2, "size": 64})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a Ray task with 1 CPU: the same float reductions
+    try:
+        local = run_recipe(settings, tmp_path / "local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    on_ray = run_recipe(settings, tmp_path / "ray", ray=RayOptions(address=cluster), progress=False)
+    assert [r["name"] for r in on_ray["candidates"]] == [r["name"] for r in local["candidates"]]
+    assert not on_ray["reached"] and on_ray["closest"] is not None
+    for run in sorted((tmp_path / "ray" / "runs").iterdir()):
+        a, b = figures(tmp_path / "local" / "runs" / run.name), figures(run)
+        n = min(len(a), len(b))
+        assert n >= 4 and a[:n] == b[:n], run.name
