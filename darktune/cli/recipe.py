@@ -56,8 +56,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", help="a .cfg of that model to train instead of the zoo's")
     p.add_argument("--out", default="runs/recipe", help="search folder (rerun to continue); default %(default)s")
     g = p.add_argument_group("the candidates (comma-separated lists narrow or widen each axis)")
-    g.add_argument("--starts", type=_names, help="of scratch, backbone, coco15/coco29 (or partial), coco, domain "
-                                                 "(default: all but domain, and domain with --domain)")
+    g.add_argument("--starts", type=_names, help="of scratch, backbone, coco15/coco29 (or partial), coco, coco-keep "
+                                                 "(--keep-classes), domain (default: scratch, backbone, the "
+                                                 "partial start, coco, and domain with --domain)")
     g.add_argument("--freeze", type=_ints, help="frozen layer counts (default: 0,8,13,15,20 on yolov3-tiny, "
                                                 "0,18,27,29,35 on yolov4-tiny); only where the start loads them")
     g.add_argument("--size", type=_ints, dest="sizes", help="network sizes, multiples of 32 (default: the cfg's)")

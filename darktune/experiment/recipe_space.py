@@ -8,7 +8,9 @@ Start points (the model's names, darktune.darknet.transfer): `scratch`; `backbon
 `--backbone FILE`, or, without one, a stand-in: the COCO weights' layers up to the stride-16 maxpool, as
 `reproduce` uses); the COCO partial start (`coco15` / `coco29`); `coco` (every COCO layer that fits the cfg:
 all but the class-dependent [yolo] convs when the classes differ); `domain` (every layer of `--domain FILE`,
-e.g. weights trained on a large related data set). Frozen layers: the study's cuts and the ones between, each
+e.g. weights trained on a large related data set); `coco-keep` (asked for by name: the whole COCO model with the
+rows of the classes your data shares with COCO kept, `darktune train --keep-classes`; a data set without a COCO
+class name makes its trials fail with that message). Frozen layers: the study's cuts and the ones between, each
 only for a start that loads those layers (a random layer is never frozen).
 """
 
@@ -28,7 +30,7 @@ from darktune.experiment.spec import RunPlan
 STAND_IN_LAYERS = {"yolov3-tiny": 8, "yolov4-tiny": 18}
 # Default frozen counts: none, the stand-in's cut, the backbone, the COCO partial start, the study's deepest cut.
 DEFAULT_FREEZE = {"yolov3-tiny": (0, 8, 13, 15, 20), "yolov4-tiny": (0, 18, 27, 29, 35)}
-START_ORDER = ("scratch", "backbone", "partial", "coco", "domain")
+START_ORDER = ("scratch", "backbone", "partial", "coco", "coco-keep", "domain")
 _SAFE = re.compile(r"[^A-Za-z0-9.-]+")
 
 
@@ -85,7 +87,7 @@ class RecipeSettings:
         unknown = [s for s in self.starts or () if s not in START_ORDER + (MODELS[self.model].partial,)]
         if unknown:
             raise DarktuneError(f"--starts: unknown start {unknown[0]!r} (known: scratch, backbone, "
-                                f"{MODELS[self.model].partial}, coco, domain)")
+                                f"{MODELS[self.model].partial}, coco, coco-keep, domain)")
         if "domain" in (self.starts or ()) and self.domain is None:
             raise DarktuneError("--starts domain needs --domain FILE (your weights trained on a related data set)")
 
@@ -140,15 +142,17 @@ class Candidate:
 
     def options(self, settings: RecipeSettings) -> dict:
         """The TrainConfig options of its trials (besides start, freeze, seed, iterations)."""
-        opts = {**settings.train, "lr": self.lr, "burn_in": self.burn_in, "eval_every": settings.eval_every,
+        opts = {**{k: v for k, v in settings.train.items() if k != "max_images"}, "lr": self.lr, "burn_in": self.burn_in, "eval_every": settings.eval_every,
                 "target_map": settings.target_map, "stop_at_target": True}
         if self.size:
             opts["size"] = self.size
+        if self.start == "coco-keep":
+            opts["keep_classes"] = True
         return opts
 
     def plan(self, settings: RecipeSettings, seed: int, iterations: int) -> RunPlan:
         """The run plan of its trial with `seed`, trained to `iterations` (a later rung extends the same run)."""
-        start_key = settings.domain if self.start == "domain" else self.start
+        start_key = {"domain": settings.domain, "coco-keep": "coco"}.get(self.start, self.start)
         return RunPlan(name=f"{self.name}-s{seed}", group="grid", start=start_key, start_label=self.start,
                        data=settings.data, freeze=self.freeze, images=settings.train.get("max_images"), seed=seed,
                        iterations=iterations, eval_at=(), options=self.options(settings), model=settings.model)

@@ -243,3 +243,19 @@ def test_cli_json(setup, monkeypatch, capsys):
     assert "darktune train" in text and "domain" in text
     assert main(["recipe", settings.data, "--target-map", "80", "--out", str(out)]) == 2
     assert "--target-map" in capsys.readouterr().err
+
+
+def test_coco_keep_start_trains_the_whole_coco_model_with_keep_classes(setup, monkeypatch, coco):
+    settings, out = setup
+    seen = []
+
+    def spy(kwargs, progress):
+        seen.append(kwargs)
+        return recipe_train(kwargs, progress)
+
+    monkeypatch.setattr(recipe_mod.runner, "default_train", spy)
+    result = run_recipe(RecipeSettings(**{**settings.__dict__, "starts": ("coco-keep",), "freeze": (0,),
+                                          "lrs": (0.001,), "seeds": 1}), out, progress=False)
+    assert {k["keep_classes"] for k in seen} == {True} and {k["upto"] for k in seen} == {None}
+    assert {Path(k["weights"]).name for k in seen} == {Path(coco.weights).name}
+    assert result["winner"]["start"] == "coco-keep" and "--keep-classes" in result["winner"]["train_command"]
