@@ -142,8 +142,9 @@ class Candidate:
 
     def options(self, settings: RecipeSettings) -> dict:
         """The TrainConfig options of its trials (besides start, freeze, seed, iterations)."""
-        opts = {**{k: v for k, v in settings.train.items() if k != "max_images"}, "lr": self.lr, "burn_in": self.burn_in, "eval_every": settings.eval_every,
-                "target_map": settings.target_map, "stop_at_target": True}
+        opts = {k: v for k, v in settings.train.items() if k != "max_images"}  # max_images: the plan's images
+        opts.update(lr=self.lr, burn_in=self.burn_in, eval_every=settings.eval_every, target_map=settings.target_map,
+                    stop_at_target=True)
         if self.size:
             opts["size"] = self.size
         if self.start == "coco-keep":
