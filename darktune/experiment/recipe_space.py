@@ -80,10 +80,10 @@ class RecipeSettings:
         for ok, message in checks:
             if not ok:
                 raise DarktuneError(message)
-        for flag, path in (("--data", self.data), ("--domain", self.domain), ("--backbone", self.backbone),
-                           ("--cfg", self.cfg)):
+        for what, path in (("the data set (DATA)", self.data), ("--domain", self.domain),
+                           ("--backbone", self.backbone), ("--cfg", self.cfg)):
             if path is not None and not Path(path).exists():
-                raise DarktuneError(f"{flag}: not found", path=path)
+                raise DarktuneError(f"{what}: not found", path=path)
         unknown = [s for s in self.starts or () if s not in START_ORDER + (MODELS[self.model].partial,)]
         if unknown:
             raise DarktuneError(f"--starts: unknown start {unknown[0]!r} (known: scratch, backbone, "
