@@ -49,6 +49,7 @@ def add_commands(subparsers) -> None:
     _add_source_args(anchors)
     anchors.set_defaults(load_sources=load_sources)
     try:
+    _add_tile(sub)
         from darktune.cli.synth_cmd import add_synth_parser
     except ModuleNotFoundError as exc:
         if exc.name != "darktune.cli.synth_cmd":
@@ -372,6 +373,46 @@ def _write(dataset, args):
 
 
 # ------------------------------------------------------------------------------------------------ stats
+# ------------------------------------------------------------------------------------------------- tile
+
+
+def _add_tile(sub) -> None:
+    p = sub.add_parser("tile", help="cut large images into overlapping tiles (small objects keep their pixels)",
+                       description="A new darknet dataset of tiles, tiles.json naming each tile's source and "
+                                   "offset; see docs/tiles.md. Sources are only read.",
+                       epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_source_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
+    p.add_argument("--size", type=int, default=416, help="tile width and height in pixels (default 416)")
+    p.add_argument("--overlap", type=float, default=0.2, help="of neighbouring tiles, a fraction in [0, 1) (0.2)")
+    p.add_argument("--min-visible", type=float, default=0.5, metavar="F",
+                   help="keep a box cut by a tile edge, clipped, when this share of it is inside (default 0.5)")
+    p.add_argument("--negatives", type=float, default=0.1, metavar="F",
+                   help="share of tiles without boxes kept as negatives (default 0.1)")
+    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                   help="share of source images for validation, kept whole for map --tile (default 0)")
+    p.add_argument("--tile-valid", action="store_true", help="tile the validation images too")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and of the negatives kept (default 0)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_tile)
+
+
+def cmd_tile(args) -> int:
+    from darktune.data.tile import TileOptions, tile_dataset
+
+    opts = TileOptions(args.size, args.overlap, args.min_visible, args.negatives, args.val_fraction,
+                       args.tile_valid, args.seed)  # bad options fail before anything is read
+    dataset, notes = load_sources(args)
+    _require_images(dataset, args)
+    obj_data, counts = tile_dataset(dataset, args.out, opts)
+    _print_skipped(dataset)
+    if args.json:
+        _print_json({"obj_data": str(obj_data), "classes": dataset.classes} | counts.to_dict() | notes)
+    else:
+        print("\n".join(_notes_lines(notes) + counts.lines(opts, obj_data)))
+    return 0
+
+
 
 
 def _add_stats(sub) -> None:

@@ -54,6 +54,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "all threads, with a camera among the sources or off a CPU). Output order and results do "
                         "not depend on it (torch's may round 1e-5 differently on fewer threads)")
     p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
+    p.add_argument("--tile", type=int, metavar="PX",
+                   help="sliced detection for large images and frames with small objects: cut each into tiles of "
+                        "PX x PX pixels (as `data tile`; use the tile size the model was trained on), detect the "
+                        "tiles in batches, shift the boxes back and merge them across tiles; an image no larger "
+                        "than a tile is detected plainly")
+    p.add_argument("--overlap", type=float, default=0.2, help="--tile: overlap of neighbouring tiles, a fraction "
+                                                              "of the tile in [0, 1) (default 0.2)")
+    p.add_argument("--tile-full", action="store_true",
+                   help="--tile: detect the whole image resized as well, for objects larger than a tile")
+    p.add_argument("--merge", choices=("greedynmm", "nms"), default="greedynmm",
+                   help="--tile: how boxes of neighbouring tiles merge: greedynmm (default) joins the boxes that "
+                        "match the best one into their enclosing box (an object cut by a tile edge becomes one "
+                        "box); nms keeps the best and drops the rest")
+    p.add_argument("--match", choices=("ios", "iou"), default="ios",
+                   help="--tile: match boxes by intersection over the smaller box (ios, default) or IoU")
+    p.add_argument("--match-thresh", type=float, default=0.5, help="--tile: match above this (default 0.5)")
     p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
                                  "a video becomes <file name>.mp4 (clip.mp4, clip.avi.mp4), camera N cameraN.mp4; "
                                  "a name taken by another input of the run gets -2, -3, ... (with a note)")
@@ -101,6 +117,11 @@ def _detect(args) -> int:
         raise DarktuneError("--onnx is for --backend onnxruntime")
     if args.cfg is None and not args.onnx:
         raise DarktuneError("--cfg is required (or --backend onnxruntime --onnx MODEL)")
+    args.slicing = None
+    if args.tile is not None:
+        from darktune.eval.tiled import Slicing
+
+        args.slicing = Slicing(args.tile, args.overlap, args.tile_full, args.merge, args.match, args.match_thresh)
     most_workers = max(64, 2 * cpu_count())  # each worker holds an image or frame and its network's buffers
     if args.workers is not None and not 1 <= args.workers <= most_workers:
         raise DarktuneError(f"--workers must be between 1 and {most_workers} on this machine, got {args.workers}")
@@ -316,7 +337,12 @@ def _detect_one(args, backend, image):
     """(n, 6) detections of one BGR image, boxes clipped to it (the JSON, the text and the drawing agree)."""
     from darktune.deploy.detect import clip_boxes
 
-    dets = backend.detect([image], args.thresh, args.nms, args.letterbox)[0]
+    if getattr(args, "slicing", None) is not None:
+        from darktune.deploy.sliced import sliced_detect
+
+        dets = sliced_detect(backend, image, args.slicing, args.thresh, args.nms, args.letterbox)
+    else:
+        dets = backend.detect([image], args.thresh, args.nms, args.letterbox)[0]
     if args.remap is not None:
         from darktune.darknet.classes import remap_detections
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from darktune.data.dataset import Dataset
+from darktune.data.tile_advice import tiling_advice
 from darktune.errors import DarktuneError
 from darktune.plural import plural
 
@@ -105,6 +106,7 @@ class DatasetStats:
     n_skipped_records: int = 0
     skipped: list[dict] = field(default_factory=list)
     source: str | None = None
+    tiling: dict | None = None  # darktune.data.tile_advice: whether to tile, which tile size and overlap
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,7 +154,7 @@ def dataset_stats(dataset: Dataset, anchors_k: int | None = 6, size: tuple[int, 
         height=_summary(wh[:, 1]), area=_summary(wh[:, 0] * wh[:, 1]), aspect=_summary(wh[:, 0] / wh[:, 1]),
         size=(int(size[0]), int(size[1])), n_missing_images=len(missing), missing_images=[str(p) for p in missing],
         n_skipped_records=len(dataset.dropped),
-        skipped=[p.to_dict() for p in dataset.skipped], source=source)
+        skipped=[p.to_dict() for p in dataset.skipped], source=source, tiling=tiling_advice(dataset, size))
     if anchors_k:
         n_distinct = len(np.unique(wh, axis=0))
         if n_distinct < anchors_k:
@@ -187,6 +189,8 @@ def format_stats(stats: DatasetStats) -> str:
     elif stats.anchors_not_computed:
         where = f" for {stats.source}" if stats.source else ""
         lines.append(f"anchors not computed{where}: {stats.anchors_not_computed}")
+    if stats.tiling:
+        lines.append(stats.tiling["advice"])
     return "\n".join(lines)
 
 

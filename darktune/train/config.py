@@ -194,6 +194,12 @@ class TrainConfig:
         kind="int", metavar="N", resumable=False, identity=True)
     max_valid_images: int | None = option(None, help="evaluate on the first N valid images", kind="int",
                                           metavar="N", spec=16, resumable=True, identity=True)
+    eval_tile: int | None = option(  # darktune.eval.tiled: whole-image mAP of a model trained on tiles
+        None, help="score the valid list's whole images by sliced detection in tiles of PX x PX pixels, as "
+                   "`detect --tile PX` runs them (for a model trained on `data tile` tiles)",
+        kind="int", metavar="PX", resumable=True, identity=True)
+    eval_overlap: float = option(0.2, help="--eval-tile: overlap of neighbouring tiles (default 0.2)",
+                                 kind="float", metavar="F", resumable=True, identity=True)
     lr: float | None = option(None, help="override [net] learning_rate", kind="float", spec=4, resumable=False,
                               identity=True)
     burn_in: int | None = option(
@@ -305,6 +311,9 @@ class TrainConfig:
              f"--spike-factor must be 0 (off) or above 1, got {self.spike_factor}"),
             (self.time is None or parse_duration(self.time) is not None,
              f"--time must be a duration such as 15m, 90s, 1h or 1h30m, got {self.time!r}"),
+            (self.eval_tile is None or self.eval_tile >= 32,
+             f"--eval-tile must be >= 32 pixels, got {self.eval_tile}"),
+            (0 <= self.eval_overlap < 1, f"--eval-overlap must be in [0, 1), got {self.eval_overlap}"),
             (self.max_images is None or self.max_images >= 1,
              f"--max-images must be >= 1, got {self.max_images} (leave it out to use every training image)"),
         ]

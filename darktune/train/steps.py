@@ -18,6 +18,7 @@ from darktune.train.files import write_run_file
 from darktune.darknet.weights import Header, save_weights, seen_after
 from darktune.files import atomic_write_bytes
 from darktune.eval.evaluate import evaluate_model, load_eval_set, PrefixCache
+from darktune.eval.tiled import Slicing, evaluate_tiled, load_whole_set
 from darktune.train.chart import write_chart
 from darktune.train.checkpoint import save_checkpoint
 from darktune.train.freeze import freeze_proof, frozen_at, layer_digests, PrefixFrozenModel, set_frozen
@@ -319,6 +320,11 @@ def _evaluate(run: Run, it: int) -> bool:
 
 
 def _measure(run: Run):
+    if run.config.eval_tile:  # whole valid images, sliced as `detect --tile` runs them
+        if run.eval_set is None:
+            run.eval_set = load_whole_set(run.config.data, "valid", run.config.max_valid_images)
+        slicing = Slicing(run.config.eval_tile, run.config.eval_overlap, batch=run.config.eval_batch)
+        return evaluate_tiled(run.model, run.eval_set, slicing, run.config.protocol, run.dist.device)
     if run.eval_cache is None:
         run.eval_cache = PrefixCache()
     if run.eval_set is None:
