@@ -46,7 +46,8 @@ class StartRow:
         """What a cell says when the row has no time to target: not measured (runs missing or unfinished), or
         not reached by every seed."""
         if self.unfinished:
-            return f"not measured: {self.unfinished} of {self.reached.split('/')[1]} did not finish"
+            runs = self.reached.split("/")[1].split()[0]  # "0/3 seeds": one run per seed
+            return f"not measured: {self.unfinished} of {runs} runs did not finish"
         return f"not reached ({self.reached})"
 
 
