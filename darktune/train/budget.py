@@ -51,6 +51,7 @@ class Budget:
     eval_s: float | None = None  # seconds of one evaluation (measured)
     iterations: int | None = None  # fitted N
     eval_every: int | None = None  # N / EVALUATIONS at the first fit
+    burn_in: int | None = None  # BURN_IN_FRACTION x N at the first fit
 
     def seconds_per_px(self) -> float | None:
         return self.timed_s / self.timed_px if self.timed_px > 0 else None

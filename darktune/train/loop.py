@@ -123,6 +123,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
         torch.set_num_threads(config.threads)  # e.g. 1 per process when several runs share 2 cores
     dist = _dist_setup(config.device)
     spec, od = _resolve_spec(config)
+    config = timed.with_defaults(config, spec.net.batch, dist.device.type == "cuda")  # --time on a CPU
     batch = config.batch or spec.net.batch
     subdivisions = config.subdivisions or spec.net.subdivisions
     if batch % subdivisions:

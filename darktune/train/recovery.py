@@ -4,9 +4,12 @@ A run keeps, in memory, snapshots of what an update changes (the model's paramet
 the optimizer's momentum): a *candidate* every `SNAPSHOT_EVERY` iterations, which becomes the *good* snapshot
 once `SNAPSHOT_EVERY` more iterations have passed without a spike (so the state restored was followed by healthy
 steps, not the start of the blow-up). An iteration is bad when its loss is not finite, or when ``spike_factor``
-> 0 and its loss per image, scaled to the run's base size (``loss * (base / size)^2``: the objectness term
-grows with the number of grid cells, so a multi-scale batch at 608 px is not taken for a spike at 416), is more
-than ``spike_factor`` times the median of the last `HISTORY` good iterations (once there are `MIN_HISTORY`).
+> 0 and one of its terms (total, box, objectness, class) per image, scaled to the run's base size (``x * (base /
+size)^2``: the objectness term grows with the number of grid cells, so a multi-scale batch at 608 px is not taken
+for a spike at 416), is more than ``spike_factor`` times that term's median over the last `HISTORY` good
+iterations (once there are `MIN_HISTORY`; a term's median counts as at least `FLOOR` of the total's, so a term
+near 0, e.g. the class term of one class, is not a spike when it moves a little). The terms are watched apart
+because a blow-up often starts in the small box term while the total, ruled by objectness, barely moves.
 A bad iteration is not applied; the run goes back to the good snapshot (or the candidate, before the first
 good one), multiplies the lr by `LR_DROP` (compounding when a recovery follows another before the lr is back)
 and brings it back linearly to the schedule's over `RAMP` iterations; the iteration count goes on (batches
@@ -29,6 +32,8 @@ import torch
 SNAPSHOT_EVERY = 10  # iterations between snapshots
 HISTORY = 20  # good iterations whose median is the spike reference
 MIN_HISTORY = 5  # no spike test before this many good iterations (non-finite losses are always bad)
+TERMS = ("loss", "box", "obj", "cls")  # what is watched, in the order of a history row
+FLOOR = 0.01  # a term's median counts as at least this fraction of the total's
 LR_DROP = 0.5  # lr multiplier right after a recovery
 RAMP = 50  # iterations over which the lr returns to the schedule's after a recovery
 
@@ -37,7 +42,7 @@ RAMP = 50  # iterations over which the lr returns to the schedule's after a reco
 class GuardState:
     """What the guard carries across a resume (the checkpoint's state["guard"])."""
 
-    history: list = field(default_factory=list)  # scaled losses per image of the last good iterations
+    history: list = field(default_factory=list)  # [total, box, obj, cls] per image, scaled, of good iterations
     recoveries: int = 0
     drop: float = 1.0  # lr multiplier right after the last recovery
     drop_at: int | None = None  # iteration of the last recovery
@@ -70,16 +75,21 @@ def lr_scale(g: GuardState, iteration: int) -> float:
     return g.drop + (1.0 - g.drop) * min(1.0, (iteration - g.drop_at) / RAMP)
 
 
-def scaled_loss(loss: float, size: int, base: int) -> float:
-    return loss * (base / size) ** 2
+def scaled(values: list[float], size: int, base: int) -> list[float]:
+    return [v * (base / size) ** 2 for v in values]
 
 
-def is_spike(g: GuardState, value: float, factor: float) -> tuple[bool, float | None]:
-    """(bad, median) for a finite scaled loss: bad when above factor x the median of the recent good ones."""
+def is_spike(g: GuardState, values: list[float], factor: float) -> tuple[str | None, float]:
+    """(the term that spiked or None, its ratio to its median) for finite scaled values [total, box, obj, cls]."""
     if factor <= 0 or len(g.history) < MIN_HISTORY:
-        return False, None
-    median = statistics.median(g.history)
-    return value > factor * median, median
+        return None, 0.0
+    medians = [statistics.median(column) for column in zip(*g.history)]
+    floor = FLOOR * medians[0]
+    for term, value, median in zip(TERMS, values, medians):
+        reference = max(median, floor, 1e-12)
+        if value > factor * reference:
+            return term, value / reference
+    return None, 0.0
 
 
 def _clone(obj):
@@ -124,9 +134,9 @@ def recover(g: GuardState, model: torch.nn.Module, opt, iteration: int) -> int |
     return target["step"]
 
 
-def describe(loss: float, scaled: float, median: float | None, size: int) -> str:
+def describe(loss: float, term: str | None = None, ratio: float = 0.0, size: int = 0) -> str:
     """Why an iteration was bad, for the log."""
     if not math.isfinite(loss):
         return "non-finite loss"
-    return (f"loss spike: {loss:.4g} per image at {size} px, {scaled / max(median or 1e-12, 1e-12):.0f}x the median "
-            "of the last good iterations")
+    what = "loss" if term == "loss" else f"{ {'box': 'box', 'obj': 'objectness', 'cls': 'class'}[term]} term"
+    return f"loss spike: the {what} at {size} px is {ratio:.0f}x its median over the last good iterations"

@@ -118,13 +118,13 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor],
         parts["loss"] = loss.detach()
         for key, value in parts.items():
             sums[key] = sums[key] + value if key in sums else value
-    total = sums["loss"].detach().float().clone()
+    total = torch.stack([sums[k].detach().float() for k in recovery.TERMS])
     if dist.world > 1:
         import torch.distributed as td
 
         td.all_reduce(total)  # a NaN or inf on any rank makes the sum non-finite on every rank
-    loss = total.item() / run.batch  # the one host sync of an iteration: a bad step must not be applied
-    why = _judge(run, loss, hw[0])
+    values = (total / run.batch).tolist()  # the one host sync of an iteration: a bad step must not be applied
+    why = _judge(run, values, hw[0])
     if not why:
         if run.scaler is not None:
             run.scaler.step(run.opt)
@@ -137,15 +137,15 @@ def train_step(run: Run, iteration: int) -> tuple[bool, dict[str, torch.Tensor],
     return not why, {k: v / per_rank if k != "n_pos" else v for k, v in sums.items()}, why
 
 
-def _judge(run: Run, loss: float, size: int) -> str:
-    """Why the iteration must not be applied ("" when it may): a non-finite loss, or a spike. A good one's loss
-    goes into the spike reference."""
-    if not math.isfinite(loss):
-        return recovery.describe(loss, loss, None, size)
-    scaled = recovery.scaled_loss(loss, size, run.spec.net.width)
-    spike, median = recovery.is_spike(run.guard, scaled, run.config.spike_factor)
-    if spike:
-        return recovery.describe(loss, scaled, median, size)
+def _judge(run: Run, values: list[float], size: int) -> str:
+    """Why the iteration must not be applied ("" when it may): a non-finite loss, or a spike of one of its terms
+    (`darktune.train.recovery`). A good one's terms go into the spike reference."""
+    if not math.isfinite(values[0]):
+        return recovery.describe(values[0])
+    scaled = recovery.scaled(values, size, run.spec.net.width)
+    term, ratio = recovery.is_spike(run.guard, scaled, run.config.spike_factor)
+    if term:
+        return recovery.describe(values[0], term, ratio, size)
     run.guard.history = (run.guard.history + [scaled])[-recovery.HISTORY:]
     return ""
 

@@ -41,6 +41,24 @@ def start(run: Run, saved: dict | None = None) -> None:
         _apply(run, run.budget.iterations, first=False)
 
 
+CPU_BATCH = 8  # a timed run on a CPU whose cfg says batch < 8 (the zoo's cfgs are testing cfgs: batch=1)
+CPU_OBJ_PRIOR = 0.01  # new heads' objectness starts at 1% on a timed CPU run (no objectness transient)
+
+
+def with_defaults(config, net_batch: int, cuda: bool):
+    """The config of a timed run (``time``) on a CPU, with what the user left unset filled as
+    docs/real_data.md measured it: batch 8 (subdivisions 1) when the cfg says less, and ``obj_prior`` 0.01.
+    Anything else, and every run without ``time`` or on a GPU, as given."""
+    if config.time is None or cuda:
+        return config
+    changes = {}
+    if config.batch is None and net_batch < CPU_BATCH:
+        changes.update(batch=CPU_BATCH, subdivisions=config.subdivisions or 1)
+    if config.obj_prior is None and not config.keep_classes:
+        changes["obj_prior"] = CPU_OBJ_PRIOR
+    return dataclasses.replace(config, **changes) if changes else config
+
+
 def provisional_iterations(config) -> int:
     """The run's length until the first fit: the cap (``iterations``) or a large number."""
     return config.iterations or B.PROVISIONAL
@@ -56,8 +74,10 @@ def _apply(run: Run, n: int, first: bool) -> None:
     run.iterations = n
     run.data.iterations = B.size_iterations(n)  # multi-scale: the largest size for the fitted last stretch
     changes = {}
-    if c.burn_in is None and first:  # fixed at the first fit: the ramp must not jump later
-        changes["burn_in"] = max(1, round(B.BURN_IN_FRACTION * n))
+    if c.burn_in is None:  # fixed at the first fit: the ramp must not jump later (a resume keeps it)
+        if first or b.burn_in is None:
+            b.burn_in = max(1, round(B.BURN_IN_FRACTION * n))
+        changes["burn_in"] = b.burn_in
     if c.steps is None:
         changes.update(policy="steps", steps=tuple(max(1, round(f * n)) for f in B.STEPS), scales=(0.1,) * len(B.STEPS))
     run.net_params = dataclasses.replace(run.net_params, **changes)
@@ -65,7 +85,8 @@ def _apply(run: Run, n: int, first: bool) -> None:
         user = set(c.eval_at) | set(range(c.eval_every, n + 1, c.eval_every or n + 1))
         if first:  # fixed at the first fit, so the evaluations do not move when the length is fitted again
             b.eval_every = max(1, round(n / B.EVALUATIONS))
-        points = user if _user_points(run) else set(range(b.eval_every, n + 1, b.eval_every))
+        points = user if _user_points(run) else {p for p in range(b.eval_every, n + 1, b.eval_every)
+                                                  if n - p >= b.eval_every / 2}  # none right before the last
         run.eval_points = {p for p in points if run.step < p <= n} | {n}
     if run.progress is not None:
         run.progress.total = n

@@ -111,3 +111,49 @@ def test_time_caps_at_iterations(tiny, tmp_path, monkeypatch):
     res = train(TrainConfig(cfg=str(cfg), data=str(obj), batch=2, subdivisions=1, time="1h", iterations=12,
                             out=str(Path(tmp_path) / "cap"), checkpoint_every=1000), progress=False)
     assert res.iterations_done == 12 and res.maps[-1][0] == 12
+
+
+def test_timed_cpu_runs_fill_batch_and_objectness_prior():
+    base = TrainConfig(cfg="a.cfg", data="obj.data", time="15m")
+    filled = timed.with_defaults(base, net_batch=1, cuda=False)
+    assert (filled.batch, filled.subdivisions, filled.obj_prior) == (8, 1, timed.CPU_OBJ_PRIOR)
+    given = TrainConfig(cfg="a.cfg", data="obj.data", time="15m", batch=4, obj_prior=0.5)
+    assert timed.with_defaults(given, net_batch=1, cuda=False) == given  # what the user gave stays
+    assert timed.with_defaults(base, net_batch=64, cuda=False).batch is None  # a training cfg's batch stays
+    assert timed.with_defaults(base, net_batch=1, cuda=True) == base  # a GPU run: as given
+    untimed = TrainConfig(cfg="a.cfg", data="obj.data")
+    assert timed.with_defaults(untimed, net_batch=1, cuda=False) == untimed
+
+
+def test_a_resumed_timed_run_keeps_its_fitted_schedule(tiny, tmp_path, monkeypatch):
+    """Killed after its first fit (a checkpoint at 10) and resumed: the same fitted length, burn-in, lr and
+    evaluations as an unbroken run under the same (fake) clock."""
+    from darktune.train import steps
+
+    _fake_clock(monkeypatch, 0.1, 0.05)
+    cfg, obj = tiny
+
+    def run(out, **kw):
+        return train(TrainConfig(cfg=str(cfg), data=str(obj), batch=2, subdivisions=1, time="10s", out=str(out),
+                                 checkpoint_every=5, **kw), progress=False)
+
+    straight = run(tmp_path / "a")
+    real_step = steps.train_step
+
+    def killed_at_12(r, it):
+        if it == 12:
+            raise KeyboardInterrupt
+        return real_step(r, it)
+
+    monkeypatch.setattr(steps, "train_step", killed_at_12)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(steps, "train_step", real_step)
+    resumed = run(tmp_path / "b", resume=True)
+
+    def lrs(out):
+        return [(r["iteration"], r["lr"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if "lr" in r]
+
+    assert resumed.iterations_done == straight.iterations_done and resumed.maps == straight.maps
+    assert lrs(tmp_path / "a") == lrs(tmp_path / "b")

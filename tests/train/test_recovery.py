@@ -18,15 +18,19 @@ from darktune.train.recovery import GuardState
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_spike_needs_history_and_the_factor():
-    g = GuardState(history=[10.0, 12.0, 11.0, 9.0])
-    assert recovery.is_spike(g, 1e6, 10) == (False, None)  # fewer than MIN_HISTORY good iterations
-    g.history.append(10.0)
-    assert recovery.is_spike(g, 99.0, 10) == (False, 10.0)
-    assert recovery.is_spike(g, 101.0, 10) == (True, 10.0)
-    assert recovery.is_spike(g, 1e6, 0) == (False, None)  # 0: off
+def test_spike_needs_history_and_the_factor_per_term():
+    g = GuardState(history=[[100.0, 10.0, 89.0, 1.0]] * 4)  # [total, box, obj, cls]
+    assert recovery.is_spike(g, [1e6, 0, 0, 0], 10) == (None, 0.0)  # fewer than MIN_HISTORY good iterations
+    g.history.append([100.0, 10.0, 89.0, 1.0])
+    assert recovery.is_spike(g, [999.0, 10.0, 89.0, 1.0], 10) == (None, 0.0)
+    assert recovery.is_spike(g, [1001.0, 10.0, 89.0, 1.0], 10) == ("loss", pytest.approx(10.01))
+    # the box term alone: 150 is 15x its median while the total moves 1.5x
+    assert recovery.is_spike(g, [150.0, 150.0, 0.0, 0.0], 10) == ("box", pytest.approx(15.0))
+    # a term near 0 counts as FLOOR of the total's median: the class term going 1 -> 9 is no spike
+    assert recovery.is_spike(g, [108.0, 10.0, 89.0, 9.0], 10) == (None, 0.0)
+    assert recovery.is_spike(g, [1e6, 1e6, 1e6, 1e6], 0) == (None, 0.0)  # 0: off
     # a 608 px batch is scaled to the base size before the comparison: (416/608)^2 of its loss
-    assert recovery.scaled_loss(608 * 608.0, 608, 416) == pytest.approx(416 * 416.0)
+    assert recovery.scaled([608 * 608.0], 608, 416) == [pytest.approx(416 * 416.0)]
 
 
 def test_lr_drops_compound_and_ramp_back():
@@ -106,7 +110,7 @@ def test_a_spike_goes_back_to_the_last_good_state_and_finishes(tiny, tmp_path, m
     recs = _records(tmp_path / "run")
     event = [r for r in recs if r.get("event") == "recovery"]
     assert len(event) == 1 and event[0]["iteration"] == 12 and event[0]["restored_iteration"] == 0
-    assert "loss spike" in event[0]["reason"] and event[0]["lr_scale"] == recovery.LR_DROP
+    assert "loss spike: the loss at 64 px" in event[0]["reason"] and event[0]["lr_scale"] == recovery.LR_DROP
     train_rows = {r["iteration"]: r for r in recs if "lr" in r}
     assert train_rows[12]["skipped"] and train_rows[12]["loss"] is not None  # a spike's loss is finite, and logged
     assert train_rows[13]["lr"] == pytest.approx(0.002 * (recovery.LR_DROP + 0.5 / recovery.RAMP))
