@@ -48,8 +48,8 @@ def add_commands(subparsers) -> None:
     anchors = add_anchors_parser(sub, SOURCES_HELP)
     _add_source_args(anchors)
     anchors.set_defaults(load_sources=load_sources)
-    try:
     _add_tile(sub)
+    try:
         from darktune.cli.synth_cmd import add_synth_parser
     except ModuleNotFoundError as exc:
         if exc.name != "darktune.cli.synth_cmd":
