@@ -90,13 +90,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "coco (AP50-95); default darknet")
     m.add_argument("--size", type=int, help="network width=height (default: the cfg's)")
     m.add_argument("--thresh", type=float, default=0.25, help="threshold for precision/recall/F1/IoU")
-    m.add_argument("--tile", type=int, metavar="PX",
-                   help="score whole images by sliced detection, as `detect --tile PX` runs them: tiles of PX x PX "
-                        "pixels, boxes shifted back and merged across tiles (a model trained on `data tile` tiles)")
-    m.add_argument("--overlap", type=float, default=0.2, help="--tile: overlap of neighbouring tiles (default 0.2)")
-    m.add_argument("--tile-full", action="store_true", help="--tile: detect the whole image resized as well")
-    m.add_argument("--merge", choices=("greedynmm", "nms"), default="greedynmm",
-                   help="--tile: merge across tiles (default greedynmm, by intersection over the smaller box > 0.5)")
     m.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
     m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     m.add_argument("--max-images", type=int, help="evaluate on the first N images of the list")
@@ -108,6 +101,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--model-names", metavar="FILE",
                    help="the model's class names for --class-map (default: the names file beside --weights or "
                         "--cfg, e.g. the zoo's coco.names)")
+    m.add_argument("--tile", type=int, metavar="PX",
+                   help="score whole images by sliced detection, as `detect --tile PX` runs them: tiles of PX x PX "
+                        "pixels, boxes shifted back and merged across tiles (a model trained on `data tile` tiles)")
+    m.add_argument("--overlap", type=float, default=0.2, help="--tile: overlap of neighbouring tiles (default 0.2)")
+    m.add_argument("--tile-full", action="store_true", help="--tile: detect the whole image resized as well")
+    m.add_argument("--merge", choices=("greedynmm", "nms"), default="greedynmm",
+                   help="--tile: merge across tiles (default greedynmm, by intersection over the smaller box > 0.5)")
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=cmd_map)
 
@@ -167,8 +167,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-    if args.tile is not None:
-        return _map_tiled(args, model, spec, device)
 def cmd_map(args: argparse.Namespace) -> int:
     from darktune.devices import resolve_device
     from darktune.eval.evaluate import evaluate_model, load_eval_set, load_for_data
@@ -180,6 +178,8 @@ def cmd_map(args: argparse.Namespace) -> int:
         print(f"the model's {len(match.model_names)} classes mapped onto the data's by name: "
               + "; ".join(match.describe()), file=sys.stderr)
     model.to(device)
+    if args.tile is not None:
+        return _map_tiled(args, model, spec, device)
     es = load_eval_set(args.data, (spec.net.height, spec.net.width), args.split, spec.net.letter_box,
                        args.max_images, progress=not args.json)
     import torch
@@ -191,6 +191,17 @@ def cmd_map(args: argparse.Namespace) -> int:
     except torch.cuda.OutOfMemoryError:
         raise DarktuneError(f"CUDA out of memory evaluating batches of {args.batch} images: use a smaller --batch "
                             "(or a smaller --size, or --device cpu)") from None
+    if args.json:
+        out = result.to_dict()
+        out.update(images=len(es), skipped_images=es.n_skipped, size=[spec.net.width, spec.net.height],
+                   class_map=None if match is None else match.to_dict())
+        print(json.dumps(out))
+    else:
+        print(f"{len(es)} images ({es.n_skipped} skipped), network {spec.net.width}x{spec.net.height}")
+        print(result.summary())
+    return 0
+
+
 def _map_tiled(args: argparse.Namespace, model, spec, device) -> int:
     """`map --tile`: mAP on the split's whole images, sliced and merged as `detect --tile` does."""
     from darktune.eval.tiled import Slicing, evaluate_tiled, load_whole_set
@@ -205,17 +216,6 @@ def _map_tiled(args: argparse.Namespace, model, spec, device) -> int:
     else:
         print(f"{len(ws)} whole images ({ws.n_skipped} skipped), tiles of {args.tile} px with overlap "
               f"{args.overlap:g} ({args.merge}), network {spec.net.width}x{spec.net.height}")
-        print(result.summary())
-    return 0
-
-
-    if args.json:
-        out = result.to_dict()
-        out.update(images=len(es), skipped_images=es.n_skipped, size=[spec.net.width, spec.net.height],
-                   class_map=None if match is None else match.to_dict())
-        print(json.dumps(out))
-    else:
-        print(f"{len(es)} images ({es.n_skipped} skipped), network {spec.net.width}x{spec.net.height}")
         print(result.summary())
     return 0
 
