@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "darktune"
 # unit (a subpackage of darktune/ or a top-level module) -> layer; a unit imports only units of lower layers
 LAYERS = {
     "__init__": 0, "errors": 0,
-    "plural": 1, "devices": 1, "files": 1, "machine": 1,
+    "plural": 1, "devices": 1, "files": 1, "machine": 1, "numbers": 1,
     "records": 1.5,  # a utility over files (the schema check of files read back); below darknet and data
     "darknet": 2, "data": 2,
     "eval": 3,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from darktune.numbers import COUNT, NET_SIZE, THREADS, integer
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: inference latency of the backends (and training, if present)")
@@ -23,12 +25,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated torch,onnxruntime,opencv and the variants torch-unfused (BN not folded), "
                         "torch-onednn (folded, oneDNN for every conv) and opencv-exact (no Winograd), or all")
     i.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    i.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    i.add_argument("--size", type=int, default=416, help="square input size, multiple of 32")
-    i.add_argument("--iters", type=int, default=50, help="timed calls per backend")
-    i.add_argument("--warmup", type=int, default=10, help="untimed calls per backend first")
-    i.add_argument("--threads", type=int, help="CPU threads for every backend (default: all CPUs)")
-    i.add_argument("--block", type=int, default=5, help="timed calls per turn (each turn starts with one untimed)")
+    i.add_argument("--batch", type=COUNT, default=1, help="images per call (default 1)")
+    i.add_argument("--size", type=NET_SIZE, default=416, help="square input size, multiple of 32")
+    i.add_argument("--iters", type=integer(1, 1_000_000), default=50, help="timed calls per backend")
+    i.add_argument("--warmup", type=integer(0, 1_000_000), default=10, help="untimed calls per backend first")
+    i.add_argument("--threads", type=THREADS, help="CPU threads for every backend (default: all CPUs)")
+    i.add_argument("--block", type=integer(1, 1_000_000), default=5,
+                   help="timed calls per turn (each turn starts with one untimed)")
     i.add_argument("--json", action="store_true", help="print the result as JSON")
     i.set_defaults(func=cmd_bench_infer)
     try:

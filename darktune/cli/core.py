@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from darktune.numbers import COUNT, NET_SIZE, integer
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="darknet-style layer table, BFLOPs and parameters of a cfg")
     p.add_argument("cfg")
-    p.add_argument("--size", type=int, help="network input size (square, a multiple of 32), default: the cfg's "
+    p.add_argument("--size", type=NET_SIZE, help="network input size (square, a multiple of 32), default: the cfg's "
                                             "width/height")
-    p.add_argument("--classes", type=int, help="re-head the network for this many classes (>= 1) first")
+    p.add_argument("--classes", type=COUNT, help="re-head the network for this many classes (>= 1) first")
     p.add_argument("--json", action="store_true", help="print JSON with layers, bflops, params")
     p.set_defaults(func=cmd_summary)
 
@@ -19,7 +21,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cfg")
     p.add_argument("weights")
     p.add_argument("out")
-    p.add_argument("n", type=int, metavar="N")
+    p.add_argument("n", type=integer(1, 10_000), metavar="N")
     p.add_argument("--json", action="store_true", help="print what was written as JSON (out, layers, floats, "
                                                       "bytes)")
     p.set_defaults(func=cmd_partial)

@@ -12,6 +12,7 @@ from darktune.cli.data_anchors import add_anchors_parser
 from darktune.cli.data_check import add_check_parser
 from darktune.cli.data_import import add_split_args
 from darktune.data.formats.records import clip_counts, is_clip_note
+from darktune.numbers import COUNT, FRACTION, SEED, SHARE, TILE, integer, real
 
 FORMATS = ("auto", "yolo", "coco", "voc", "openimages", "mot")
 SOURCES_HELP = """\
@@ -214,8 +215,8 @@ def _add_import(sub) -> None:
                        epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="validation share (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split (default 0)")
+    p.add_argument("--val-fraction", type=SHARE, default=0.1, metavar="F", help="validation share (default 0.1)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the train/valid split (default 0)")
     add_split_args(p)
     p.add_argument("--link", action="store_true", help="hardlink images instead of copying (falls back to copy)")
     p.add_argument("--allow-outside-images", action="store_true",
@@ -285,22 +286,22 @@ def _add_filter(sub) -> None:
                         "leaves them out of training")
     p.add_argument("--drop-containers", action="store_true",
                    help="drop boxes that contain >= --container-min other boxes of their class")
-    p.add_argument("--container-min", type=int, default=2, metavar="N", help="(default 2)")
-    p.add_argument("--max-rel-size", type=float, metavar="T",
+    p.add_argument("--container-min", type=COUNT, default=2, metavar="N", help="(default 2)")
+    p.add_argument("--max-rel-size", type=real(1, low_open=True), metavar="T",
                    help="drop boxes larger/longer than the other same-class boxes of their image: "
                         "max(1, area ratio) x aspect factor > T (3.5 is a good start)")
-    p.add_argument("--area", type=float, nargs=2, metavar=("MIN", "MAX"), help="box area, fraction of the image")
-    p.add_argument("--aspect", type=float, nargs=2, metavar=("MIN", "MAX"), help="box aspect w/h (pixels)")
-    p.add_argument("--max-boxes", type=int, metavar="N", help="drop images with more than N boxes")
+    p.add_argument("--area", type=real(0), nargs=2, metavar=("MIN", "MAX"), help="box area, fraction of the image")
+    p.add_argument("--aspect", type=real(0), nargs=2, metavar=("MIN", "MAX"), help="box aspect w/h (pixels)")
+    p.add_argument("--max-boxes", type=COUNT, metavar="N", help="drop images with more than N boxes")
     p.add_argument("--like", metavar="REF", help="darknet dataset of good boxes whose shapes to keep")
-    p.add_argument("--like-iou", type=float, default=0.35, metavar="T",
+    p.add_argument("--like-iou", type=real(0, 1, low_open=True), default=0.35, metavar="T",
                    help="keep boxes whose best shape IoU with a reference cluster is >= T (default 0.35)")
-    p.add_argument("--like-k", type=int, default=9, metavar="K", help="shape clusters (default 9)")
+    p.add_argument("--like-k", type=integer(1, 1000), default=9, metavar="K", help="shape clusters (default 9)")
     p.add_argument("--whole-images", action="store_true",
                    help="drop a whole image as soon as a rule rejects one of its boxes (its other objects would be "
                         "unlabelled, i.e. false negatives; the study's group boxes hide their member windows)")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="darknet output: valid share")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/valid split (default 0)")
+    p.add_argument("--val-fraction", type=SHARE, default=0.1, metavar="F", help="darknet output: valid share")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the train/valid split (default 0)")
     p.add_argument("--link", action="store_true", help="hardlink images instead of copying")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_filter)
@@ -372,7 +373,6 @@ def _write(dataset, args):
     return write_openimages(dataset, args.out, link=args.link)[0]
 
 
-# ------------------------------------------------------------------------------------------------ stats
 # ------------------------------------------------------------------------------------------------- tile
 
 
@@ -383,16 +383,16 @@ def _add_tile(sub) -> None:
                        epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
-    p.add_argument("--size", type=int, default=416, help="tile width and height in pixels (default 416)")
-    p.add_argument("--overlap", type=float, default=0.2, help="of neighbouring tiles, a fraction in [0, 1) (0.2)")
-    p.add_argument("--min-visible", type=float, default=0.5, metavar="F",
+    p.add_argument("--size", type=TILE, default=416, help="tile width and height in pixels (default 416)")
+    p.add_argument("--overlap", type=SHARE, default=0.2, help="of neighbouring tiles, a fraction in [0, 1) (0.2)")
+    p.add_argument("--min-visible", type=real(0, 1, low_open=True), default=0.5, metavar="F",
                    help="keep a box cut by a tile edge, clipped, when this share of it is inside (default 0.5)")
-    p.add_argument("--negatives", type=float, default=0.1, metavar="F",
+    p.add_argument("--negatives", type=FRACTION, default=0.1, metavar="F",
                    help="share of tiles without boxes kept as negatives (default 0.1)")
-    p.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+    p.add_argument("--val-fraction", type=SHARE, default=0.0, metavar="F",
                    help="share of source images for validation, kept whole for map --tile (default 0)")
     p.add_argument("--tile-valid", action="store_true", help="tile the validation images too")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and of the negatives kept (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the split and of the negatives kept (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_tile)
 
@@ -413,6 +413,7 @@ def cmd_tile(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ stats
 
 
 def _add_stats(sub) -> None:
@@ -421,10 +422,11 @@ def _add_stats(sub) -> None:
                                    "as darknet calc_anchors).",
                        epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_args(p)
-    p.add_argument("--anchors", type=int, default=6, metavar="K", help="number of anchors (0: none; default 6)")
-    p.add_argument("--size", type=int, nargs=2, default=(416, 416), metavar=("W", "H"),
+    p.add_argument("--anchors", type=integer(0, 1000), default=6, metavar="K",
+                   help="number of anchors (0: none; default 6)")
+    p.add_argument("--size", type=integer(1, 65536), nargs=2, default=(416, 416), metavar=("W", "H"),
                    help="network size for the anchors (default 416 416)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the k-means anchors (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the k-means anchors (default 0)")
     p.add_argument("--png", metavar="OUT.png", help="write histograms to this PNG")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_stats)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from darktune.numbers import NET_SIZE, SEED
+
 
 def add_anchors_parser(sub, sources_help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -22,10 +24,10 @@ def add_anchors_parser(sub, sources_help: str) -> argparse.ArgumentParser:
         epilog=sources_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg", required=True, metavar="IN.cfg", help="the cfg to start from (read only)")
     p.add_argument("--out", required=True, metavar="OUT.cfg", help="the cfg to write")
-    p.add_argument("--size", type=int, metavar="S",
+    p.add_argument("--size", type=NET_SIZE, metavar="S",
                    help="network size the anchors are for, in pixels (default: the cfg's width and height); "
                         "train at the same --size")
-    p.add_argument("--seed", type=int, default=0, help="seed of the k-means (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the k-means (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.cfg")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_anchors)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from darktune.numbers import COUNT
+
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
@@ -19,7 +21,7 @@ def add_check_parser(sub) -> None:
                                    "1 errors found (bad images are skipped by training), 2 --strict and any "
                                    "problem.")
     p.add_argument("target", metavar="DIR|obj.data")
-    p.add_argument("--classes", type=int, metavar="N", help="number of classes (folder scan without obj.names)")
+    p.add_argument("--classes", type=COUNT, metavar="N", help="number of classes (folder scan without obj.names)")
     p.add_argument("--strict", action="store_true", help="any problem, warnings included, is an error")
     p.add_argument("--no-cache", action="store_true",
                    help="do not reuse or write cached results. The cache trusts a file whose size and mtime are "

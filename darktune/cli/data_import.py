@@ -5,6 +5,8 @@ renamed with their sources in image_sources.tsv). Source loading is shared with 
 
 from __future__ import annotations
 
+from darktune.numbers import COUNT
+
 
 def add_split_args(p) -> None:
     p.add_argument("--split-by", choices=("random", "lists", "folders", "sequence", "last"), metavar="HOW",
@@ -18,7 +20,7 @@ def add_split_args(p) -> None:
                                                         "or unique file name)")
     p.add_argument("--train-list", metavar="FILE", help="--split-by lists: the training images; images in neither "
                                                         "list are left out (counted)")
-    p.add_argument("--val-count", type=int, metavar="N", help="--split-by last: this many last frames of each "
+    p.add_argument("--val-count", type=COUNT, metavar="N", help="--split-by last: this many last frames of each "
                                                               "sequence to valid (default: --val-fraction of it)")
 
 

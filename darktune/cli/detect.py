@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+from darktune.numbers import COUNT, FRACTION, NET_SIZE, SHARE, TILE, integer
+
+
+def most_workers() -> int:
+    """The most --workers on this machine: each holds an image or frame and its network's buffers."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(64, 2 * cpus)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -40,26 +49,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-winograd", action="store_true",
                    help="--backend opencv: direct convolutions instead of OpenCV's Winograd 3x3 ones (slower; "
                         "raw outputs within 1e-4 of torch and ONNX Runtime, where Winograd is about 2e-4 away)")
-    p.add_argument("--size", type=int, help="network input size (square, multiple of 32); default: the cfg's")
-    p.add_argument("--thresh", type=float, default=0.25, help="score threshold, 0 to 1 (default 0.25)")
-    p.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold, 0 to 1 (default 0.45)")
+    p.add_argument("--size", type=NET_SIZE, help="network input size (square, multiple of 32); default: the cfg's")
+    p.add_argument("--thresh", type=FRACTION, default=0.25, help="score threshold, 0 to 1 (default 0.25)")
+    p.add_argument("--nms", type=FRACTION, default=0.45, help="NMS IoU threshold, 0 to 1 (default 0.45)")
     p.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
                    help="--letterbox keeps the aspect ratio (grey padding), --no-letterbox resizes plainly; default: "
                         "as the cfg's [net] letter_box (the cfg stored in an --onnx model without --cfg), as "
                         "training and evaluation do")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--workers", type=int, metavar="N",
+    p.add_argument("--workers", type=integer(1, most_workers()), metavar="N",
                    help="images (or a video's frames) detected side by side, the CPU threads shared out among "
                         "them (default on a CPU: one per CPU, no more than there are images; 1, one at a time on "
                         "all threads, with a camera among the sources or off a CPU). Output order and results do "
                         "not depend on it (torch's may round 1e-5 differently on fewer threads)")
-    p.add_argument("--max-frames", type=int, help="stop each video or camera after this many frames")
-    p.add_argument("--tile", type=int, metavar="PX",
+    p.add_argument("--max-frames", type=COUNT, help="stop each video or camera after this many frames")
+    p.add_argument("--tile", type=TILE, metavar="PX",
                    help="sliced detection for large images and frames with small objects: cut each into tiles of "
                         "PX x PX pixels (as `data tile`; use the tile size the model was trained on), detect the "
                         "tiles in batches, shift the boxes back and merge them across tiles; an image no larger "
                         "than a tile is detected plainly")
-    p.add_argument("--overlap", type=float, default=0.2, help="--tile: overlap of neighbouring tiles, a fraction "
+    p.add_argument("--overlap", type=SHARE, default=0.2, help="--tile: overlap of neighbouring tiles, a fraction "
                                                               "of the tile in [0, 1) (default 0.2)")
     p.add_argument("--tile-full", action="store_true",
                    help="--tile: detect the whole image resized as well, for objects larger than a tile")
@@ -69,7 +78,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "box); nms keeps the best and drops the rest")
     p.add_argument("--match", choices=("ios", "iou"), default="ios",
                    help="--tile: match boxes by intersection over the smaller box (ios, default) or IoU")
-    p.add_argument("--match-thresh", type=float, default=0.5, help="--tile: match above this (default 0.5)")
+    p.add_argument("--match-thresh", type=FRACTION, default=0.5, help="--tile: match above this (default 0.5)")
     p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
                                  "a video becomes <file name>.mp4 (clip.mp4, clip.avi.mp4), camera N cameraN.mp4; "
                                  "a name taken by another input of the run gets -2, -3, ... (with a note)")
@@ -106,7 +115,6 @@ def _detect(args) -> int:
     from darktune.deploy.video import expand_source
     from darktune.files import make_folder
     from darktune.plural import plural
-    from darktune.devices import cpu_count
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
         if not 0.0 <= value <= 1.0:  # also refuses nan
@@ -122,9 +130,6 @@ def _detect(args) -> int:
         from darktune.eval.tiled import Slicing
 
         args.slicing = Slicing(args.tile, args.overlap, args.tile_full, args.merge, args.match, args.match_thresh)
-    most_workers = max(64, 2 * cpu_count())  # each worker holds an image or frame and its network's buffers
-    if args.workers is not None and not 1 <= args.workers <= most_workers:
-        raise DarktuneError(f"--workers must be between 1 and {most_workers} on this machine, got {args.workers}")
     sources, failures = [], 0
     for source in args.sources:  # folders and quoted globs -> their files; an empty one is a failed source
         try:
@@ -133,6 +138,14 @@ def _detect(args) -> int:
             print(f"darktune: error: {exc}", file=sys.stderr)
             failures += 1
     workers = worker_count(sources, args.device, args.workers)
+    if args.cfg:  # each worker holds an image's tensors: refused here rather than by the allocator
+        from darktune.darknet.cfg import parse_cfg
+        from darktune.darknet.memory import check_memory
+
+        spec = parse_cfg(args.cfg)
+        check_memory(spec.with_size(args.size) if args.size else spec, workers, args.device,
+                     what=f"detect with {workers} worker{'s' * (workers > 1)}",
+                     advice="use a smaller --size or fewer --workers")
     threads = threads_each(workers) if workers > 1 else None  # None: the runtime's default, all CPUs
     if args.backend == "auto":
         backend, choice = backend_choice.choose(args.cfg, args.weights, size=args.size, device=args.device,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from darktune.numbers import COUNT, real
+
 SPEC_EXAMPLE = """\
 example SPEC.yaml (paths relative to the spec file):
   cfg: yolov3-tiny                  # a zoo model name or a .cfg path
@@ -35,7 +37,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="experiment folder (runs, report); rerun to resume")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N for runs in this process (default: cuda:0 "
                                                   "if available, else cpu); with Ray, Ray places the runs")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=COUNT, default=None,
                    help="at most N runs at a time; above 1 they run on a local Ray instance, each with 1/N of the "
                         "CPU cores (and of the GPU) (default: 1, or as many as the resources allow with --ray)")
     add_ray_flags(p)
@@ -67,7 +69,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", metavar="WEIGHTS", help="darknet's ImageNet darknet.weights for the backbone start "
                                                         "(first 13 layers); default: the COCO weights' "
                                                         "layers 0..7 as a stand-in, said so in the report")
-    p.add_argument("--jobs", type=int, default=None, help="runs at a time, above 1 through a local Ray instance "
+    p.add_argument("--jobs", type=COUNT, default=None, help="runs at a time, above 1 through a local Ray instance "
                                                           "(default: one per CPU core up to 4 on CPU when Ray is "
                                                           "installed, else 1; 1 on a GPU)")
     add_ray_flags(p)
@@ -86,11 +88,11 @@ def add_ray_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", metavar="ADDRESS", help="join a running Ray cluster instead: auto, HOST:6379 or "
                                                             "ray://HOST:10001; the --out folder must be on a "
                                                             "filesystem every node shares")
-    g.add_argument("--gpus-per-run", type=float, metavar="G", help="GPUs each run holds; fractions pack several "
-                                                                   "runs on one GPU (default: 1 when the cluster "
-                                                                   "has GPUs, 1/N with --jobs N, else 0)")
-    g.add_argument("--cpus-per-run", type=float, metavar="C", help="CPUs each run holds, also its torch threads "
-                                                                   "(default 1; cores / N with --jobs N)")
+    g.add_argument("--gpus-per-run", type=real(0, 1024), metavar="G",
+                   help="GPUs each run holds; fractions pack several runs on one GPU (default: 1 when the cluster "
+                        "has GPUs, 1/N with --jobs N, else 0)")
+    g.add_argument("--cpus-per-run", type=real(0, 4096, low_open=True), metavar="C",
+                   help="CPUs each run holds, also its torch threads (default 1; cores / N with --jobs N)")
 
 
 def ray_options(args):

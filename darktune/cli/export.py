@@ -6,17 +6,7 @@ import argparse
 import json
 import sys
 
-
-def _batch(text: str) -> int | None:
-    if text == "dynamic":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"batch must be >= 1, got {value}")
-    return value
+from darktune.numbers import COUNT, FRACTION, NET_SIZE, integer
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +20,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                                    "its dataset's names; with --cfg, a names file beside the cfg with one name "
                                    "per class, as `darktune detect` finds it: <cfg stem>.names, obj.names, or "
                                    "the folder's only .names file)")
-    p.add_argument("--classes", type=int, help="re-head the cfg for this many classes (default: what the weights "
+    p.add_argument("--classes", type=COUNT, help="re-head the cfg for this many classes (default: what the weights "
                                                "fit)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export at --out")
@@ -47,14 +37,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                     "size, NMS by the ONNX NonMaxSuppression op. Verified with ONNX Runtime.")
     _model_args(o)
     o.add_argument("--out", required=True, help="the .onnx file to write (an existing one only with --overwrite)")
-    o.add_argument("--size", type=int, help="input size (square, multiple of 32); default: the cfg's")
-    o.add_argument("--batch", type=_batch, default=1, help="static batch size, or 'dynamic' (default 1)")
+    o.add_argument("--size", type=NET_SIZE, help="input size (square, multiple of 32); default: the cfg's")
+    o.add_argument("--batch", type=integer(1, words=(("dynamic", None),)), default=1,
+                   help="static batch size, or 'dynamic' (default 1)")
     o.add_argument("--fp16", action="store_true", help="float16 weights and compute; input/outputs stay float32")
     o.add_argument("--decode", action="store_true", help="decode + class-wise NMS inside the graph")
-    o.add_argument("--conf", type=float, default=0.25, help="--decode: score threshold (score > conf)")
-    o.add_argument("--iou", type=float, default=0.45, help="--decode: NMS IoU threshold (suppress IoU > iou)")
-    o.add_argument("--max-det", type=int, default=1000, help="--decode: most boxes kept per class and image")
-    o.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    o.add_argument("--conf", type=FRACTION, default=0.25, help="--decode: score threshold (score > conf)")
+    o.add_argument("--iou", type=FRACTION, default=0.45, help="--decode: NMS IoU threshold (suppress IoU > iou)")
+    o.add_argument("--max-det", type=integer(1, 100_000), default=1000,
+                   help="--decode: most boxes kept per class and image")
+    o.add_argument("--opset", type=integer(7, 100), default=17, help="ONNX opset (default 17)")
     o.set_defaults(func=cmd_export_onnx)
 
     d = esub.add_parser("darknet", help="cfg + weights (+ names, obj.data) for darknet and OpenCV DNN",
@@ -68,7 +60,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", required=True, help="output folder (new or empty; one holding an export only with "
                                                 "--overwrite, which rewrites all four files)")
     d.add_argument("--stem", default="model", help="file name stem (default: model)")
-    d.add_argument("--size", type=int, help="write this input size into the cfg")
+    d.add_argument("--size", type=NET_SIZE, help="write this input size into the cfg")
     d.set_defaults(func=cmd_export_darknet)
 
 

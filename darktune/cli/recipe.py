@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import re
 
+from darktune.numbers import COUNT, FRACTION, integer, list_type
+from darktune.train.config import OPTIONS
+
 EXAMPLE = """\
 example:
   darktune recipe target/obj.data --target-map 0.9 --budget 30m --size 128 --batch 8 \\
@@ -14,18 +17,20 @@ example:
 """
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def domain(option: str):
+    """The domain of a training option (TrainConfig's Option: the rule `darktune train` checks its flag by)."""
+    return OPTIONS[option].domain
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _values(option: str):
+    """A comma-separated list of a training option's values, each in that option's domain (TrainConfig's
+    Option: the rule `darktune train` checks its flag by), as a tuple."""
+    parse = list_type(OPTIONS[option].domain)
+
+    def values(text: str) -> tuple:
+        return tuple(parse(text))
+    values.integer = parse.integer
+    return values
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -48,7 +53,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                       "target mAP on your data, by successive halving on time to target",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", metavar="DATA", help="obj.data of your data set (train and valid lists)")
-    p.add_argument("--target-map", type=float, required=True, metavar="M", help="the mAP to reach (fraction, 0.8)")
+    p.add_argument("--target-map", type=FRACTION, required=True, metavar="M", help="the mAP to reach (fraction, 0.8)")
     p.add_argument("--budget", type=duration, metavar="TIME", help="wall-clock limit of the whole search (30m, "
                                                                     "2h, 600); default none")
     p.add_argument("--model", choices=("yolov3-tiny", "yolov4-tiny"), default="yolov3-tiny",
@@ -59,38 +64,43 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--starts", type=_names, help="of scratch, backbone, coco15/coco29 (or partial), coco, coco-keep "
                                                  "(--keep-classes), domain (default: scratch, backbone, the "
                                                  "partial start, coco, and domain with --domain)")
-    g.add_argument("--freeze", type=_ints, help="frozen layer counts (default: 0,8,13,15,20 on yolov3-tiny, "
-                                                "0,18,27,29,35 on yolov4-tiny); only where the start loads them")
-    g.add_argument("--size", type=_ints, dest="sizes", help="network sizes, multiples of 32 (default: the cfg's)")
-    g.add_argument("--lr", type=_floats, default=(0.001,), help="learning rates (default 0.001)")
-    g.add_argument("--burn-in", type=_ints, default=(20,), help="burn-in iterations (default 20)")
+    g.add_argument("--freeze", type=_values("freeze"),
+                   help="frozen layer counts (default: 0,8,13,15,20 on yolov3-tiny, 0,18,27,29,35 on yolov4-tiny); "
+                        "only where the start loads them")
+    g.add_argument("--size", type=_values("size"), dest="sizes",
+                   help="network sizes, multiples of 32 (default: the cfg's)")
+    g.add_argument("--lr", type=_values("lr"), default=(0.001,), help="learning rates (default 0.001)")
+    g.add_argument("--burn-in", type=_values("burn_in"), default=(20,), help="burn-in iterations (default 20)")
     g.add_argument("--backbone", metavar="FILE", help="darknet weights whose first layers are the backbone start "
                                                       "(default: a stand-in, the COCO weights' first layers)")
-    g.add_argument("--backbone-layers", type=int, metavar="N", help="layers of --backbone to load (default: the "
-                                                                    "model's backbone, 13 / 27)")
+    g.add_argument("--backbone-layers", type=domain("upto"), metavar="N",
+                   help="layers of --backbone to load (default: the model's backbone, 13 / 27)")
     g.add_argument("--domain", metavar="FILE", help="your weights trained on a related (domain) data set: the "
                                                     "domain start")
     h = p.add_argument_group("the search")
-    h.add_argument("--first-rung", type=int, default=100, help="iterations of every candidate first (default 100)")
-    h.add_argument("--eval-every", type=int, default=10, help="mAP every E iterations: the resolution of the time "
-                                                              "to target (default 10)")
-    h.add_argument("--eta", type=int, default=3, help="each rung keeps 1/eta of its trials (default 3)")
-    h.add_argument("--max-iterations", type=int, default=2000, help="no trial trains longer (default 2000)")
-    h.add_argument("--seeds", type=int, default=3, help="seeds of each finalist, to tell a real difference from "
-                                                        "noise (default 3)")
-    h.add_argument("--finalists", type=int, default=2, help="candidates checked across seeds (default 2)")
+    h.add_argument("--first-rung", type=domain("iterations"), default=100,
+                   help="iterations of every candidate first (default 100)")
+    h.add_argument("--eval-every", type=integer(1, 100_000_000), default=10,
+                   help="mAP every E iterations: the resolution of the time to target (default 10)")
+    h.add_argument("--eta", type=integer(2, 100), default=3, help="each rung keeps 1/eta of its trials (default 3)")
+    h.add_argument("--max-iterations", type=domain("iterations"), default=2000,
+                   help="no trial trains longer (default 2000)")
+    h.add_argument("--seeds", type=integer(1, 1000), default=3,
+                   help="seeds of each finalist, to tell a real difference from noise (default 3)")
+    h.add_argument("--finalists", type=integer(1, 1000), default=2, help="candidates checked across seeds (default 2)")
     t = p.add_argument_group("options of every trial")
-    t.add_argument("--batch", type=int)
-    t.add_argument("--subdivisions", type=int)
+    t.add_argument("--batch", type=domain("batch"))
+    t.add_argument("--subdivisions", type=domain("subdivisions"))
     t.add_argument("--protocol", choices=("darknet", "voc07", "coco101", "coco"), help="mAP protocol (default "
                                                                                         "darknet)")
-    t.add_argument("--max-valid-images", type=int, metavar="N", help="evaluate on the first N valid images")
-    t.add_argument("--max-images", type=int, metavar="N", help="a seeded subset of N training images")
+    t.add_argument("--max-valid-images", type=domain("max_valid_images"), metavar="N",
+                   help="evaluate on the first N valid images")
+    t.add_argument("--max-images", type=domain("max_images"), metavar="N", help="a seeded subset of N training images")
     t.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="no augmentation "
                                                                                              "(the frozen-layer "
                                                                                              "feature cache applies)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda:0 if available, else cpu)")
-    p.add_argument("--jobs", type=int, default=None, help="trials at a time, above 1 through a local Ray instance")
+    p.add_argument("--jobs", type=COUNT, default=None, help="trials at a time, above 1 through a local Ray instance")
     add_ray_flags(p)
     p.add_argument("--rerun-changed", action="store_true", help="delete and retrain trial folders whose data, cfg "
                                                                 "or start weights changed")

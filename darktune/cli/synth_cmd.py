@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from darktune.numbers import FRACTION, SEED, SHARE, integer
+
 
 def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `synth` subcommand to the `darktune data` subparsers."""
@@ -22,15 +24,15 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("kind_arg", nargs="?", choices=("domain", "target"), metavar="KIND",
                    help="domain or target (or give --kind)")
     p.add_argument("--kind", choices=("domain", "target"), help="which set to write (same as KIND)")
-    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--n", type=integer(1, 10_000_000), required=True, help="number of images")
     p.add_argument("--size", default="416", help="image size: 416 (square) or WIDTHxHEIGHT (default 416)")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--group-fraction", type=float, default=0.2,
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    p.add_argument("--group-fraction", type=FRACTION, default=0.2,
                    help="domain: fraction of boxes that are IsGroupOf boxes (default 0.2)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--val-fraction", type=SHARE, default=0.2,
                    help="target: fraction of images in valid.txt (default 0.2)")
-    p.add_argument("--distractors", type=int, default=None, metavar="N",
+    p.add_argument("--distractors", type=integer(0, 1000), default=None, metavar="N",
                    help="target: at most N distractor windows per image, a seeded choice; the others are left "
                         "out (blank wall); 0 gives the target design only (default: no cap, about 5 to 6 per image)")
     p.add_argument("--window-scale", default=None, metavar="LO,HI",
@@ -39,10 +41,10 @@ def add_synth_parser(data_subparsers: argparse._SubParsersAction) -> argparse.Ar
     p.add_argument("--close-up", default=None, metavar="LO,HI",
                    help="every image a close-up: the scene is drawn 3x larger and cropped around one of its windows, "
                         "which spans LO..HI of the crop's width (default: whole scenes)")
-    p.add_argument("--near-miss", type=float, default=None, metavar="P",
+    p.add_argument("--near-miss", type=FRACTION, default=None, metavar="P",
                    help="target: chance that a distractor is a near miss of the target design (one or two "
                         "details changed) rather than any other design (default 0.5)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=integer(1, 1024), default=1, metavar="N",
                    help="processes drawing images (default 1); the files are the same for any N")
     p.add_argument("--json", action="store_true", help="print the result as JSON (with images_per_s)")
     p.set_defaults(func=run_synth)

@@ -11,19 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+from darktune.numbers import COUNT, FRACTION, NET_SIZE, SHARE, THREADS, TILE, integer, list_type
 
 
 def _add_option(p, f) -> None:
@@ -40,9 +28,10 @@ def _add_option(p, f) -> None:
         kw = {"default": f.default_factory()}
     else:
         kw = {"required": True} if f.default is dataclasses.MISSING else {"default": f.default}
-    types = {"int": int, "float": float, "int-list": _int_list, "float-list": _float_list}
-    if option.kind in types:
-        kw["type"] = types[option.kind]
+    if option.kind in ("int", "float"):  # the Option's domain parses and checks the flag (darktune.numbers)
+        kw["type"] = option.domain
+    elif option.kind in ("int-list", "float-list"):
+        kw["type"] = list_type(option.domain)
     if option.metavar:
         kw["metavar"] = option.metavar
     if option.choices:
@@ -88,11 +77,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--protocol", default="darknet", choices=("darknet", "voc07", "coco101", "coco"),
                    help="mAP protocol: darknet (detector map), voc07 (11-point), coco101 (AP50, 101-point), "
                         "coco (AP50-95); default darknet")
-    m.add_argument("--size", type=int, help="network width=height (default: the cfg's)")
-    m.add_argument("--thresh", type=float, default=0.25, help="threshold for precision/recall/F1/IoU")
-    m.add_argument("--batch", type=int, default=32, help="images per forward pass (default 32)")
+    m.add_argument("--size", type=NET_SIZE, help="network width=height (default: the cfg's)")
+    m.add_argument("--thresh", type=FRACTION, default=0.25, help="threshold for precision/recall/F1/IoU")
+    m.add_argument("--batch", type=COUNT, default=32, help="images per forward pass (default 32)")
     m.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    m.add_argument("--max-images", type=int, help="evaluate on the first N images of the list")
+    m.add_argument("--max-images", type=COUNT, help="evaluate on the first N images of the list")
     m.add_argument("--class-map", default="auto", choices=("auto", "names", "none"),
                    help="names: the model's classes mapped onto the data's by name (case, spaces, _ and - ignored; "
                         "aliases such as pedestrian=person), so the COCO model is scored on the data's classes "
@@ -101,10 +90,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--model-names", metavar="FILE",
                    help="the model's class names for --class-map (default: the names file beside --weights or "
                         "--cfg, e.g. the zoo's coco.names)")
-    m.add_argument("--tile", type=int, metavar="PX",
+    m.add_argument("--tile", type=TILE, metavar="PX",
                    help="score whole images by sliced detection, as `detect --tile PX` runs them: tiles of PX x PX "
                         "pixels, boxes shifted back and merged across tiles (a model trained on `data tile` tiles)")
-    m.add_argument("--overlap", type=float, default=0.2, help="--tile: overlap of neighbouring tiles (default 0.2)")
+    m.add_argument("--overlap", type=SHARE, default=0.2, help="--tile: overlap of neighbouring tiles (default 0.2)")
     m.add_argument("--tile-full", action="store_true", help="--tile: detect the whole image resized as well")
     m.add_argument("--merge", choices=("greedynmm", "nms"), default="greedynmm",
                    help="--tile: merge across tiles (default greedynmm, by intersection over the smaller box > 0.5)")
@@ -226,14 +215,14 @@ def add_bench_train_parser(bench_sub: argparse._SubParsersAction) -> argparse.Ar
     b = bench_sub.add_parser("train", help="training images/s (CPU loader and --gpu-augment) vs the bare "
                                            "forward+backward+step; freeze speed-up")
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    b.add_argument("--sizes", type=_int_list, default=[416, 160], help="network sizes (default 416,160)")
-    b.add_argument("--batch", type=int, default=8, help="images per iteration (default 8)")
-    b.add_argument("--iterations", type=int, default=6, help="timed iterations per measurement")
-    b.add_argument("--repeats", type=int, default=3, help="measurements per case (median reported)")
-    b.add_argument("--freeze", type=int, default=13, help="frozen layers to compare with freeze 0 (0: no freeze "
-                                                           "cases)")
+    b.add_argument("--sizes", type=list_type(NET_SIZE), default=[416, 160], help="network sizes (default 416,160)")
+    b.add_argument("--batch", type=COUNT, default=8, help="images per iteration (default 8)")
+    b.add_argument("--iterations", type=integer(1, 100_000), default=6, help="timed iterations per measurement")
+    b.add_argument("--repeats", type=integer(1, 1000), default=3, help="measurements per case (median reported)")
+    b.add_argument("--freeze", type=integer(0, 10_000), default=13,
+                   help="frozen layers to compare with freeze 0 (0: no freeze cases)")
     b.add_argument("--amp", action="store_true", help="bf16 autocast in every case")
-    b.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    b.add_argument("--threads", type=THREADS, help="torch CPU threads (default: all cores)")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=bench_train)
     return b

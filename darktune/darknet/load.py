@@ -10,6 +10,7 @@ from pathlib import Path
 
 from darktune.darknet.cfg import CfgWarning, NetworkSpec, parse_cfg
 from darktune.darknet.known_cfg import known_bad_mask_warning
+from darktune.darknet.memory import check_memory
 from darktune.darknet.model import Darknet
 from darktune.darknet.weights import Header, expected_floats, infer_num_classes, load_weights, read_weights_file
 from darktune.errors import DarktuneError
@@ -41,6 +42,7 @@ def load_darknet(cfg: str | Path, weights: str | Path | None = None, *, size: in
         spec = spec.with_classes(classes)
     if size is not None:
         spec = spec.with_size(check_size(size))
+    check_memory(spec, 1, "cpu", advice="use a smaller --size")  # the model is built on the CPU first
     model = Darknet(spec).eval()
     header = load_weights(model, weights) if weights is not None else None
     message = known_bad_mask_warning(spec, weights) if weights is not None else None

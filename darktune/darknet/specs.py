@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from darktune.errors import DarktuneError
+from darktune.numbers import Domain, integer, real
 
 ACTIVATIONS = ("linear", "leaky", "logistic", "relu", "mish", "swish", "tanh", "elu", "selu", "gelu", "hard_mish")
 
@@ -30,6 +31,21 @@ class Loc:
         return DarktuneError(message, path=self.path, line=self.line_of(key) if key else self.line)
 
 
+# Domains of cfg keys whose nonsense values change what the network computes or asks for gigabytes (checked at
+# parse time, naming the file and line; darktune.numbers). Keys not listed are checked by each spec's own rules.
+KEY_DOMAINS: dict[str, dict[str, Domain]] = {
+    # a pooling window past 64 pixels is a typo (darknet's SPP blocks pool 5, 9, 13); its padded copy of the
+    # input grows with the square of the size
+    "maxpool": {"size": integer(1, 64), "stride": integer(1, 64), "padding": integer(0, 127)},
+    "convolutional": {"size": integer(1, 64), "stride": integer(1, 64), "dilation": integer(1, 64),
+                      "padding": integer(0, 128)},
+    "upsample": {"stride": integer(1, 64)},
+    # decode: x = sigmoid(t) * s - (s - 1) / 2 must grow with t and reach the cell's edges (s >= 1; darknet's
+    # cfgs use 1.05 to 2.0); random: multi-scale's coefficient (sizes from size/c to size*c; 1 = darknet's 1.4)
+    "yolo": {"scale_x_y": real(1, 4), "random": real(0, 2)},
+}
+
+
 @dataclass(frozen=True)
 class LayerBase:
     loc: Loc = field(default=Loc(), compare=False, repr=False)
@@ -37,6 +53,14 @@ class LayerBase:
     stopbackward: bool = False
     dontload: bool = False
     dontloadscales: bool = False
+
+    def check_domains(self, section: str) -> None:
+        """Every key of KEY_DOMAINS[section] within its domain, else an error naming the file and the key's line."""
+        for key, domain in KEY_DOMAINS.get(section, {}).items():
+            value = getattr(self, key)
+            problem = domain.problem(value)
+            if problem:
+                raise self.loc.error(f"[{section}] {key} {problem}, got {value}", key)
 
 
 @dataclass(frozen=True)
@@ -117,6 +141,7 @@ class ConvSpec(LayerBase):
         for key in ("filters", "size", "stride", "groups", "dilation"):
             if getattr(self, key) <= 0:
                 raise self.loc.error(f"[convolutional] {key} must be positive, got {getattr(self, key)}", key)
+        self.check_domains("convolutional")
         if self.padding < 0:
             raise self.loc.error("[convolutional] padding must be >= 0", "padding")
         if self.activation not in ACTIVATIONS:
@@ -140,6 +165,7 @@ class MaxPoolSpec(LayerBase):
     def __post_init__(self) -> None:
         if self.size <= 0 or self.stride <= 0 or self.padding < 0:
             raise self.loc.error("[maxpool] size and stride must be positive and padding >= 0")
+        self.check_domains("maxpool")
 
 
 @dataclass(frozen=True)
@@ -172,6 +198,7 @@ class UpsampleSpec(LayerBase):
     def __post_init__(self) -> None:
         if self.stride <= 0:
             raise self.loc.error("[upsample] stride must be a positive integer", "stride")
+        self.check_domains("upsample")
 
 
 @dataclass(frozen=True)
@@ -202,7 +229,7 @@ class YoloSpec(LayerBase):
 
     def __post_init__(self) -> None:
         if self.classes <= 0 or self.num <= 0:
-            raise self.loc.error("[yolo] classes and num must be positive")
+            raise self.loc.error("[yolo] classes and num must be positive", "classes" if self.classes <= 0 else "num")
         if len(self.anchors) != 2 * self.num:
             raise self.loc.error(f"[yolo] anchors has {len(self.anchors)} numbers, expected 2*num = {2 * self.num}",
                                  "anchors")
@@ -214,6 +241,7 @@ class YoloSpec(LayerBase):
             raise self.loc.error(f"[yolo] unknown iou_loss '{self.iou_loss}'", "iou_loss")
         if self.nms_kind not in ("default", "greedynms", "diounms", "cornersnms"):
             raise self.loc.error(f"[yolo] unknown nms_kind '{self.nms_kind}'", "nms_kind")
+        self.check_domains("yolo")
 
     @property
     def masked_anchors(self) -> tuple[tuple[float, float], ...]:

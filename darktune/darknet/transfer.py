@@ -19,6 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from darktune.darknet.specs import NetworkSpec, section_name
+
+# One letter per layer kind: a network's layer sequence as `layer_kinds` writes it
+_KIND_LETTERS = {"convolutional": "c", "maxpool": "m", "route": "r", "upsample": "u", "yolo": "y", "shortcut": "s"}
+
 
 @dataclass(frozen=True)
 class ModelStudy:
@@ -30,6 +35,7 @@ class ModelStudy:
     partial_layers: int  # that start loads layers 0..partial_layers-1 of the COCO weights
     backbone_layers: int  # an ImageNet backbone's layers (weights.backbone_layers' default)
     study_freeze: tuple[int, int, int]  # the study's N = 0, 13, 20 in this model's layers
+    layers: str  # the network's layer kinds, one letter each (`layer_kinds` of its official cfg)
 
     def __post_init__(self) -> None:
         if not 0 < self.backbone_layers <= self.partial_layers:
@@ -44,9 +50,9 @@ class ModelStudy:
 
 MODELS: dict[str, ModelStudy] = {
     "yolov3-tiny": ModelStudy("yolov3-tiny", partial="coco15", partial_layers=15, backbone_layers=13,
-                              study_freeze=(0, 13, 20)),
+                              study_freeze=(0, 13, 20), layers="cmcmcmcmcmcmccccyrcurccy"),
     "yolov4-tiny": ModelStudy("yolov4-tiny", partial="coco29", partial_layers=29, backbone_layers=27,
-                              study_freeze=(0, 27, 35)),
+                              study_freeze=(0, 27, 35), layers="cccrccrcrmcrccrcrmcrccrcrmccccyrcurccy"),
 }
 DEFAULT_MODEL = "yolov3-tiny"
 
@@ -57,3 +63,16 @@ def builtin_starts(model: str) -> tuple[str, ...]:
 
 
 ALL_BUILTIN_STARTS = tuple(dict.fromkeys(s for m in MODELS for s in builtin_starts(m)))
+
+
+def layer_kinds(spec: NetworkSpec) -> str:
+    """The network's layers as one letter each (c conv, m maxpool, r route, u upsample, y yolo, s shortcut): what
+    a cfg builds, whatever its classes, anchors or input size."""
+    return "".join(_KIND_LETTERS.get(section_name(layer), "?") for layer in spec.layers)
+
+
+def built_model(spec: NetworkSpec) -> str | None:
+    """The known model whose layers `spec` builds (a cfg edited for its classes, anchors or size still does),
+    None for any other network."""
+    kinds = layer_kinds(spec)
+    return next((name for name, m in MODELS.items() if m.layers == kinds), None)

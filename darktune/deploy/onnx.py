@@ -44,7 +44,8 @@ from darktune.darknet.boxes import (
     postprocess,
     xyxy_to_cxcywh,
 )
-from darktune.darknet.cfg import format_cfg
+from darktune.darknet.cfg import format_cfg, parse_cfg_text
+from darktune.darknet.memory import check_memory
 from darktune.deploy.fuse import fuse_model
 from darktune.devices import cpu_count, parse_device
 from darktune.errors import DarktuneError, optional_import
@@ -53,6 +54,7 @@ from darktune.files import atomic_write_bytes, blocking_file
 INPUT_NAME = "images"
 DEFAULT_OPSET = 17
 CHECK_MIN_DETECTIONS = 20  # fewer at the export threshold: the decode check also runs at a lower one
+DECODE_TOLERANCE = 1e-3  # decoded raw heads (fractions, probabilities) vs torch; fp16 exports: 10x
 
 
 @dataclass
@@ -175,6 +177,8 @@ def export_onnx(model: nn.Module, out: str | Path, *, batch: int | None = 1, fp1
         raise DarktuneError(f"batch must be >= 1 or dynamic, got {batch}")
     out = check_onnx_out(out, overwrite)
     spec, net_hw = model.spec, model.input_size
+    # the trace and the check hold the batch in torch and in ONNX Runtime at once
+    check_memory(spec, 2 * (batch or 2), "cpu", what=f"exporting {spec.path}", advice="use a smaller --batch or --size")
     net: nn.Module = fuse_model(model, precise=False).cpu()  # precise: a CPU kernel choice, same graph
     if fp16:
         net = _Half(net)
@@ -278,6 +282,7 @@ def _verify(result: OnnxExport, model: nn.Module, conf: float, iou: float) -> No
             diff = float(np.abs(g - r.numpy()).max())
             result.max_abs_diff[name] = diff
             result.max_rel_diff[name] = diff / max(float(np.abs(r.numpy()).max()), 1e-12)
+        _check_decoded(result, session, got, ref, model)
         return
     decoded = decode(list(ref), [h.spec for h in model.heads], result.net_hw)  # (B, N, 5+C)
     ours = _postprocess_fractions(decoded, result.net_hw, conf, iou)
@@ -301,6 +306,29 @@ def _verify(result: OnnxExport, model: nn.Module, conf: float, iou: float) -> No
         ours = _postprocess_fractions(decoded, result.net_hw, result.check_conf, iou)
         result.check_detections = (sum(len(t) for t in theirs), sum(len(o) for o in ours))
         result.max_abs_diff["check_detections"] = _max_box_diff(theirs, ours)
+
+
+def _check_decoded(result: OnnxExport, session, got: list, ref: list, model: nn.Module) -> None:
+    """The raw heads decoded as a runtime decodes them, with the cfg stored in the file (scale_x_y, new_coords,
+    anchors, masks: every key that changes the decode), against torch's heads decoded with the model's own:
+    equal raw heads prove nothing when the stored cfg decodes them otherwise. max_abs_diff["decoded"] (boxes as
+    fractions of the input, objectness, class probabilities; max_rel_diff: relative past 1); past DECODE_TOLERANCE
+    (relative) the export is refused."""
+    meta = session.get_modelmeta().custom_metadata_map
+    stored = parse_cfg_text(meta.get("darktune.cfg", ""), f"{result.path}:metadata")
+    theirs = decode([torch.from_numpy(g) for g in got], [stored.layers[i] for i in stored.yolo_indices],
+                    result.net_hw)
+    ours = decode(list(ref), [h.spec for h in model.heads], result.net_hw)
+    diff = float((theirs - ours).abs().max()) if theirs.shape == ours.shape else float("inf")
+    result.max_abs_diff["decoded"] = diff
+    # relative past 1 (a box of exp(t) anchors can be many input sizes wide), absolute below
+    diff = float(((theirs - ours).abs() / ours.abs().clamp(min=1)).max()) if diff != float("inf") else diff
+    result.max_rel_diff["decoded"] = diff
+    tolerance = DECODE_TOLERANCE * (10 if result.fp16 else 1)
+    if not diff <= tolerance:
+        raise DarktuneError(f"written, but its heads decode to other boxes than darktune's model gives (max "
+                            f"difference {diff:.3g} > {tolerance:g}, with the cfg stored in it): do not use it",
+                            path=str(result.path))
 
 
 def _postprocess_fractions(decoded: torch.Tensor, net_hw: tuple[int, int], conf: float, iou: float

@@ -18,6 +18,7 @@ import torch
 
 from darktune.darknet.boxes import ImageGeometry, decode, postprocess
 from darktune.darknet.load import classes_in_weights, load_darknet
+from darktune.darknet.memory import check_memory
 from darktune.errors import DarktuneError
 from darktune.darknet.cfg import parse_cfg
 from darktune.darknet.classes import model_for_classes, names_beside, read_names_file
@@ -25,6 +26,7 @@ from darktune.data.check import check_dataset
 from darktune.data.formats.yolo import read_obj_data
 from darktune.data.formats.image import read_image
 from darktune.eval.metrics import evaluate
+from darktune.numbers import COUNT
 from darktune.darknet.prefix import fold_bn, forward_rest, frozen_prefix_length, memory_budget, run_prefix
 
 MAP_CONF_THRESH = 0.005  # darknet validate_detector_map
@@ -142,6 +144,8 @@ def predict(model: torch.nn.Module, es: EvalSet, batch_size: int = 32, conf_thre
     frozen layers' outputs between calls (see `PrefixCache`)."""
     net = getattr(model, "model", model)  # a Darknet (or a wrapper holding one)
     specs = [h.spec for h in net.heads]
+    COUNT.check(batch_size, "--batch")
+    check_memory(net.spec, min(batch_size, max(1, len(es))), device, what=f"evaluating {net.spec.path}")
     was_training = net.training
     net.eval()
     folded = fold_bn(net, range(len(net.layers)))  # inference: batch norm folded into the convs

@@ -54,10 +54,10 @@ from darktune.experiment.spec import (
     spec_error,
 )
 from darktune.darknet import zoo
-from darktune.darknet.cfg import ConvSpec, parse_cfg
+from darktune.darknet.cfg import ConvSpec, NetworkSpec, parse_cfg
+from darktune.darknet.transfer import MODELS, built_model
 from darktune.darknet.weights import partial
 from darktune.devices import resolve_device
-from darktune.darknet.transfer import MODELS
 from darktune.experiment.executors import execute
 from darktune.experiment.progress import GridProgress
 from darktune.experiment.ray_executor import RayOptions, RayPool, require_ray
@@ -226,9 +226,25 @@ def _check_data(spec: ExperimentSpec) -> None:
             raise spec_error(spec, where, f"{path} not found (relative paths are read from the spec's folder)")
 
 
+def _check_model(spec: ExperimentSpec, net: NetworkSpec, cfg_name: str) -> None:
+    """The model the spec names (or defaults to) is the network its cfg builds (`net`, the parsed cfg): else the
+    runs would train one network while the starts, the study's cuts and the report speak of another."""
+    built = built_model(net)
+    if built == spec.model or (built is None and not spec.model_named):
+        return  # a network of its own without `model:`: nothing names it otherwise
+    if spec.model_named:
+        what = f"builds {built}'s layers" if built else f"builds neither {' nor '.join(MODELS)}"
+        raise spec_error(spec, ("model",), f"is {spec.model}, but {cfg_name} {what}: the runs would train that "
+                         f"network while the starts and the report speak of {spec.model}; name the model the cfg "
+                         "builds, or give its cfg")
+    raise spec_error(spec, ("cfg",), f"{cfg_name} builds {built}'s layers, but the spec's model is {spec.model} "
+                     f"(the default): add model: {built}")
+
+
 def _check_layers(spec: ExperimentSpec, cfg: str) -> None:
     """Frozen layer counts and lists against the cfg's layers, before anything trains."""
     net = parse_cfg(cfg)
+    _check_model(spec, net, Path(cfg).name)
     weighted = [i for i, layer in enumerate(net.layers) if isinstance(layer, ConvSpec)]
     if weighted:
         check_frozen(spec, len(net.layers), weighted, Path(cfg).name)

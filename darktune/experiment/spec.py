@@ -21,11 +21,13 @@ from typing import Any
 from darktune.errors import DarktuneError
 from darktune.darknet.transfer import ALL_BUILTIN_STARTS, DEFAULT_MODEL, MODELS, builtin_starts
 from darktune.experiment.spec_file import read_spec_yaml, short
+from darktune.numbers import Domain
 from darktune.train.config import OPTIONS, SPEC_OPTIONS
 
 TRAIN_OPTIONS = SPEC_OPTIONS  # passed through to every training run (TrainConfig fields whose Option says spec)
-_INT_OPTIONS = {"batch": 1, "subdivisions": 1, "size": 32, "eval_every": 0, "workers": 0, "unfreeze_at": 1,
-                "burn_in": 0, "max_valid_images": 1, "checkpoint_every": 1, "eval_batch": 1}
+# The spec's own numeric keys take the domain of the training option they become (one rule for flag and key).
+FREEZE, ITERATIONS, IMAGES = OPTIONS["freeze"].domain, OPTIONS["iterations"].domain, OPTIONS["max_images"].domain
+SEED, EVAL_AT, LAYERS = OPTIONS["seed"].domain, OPTIONS["eval_at"].domain, OPTIONS["upto"].domain
 TOP_KEYS = ("model", "cfg", "weights", "train", "stages", "grid", "notes")
 WEIGHT_NAMES = ("coco", "backbone")
 WEIGHT_KEYS = WEIGHT_NAMES + ("backbone_layers",)
@@ -78,6 +80,7 @@ class ExperimentSpec:
     notes: str = ""
     path: str | None = None
     lines: dict = field(default_factory=dict, compare=False, repr=False)  # key path -> line, for later errors
+    model_named: bool = field(default=False, compare=False)  # the spec said `model:` (else the default or cfg's)
 
 
 @dataclass(frozen=True)
@@ -164,19 +167,22 @@ class _Checker:
                 raise self.error(where + (str(key),), f"unknown key {short(key)} (known: {', '.join(known)})")
         return value
 
-    def int_(self, value: Any, where: tuple, low: int = 0) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise self.error(where, f"must be an integer >= {low}, got {short(value)}")
-        return value
+    def number(self, value: Any, where: tuple, domain: Domain) -> Any:
+        """`value` if it lies in `domain` (darktune.numbers: the option's one declaration), else an error naming the
+        file, line and key."""
+        problem = domain.problem(value)
+        if problem:
+            raise self.error(where, f"{problem}, got {short(value)}")
+        return value if domain.integer else float(value)
 
-    def ints(self, value: Any, where: tuple, low: int = 0) -> tuple[int, ...]:
+    def numbers(self, value: Any, where: tuple, domain: Domain) -> tuple:
         values = value if isinstance(value, list) else [value]
-        return tuple(self.int_(v, where, low) for v in values)
+        return tuple(self.number(v, where, domain) for v in values)
 
     def images(self, value: Any, where: tuple) -> int | None:
         if value in (None, "all"):
             return None
-        return self.int_(value, where, 1)
+        return self.number(value, where, IMAGES)
 
     def path_(self, value: Any, where: tuple) -> str:
         if not isinstance(value, str) or not value:
@@ -192,32 +198,15 @@ class _Checker:
         return out
 
     def _option(self, key: str, value: Any, where: tuple) -> Any:
-        if key in _INT_OPTIONS:
-            value = self.int_(value, where, _INT_OPTIONS[key])
-            if key == "size" and value % 32:
-                raise self.error(where, f"must be a multiple of 32, got {short(value)}")
-            return value
-        if key in ("lr", "target_map"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise self.error(where, f"must be a number >= 0, got {short(value)}")
-            if key == "target_map" and value > 1:
-                raise self.error(where, f"is a fraction in [0, 1] (0.9 = 90 mAP), got {short(value)}")
-            return float(value)
-        if key == "obj_prior":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise self.error(where, f"must be a probability in (0, 1), got {short(value)}")
-            return float(value)
-        if key == "scales":
-            values = value if isinstance(value, list) else [value]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values):
-                raise self.error(where, f"must be numbers >= 0, got {short(value)}")
-            return [float(v) for v in values]
+        option = OPTIONS[key]
+        if option.kind in ("int", "float"):  # the Option's domain: the rule `darktune train`'s flag is checked by
+            return self.number(value, where, option.domain)
+        if option.kind in ("int-list", "float-list", "layer-list"):
+            return list(self.numbers(value, where, option.domain))
         if key in ("stop_at_target", "augment", "multi_scale", "gpu_augment", "continue_schedule", "feature_cache"):
             if not isinstance(value, bool):
                 raise self.error(where, f"must be true or false, got {short(value)}")
             return value
-        if key in ("freeze_layers", "steps"):
-            return list(self.ints(value, where))
         if value not in PROTOCOLS:
             raise self.error(where, f"must be one of {', '.join(PROTOCOLS)}, got {short(value)}")
         return value
@@ -232,8 +221,8 @@ def spec_from_dict(data: Any, path: str | None = None, lines: dict[tuple, int] |
     model, cfg = _model_and_cfg(check, top)
     weights_raw = check.mapping(top.get("weights"), ("weights",), WEIGHT_KEYS)
     weights = {k: check.path_(v, ("weights", k)) for k, v in weights_raw.items() if k in WEIGHT_NAMES}
-    backbone_layers = check.int_(weights_raw.get("backbone_layers", MODELS[model].backbone_layers),
-                                 ("weights", "backbone_layers"), 1)
+    backbone_layers = check.number(weights_raw.get("backbone_layers", MODELS[model].backbone_layers),
+                                   ("weights", "backbone_layers"), LAYERS)
     options = check.options(check.mapping(top.get("train"), ("train",), TRAIN_OPTIONS), ("train",))
     stages = _stages(check, top.get("stages"), model)
     grid = _grid(check, top["grid"], stages, model)
@@ -242,7 +231,8 @@ def spec_from_dict(data: Any, path: str | None = None, lines: dict[tuple, int] |
         raise check.error(("notes",), "must be text")
     _check_evals(check, stages, grid)
     return ExperimentSpec(cfg=cfg, model=model, grid=grid, stages=stages, weights=weights,
-                          backbone_layers=backbone_layers, options=options, notes=notes, path=path, lines=check.lines)
+                          backbone_layers=backbone_layers, options=options, notes=notes, path=path, lines=check.lines,
+                          model_named=top.get("model") is not None)
 
 
 def _model_and_cfg(check: _Checker, top: dict) -> tuple[str, str]:
@@ -351,11 +341,11 @@ def _stages(check: _Checker, raw: Any, model: str) -> dict[str, StageSpec]:
         stages[name] = StageSpec(
             name=name, data=check.path_(body["data"], where + ("data",)),
             weights=_start(check, body["weights"], where + ("weights",), names - {name}, model),
-            freeze=check.int_(body.get("freeze", 0), where + ("freeze",)),
-            iterations=check.int_(body.get("iterations", 100), where + ("iterations",), 1),
+            freeze=check.number(body.get("freeze", 0), where + ("freeze",), FREEZE),
+            iterations=check.number(body.get("iterations", 100), where + ("iterations",), ITERATIONS),
             images=check.images(body.get("images"), where + ("images",)),
-            seed=check.int_(body.get("seed", 0), where + ("seed",)),
-            eval_at=check.ints(body.get("eval_at", []), where + ("eval_at",), 1),
+            seed=check.number(body.get("seed", 0), where + ("seed",), SEED),
+            eval_at=check.numbers(body.get("eval_at", []), where + ("eval_at",), EVAL_AT),
             options=check.options(body, where))
     return _dependency_order(check, stages)
 
@@ -401,16 +391,16 @@ def _grid(check: _Checker, raw: Any, stages: dict[str, StageSpec], model: str) -
         over = check.mapping(over, w, PER_START_KEYS)
         entry: dict[str, Any] = {"key": name, "options": check.options(over, w)}
         if "iterations" in over:
-            entry["iterations"] = check.int_(over["iterations"], w + ("iterations",), 1)
+            entry["iterations"] = check.number(over["iterations"], w + ("iterations",), ITERATIONS)
         if "eval_at" in over:
-            entry["eval_at"] = check.ints(over["eval_at"], w + ("eval_at",), 1)
+            entry["eval_at"] = check.numbers(over["eval_at"], w + ("eval_at",), EVAL_AT)
         per_start[starts[starts_raw.index(name)]] = entry
     return GridSpec(
         data=check.path_(body["data"], where + ("data",)), starts=starts,
-        freeze=check.ints(body.get("freeze", [0]), where + ("freeze",)), images=images,
-        seeds=check.ints(body.get("seeds", [0]), where + ("seeds",)),
-        iterations=check.int_(body.get("iterations", 100), where + ("iterations",), 1),
-        eval_at=check.ints(body.get("eval_at", []), where + ("eval_at",), 1),
+        freeze=check.numbers(body.get("freeze", [0]), where + ("freeze",), FREEZE), images=images,
+        seeds=check.numbers(body.get("seeds", [0]), where + ("seeds",), SEED),
+        iterations=check.number(body.get("iterations", 100), where + ("iterations",), ITERATIONS),
+        eval_at=check.numbers(body.get("eval_at", []), where + ("eval_at",), EVAL_AT),
         options=check.options(body, where), per_start=per_start)
 
 

@@ -65,9 +65,14 @@ from types import MappingProxyType
 from typing import Any
 
 from darktune.errors import DarktuneError
+from darktune.numbers import (COUNT, FRACTION, NET_SIZE, PROBABILITY_OPEN, SEED, SHARE, THREADS, TILE, Domain, integer,
+                              real)
 
 PROTOCOLS = ("darknet", "voc07", "coco101", "coco")
 KINDS = ("str", "int", "float", "int-list", "float-list", "layer-list", "store_true", "store_false", "tristate")
+NUMERIC_KINDS = ("int", "float", "int-list", "float-list", "layer-list")  # kinds whose Option has a domain
+LAYERS = integer(0, 10_000)  # a layer index (no darknet cfg comes near 10,000 layers)
+ITERATIONS = integer(1, 100_000_000)  # darknet's COCO runs take 500,200 iterations
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,9 @@ class Option:
       cli_after  listed in `darktune train --help` right after this option (kept where it always was)
       spec       an experiment spec may set it (train:, stages, grid, per_start): its place in the spec's list of
                  keys (kept from the list it replaces, so the spec's "known: ..." errors read as before)
+      domain     the values a numeric option takes (darktune.numbers; each element of a list kind): the flag's
+                 argparse type, the spec's check and TrainConfig's own, so a flag and a spec key are refused
+                 by the same rule
     """
 
     help: str
@@ -101,10 +109,16 @@ class Option:
     cli_after: str | None = None
     spec: int | None = None
     identity_with: str | None = None
+    domain: Domain | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"Option kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.domain is not None and self.kind not in NUMERIC_KINDS:
+            raise ValueError(f"Option of kind {self.kind!r} takes no domain (only {', '.join(NUMERIC_KINDS)})")
+        if self.domain is None and self.kind in NUMERIC_KINDS:  # at least finite, and an int within INT_MAX
+            object.__setattr__(self, "domain", integer() if self.kind in ("int", "int-list", "layer-list")
+                               else real())
 
     def flag(self, name: str) -> str:
         """The `darktune train` flag of field `name` (tristates also have --no-NAME)."""
@@ -128,7 +142,7 @@ class TrainConfig:
         None, help="darknet .weights to start from, or 'none' (scratch)", kind="str", resumable=False, identity=True)
     upto: int | None = option(  # load only layers 0..upto-1 of `weights`
         None, help="load only layers 0..N-1 of --weights (a partial file, e.g. conv.15)", kind="int",
-        resumable=False, identity=True)
+        resumable=False, identity=True, domain=integer(1, 10_000))
     keep_classes: bool = option(  # darktune.darknet.classes: COCO's person rows for the data's "person"
         False, help="start from every layer of --weights (a whole model for other classes, e.g. COCO's 80) and "
                     "keep, in each head's output conv, every anchor's box and objectness rows and the rows of the "
@@ -141,32 +155,33 @@ class TrainConfig:
                    ".names, obj.names or its folder's only .names, e.g. the zoo's coco.names)",
         kind="str", metavar="FILE", resumable=False, identity=True)
     freeze: int = option(0, help="freeze layers 0..N-1", kind="int", metavar="N", exclusive="freeze",
-                         resumable=False, identity=True)
+                         resumable=False, identity=True, domain=LAYERS)
     freeze_layers: list[int] | None = option(  # or exactly these layers
         None, help="freeze these layers, e.g. 0-12,15", kind="layer-list", metavar="LIST", exclusive="freeze",
-        spec=12, resumable=False, identity=True)
+        spec=12, resumable=False, identity=True, domain=LAYERS)
     unfreeze_at: int | None = option(  # frozen for iterations 1..K only
         None, help="unfreeze everything after iteration K (before the last; needs --freeze or --freeze-layers)",
-        kind="int", metavar="K", spec=11, resumable=False, identity=True)
+        kind="int", metavar="K", spec=11, resumable=False, identity=True, domain=ITERATIONS)
     iterations: int | None = option(  # default: [net] max_batches
-        None, help="iterations (default: [net] max_batches)", kind="int", resumable=True, identity=True)
+        None, help="iterations (default: [net] max_batches)", kind="int", resumable=True, identity=True,
+        domain=ITERATIONS)
     batch: int | None = option(  # default: [net] batch
         None, help="images per iteration (default: [net] batch)", kind="int", spec=1, resumable=False,
-        identity=True)
+        identity=True, domain=COUNT)
     subdivisions: int | None = option(  # default: [net] subdivisions
         None, help="micro-batches per iteration (default: [net] subdivisions)", kind="int", spec=2,
-        resumable=False, identity=True)
+        resumable=False, identity=True, domain=COUNT)
     size: int | None = option(  # network width = height (multiple of 32); default: the cfg's
         None, help="network width=height, a multiple of 32 (default: the cfg's): the size evaluation runs at; with "
                    "multi-scale, training sizes vary around it (see --multi-scale)", kind="int", spec=3,
-        resumable=False, identity=True)
+        resumable=False, identity=True, domain=NET_SIZE)
     eval_every: int = option(0, help="mAP on the valid list every E iterations", kind="int", metavar="E", spec=8,
-                             resumable=True, identity=True)
+                             resumable=True, identity=True, domain=integer(0, 100_000_000))
     eval_at: list[int] = option(factory=list, help="and at these iterations (each at most --iterations)",
-                                kind="int-list", metavar="LIST", resumable=True, identity=True)
+                                kind="int-list", metavar="LIST", resumable=True, identity=True, domain=ITERATIONS)
     target_map: float | None = option(  # 0..1
         None, help="target mAP (fraction, e.g. 0.9)", kind="float", metavar="M", spec=14, resumable=True,
-        identity=True, identity_with="stop_at_target")
+        identity=True, identity_with="stop_at_target", domain=FRACTION)
     stop_at_target: bool = option(False, help="stop at the first evaluation reaching --target-map (needs it)",
                                   kind="store_true", spec=13, resumable=True, identity=True)
     protocol: str = option(
@@ -181,33 +196,33 @@ class TrainConfig:
     resume: bool = option(False, help="continue RUN/checkpoint.pt", kind="store_true", resumable=True,
                           identity=False)
     seed: int = option(0, help="seed of the initialisation, batches and augmentation", kind="int", resumable=False,
-                       identity=True)
+                       identity=True, domain=SEED)
     workers: int = option(  # background threads preparing batches
         0, help="background threads preparing batches (CPU loader; --gpu-augment needs none)", kind="int",
-        spec=10, resumable=True, identity=False)
+        spec=10, resumable=True, identity=False, domain=integer(0, 1024))
     threads: int | None = option(  # torch CPU threads for this process (None: leave torch's setting)
         None, help="torch CPU threads (default: torch's; use 1 per process when several trainings share the "
                    "cores)",
-        kind="int", resumable=True, identity=False)
+        kind="int", resumable=True, identity=False, domain=THREADS)
     max_images: int | None = option(  # seeded subset of the training list
         None, help="use a seeded subset of N training images (1 up to the number of usable images; default: all)",
-        kind="int", metavar="N", resumable=False, identity=True)
+        kind="int", metavar="N", resumable=False, identity=True, domain=COUNT)
     max_valid_images: int | None = option(None, help="evaluate on the first N valid images", kind="int",
-                                          metavar="N", spec=16, resumable=True, identity=True)
+                                          metavar="N", spec=16, resumable=True, identity=True, domain=COUNT)
     eval_tile: int | None = option(  # darktune.eval.tiled: whole-image mAP of a model trained on tiles
         None, help="score the valid list's whole images by sliced detection in tiles of PX x PX pixels, as "
                    "`detect --tile PX` runs them (for a model trained on `data tile` tiles)",
-        kind="int", metavar="PX", resumable=True, identity=True)
+        kind="int", metavar="PX", resumable=True, identity=True, domain=TILE)
     eval_overlap: float = option(0.2, help="--eval-tile: overlap of neighbouring tiles (default 0.2)",
-                                 kind="float", metavar="F", resumable=True, identity=True)
+                                 kind="float", metavar="F", resumable=True, identity=True, domain=SHARE)
     lr: float | None = option(None, help="override [net] learning_rate", kind="float", spec=4, resumable=False,
-                              identity=True)
+                              identity=True, domain=real(0, 10))
     burn_in: int | None = option(
         None, help="override [net] burn_in: the lr ramps up as lr * (i/N)^power over the first N iterations. "
                    "yolov3-tiny.cfg says burn_in=1000, which keeps the lr near 0 for a short run (a run warns "
                    "when burn_in is at least half its iterations): for a run of a few hundred iterations give "
                    "e.g. a tenth of them; 0: no burn-in",
-        kind="int", metavar="N", spec=5, resumable=False, identity=True)
+        kind="int", metavar="N", spec=5, resumable=False, identity=True, domain=integer(0, 100_000_000))
     # darknet without -clear: the lr schedule goes on from the weights' seen / batch (no second burn-in)
     continue_schedule: bool = option(
         False, help="go on with the learning-rate schedule of --weights, as darknet does without -clear: it "
@@ -215,15 +230,16 @@ class TrainConfig:
                     "there); this run's iterations and metrics still count from 0",
         kind="store_true", spec=22, resumable=False, identity=True)
     steps: list[int] | None = option(None, help="override [net] steps (policy becomes steps)", kind="int-list",
-                                     spec=6, resumable=False, identity=True)
+                                     spec=6, resumable=False, identity=True, domain=integer(0, 100_000_000))
     scales: list[float] | None = option(None, help="override [net] scales", kind="float-list", spec=7,
-                                        resumable=False, identity=True)
+                                        resumable=False, identity=True, domain=real(0, 1000))
     augment: bool = option(True, help="no jitter/colour/flip", kind="store_false", spec=15, resumable=False,
                            identity=True)
     obj_prior: float | None = option(  # new yolo heads: objectness bias = logit(p) (None: darknet's 0)
         None, help="start new yolo heads' objectness at probability P (bias logit(P), e.g. 0.01; "
                    "default: darknet's bias 0, i.e. 0.5)",
-        kind="float", metavar="P", cli_after="lr", spec=21, resumable=False, identity=True)
+        kind="float", metavar="P", cli_after="lr", spec=21, resumable=False, identity=True,
+        domain=PROBABILITY_OPEN)
     gpu_augment: bool | None = option(  # None: on for CUDA (device-side input path, `darktune.train.device_inputs`)
         None, help="device-side input path: images decoded once into a uint8 cache, whole batches "
                    "augmented on --device (default: on for CUDA, off on CPU)",
@@ -248,12 +264,12 @@ class TrainConfig:
                    "and reuse them every epoch (bit-identical, checked on the run; default: on where it applies)",
         kind="tristate", spec=23, resumable=True, identity=False)
     log_every: int = option(1, help="metrics.jsonl line every N iterations", kind="int", resumable=True,
-                            identity=False)
+                            identity=False, domain=COUNT)
     checkpoint_every: int = option(100, help="checkpoint.pt and last.weights every N iterations", kind="int",
-                                   spec=17, resumable=True, identity=False)
+                                   spec=17, resumable=True, identity=False, domain=COUNT)
     max_bad_steps: int = option(10, help="stop after K bad iterations in a row (non-finite loss or spike, each "
                                          "already followed by a recovery)", kind="int", resumable=True,
-                                identity=True)
+                                identity=True, domain=COUNT)
     # darktune.train.recovery: a bad iteration goes back to the last good state with a lower lr
     spike_factor: float = option(
         10.0, help="an iteration whose loss per image (scaled to --size) is above F times the median of the "
@@ -269,14 +285,25 @@ class TrainConfig:
     eval_weights: bool = option(False, help="keep RUN/weights/iter_K.weights of every evaluation",
                                 kind="store_true", resumable=True, identity=False)
     eval_batch: int = option(32, help="images per evaluation forward pass", kind="int", cli=False, spec=18,
-                             resumable=True, identity=True)
+                             resumable=True, identity=True, domain=COUNT)
     tensorboard: bool = option(False, help="TensorBoard logs (if tensorboard is installed)", kind="store_true",
                                resumable=True, identity=False)
 
     def __post_init__(self) -> None:
         if self.weights is not None and str(self.weights).lower() == "none":
             self.weights = None
-        checks = [
+        try:  # the checks that say more than a domain; a value of the wrong type fails its domain below
+            checks = self._checks()
+        except TypeError:
+            checks = []
+        for ok, message in checks:
+            if not ok:
+                raise DarktuneError(message)
+        self._check_domains()
+        self.eval_at = sorted({int(k) for k in self.eval_at})
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.freeze >= 0, f"--freeze must be >= 0, got {self.freeze}"),
             (not self.keep_classes or (self.weights is not None and self.upto is None),
              "--keep-classes needs --weights of a whole model (every layer; not with --upto)"),
@@ -317,10 +344,21 @@ class TrainConfig:
             (self.max_images is None or self.max_images >= 1,
              f"--max-images must be >= 1, got {self.max_images} (leave it out to use every training image)"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise DarktuneError(message)
-        self.eval_at = sorted({int(k) for k in self.eval_at})
+
+    def _check_domains(self) -> None:
+        """Every numeric option within its Option's domain (finite, range, integer; each element of a list), the
+        rule its flag and its spec key are checked by: one line naming the flag."""
+        for f in dataclasses.fields(self):
+            option, value = f.metadata["option"], getattr(self, f.name)
+            if option.domain is None or value is None:
+                continue
+            if option.kind in ("int-list", "float-list", "layer-list"):
+                if not isinstance(value, (list, tuple)):
+                    raise DarktuneError(f"{option.flag(f.name)} must be a list, got {value!r}")
+                for v in value:
+                    option.domain.check(v, f"each value of {option.flag(f.name)}")
+            else:
+                option.domain.check(value, option.flag(f.name))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

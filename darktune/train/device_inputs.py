@@ -34,10 +34,11 @@ from darktune.data.batch_augment import (
     sample_params,
 )
 from darktune.darknet.cfg import YoloSpec
+from darktune.darknet.memory import check_memory
 from darktune.data.augment import AugmentConfig
 from darktune.data.uint8_cache import build_cache, cache_dir
 from darktune.errors import DarktuneError
-from darktune.train.inputs import CACHE_SCALE, SampleOrder, TrainBatches
+from darktune.train.inputs import CACHE_SCALE, SampleOrder, TrainBatches, size_range
 
 SEED_STRIDE = 1_000_003
 
@@ -143,6 +144,19 @@ def multi_scale_of(config, spec) -> float:
     if not config.augment:
         return 0.0
     return coef if random else 0.0
+
+
+def check_run_memory(config, spec, micro_batch: int, device) -> None:
+    """Refuse a run whose micro-batch at its largest multi-scale size (training), or whose evaluation batch
+    (inference), needs more memory than `device` has (darktune.darknet.memory), before anything is allocated."""
+    multi = multi_scale_of(config, spec)
+    largest = size_range(spec.net.width, multi)[1] if multi else spec.net.width
+    sizes = f" at multi-scale's largest size {largest}" if multi else ""
+    check_memory(spec.with_size(largest, largest) if multi else spec, micro_batch, device, training=True,
+                 what=f"training {spec.path}{sizes}", advice="use a smaller --batch or more --subdivisions, or "
+                 "a smaller --size" + (" (or --no-multi-scale)" if multi else ""))
+    check_memory(spec, config.eval_batch, device, what=f"evaluating {spec.path}",
+                 advice="use a smaller eval_batch (an experiment spec's train: key) or --size")
 
 
 def make_batches(config, spec, items: list, augment, batch: int, subdivisions: int, dist, progress: bool):

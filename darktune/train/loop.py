@@ -21,6 +21,7 @@ from darktune.train.files import (
     write_run_file,
 )
 from darktune.darknet.cfg import format_cfg, parse_cfg, YoloSpec
+from darktune.darknet.memory import is_out_of_memory
 from darktune.darknet.model import Darknet
 from darktune.data.augment import AugmentConfig
 from darktune.data.check import check_dataset
@@ -28,7 +29,7 @@ from darktune.data.formats.yolo import read_obj_data
 from darktune.devices import resolve_device
 from darktune.train.cfg_keys import refuse_unhonoured
 from darktune.train.checkpoint import load_checkpoint, load_model_state, load_optimizer_state, set_rng_state
-from darktune.train.device_inputs import make_batches
+from darktune.train.device_inputs import check_run_memory, make_batches
 from darktune.train.freeze import frozen_at, layer_digests, set_frozen
 from darktune.train.init import (
     build_optimizer, burn_in_warning, check_against_network, init_model, set_objectness_prior, weights_class_names,
@@ -132,6 +133,7 @@ def build_run(config: TrainConfig, progress: bool) -> Run:
     if iterations <= 0:
         raise DarktuneError("give --iterations (the cfg has no max_batches)", path=config.cfg)
     check_against_network(config, iterations, len(spec.layers))
+    check_run_memory(config, spec, batch // subdivisions, dist.device)  # before the model, the batches, the cache
     cuda = dist.device.type == "cuda"
     torch.manual_seed(config.seed)
     model = Darknet(spec)
@@ -294,10 +296,14 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         run.net = wrap_model(run)
         open_outputs(run, progress)
         status, message = training_loop(run)
-    except torch.cuda.OutOfMemoryError:
-        _fail(run, "CUDA out of memory")
-        raise DarktuneError(f"CUDA out of memory at batch {run.batch} / subdivisions {run.subdivisions}: use a "
-                            "smaller --batch or more --subdivisions (or a smaller --size)") from None
+    except (RuntimeError, MemoryError) as exc:  # CUDA's out of memory, or the CPU allocator's: the same advice
+        if not is_out_of_memory(exc):
+            _fail(run, f"{type(exc).__name__}: {exc}")
+            raise
+        _fail(run, f"out of memory on {run.dist.device}")
+        raise DarktuneError(f"out of memory on {run.dist.device} at batch {run.batch} / subdivisions "
+                            f"{run.subdivisions}: use a smaller --batch or more --subdivisions (or a smaller "
+                            "--size)") from None
     except BaseException as exc:
         _fail(run, f"{type(exc).__name__}: {exc}")
         raise

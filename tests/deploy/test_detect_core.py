@@ -86,8 +86,8 @@ def test_torch_detector_runs_the_fused_model(coco_model, photo_path):
 def test_summary_blames_a_bad_size_or_class_count_not_the_cfg(coco, capsys):
     for argv, message in ((["--size", "100"], "--size must be a positive multiple of 32, got 100"),
                           (["--size", "0"], "--size must be a positive multiple of 32, got 0"),
-                          (["--classes", "0"], "--classes must be at least 1, got 0"),
-                          (["--classes", "-3"], "--classes must be at least 1, got -3")):
+                          (["--classes", "0"], "--classes must be >= 1, got 0"),
+                          (["--classes", "-3"], "--classes must be >= 1, got -3")):
         assert main(["summary", str(coco.cfg), *argv]) == 2
         assert capsys.readouterr().err == f"darktune: error: {message}\n"
     assert main(["summary", str(coco.cfg), "--size", "320", "--json"]) == 0

@@ -34,7 +34,7 @@ BAD = [
      "--unfreeze-at 25 is not before the run's last iteration (20 iterations)"),
     (["--freeze", "2", "--unfreeze-at", "4"], "--unfreeze-at 4 is not before the run's last iteration (4 iterations)"),
     (["--freeze", "2", "--unfreeze-at", "0"],
-     "--unfreeze-at must be >= 1 (the layers stay frozen for iterations 1..K)"),
+     "--unfreeze-at must be between 1 and 100000000, got 0"),  # its domain (darktune.numbers), at parse time
     (["--unfreeze-at", "2"], "--unfreeze-at 2 needs frozen layers to unfreeze: give --freeze N or --freeze-layers"),
     (["--freeze-layers", ""], "--freeze-layers: bad layer list '': no layers in it"),
     (["--freeze-layers", " , "], "--freeze-layers: bad layer list ' , ': no layers in it"),
