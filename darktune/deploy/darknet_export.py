@@ -17,6 +17,7 @@ from torch import nn
 from darktune.darknet.cfg import format_cfg, parse_cfg
 from darktune.darknet.load import classes_in_weights, load_darknet
 from darktune.errors import DarktuneError
+from darktune.records import read_text
 from darktune.files import atomic_write_many
 from darktune.deploy.onnx import check_parents, verification_input
 from darktune.deploy.fuse import fuse_model
@@ -65,9 +66,11 @@ def _names_from_summary(run: Path) -> tuple[list[str] | None, str]:
     import json
 
     summary = run / "summary.json"
-    try:
-        data = json.loads(summary.read_text(encoding="utf-8"))["config"]["data"]
-    except (OSError, ValueError, KeyError, TypeError):
+    try:  # a regular file only (a FIFO would block), and "data" a string
+        data = json.loads(read_text(summary, "run summary", 64 << 20))["config"]["data"]
+        if not isinstance(data, str):
+            raise TypeError(data)
+    except (DarktuneError, ValueError, KeyError, TypeError):
         return None, f"no obj.names in {run} and no dataset recorded in {summary}"
 
     try:

@@ -11,20 +11,22 @@ import json
 import threading
 from pathlib import Path
 
+from darktune.errors import DarktuneError
 from darktune.experiment.runs import DONE, run_status
 from darktune.experiment.spec import RunPlan
+from darktune.files import open_regular
 
 
 def last_iteration(run_dir: Path) -> int:
     """The last iteration logged in RUN/metrics.jsonl (0 when none): read from the file's tail only."""
     path = Path(run_dir) / "metrics.jsonl"
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "run metrics") as f:  # a FIFO or device is never read (it would block the bar)
             f.seek(0, 2)
             size = f.tell()
             f.seek(max(0, size - 8192))
             tail = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
+    except (OSError, DarktuneError):
         return 0
     for line in reversed(tail):
         try:

@@ -251,3 +251,39 @@ def test_cfg_edited_before_resume_and_damaged_metrics_are_one_line(trained, tmp_
         (copy / "metrics.jsonl").write_bytes(data)
         t.case(f"resume:{name}", *_resume_outcome(*_resume(cfg, obj, copy, capsys), copy / "metrics.jsonl"))
     assert all(v[0] == "handled" for v in t.cases.values()), {k: v for k, v in t.cases.items() if v[0] != "handled"}
+
+
+def test_run_files_read_by_the_grid_bar_and_export_never_block(trained, tmp_path, tally):
+    """The grid's progress bar reads each run's metrics tail, `export darknet RUN` its summary for the class
+    names: a FIFO there is skipped (never opened blocking), a summary whose dataset is not a path is a note."""
+    from darktune.deploy.darknet_export import resolve_run
+    from darktune.experiment.progress import last_iteration
+
+    _, _, run = trained
+    t = tally("run_files")
+    cases = {}
+    copy = tmp_path / "fifo-metrics"
+    shutil.copytree(run, copy)
+    (copy / "metrics.jsonl").unlink()
+    os.mkfifo(copy / "metrics.jsonl")
+    cases["progress:metrics-fifo"] = (lambda c=copy: last_iteration(c) == 0, copy / "metrics.jsonl")
+    for name, make in {"summary-fifo": lambda p: os.mkfifo(p),
+                       "summary-data-number": lambda p: p.write_text('{"config": {"data": 5}}')}.items():
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        (copy / "obj.names").unlink()
+        (copy / "summary.json").unlink()
+        make(copy / "summary.json")
+        cases[f"export-darknet:{name}"] = (lambda c=copy: resolve_run(c).names is None, copy / "summary.json")
+    for name, (check, path) in cases.items():
+        box = {}
+        thread = threading.Thread(target=lambda: box.update(ok=check()), daemon=True)
+        thread.start()
+        thread.join(20)
+        if thread.is_alive():
+            os.close(os.open(path, os.O_WRONLY))
+            thread.join(5)
+            t.case(name, "crash", "hang")
+        else:
+            t.case(name, "handled" if box.get("ok") else "crash", "" if box.get("ok") else "raised or wrong")
+    assert all(v[0] == "handled" for v in t.cases.values()), t.cases
