@@ -131,6 +131,8 @@ def recover(g: GuardState, model: torch.nn.Module, opt, iteration: int) -> int |
         return None
     restore(model, opt, target)
     g.good, g.candidate = target, None  # the same place again if the next try fails too
+    # the losses recorded after that state (the start of the blow-up) leave the spike reference
+    g.history = g.history[:max(0, len(g.history) - (iteration - 1 - target["step"]))]
     return target["step"]
 
 

@@ -63,6 +63,9 @@ def test_snapshots_restore_weights_and_momentum():
     assert recovery.recover(g, net, opt, 15) == 0
     assert torch.equal(net.weight, weights) and torch.equal(opt.state[net.weight]["momentum_buffer"], momentum)
     assert g.candidate is None and g.good["step"] == 0
+    g.history = [[float(i)] * 4 for i in range(1, 15)]  # good iterations 1..14: those after 0 leave the reference
+    recovery.recover(g, net, opt, 15)
+    assert g.history == []
 
 
 # ------------------------------------------------------------------------------------------------ in a run
