@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from darktune.cli import main
 from darktune.darknet.box_merge import merge_detections
 from darktune.data.tile import tile_grid
+from darktune.deploy.detect import clip_boxes
 from darktune.deploy.runtimes import TorchBackend, make_backend
 from darktune.deploy.sliced import Slicing, sliced_detect
 from darktune.errors import DarktuneError
@@ -96,3 +97,25 @@ def test_detect_tile_command(tiny, tmp_path, capsys):
     assert record["width"] == 200 and all(0 <= d["box"][2] <= 200 for d in record["detections"])
     assert main(args + ["--tile", "8"]) != 0
     assert "--tile must be" in capsys.readouterr().err
+
+
+def test_detect_tile_on_a_video(tiny, tmp_path, capsys):
+    cfg, weights, backend = tiny
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (200, 130))
+    frames = [_image(200, 130, 10 + i) for i in range(3)]
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    assert main(["detect", "--cfg", str(cfg), "--weights", str(weights), "--backend", "torch", str(path), "--json",
+                 "--thresh", "0.3", "--tile", "64", "--workers", "1"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["frame"] for r in records] == [0, 1, 2]
+    capture = cv2.VideoCapture(str(path))
+    for record in records:  # each frame as read back from the file, sliced (a 200x130 frame is 4x3 tiles of 64)
+        ok, frame = capture.read()
+        want = clip_boxes(sliced_detect(backend, frame, Slicing(64, 0.2), 0.3, 0.45), 200, 130)
+        got = np.array([d["box"] + [d["score"]] for d in record["detections"]]).reshape(-1, 5)
+        assert len(got) == len(want) > 0
+        np.testing.assert_allclose(got, want[:, :5], atol=0.02)
+    capture.release()
