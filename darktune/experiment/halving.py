@@ -87,7 +87,8 @@ def decide(rung: list[Curve], known: list[Curve], target: float, eta: int, step:
         elif c.reached(target):
             out.stopped[c.name] = "reached the target"
         elif best and c.seconds >= best[1]:
-            out.stopped[c.name] = f"trained {c.seconds:.1f} s, as long as {best[0]} took to reach the target"
+            out.stopped[c.name] = (f"not at the target after {c.seconds:.1f} s; {best[0]} reached it in "
+                                   f"{best[1]:.1f} s")
         elif c.iterations >= max_iterations:
             out.stopped[c.name] = f"at --max-iterations ({max_iterations}) without reaching the target"
         else:

@@ -74,7 +74,7 @@ def curves_figure(curves: dict[str, list[tuple[float, float]]], result: dict) ->
                     marker="." if seed == "0" else None, label=f"{name} (seed {seed})" + (": winner" * bold))
         else:
             ax.plot(xs, ys, "--", color="grey", linewidth=0.7, alpha=0.6)
-    ax.plot([], [], "--", color="grey", linewidth=0.7, label="candidates the search stopped")
+    ax.plot([], [], "--", color="grey", linewidth=0.7, label="the other candidates")
     ax.axhline(100 * result["target_map"], color="black", linewidth=0.8, linestyle="--", label="target")
     ax.set_xlabel("training seconds (evaluations and checkpoints not counted)")
     ax.set_ylabel("mAP %")
