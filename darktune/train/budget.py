@@ -11,7 +11,9 @@ machine may be shared), up to the last tenth of the run, and never grows past ``
 given. With N fitted, unless the run
 sets them itself (``burn_in``, ``steps``, ``eval_every``/``eval_at``):
 
-  * burn-in: `BURN_IN_FRACTION` of N (at least 1 iteration; yolov3-tiny.cfg's 1000 would be most of a short run);
+  * burn-in: `BURN_IN_FRACTION` of N, at least min(`MIN_BURN_IN`, N/4) (yolov3-tiny.cfg's 1000 would be most of
+    a short run; with the lr at full strength from iteration 2, a 28-iteration run's box loss jumped 60x at
+    iteration 7 on MOT17-mini, docs/real_data.md);
   * lr steps: x0.1 at `STEPS` (0.8 and 0.9) of N, darknet's usual steps=80%,90% of max_batches;
   * multi-scale: darknet's largest size for the last min(100, `LAST_FRACTION` of N) iterations instead of the
     last 100;
@@ -31,6 +33,7 @@ from darktune.train.inputs import MULTI_SCALE_LAST, network_size
 PROBE = 5  # iterations before the first fit (iteration 1 is not timed)
 REFIT_EVERY = 25
 BURN_IN_FRACTION = 0.05
+MIN_BURN_IN = 10
 STEPS = (0.8, 0.9)
 LAST_FRACTION = 0.1
 EVALUATIONS = 5
@@ -69,6 +72,11 @@ class Budget:
         b = cls(**saved) if saved else cls(seconds)
         b.seconds, b.cap = seconds, cap  # a resume may change the budget
         return b
+
+
+def burn_in_for(n: int) -> int:
+    """The burn-in of a fitted run of `n` iterations."""
+    return max(1, round(BURN_IN_FRACTION * n), min(MIN_BURN_IN, n // 4))
 
 
 def last_stretch(n: int) -> int:

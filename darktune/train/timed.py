@@ -76,7 +76,7 @@ def _apply(run: Run, n: int, first: bool) -> None:
     changes = {}
     if c.burn_in is None:  # fixed at the first fit: the ramp must not jump later (a resume keeps it)
         if first or b.burn_in is None:
-            b.burn_in = max(1, round(B.BURN_IN_FRACTION * n))
+            b.burn_in = B.burn_in_for(n)
         changes["burn_in"] = b.burn_in
     if c.steps is None:
         changes.update(policy="steps", steps=tuple(max(1, round(f * n)) for f in B.STEPS), scales=(0.1,) * len(B.STEPS))

@@ -58,6 +58,7 @@ def test_fit_costs_each_multi_scale_size_and_the_last_stretch():
     assert multi < plain  # the first 10 iterations and the last stretch at 608 cost (608/416)^2 each
     assert B.last_stretch(multi) == min(100, round(0.1 * multi))
     assert B.size_iterations(1000) == 1000  # 1000 iterations: darknet's last 100 as they are
+    assert [B.burn_in_for(n) for n in (2, 28, 100, 1400)] == [1, 7, 10, 70]
 
 
 # ------------------------------------------------------------------------------------------------ in a run
@@ -88,7 +89,7 @@ def test_a_timed_run_fits_its_schedule_and_ends_inside_the_budget(tiny, tmp_path
     evaluated = [m[0] for m in res.maps]
     assert evaluated[0] == 0 and evaluated[-1] == n and len(evaluated) == B.EVALUATIONS + 1
     log = (out / "train.log").read_text()
-    assert f"-> {n} iterations; burn_in {max(1, round(B.BURN_IN_FRACTION * n))}, lr steps " in log
+    assert f"-> {n} iterations; burn_in {B.burn_in_for(n)}, lr steps " in log
     lrs = {r["iteration"]: r["lr"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
            if "lr" in r}
     # x0.1 at 80% of the run, x0.01 at 90% (a refit may move them by an iteration)
