@@ -216,7 +216,8 @@ def _fresh_start(run: Run) -> None:
     scales = multi_scale_note(run.data, run.iterations)
     if scales:
         run.log(scales)
-    warning = burn_in_warning(run.net_params, run.iterations, offset, c.burn_in is not None)
+    timed_burn_in = c.time is not None and c.burn_in is None  # --time fits the burn-in to the run
+    warning = None if timed_burn_in else burn_in_warning(run.net_params, run.iterations, offset, c.burn_in is not None)
     if warning:
         run.log(warning)
 

@@ -158,3 +158,15 @@ def test_a_resumed_timed_run_keeps_its_fitted_schedule(tiny, tmp_path, monkeypat
 
     assert resumed.iterations_done == straight.iterations_done and resumed.maps == straight.maps
     assert lrs(tmp_path / "a") == lrs(tmp_path / "b")
+
+
+def test_a_timed_run_does_not_warn_about_the_cfgs_burn_in(tiny, tmp_path, monkeypatch):
+    _fake_clock(monkeypatch, 0.1, 0.05)
+    cfg, obj = tiny
+    long_burn_in = Path(cfg).read_text().replace("burn_in=2", "burn_in=1000")
+    (tmp_path / "long.cfg").write_text(long_burn_in)
+    out = tmp_path / "run"
+    train(TrainConfig(cfg=str(tmp_path / "long.cfg"), data=str(obj), batch=2, subdivisions=1, time="3s",
+                      iterations=40, out=str(out), checkpoint_every=1000), progress=False)
+    log = (out / "train.log").read_text()
+    assert "time budget 3s" in log and "is at least half of the run" not in log
