@@ -247,7 +247,8 @@ def replace_file(path: str | Path, data: bytes) -> Path:
     changes. DarktuneError naming `path` when it cannot be written."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # a short temp name: the output's own name may already be as long as the file system allows
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise write_error(exc, path) from None
     try:

@@ -176,7 +176,7 @@ class VideoSink:
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem[:40]}.", suffix=self.path.suffix[:16] or ".mp4",
                                    dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(tmp)
