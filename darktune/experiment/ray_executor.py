@@ -92,21 +92,34 @@ def address_endpoint(address: str) -> tuple[str, int] | None:
     return host, port or (10001 if address.startswith("ray://") else RAY_PORT)
 
 
-def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """One TCP connect to the cluster's address, at most `timeout` seconds: nothing listening (refused, or no
-    answer) is one line, instead of Ray's client retrying for minutes."""
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+
+
+def check_reachable(address: str, timeout: float | None = None) -> None:
+    """A TCP connect to the cluster's address and an HTTP/2 greeting, each within `timeout` seconds (default
+    `CONNECT_TIMEOUT_S`): Ray's GCS and Ray Client speak gRPC, which answers a client's HTTP/2 preface with its
+    SETTINGS frame. Nothing listening (refused, or no answer), or a listener that answers otherwise or not at
+    all, is one line here, instead of Ray's client retrying for minutes. (With RAY_USE_TLS set the greeting is
+    left to Ray.)"""
     endpoint = address_endpoint(address)
     if endpoint is None:
         return
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+    hint = "start one with `ray start --head`, or check the address"
     try:
-        with socket.create_connection(endpoint, timeout=timeout):
-            pass
+        with socket.create_connection(endpoint, timeout=timeout) as conn:
+            if os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true"):
+                return
+            conn.sendall(HTTP2_PREFACE)
+            reply = conn.recv(9)
     except TimeoutError:
-        raise DarktuneError(f"no Ray cluster answers at {address}: no reply to a connection in {timeout:.0f} s "
-                            "(start one with `ray start --head`, or check the address and the firewall)") from None
+        raise DarktuneError(f"no Ray cluster answers at {address}: no reply in {timeout:.0f} s ({hint}, and the "
+                            "firewall)") from None
     except OSError as exc:
-        raise DarktuneError(f"no Ray cluster answers at {address}: {exc.strerror or exc} (start one with `ray start "
-                            "--head`, or check the address)") from None
+        raise DarktuneError(f"no Ray cluster answers at {address}: {exc.strerror or exc} ({hint})") from None
+    if len(reply) < 4 or reply[3] != 4:  # the 4th byte of an HTTP/2 frame header is its type: 4 is SETTINGS
+        raise DarktuneError(f"no Ray cluster answers at {address}: something listens there but does not speak "
+                            f"Ray's gRPC ({hint})")
 
 
 def fit_problem(cpus: float, gpus: float, resources: dict, nodes: list[dict] | None = None) -> str | None:

@@ -24,15 +24,35 @@ pytest.importorskip("ray")
 
 # where nothing listens: port 1 and 9 are never a Ray head's here; ::1 may be missing (also one line)
 ADDRESSES = {"loopback-port-1": "127.0.0.1:1", "loopback-host-2": "127.0.0.2:9", "localhost-name": "localhost:1",
-             "ray-client-url": "ray://127.0.0.1:1", "ipv6-loopback": "[::1]:1"}
+             "ray-client-url": "ray://127.0.0.1:1", "ipv6-loopback": "[::1]:1",
+             # a loopback listener of the probe's own that accepts and says nothing / answers as a web server
+             "silent-listener": "SILENT", "http1-listener": "HTTP1", "silent-listener-ray-url": "ray://SILENT"}
 
 PROBE = """
-import json, sys, time
+import json, socket, sys, threading, time
 from pathlib import Path
 from darktune.errors import DarktuneError
+from darktune.experiment import ray_executor
 from darktune.experiment.ray_executor import RayOptions, RayPool
+ray_executor.CONNECT_TIMEOUT_S = 3.0  # the deadline of the greeting (10 s by default)
+
+def listener(reply):
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+    def serve():
+        while True:
+            conn, _ = server.accept()
+            held.append(conn)
+            if reply:
+                conn.sendall(reply)
+    threading.Thread(target=serve, daemon=True).start()
+    return f"127.0.0.1:{server.getsockname()[1]}"
+
+ports = {"SILENT": listener(b""), "HTTP1": listener(b"HTTP/1.1 400 Bad Request\\r\\n\\r\\n")}
 out = {}
 for name, address in json.loads(sys.argv[1]).items():
+    for key, value in ports.items():
+        address = address.replace(key, value)
     t = time.monotonic()
     try:
         with RayPool(RayOptions(address=address), Path(sys.argv[2])):
