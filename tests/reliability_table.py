@@ -81,7 +81,8 @@ KINDS = {
                  "that is not UTF-8 (train --resume)",
     "report_inputs": "experiment.json, summary.json, metrics.jsonl with wrong types, NaN/inf/out-of-range mAPs, "
                      "escaping folders, FIFOs; a --model both folder with one half missing (report)",
-    "ray": "Ray cluster addresses where nothing listens (loopback), runs no node can hold, --jobs past the runs",
+    "ray": "Ray cluster addresses where nothing listens or a non-Ray listener answers (loopback), runs no node can "
+           "hold, --jobs past the runs",
     "options": "Numbers on the command line: every numeric flag of every command with -1, 0, nan, inf, 1e30, text, "
                "fractions for counts, past int64 (refused at parse time, naming the flag)",
     "spec_numbers": "Numbers in experiment specs: every numeric key (train options, grid, stages, per_start, "
