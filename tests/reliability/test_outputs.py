@@ -100,7 +100,8 @@ def test_outputs_never_replace_inputs(case, model, tmp_path, tally, capsys):
     cfg, weights = model
     sources, out = _layout(case, tmp_path)
     # the link a user left in --out is replaced by the output (never written through): watch what it points to
-    watched = [tmp_path / "user" / d for d in ("photos", "keep")] if "another-user-file" in case else [tmp_path / "user"]
+    watched = ([tmp_path / "user" / d for d in ("photos", "keep")] if "another-user-file" in case
+               else [tmp_path / "user"])
     before = {k: v for w in watched for k, v in snapshot(w).items()}
     try:
         rc = main(["detect", "--cfg", str(cfg), "--weights", str(weights), "--json", "--out", str(out), *sources])
