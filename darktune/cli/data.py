@@ -239,6 +239,9 @@ def _require_images(dataset, args) -> None:
     what = "no images" if not dataset.images else "no classes"
     reason = (f"{what} left after skipping {plural(n, 'bad record')}; nothing written" if n
               else f"{what} found; nothing written")
+    edge = clip_counts(dataset.notes)["n_boxes_dropped_at_edge"]
+    if edge:  # those notes are not listed one by one: say here that boxes went that way
+        reason += f" ({plural(edge, 'box')} mostly past the image edge dropped)"
     raise DarktuneError(reason, path=args.src[0] if len(args.src) == 1 else ", ".join(args.src))
 
 

@@ -3,8 +3,9 @@
 A `LabelCase` is one label file's bytes with what the validator must find: `rows` valid boxes and whether
 the file has an error (then `darktune data check` skips its image). `hostile` names cases a fuzzer would not
 easily find. An `AnnotationCase` is a small set of files in one format with the reader's expected outcome:
-"ok" (read), "reject" (DarktuneError naming the file), or "skip" (read with skip_bad=True: the bad record
-skipped and counted; without it, a DarktuneError).
+"ok" (read), "reject" (DarktuneError naming the file), "skip" (read with skip_bad=True: the bad record
+skipped and counted; without it, a DarktuneError), or "clip" (a box past the image edge: read clipped, or dropped
+as mostly outside, and counted in the summary, as darknet and ultralytics clip).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ class LabelCase:
     error: bool  # at least one error-severity problem (the image is skipped by check and training)
     n_classes: int = 2
     note: str = ""
+    import_clips: bool = False  # data import clips the box past the edge (counted) where check refuses it
+
+    @property
+    def import_error(self) -> bool:
+        """Whether `data import` refuses the file (or, with --skip-bad, skips its image)."""
+        return self.error and not self.import_clips
 
 
 def _case(name: str, text: str | bytes, rows: int, error: bool, **kw) -> LabelCase:
@@ -77,7 +84,8 @@ def label_cases() -> list[LabelCase]:
         _case("zero_width", "0 0.5 0.5 0 0.4\n", 0, True),
         _case("negative_height", "0 0.5 0.5 0.25 -0.4\n", 0, True),
         _case("width_above_1", "0 0.5 0.5 1.2 0.4\n", 0, True),
-        _case("box_leaves_image", "0 0.9 0.5 0.5 0.4\n", 0, True),
+        _case("box_leaves_image", "0 0.9 0.5 0.5 0.4\n", 0, True, import_clips=True,
+              note="centre inside, box past the edge: data check refuses it, data import clips it (counted)"),
         _case("tiny_box", "0 0.5 0.5 1e-9 1e-9\n", 0, True),
         _case("pixel_coordinates", "0 320 240 64 48\n", 0, True, note="pixels instead of fractions"),
         _case("pixel_corners", "0 12 40 300 220\n", 0, True),
@@ -108,7 +116,7 @@ class AnnotationCase:
     fmt: str  # "coco" | "voc" | "openimages"
     name: str
     files: dict = field(default_factory=dict)  # relative path -> bytes (images are added by the test)
-    expect: str = "reject"  # "ok" | "reject" | "skip"
+    expect: str = "reject"  # "ok" | "reject" | "skip" | "clip"
     note: str = ""
 
 
@@ -170,7 +178,9 @@ def coco_cases() -> list[AnnotationCase]:
         ("bbox_null", j(_coco_doc(annotations=_ann(bbox=None))), "skip"),
         ("bbox_nan", raw(json.dumps(_coco_doc()).replace("[8, 4, 20, 16]", "[8, NaN, 20, 16]")), "skip"),
         ("bbox_negative_size", j(_coco_doc(annotations=_ann(bbox=[8, 4, -20, 16]))), "skip"),
-        ("bbox_outside_image", j(_coco_doc(annotations=_ann(bbox=[60, 4, 200, 16]))), "skip"),
+        ("bbox_outside_image", j(_coco_doc(annotations=_ann(bbox=[70, 4, 20, 16]))), "skip"),
+        ("bbox_past_edge", j(_coco_doc(annotations=_ann(bbox=[50, 4, 20, 16]))), "clip"),
+        ("bbox_mostly_past_edge", j(_coco_doc(annotations=_ann(bbox=[60, 4, 200, 16]))), "clip"),
         ("annotation_not_object", j(_coco_doc(annotations=[42])), "skip"),
         ("deep_nesting", raw('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}"), "reject"),
         ("utf16", raw(json.dumps(_coco_doc()).encode("utf-16")), "reject"),
@@ -209,7 +219,9 @@ def voc_cases() -> list[AnnotationCase]:
         ("xmin_word", x(_voc(objects=_VOC_OBJECT.format("left", 4, 28, 20))), "skip"),
         ("xmin_nan", x(_voc(objects=_VOC_OBJECT.format("nan", 4, 28, 20))), "skip"),
         ("xmax_before_xmin", x(_voc(objects=_VOC_OBJECT.format(28, 4, 8, 20))), "skip"),
-        ("box_outside_image", x(_voc(objects=_VOC_OBJECT.format(8, 4, 300, 20))), "skip"),
+        ("box_outside_image", x(_voc(objects=_VOC_OBJECT.format(70, 4, 90, 20))), "skip"),
+        ("box_past_edge", x(_voc(objects=_VOC_OBJECT.format(50, 4, 70, 20))), "clip"),
+        ("box_mostly_past_edge", x(_voc(objects=_VOC_OBJECT.format(8, 4, 300, 20))), "clip"),
         ("billion_laughs", x(_voc(objects="<object><name>&lol9;</name></object>", head=_LAUGHS)), "reject"),
         ("quadratic_blowup", x(_voc(objects="<object><name>" + "&a;" * 10_000 + "</name></object>",
                                     head='<!DOCTYPE a [<!ENTITY a "' + "x" * 10_000 + '">]>')), "reject"),

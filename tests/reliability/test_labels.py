@@ -108,13 +108,15 @@ def test_import_refuses_first_bad_label_or_skips_and_counts(label_dir, tally, tm
     rc = main(["data", "import", str(label_dir), "--format", "yolo", "--skip-bad", "--json",
                "--out", str(tmp_path / "lenient")])
     summary = json.loads(capsys.readouterr().out)
-    bad = [c for c in LABELS if c.error and c.name not in LABEL_BUGS]
+    bad = [c for c in LABELS if c.import_error and c.name not in LABEL_BUGS]
     imported = {Path(p).stem for p in (tmp_path / "lenient" / "images").glob("*.jpg")}
     for case in LABELS:
         if case.name in LABEL_BUGS:
             continue
-        ok = (case.name in imported) != case.error
+        ok = (case.name in imported) != case.import_error
         t.case(f"import:{case.name}", "handled" if ok else "silent")
+    clipped = sum(c.import_clips for c in LABELS if c.name not in LABEL_BUGS)  # each clipped and counted
+    t.case("import:clipped_counted", "handled" if summary["n_boxes_clipped"] == clipped else "silent")
     t.modified += changed(before, snapshot(label_dir))
     assert refused and rc == 0 and summary["n_images"] == len(imported) == len(LABELS) - len(LABEL_BUGS) - len(bad)
     assert all(v[0] == "handled" for v in t.cases.values()) and not t.modified
@@ -246,7 +248,13 @@ def test_annotation_import(key, tally, tmp_path, capsys):
             continue
         summary = json.loads(captured.out) if rc == 0 else {}
         boxes, skipped = summary.get("n_boxes"), summary.get("n_skipped", 0)
-        if case.expect == "ok":  # the lenient run adds the good source: the same picture and, mostly, the same
+        at_edge = summary.get("n_boxes_clipped", 0) + summary.get("n_boxes_dropped_at_edge", 0)
+        if case.expect == "clip":  # clipped (or dropped as mostly outside) and counted, in both runs
+            kept = 1 if summary.get("n_boxes_clipped", 0) else 0
+            good = rc == 0 and at_edge == 1 and boxes == kept + (1 if lenient else 0)
+            # a source whose only box goes (VOC: classes come from boxes) is refused, saying why
+            good = good or (not lenient and refused and "mostly past the image edge dropped" in err_lines[0])
+        elif case.expect == "ok":  # the lenient run adds the good source: the same picture and, mostly, the same
             # box, which the import keeps once and counts (n_duplicate_boxes_dropped)
             merged = summary.get("n_duplicate_boxes_dropped", 0)
             good = rc == 0 and boxes == (2 - merged if lenient else 1) and merged <= (1 if lenient else 0)
