@@ -1,6 +1,8 @@
 """Large images, small objects: AP50 on whole validation images with (a) a plain resize to the network,
 (b) darktune's sliced detection (`darktune.deploy.sliced`), (c) SAHI's slicing and merge over the same model,
-the same tiles and the same merge (GREEDYNMM by IoS > 0.5), side by side in one run; time per image of each.
+the same tiles and the same merge (NMS by IoU > 0.5, darktune's default; SAHI too switches to it below a score
+threshold of 0.1), side by side in one run; time per image of each. AP also with both tools' greedy
+match-and-merge (GREEDYNMM by IoS > 0.5, SAHI's default above 0.1).
 
     .venv/bin/python benchmarks/bench_tiles.py --cfg RUN/model.cfg --weights RUN/weights/last.weights \\
         --data VALID/obj.data --split valid --tile 416 --overlap 0.2 --backend onnxruntime --repeats 5
@@ -71,13 +73,14 @@ def sahi_model(backend, conf: float):
                          device="cpu")
 
 
-def sahi_detect(model, image_bgr: np.ndarray, tile: int, overlap: float) -> np.ndarray:
+def sahi_detect(model, image_bgr: np.ndarray, tile: int, overlap: float, merge: str = "NMS", metric: str = "IOU"
+                ) -> np.ndarray:
     from sahi.predict import get_sliced_prediction
 
     result = get_sliced_prediction(np.ascontiguousarray(image_bgr[..., ::-1]), model, slice_height=tile,
                                    slice_width=tile, overlap_height_ratio=overlap, overlap_width_ratio=overlap,
-                                   perform_standard_pred=False, postprocess_type="GREEDYNMM",
-                                   postprocess_match_metric="IOS", postprocess_match_threshold=0.5,
+                                   perform_standard_pred=False, postprocess_type=merge,
+                                   postprocess_match_metric=metric, postprocess_match_threshold=0.5,
                                    force_postprocess_type=True, verbose=0)
     rows = [[*p.bbox.to_xyxy(), p.score.value, p.category.id] for p in result.object_prediction_list]
     return np.asarray(rows, np.float32).reshape(-1, 6)
@@ -132,7 +135,12 @@ def main() -> int:
     slicing = Slicing(args.tile, args.overlap)
     tiles_agree = all(same_tiles(im.shape[1], im.shape[0], args.tile, args.overlap) for im in ws.images)
     ap50 = {}
-    for name, fn in run_methods(backend, ws.images, slicing, 0.005).items():
+    methods = run_methods(backend, ws.images, slicing, 0.005)
+    greedy = Slicing(args.tile, args.overlap, merge="greedynmm")  # AP only: what the merge costs (both tools)
+    methods["b_darktune_sliced_greedynmm_ios"] = lambda im: sliced_detect(backend, im, greedy, 0.005, NMS)
+    sahi_low = sahi_model(backend, 0.005)
+    methods["c_sahi_greedynmm_ios"] = lambda im: sahi_detect(sahi_low, im, args.tile, args.overlap, "GREEDYNMM", "IOS")
+    for name, fn in methods.items():
         dets = [fn(im) for im in ws.images]
         ap50[name] = evaluate(dets, ws.truths, len(ws.names), protocol="darknet").map
     timing = {f"conf_{c}": timed(run_methods(backend, ws.images, slicing, c), ws.images, args.repeats)

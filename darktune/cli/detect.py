@@ -72,12 +72,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                               "of the tile in [0, 1) (default 0.2)")
     p.add_argument("--tile-full", action="store_true",
                    help="--tile: detect the whole image resized as well, for objects larger than a tile")
-    p.add_argument("--merge", choices=("greedynmm", "nms"), default="greedynmm",
-                   help="--tile: how boxes of neighbouring tiles merge: greedynmm (default) joins the boxes that "
-                        "match the best one into their enclosing box (an object cut by a tile edge becomes one "
-                        "box); nms keeps the best and drops the rest")
-    p.add_argument("--match", choices=("ios", "iou"), default="ios",
-                   help="--tile: match boxes by intersection over the smaller box (ios, default) or IoU")
+    p.add_argument("--merge", choices=("nms", "greedynmm"), default="nms",
+                   help="--tile: how boxes of neighbouring tiles merge: nms (default) keeps the best of the boxes "
+                        "that match and drops the rest; greedynmm joins them into their enclosing box (an object "
+                        "cut by a tile edge becomes one box, but so may neighbouring objects in a dense scene)")
+    p.add_argument("--match", choices=("iou", "ios"),
+                   help="--tile: match boxes by IoU or by intersection over the smaller box (ios); default: iou "
+                        "for nms, ios for greedynmm")
     p.add_argument("--match-thresh", type=FRACTION, default=0.5, help="--tile: match above this (default 0.5)")
     p.add_argument("--out", help="folder for annotated outputs: an image keeps its file name (x.png -> x.png), "
                                  "a video becomes <file name>.mp4 (clip.mp4, clip.avi.mp4), camera N cameraN.mp4; "

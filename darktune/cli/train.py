@@ -95,8 +95,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "pixels, boxes shifted back and merged across tiles (a model trained on `data tile` tiles)")
     m.add_argument("--overlap", type=SHARE, default=0.2, help="--tile: overlap of neighbouring tiles (default 0.2)")
     m.add_argument("--tile-full", action="store_true", help="--tile: detect the whole image resized as well")
-    m.add_argument("--merge", choices=("greedynmm", "nms"), default="greedynmm",
-                   help="--tile: merge across tiles (default greedynmm, by intersection over the smaller box > 0.5)")
+    m.add_argument("--merge", choices=("nms", "greedynmm"), default="nms",
+                   help="--tile: merge across tiles: nms by IoU > 0.5 (default) or greedynmm by intersection over "
+                        "the smaller box > 0.5, as detect --tile")
     m.add_argument("--json", action="store_true", help="print the result as JSON")
     m.set_defaults(func=cmd_map)
 

@@ -1,6 +1,6 @@
 """Sliced detection: a large image cut into the tiles of `darktune.data.tile.tile_grid`, the tiles run through
 any backend in batches, their boxes shifted back to the image and merged across tiles
-(`darktune.darknet.box_merge`: greedy match-and-merge by default, or NMS).
+(`darktune.darknet.box_merge`: NMS by IoU by default, or greedy match-and-merge).
 
 Optionally (`full=True`) the whole image, resized to the network, is detected as well and merged with the
 tiles: large objects that no tile holds whole are then found too. An image no larger than one tile is

@@ -31,17 +31,21 @@ from darktune.eval.metrics import evaluate
 @dataclass(frozen=True)
 class Slicing:
     """How to slice: tile size and overlap (as `data tile`), the whole image too (`full`), and the merge
-    across tiles (`greedynmm` or `nms`, by `ios` or `iou` above `match_thresh`); `batch` tiles per call."""
+    across tiles (`nms` or `greedynmm`, by `iou` or `ios` above `match_thresh`; `match` None: iou for nms, ios
+    for greedynmm); `batch` tiles per call. NMS by IoU is the default: on dense small objects (tree crowns)
+    greedy merging by IoS also joins neighbouring objects (docs/tiles.md has the figures)."""
 
     size: int = 416
     overlap: float = 0.2
     full: bool = False
-    merge: str = "greedynmm"
-    match: str = "ios"
+    merge: str = "nms"
+    match: str | None = None
     match_thresh: float = 0.5
     batch: int = 8
 
     def __post_init__(self):
+        if self.match is None:
+            object.__setattr__(self, "match", "iou" if self.merge == "nms" else "ios")
         check_tiling(self.size, self.overlap, "--tile")
         if self.merge not in MERGES:
             raise DarktuneError(f"--merge must be one of {', '.join(MERGES)}, got {self.merge!r}")

@@ -49,7 +49,7 @@ def test_image_no_larger_than_a_tile_is_detected_plainly(tiny, w, h, tile, seed,
 def test_tiles_are_detected_shifted_and_merged(tiny):
     backend = tiny[2]
     image = _image(150, 100, 1)
-    slicing = Slicing(64, 0.25, batch=1)
+    slicing = Slicing(64, 0.25, merge="greedynmm", batch=1)
     by_hand = []
     for x1, y1, x2, y2 in tile_grid(150, 100, 64, 0.25):  # x at 0, 48, 86; y at 0, 36
         d = backend.detect([image[y1:y2, x1:x2]], 0.3, 0.45)[0].copy()
@@ -74,7 +74,11 @@ def test_every_runtime_slices_alike(tiny, name):
     a = sliced_detect(torch_backend, image, slicing, 0.3, 0.45)
     b = sliced_detect(other, image, slicing, 0.3, 0.45)
     assert len(a) == len(b) and len(a) > 0
-    np.testing.assert_allclose(a, b, atol=2e-3)
+
+    def by_place(d):  # scores within 1e-5 of each other may come in either order from two runtimes
+        return d[np.lexsort((np.round(d[:, 1], 1), np.round(d[:, 0], 1)))]
+
+    np.testing.assert_allclose(by_place(a), by_place(b), atol=2e-3)
 
 
 def test_slicing_options_refused_with_the_flag():

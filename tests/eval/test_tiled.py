@@ -79,10 +79,12 @@ def test_object_no_tile_holds_whole_is_merged_and_scored_on_the_whole_image(mode
     image[20:60, 44:80] = 255
     ws = WholeSet(["x.png"], [image], [np.array([[0, 44, 20, 80, 60]], np.float64)], ["thing"], 0)
     monkeypatch.setattr(tiled, "_detect_crops", lambda net_, crops, *rest: _white_box(crops))
-    (dets,) = predict_tiled(net, ws, Slicing(64, 0.2))
+    greedy = Slicing(64, 0.2, merge="greedynmm")
+    assert greedy.match == "ios" and Slicing(64, 0.2).match == "iou"  # each merge's own metric by default
+    (dets,) = predict_tiled(net, ws, greedy)
     np.testing.assert_allclose(dets[:, :4], [[44, 20, 80, 60]])
-    assert evaluate_tiled(net, ws, Slicing(64, 0.2), conf_thresh=0.25).map == pytest.approx(1.0)
-    (by_nms,) = predict_tiled(net, ws, Slicing(64, 0.2, merge="nms", match="iou"))
+    assert evaluate_tiled(net, ws, greedy, conf_thresh=0.25).map == pytest.approx(1.0)
+    (by_nms,) = predict_tiled(net, ws, Slicing(64, 0.2))
     np.testing.assert_allclose(by_nms[0, :4], [52, 20, 80, 60])  # the largest part (28x40) scores best
     assert len(by_nms) > 1
 
@@ -93,5 +95,5 @@ def test_map_tile_command(model, tmp_path, capsys):
     assert main(["map", "--cfg", str(cfg), "--weights", str(weights), "--data", str(obj), "--tile", "64",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["tiling"] == {"tile": 64, "overlap": 0.2, "tile_full": False, "merge": "greedynmm"}
+    assert out["tiling"] == {"tile": 64, "overlap": 0.2, "tile_full": False, "merge": "nms"}
     assert out["images"] == 1 and 0.0 <= out["map"] <= 1.0
