@@ -24,12 +24,10 @@ Sources (SRC) per format:
   openimages  one or more boxes CSV files (e.g. train-annotations-bbox.csv), with
               --descriptions CSV (LabelName,DisplayName) and --images DIR holding <ImageID>.jpg
               (defaults: a class-descriptions CSV and an images/ folder beside the boxes CSV)
-  mot         a MOT sequence (img1/ + gt/gt.txt, optional seqinfo.ini) or a folder of sequences
-              (MOT17/train); rows flagged not considered (column 7 = 0) are left out, classes by MOT's id
-              (1 pedestrian, 2 person_on_vehicle, 3 car, ..., 7 static_person, ...)
+  mot         a MOT sequence (img1/ + gt/gt.txt, optional seqinfo.ini) or a folder of them; rows with
+              column 7 = 0 (not considered) left out; classes by MOT id (1 pedestrian, 3 car, ...)
   auto        by the source: .json -> coco, .csv -> openimages, obj.data or a folder with obj.data /
-              obj.names / classes.txt -> yolo, a folder of .xml -> voc, a MOT sequence (or a folder of
-              them) -> mot
+              obj.names / classes.txt -> yolo, a folder of .xml -> voc, MOT sequences -> mot
 Several sources are merged (classes in order of first appearance). Records of one image file (from several
 sources, or listed twice in one) become one image with the union of their boxes (identical boxes once),
 counted in the summary. --classes keeps only those classes, matched exactly (Cat, cat and CAT are three
