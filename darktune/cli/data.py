@@ -379,8 +379,7 @@ def _write(dataset, args):
 
 def _add_tile(sub) -> None:
     p = sub.add_parser("tile", help="cut large images into overlapping tiles (small objects keep their pixels)",
-                       description="A new darknet dataset of tiles, tiles.json naming each tile's source and "
-                                   "offset; see docs/tiles.md. Sources are only read.",
+                       description="A new dataset of tiles; tiles.json: each tile's source and offset (docs/tiles.md)",
                        epilog=SOURCES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_source_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
@@ -388,10 +387,8 @@ def _add_tile(sub) -> None:
     p.add_argument("--overlap", type=SHARE, default=0.2, help="of neighbouring tiles, a fraction in [0, 1) (0.2)")
     p.add_argument("--min-visible", type=real(0, 1, low_open=True), default=0.5, metavar="F",
                    help="keep a box cut by a tile edge, clipped, when this share of it is inside (default 0.5)")
-    p.add_argument("--negatives", type=FRACTION, default=0.1, metavar="F",
-                   help="share of tiles without boxes kept as negatives (default 0.1)")
-    p.add_argument("--val-fraction", type=SHARE, default=0.0, metavar="F",
-                   help="share of source images for validation, kept whole for map --tile (default 0)")
+    p.add_argument("--negatives", type=FRACTION, default=0.1, metavar="F", help="share of empty tiles kept (0.1)")
+    p.add_argument("--val-fraction", type=SHARE, default=0.0, metavar="F", help="valid share of sources, whole (0)")
     p.add_argument("--tile-valid", action="store_true", help="tile the validation images too")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the split and of the negatives kept (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
