@@ -48,7 +48,7 @@ CPU_OBJ_PRIOR = 0.01  # new heads' objectness starts at 1% on a timed CPU run (n
 
 def with_defaults(config, net_batch: int, cuda: bool):
     """The config of a timed run (``time``) on a CPU, with what the user left unset filled as
-    docs/real_data.md measured it: batch 8 (subdivisions 1), and ``obj_prior`` 0.01.
+    docs/real_data.md measured it: batch 8 (subdivisions 1), ``obj_prior`` 0.01 and no multi-scale.
     Anything else, and every run without ``time`` or on a GPU, as given."""
     if config.time is None or cuda:
         return config
@@ -57,6 +57,8 @@ def with_defaults(config, net_batch: int, cuda: bool):
         changes.update(batch=CPU_BATCH, subdivisions=config.subdivisions or 1)
     if config.obj_prior is None and not config.keep_classes:
         changes["obj_prior"] = CPU_OBJ_PRIOR
+    if config.multi_scale is None:  # sizes up to 1.4x cost up to 2.1x an iteration, and learnt less per iteration
+        changes["multi_scale"] = False
     return dataclasses.replace(config, **changes) if changes else config
 
 

@@ -117,8 +117,9 @@ def test_time_caps_at_iterations(tiny, tmp_path, monkeypatch):
 def test_timed_cpu_runs_fill_batch_and_objectness_prior():
     base = TrainConfig(cfg="a.cfg", data="obj.data", time="15m")
     filled = timed.with_defaults(base, net_batch=1, cuda=False)
-    assert (filled.batch, filled.subdivisions, filled.obj_prior) == (8, 1, timed.CPU_OBJ_PRIOR)
-    given = TrainConfig(cfg="a.cfg", data="obj.data", time="15m", batch=4, obj_prior=0.5)
+    assert (filled.batch, filled.subdivisions, filled.obj_prior, filled.multi_scale) == (8, 1, timed.CPU_OBJ_PRIOR,
+                                                                                        False)
+    given = TrainConfig(cfg="a.cfg", data="obj.data", time="15m", batch=4, obj_prior=0.5, multi_scale=True)
     assert timed.with_defaults(given, net_batch=1, cuda=False) == given  # what the user gave stays
     assert timed.with_defaults(base, net_batch=64, cuda=False).batch == 8  # darknet's GPU batch: 8 on a CPU
     assert timed.with_defaults(base, net_batch=8, cuda=False).batch is None  # the cfg's own 8
