@@ -145,7 +145,8 @@ def predict(model: torch.nn.Module, es: EvalSet, batch_size: int = 32, conf_thre
     net = getattr(model, "model", model)  # a Darknet (or a wrapper holding one)
     specs = [h.spec for h in net.heads]
     COUNT.check(batch_size, "--batch")
-    check_memory(net.spec, min(batch_size, max(1, len(es))), device, what=f"evaluating {net.spec.path}")
+    if getattr(net, "spec", None) is not None:  # a Darknet: its batch's memory is known before it runs
+        check_memory(net.spec, min(batch_size, max(1, len(es))), device, what=f"evaluating {net.spec.path}")
     was_training = net.training
     net.eval()
     folded = fold_bn(net, range(len(net.layers)))  # inference: batch norm folded into the convs
