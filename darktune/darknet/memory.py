@@ -6,10 +6,12 @@ The estimate counts float32 tensors per image from `darktune.darknet.shapes`. In
 outputs kept for later routes, shortcuts and heads, plus one layer's input and what it makes: a convolution with
 batch norm makes two tensors, a [maxpool] with darknet's padding a padded copy of its input). Training: every
 layer's tensors (autograd keeps them for the backward pass) and a quarter more for the gradients in flight. Plus
-the parameters (training: weights, gradients and momentum). yolov3-tiny on CPU (torch 2, 2026-12-07, growth of
-max RSS over one pass): 4 images at 416, inference 129 MiB estimated / 94 MiB measured, training 487 / 376 MiB;
-1 image at 1024, inference 178 / 137 MiB. A slight over-estimate, so the refusal is for sizes that cannot fit,
-not for a close call (a close call that fails still gets the same advice: `is_out_of_memory`).
+the parameters (training: weights, gradients and momentum). yolov3-tiny on the CPU, growth of max RSS over one
+pass against the estimate less the weights (`python benchmarks/bench_memory_estimate.py`, 2026-12-07, 2-core
+AMD EPYC VM shared with other jobs, load average 11): inference 4x416 94 MiB measured / 95 estimated, training
+4x416 405 / 453 (momentum included, not allocated there), inference 1x1024 137 / 144. An over-estimate by a few
+per cent, so the refusal is for sizes that cannot fit, not for a close call (a close call that fails still gets
+the same advice: `is_out_of_memory`).
 """
 
 from __future__ import annotations
