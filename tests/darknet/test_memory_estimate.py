@@ -1,4 +1,4 @@
-"""darktune.darknet.memory: the estimate grows with batch, size and training, a refusal names what and how much,
+"""darktune.darknet.memory (named apart from tests/reliability/test_memory.py, one module name per suite): the estimate grows with batch, size and training, a refusal names what and how much,
 and an allocator's failure is recognised whichever allocator raised it."""
 
 from __future__ import annotations
