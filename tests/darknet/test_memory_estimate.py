@@ -1,5 +1,6 @@
-"""darktune.darknet.memory (named apart from tests/reliability/test_memory.py, one module name per suite): the estimate grows with batch, size and training, a refusal names what and how much,
-and an allocator's failure is recognised whichever allocator raised it."""
+"""darktune.darknet.memory: the estimate grows with batch, size and training, a refusal names what and how much,
+and an allocator's failure is recognised whichever allocator raised it. (Not test_memory.py: pytest imports test
+modules by basename, and tests/reliability/test_memory.py has that one.)"""
 
 from __future__ import annotations
 
