@@ -90,7 +90,8 @@ def _apply(run: Run, n: int, first: bool) -> None:
             b.eval_every = max(1, round(n / B.EVALUATIONS))
         points = user if _user_points(run) else {p for p in range(b.eval_every, n + 1, b.eval_every)
                                                   if n - p >= b.eval_every / 2}  # none right before the last
-        run.eval_points = {p for p in points if run.step < p <= n} | {n}
+        done = {m[0] for m in run.state.maps}  # a refit at an evaluation point's own iteration keeps it
+        run.eval_points = {p for p in points if run.step <= p <= n and p not in done} | {n}
     if run.progress is not None:
         run.progress.total = n
         run.progress.refresh()

@@ -172,3 +172,24 @@ def test_a_timed_run_does_not_warn_about_the_cfgs_burn_in(tiny, tmp_path, monkey
                       iterations=40, out=str(out), checkpoint_every=1000), progress=False)
     log = (out / "train.log").read_text()
     assert "time budget 3s" in log and "is at least half of the run" not in log
+
+
+def test_a_refit_at_an_evaluation_point_keeps_it():
+    """The length is fitted again at iteration 100, which is also an evaluation point not yet evaluated: it stays."""
+    from types import SimpleNamespace
+
+    from darktune.darknet.cfg import NetParams
+
+    run = SimpleNamespace(config=TrainConfig(cfg="a.cfg", data="obj.data", time="15m"), budget=B.Budget(900),
+                          data=SimpleNamespace(iterations=None), net_params=NetParams(), eval_points={1},
+                          budget_evaluates=True, step=0, state=SimpleNamespace(maps=[[0, 0.1]]), progress=None)
+    timed._apply(run, 200, first=True)  # every 40
+    assert run.eval_points == {40, 80, 120, 160, 200}
+    run.step, run.state.maps = 120, [[0, 0.1], [40, 0.2], [80, 0.3]]
+    timed._apply(run, 300, first=False)
+    assert run.eval_points == {120, 160, 200, 240, 280, 300}
+    run.state.maps.append([120, 0.4])  # a refit right after the evaluation at 120 does not repeat it
+    timed._apply(run, 300, first=False)
+    assert run.eval_points == {160, 200, 240, 280, 300}
+    timed._apply(run, 290, first=False)
+    assert run.eval_points == {160, 200, 240, 290}  # 280 is too close to the end
