@@ -88,12 +88,13 @@ def apply_fixes(text: str, fixes: tuple[CfgFix, ...]) -> str:
 
 
 def _has_known_bad_mask(spec) -> bool:
-    """True when `spec` (a NetworkSpec) is yolov3-tiny's COCO network with the published mask on layer 23."""
+    """True when `spec` (a NetworkSpec) is yolov3-tiny's network (any class count: --keep-classes re-heads it)
+    with the COCO anchors and the published mask on layer 23."""
     layers = getattr(spec, "layers", ())
     if len(layers) != 24 or list(getattr(spec, "yolo_indices", ())) != [16, 23]:
         return False
     head = layers[YOLOV3_TINY_MASK.layer]
-    return (tuple(head.mask) == (0, 1, 2) and head.classes == 80
+    return (tuple(head.mask) == (0, 1, 2)
             and tuple(float(a) for a in head.anchors) == tuple(map(float, COCO_ANCHORS)))
 
 

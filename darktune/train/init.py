@@ -25,17 +25,19 @@ in layer order from parameters that require grad, so rebuilding after an unfreez
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from darktune.darknet.cfg import ConvSpec, NetworkSpec, YoloSpec
+from darktune.darknet.cfg import CfgWarning, ConvSpec, NetworkSpec, YoloSpec
 from darktune.darknet.classes import (
     copy_class_rows, copy_other_layers, match_classes, names_beside, read_names_file,
 )
 from darktune.errors import DarktuneError
+from darktune.darknet.known_cfg import known_bad_mask_warning
 from darktune.darknet.model import Darknet
 from darktune.darknet.weights import (
     conv_float_counts, expected_floats, infer_num_classes, load_weights, read_weights_file,
@@ -82,7 +84,21 @@ def _prefix_upto(spec: NetworkSpec, n_floats: int) -> int | None:
 def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, seed: int,
                keep_classes: tuple[list[str], list[str]] | None = None) -> dict:
     """Fill `model` (a re-headed `Darknet`) from `weights`; returns the report written to RUN/init.json.
-    `keep_classes` = (the data's class names, the weights' class names): see `keep_class_rows`."""
+    `keep_classes` = (the data's class names, the weights' class names): see `keep_class_rows`.
+    Warns (CfgWarning, as `load_darknet`) when a loaded head's cfg carries a value known to be wrong for the
+    weights: yolov3-tiny's published mask 0,1,2 with the COCO weights (`darktune.darknet.known_cfg`)."""
+    report = _init_model(model, weights, upto, seed, keep_classes)
+    heads = {i - 1 for i, layer in enumerate(model.spec.layers) if isinstance(layer, YoloSpec)}
+    if weights is not None and heads & set(report["loaded_layers"]):
+        message = known_bad_mask_warning(model.spec, weights)
+        if message:
+            warnings.warn(message, CfgWarning, stacklevel=2)
+            report["warning"] = message
+    return report
+
+
+def _init_model(model: nn.Module, weights: str | Path | None, upto: int | None, seed: int,
+                keep_classes: tuple[list[str], list[str]] | None) -> dict:
     spec = model.spec
     convs = conv_layers(spec)
     gen = torch.Generator().manual_seed(seed)

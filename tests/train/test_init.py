@@ -89,3 +89,24 @@ def test_train_keep_classes_writes_the_rows_into_init_json_and_the_log(coco, pho
     log = (res.run_dir / "train.log").read_text()
     assert "init: class pedestrian: rows of the weights' class 0 (person)" in log
     assert "init: class tree: not among the weights' classes, new rows" in log
+
+
+def test_published_mask_warns_when_training_loads_the_coco_heads(coco):
+    """train/init (which loads weights itself, not through load_darknet) warns about the published mask 0,1,2
+    when it loads the COCO heads (--keep-classes, a whole model); not for conv.15 (new heads), nor with the
+    installed cfg."""
+    import warnings
+
+    from darktune.darknet.cfg import CfgWarning, parse_cfg
+
+    published = parse_cfg(coco.published_cfg).with_size(128)
+    with pytest.warns(CfgWarning, match=r"mask = 0,1,2 .* trained with mask = 1,2,3"):
+        report = init_model(Darknet(published.with_classes(1)), coco.weights, None, 0,
+                            (["person"], read_names_file(coco.names)))
+    assert "mask = 1,2,3" in report["warning"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CfgWarning)
+        report = init_model(Darknet(published.with_classes(1)), coco.weights, 15, 0)  # conv.15: heads new
+        assert "warning" not in report
+        installed = parse_cfg(coco.cfg).with_size(128)
+        init_model(Darknet(installed.with_classes(1)), coco.weights, None, 0, (["person"], read_names_file(coco.names)))
