@@ -1,5 +1,6 @@
 """`darktune experiment` (a grid of training runs from a YAML spec, then its report), `darktune report` (rewrite
-the report of an experiment folder) and `darktune reproduce` (the whole study on the synthetic benchmark)."""
+the report of an experiment or recipe search folder) and `darktune reproduce` (the whole study on the synthetic
+benchmark)."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(func=cmd_experiment)
 
-    p = sub.add_parser("report", help="write report.md and report.html of an experiment folder (of a "
-                                      "`reproduce --model both` folder: each model's and the comparison)")
+    p = sub.add_parser("report", help="write report.md and report.html of an experiment folder or a `darktune "
+                                      "recipe` search folder (of a `reproduce --model both` folder: each model's "
+                                      "and the comparison)")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_report)
@@ -160,11 +162,14 @@ def cmd_report(args) -> int:
     import sys
 
     from darktune.report.compare import write_reports
+    from darktune.report.recipe import is_recipe_folder
 
     made = write_reports(args.dir)
     damaged = [line for p in made for line in p.damaged]
+    what = ("the trial's curve is left out of the figure" if is_recipe_folder(args.dir)
+            else "the run is reported as damaged, not measured")
     for line in damaged:  # refused run files: shown as not measured in the report, and said here
-        print(f"darktune: error: {line} (the run is reported as damaged, not measured)", file=sys.stderr)
+        print(f"darktune: error: {line} ({what})", file=sys.stderr)
     if args.json:
         records = [{"report_md": str(p.markdown), "report_html": str(p.html), "figures": [str(f) for f in p.figures],
                     "damaged_runs": list(p.damaged)} for p in made]

@@ -3,9 +3,10 @@
 Owns: `compare_models(folders) -> Comparison` (per model and starting point: mean mAP at the table rows, time to
 target in iterations and training seconds, images/s), `write_comparison(out_dir, folders)` (report.md,
 report.html, report_files/models.png, comparison.json) and `write_reports(out_dir)` (`darktune report`: one
-experiment's report, or every model's and the comparison of a `--model both` folder). The starting points are matched
-by their role in the study (scratch, backbone, the COCO partial start, the domain path), the frozen counts by
-position (the study's 0/13/20 on yolov3-tiny are 0/27/35 on yolov4-tiny), so each row compares like with like.
+experiment's report, a recipe search's, or every model's and the comparison of a `--model both` folder). The
+starting points are matched by their role in the study (scratch, backbone, the COCO partial start, the domain
+path), the frozen counts by position (the study's 0/13/20 on yolov3-tiny are 0/27/35 on yolov4-tiny), so each row
+compares like with like.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from darktune.report.data import ExperimentData, cell_map, eval_iterations, its_
     main_images, time_to_target
 from darktune.report.machine import machine_lines
 from darktune.report.plots import models_figure
+from darktune.report.recipe import is_recipe_folder, write_recipe_report
 from darktune.report.render import Block, ReportPaths, pct, render_html, render_markdown, write_report
 
 ROLES = ("scratch", "backbone", "coco partial", "domain")
@@ -262,8 +264,11 @@ def model_folders(out_dir: str | Path) -> dict[str, Path] | None:
 
 
 def write_reports(out_dir: str | Path) -> list[ReportPaths]:
-    """The reports of a folder, from its run files: an experiment's report; for a `reproduce --model both`
-    folder, each model's report and then the comparison (titled as `reproduce` titles it)."""
+    """The reports of a folder, from its run files: an experiment's report; a recipe search's (`darktune recipe`:
+    DIR/recipe.json); for a `reproduce --model both` folder, each model's report and then the comparison (titled
+    as `reproduce` titles it)."""
+    if is_recipe_folder(out_dir):
+        return [write_recipe_report(out_dir)]
     folders = model_folders(out_dir)
     if folders is None:
         return [write_report(out_dir)]

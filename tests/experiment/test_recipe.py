@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,84 @@ def test_coco_keep_start_trains_the_whole_coco_model_with_keep_classes(setup, mo
     assert {k["keep_classes"] for k in seen} == {True} and {k["upto"] for k in seen} == {None}
     assert {Path(k["weights"]).name for k in seen} == {Path(coco.weights).name}
     assert result["winner"]["start"] == "coco-keep" and "--keep-classes" in result["winner"]["train_command"]
+
+
+@pytest.fixture(scope="module")
+def ended_search(tmp_path_factory, coco) -> Path:
+    """A small ended search (coco15 and domain starts, the fake trainer), its report not written; made once, each
+    test takes a copy (`search_copy`)."""
+    root = tmp_path_factory.mktemp("ended")
+    data = root / "obj.data"
+    data.write_text("classes = 1\n")
+    domain = root / "my-domain.weights"
+    domain.write_bytes(Path(coco.weights).read_bytes()[:4096])
+    settings = RecipeSettings(data=str(data), target_map=0.8, cfg=str(coco.cfg), domain=str(domain),
+                              starts=("coco15", "domain"), first_rung=20, eval_every=10, max_iterations=400,
+                              train={"batch": 2, "size": 64})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(recipe_mod.runner, "default_train", recipe_train)
+        run_recipe(settings, root / "search", progress=False)
+    assert not (root / "search" / "report.md").exists()
+    return root / "search"
+
+
+@pytest.fixture
+def search_copy(ended_search, tmp_path) -> Path:
+    """The ended search less its weights (the report reads none)."""
+    return Path(shutil.copytree(ended_search, tmp_path / "search", ignore=shutil.ignore_patterns("*.weights")))
+
+
+def test_report_command_rewrites_a_search_folders_report(search_copy, capsys):
+    from darktune.cli import main
+
+    out = search_copy
+    winner = json.loads((out / "recipe.json").read_text())["result"]["winner"]["name"]
+    assert main(["report", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record == {"report_md": str(out / "report.md"), "report_html": str(out / "report.html"),
+                      "figures": [str(out / "report_files" / "recipe_curves.png")], "damaged_runs": []}
+    assert f"**Fastest recipe to 80.0 mAP: {winner}**" in (out / "report.md").read_text()
+    assert captured.err == "" and (out / "report_files" / "recipe_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out == f"report: {out / 'report.md'} and {out / 'report.html'}\n"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: "{", "recipe.json is damaged: Expecting property name"),
+    (lambda s: "[1, 2]", "recipe.json is damaged: a JSON object expected, got list"),
+    (lambda s: json.dumps({**s, "result": None}), "the search has not ended yet"),
+    (lambda s: json.dumps({**s, "result": {**s["result"], "search": None}}), "result: 'search' must not be null"),
+    (lambda s: json.dumps({**s, "result": {**s["result"], "candidates": [
+        {**s["result"]["candidates"][0], "best_map": 7}]}}), r"result.candidates\[0\]: 'best_map' must be in \[0, 1\]"),
+    (lambda s: json.dumps({**s, "result": {**s["result"], "winner": {
+        **s["result"]["winner"], "seed_seconds": ["fast"]}}}), "'seed_seconds' must hold seconds or null"),
+    (lambda s: json.dumps({**s, "rungs": [{"iterations": {}}]}), r"rungs\[0\]: 'iterations' must map"),
+])
+def test_report_command_refuses_a_damaged_or_unfinished_recipe_json_in_one_line(search_copy, capsys, edit, message):
+    from darktune.cli import main
+
+    out = search_copy
+    path = out / "recipe.json"
+    path.write_text(edit(json.loads(path.read_text())))
+    assert main(["report", str(out), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.count("\n") == 1 and captured.err.startswith(f"darktune: error: {path}: ")
+    assert re.search(message, captured.err), captured.err
+    assert not (out / "report.md").exists()
+
+
+def test_report_command_names_a_trials_damaged_metrics_and_exits_1(search_copy, capsys):
+    from darktune.cli import main
+
+    out = search_copy
+    trial = sorted((out / "runs").iterdir())[0]
+    (trial / "metrics.jsonl").write_text('{"iteration": 10, "map": 1.5, "train_s": 1.0}\n')
+    assert main(["report", str(out), "--json"]) == 1
+    captured = capsys.readouterr()
+    damaged = json.loads(captured.out)["damaged_runs"]
+    assert len(damaged) == 1 and damaged[0].startswith(f"{trial / 'metrics.jsonl'}:1: ")
+    assert captured.err == f"darktune: error: {damaged[0]} (the trial's curve is left out of the figure)\n"
+    assert (out / "report.md").is_file()  # the table, from recipe.json, still lists its candidate
+    assert f"| {trial.name.rpartition('-s')[0]} |" in (out / "report.md").read_text()
