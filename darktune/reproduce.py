@@ -212,7 +212,8 @@ def build_spec(profile: Profile, data: dict, backbone: str | None = None, model:
     layers as a stand-in. `model`: a key of STUDY_MODELS (yolov3-tiny writes the spec it always wrote)."""
     p, study = profile, STUDY_MODELS[model]
     train = {"batch": p.batch, "subdivisions": p.subdivisions, "size": p.size, "lr": p.lr, "burn_in": p.burn_in,
-             "protocol": "darknet", "checkpoint_every": p.checkpoint_every, "augment": p.augment}
+             "protocol": "darknet", "checkpoint_every": p.checkpoint_every, "augment": p.augment,
+             "obj_prior": 0.5}  # darknet's objectness start (bias 0), as the study trained: its figures stand
     if p.max_valid_images:
         train["max_valid_images"] = p.max_valid_images
     f = data["filter"]

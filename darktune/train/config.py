@@ -235,9 +235,10 @@ class TrainConfig:
                                         resumable=False, identity=True, domain=real(0, 1000))
     augment: bool = option(True, help="no jitter/colour/flip", kind="store_false", spec=15, resumable=False,
                            identity=True)
-    obj_prior: float | None = option(  # new yolo heads: objectness bias = logit(p) (None: darknet's 0)
-        None, help="start new yolo heads' objectness at probability P (bias logit(P), e.g. 0.01; "
-                   "default: darknet's bias 0, i.e. 0.5)",
+    obj_prior: float | None = option(  # new yolo heads: objectness bias = logit(p) (None: init.DEFAULT_OBJ_PRIOR)
+        None, help="start new yolo heads' objectness at probability P (bias logit(P)); default 0.01, so a fresh "
+                   "head predicts few objects and its objectness loss does not swing (docs/darknet_training.md); "
+                   "0.5 is darknet's bias 0",
         kind="float", metavar="P", cli_after="lr", spec=21, resumable=False, identity=True,
         domain=PROBABILITY_OPEN)
     gpu_augment: bool | None = option(  # None: on for CUDA (device-side input path, `darktune.train.device_inputs`)

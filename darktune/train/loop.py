@@ -32,7 +32,8 @@ from darktune.train.checkpoint import load_checkpoint, load_model_state, load_op
 from darktune.train.device_inputs import check_run_memory, make_batches
 from darktune.train.freeze import frozen_at, layer_digests, set_frozen
 from darktune.train.init import (
-    build_optimizer, burn_in_warning, check_against_network, init_model, set_objectness_prior, weights_class_names,
+    DEFAULT_OBJ_PRIOR, build_optimizer, burn_in_warning, check_against_network, init_model, set_objectness_prior,
+    weights_class_names,
 )
 from darktune.train.inputs import multi_scale_note, subset
 from darktune.train.loss import YoloLoss
@@ -180,8 +181,9 @@ def _fresh_start(run: Run) -> None:
     c = run.config
     keep = (run.names, weights_class_names(c.weights, c.weights_names)) if c.keep_classes else None
     report = init_model(run.model, c.weights, c.upto, c.seed, keep)
-    if c.obj_prior is not None:
-        report["obj_prior_layers"] = set_objectness_prior(run.model, report["new_layers"], c.obj_prior)
+    prior = DEFAULT_OBJ_PRIOR if c.obj_prior is None else c.obj_prior
+    report["obj_prior"] = prior
+    report["obj_prior_layers"] = set_objectness_prior(run.model, report["new_layers"], prior)
     set_frozen(run.model, run.frozen)  # init may have replaced tensors; make sure the flags hold
     report["frozen_layers"] = run.frozen
     # darknet without -clear: the schedule goes on at the iteration the file's `seen` counter says

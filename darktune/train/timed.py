@@ -43,20 +43,18 @@ def start(run: Run, saved: dict | None = None) -> None:
 
 CPU_BATCH = 8  # a timed run on a CPU: 8 images per update, whatever the cfg says (1 in the zoo's yolov3-tiny.cfg,
 # a testing cfg; 64 in yolov4-tiny.cfg, darknet's GPU batch: 15 minutes on a CPU then make a dozen updates)
-CPU_OBJ_PRIOR = 0.01  # new heads' objectness starts at 1% on a timed CPU run (no objectness transient)
 
 
 def with_defaults(config, net_batch: int, cuda: bool):
     """The config of a timed run (``time``) on a CPU, with what the user left unset filled as
-    docs/real_data.md measured it: batch 8 (subdivisions 1), ``obj_prior`` 0.01 and no multi-scale.
+    docs/real_data.md measured it: batch 8 (subdivisions 1) and no multi-scale (new heads' objectness starts at
+    0.01 in every run: `darktune.train.init.DEFAULT_OBJ_PRIOR`).
     Anything else, and every run without ``time`` or on a GPU, as given."""
     if config.time is None or cuda:
         return config
     changes = {}
     if config.batch is None and net_batch != CPU_BATCH:
         changes.update(batch=CPU_BATCH, subdivisions=config.subdivisions or 1)
-    if config.obj_prior is None and not config.keep_classes:
-        changes["obj_prior"] = CPU_OBJ_PRIOR
     if config.multi_scale is None:  # sizes up to 1.4x cost up to 2.1x an iteration, and learnt less per iteration
         changes["multi_scale"] = False
     return dataclasses.replace(config, **changes) if changes else config

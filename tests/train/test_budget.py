@@ -114,11 +114,10 @@ def test_time_caps_at_iterations(tiny, tmp_path, monkeypatch):
     assert res.iterations_done == 12 and res.maps[-1][0] == 12
 
 
-def test_timed_cpu_runs_fill_batch_and_objectness_prior():
+def test_timed_cpu_runs_fill_batch_and_multi_scale():
     base = TrainConfig(cfg="a.cfg", data="obj.data", time="15m")
     filled = timed.with_defaults(base, net_batch=1, cuda=False)
-    assert (filled.batch, filled.subdivisions, filled.obj_prior, filled.multi_scale) == (8, 1, timed.CPU_OBJ_PRIOR,
-                                                                                        False)
+    assert (filled.batch, filled.subdivisions, filled.obj_prior, filled.multi_scale) == (8, 1, None, False)
     given = TrainConfig(cfg="a.cfg", data="obj.data", time="15m", batch=4, obj_prior=0.5, multi_scale=True)
     assert timed.with_defaults(given, net_batch=1, cuda=False) == given  # what the user gave stays
     assert timed.with_defaults(base, net_batch=64, cuda=False).batch == 8  # darknet's GPU batch: 8 on a CPU

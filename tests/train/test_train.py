@@ -409,6 +409,14 @@ def test_obj_prior_sets_new_heads_objectness_bias_only(dataset, tmp_path):
         assert torch.count_nonzero(bias[:, :4]) == 0 and torch.count_nonzero(bias[:, 5:]) == 0  # darknet's 0
     with pytest.raises(DarktuneError, match="obj-prior"):
         cfg_of(dataset, tmp_path / "bad", obj_prior=1.0)
+    for given, expected in ((None, math.log(0.01 / 0.99)), (0.5, 0.0)):  # the default; darknet's bias 0
+        res = train(cfg_of(dataset, tmp_path / f"run_{given}", iterations=1, lr=0.0, obj_prior=given),
+                    progress=False)
+        assert json.loads((res.run_dir / "init.json").read_text())["obj_prior"] == (given or 0.01)
+        load_weights(model, res.run_dir / "weights" / "last.weights")
+        for i in heads:
+            bias = model.layers[i].conv.bias.view(-1, 5 + model.spec.num_classes)
+            assert torch.allclose(bias[:, 4], torch.full((bias.shape[0],), expected))
 
 
 def test_continue_schedule_goes_on_from_the_weights_seen_counter(dataset, tmp_path):
