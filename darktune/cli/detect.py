@@ -11,6 +11,8 @@ from pathlib import Path
 
 from darktune.numbers import COUNT, FRACTION, NET_SIZE, SHARE, TILE, integer
 
+THRESH, NMS = 0.25, 0.45  # score threshold and NMS IoU without --thresh, --nms
+
 
 def most_workers() -> int:
     """The most --workers on this machine: each holds an image or frame and its network's buffers."""
@@ -44,14 +46,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "(default): on CPU the fastest runtime installed on this machine, timed once per machine "
                         "and model shape and cached in $DARKTUNE_HOME (DARKTUNE_BACKEND=NAME sets it without "
                         "timing); torch on a GPU; onnxruntime with --onnx")
-    p.add_argument("--onnx", help="raw-heads ONNX model for --backend onnxruntime or auto (default: the model "
-                                  "exported once into $DARKTUNE_HOME/onnx)")
+    p.add_argument("--onnx", help="ONNX model for --backend onnxruntime or auto (default: the model exported once "
+                                  "into $DARKTUNE_HOME/onnx): a raw-heads export, or a decode graph (`export onnx "
+                                  "--decode`, recognised by its output) whose own decode and NMS then run, with "
+                                  "--tile too; its score threshold and NMS IoU are fixed at export")
     p.add_argument("--no-winograd", action="store_true",
                    help="--backend opencv: direct convolutions instead of OpenCV's Winograd 3x3 ones (slower; "
                         "raw outputs within 1e-4 of torch and ONNX Runtime, where Winograd is about 2e-4 away)")
     p.add_argument("--size", type=NET_SIZE, help="network input size (square, multiple of 32); default: the cfg's")
-    p.add_argument("--thresh", type=FRACTION, default=0.25, help="score threshold, 0 to 1 (default 0.25)")
-    p.add_argument("--nms", type=FRACTION, default=0.45, help="NMS IoU threshold, 0 to 1 (default 0.45)")
+    p.add_argument("--thresh", type=FRACTION, help=f"score threshold, 0 to 1 (default {THRESH:g}; with a decode "
+                                                   "graph, its own threshold if higher; no lower one is possible)")
+    p.add_argument("--nms", type=FRACTION, help=f"NMS IoU threshold, 0 to 1 (default {NMS:g}; with a decode graph, "
+                                                "its own, the only one possible)")
     p.add_argument("--letterbox", action=argparse.BooleanOptionalAction, default=None,
                    help="--letterbox keeps the aspect ratio (grey padding), --no-letterbox resizes plainly; default: "
                         "as the cfg's [net] letter_box (the cfg stored in an --onnx model without --cfg), as "
@@ -109,6 +115,7 @@ def _detect(args) -> int:
     from tqdm import tqdm
 
     from darktune.deploy import backend_choice
+    from darktune.deploy.decoded import run_thresholds
     from darktune.deploy.runtimes import make_backend
     from darktune.errors import DarktuneError
     from darktune.deploy.pipeline import (PerThread, all_images, in_order, threads_each, threads_for_each,
@@ -118,7 +125,7 @@ def _detect(args) -> int:
     from darktune.plural import plural
 
     for option, value in (("--thresh", args.thresh), ("--nms", args.nms)):
-        if not 0.0 <= value <= 1.0:  # also refuses nan
+        if value is not None and not 0.0 <= value <= 1.0:  # also refuses nan
             raise DarktuneError(f"{option} must be between 0 and 1, got {value:g}")
     if args.no_winograd and args.backend != "opencv":
         raise DarktuneError("--no-winograd is for --backend opencv")
@@ -160,6 +167,7 @@ def _detect(args) -> int:
         backend, choice = backend_choice.explicit(args.backend, args.cfg, args.weights, size=args.size,
                                                   device=args.device, onnx=args.onnx, threads=threads)
     args.choice = choice
+    args.thresh, args.nms = run_thresholds(backend, args.thresh, args.nms, (THRESH, NMS))
     for note in getattr(backend, "notes", ()):
         print(f"darktune: note: {note}", file=sys.stderr)
     if args.letterbox is None:

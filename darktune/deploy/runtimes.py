@@ -31,6 +31,7 @@ from torch import nn
 from darktune.darknet.cfg import NetworkSpec, parse_cfg, parse_cfg_text, YoloSpec
 from darktune.devices import cpu_count, parse_device, resolve_device
 from darktune.darknet.load import load_darknet
+from darktune.deploy.decoded import DecodedOnnxBackend, is_decode_graph
 from darktune.deploy.detect import detect_from_heads, preprocess_batch
 from darktune.deploy.fuse import fuse_model
 from darktune.deploy.onnx import export_onnx, ort_session
@@ -120,9 +121,9 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, spec: NetworkSpec | None = None, device: str = "cpu",
-                 threads: int | None = None, cfg_path: str | Path | None = None):
+                 threads: int | None = None, cfg_path: str | Path | None = None, session=None):
         self.path = str(path)
-        self.session = ort_session(path, device, threads)
+        self.session = session if session is not None else ort_session(path, device, threads)
         self.notes: list[str] = []
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("darktune.outputs") == "detections":
@@ -281,8 +282,9 @@ def _cv_message(exc: Exception) -> str:
 def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, *, size: int | None = None,
                  device: str = "cpu", onnx: str | Path | None = None, batch: int | None = 1,
                  threads: int | None = None, fuse: bool = True, precise: bool = True,
-                 winograd: bool = True) -> Backend:
-    """Build backend `name` for a cfg + weights. onnxruntime uses `onnx` if given, else exports the model to a
+                 winograd: bool = True) -> Backend | DecodedOnnxBackend:
+    """Build backend `name` for a cfg + weights. onnxruntime uses `onnx` if given (a decode graph, recognised by
+    its output, runs as `darktune.deploy.decoded.DecodedOnnxBackend`), else exports the model to a
     temporary raw-heads ONNX file (static `batch`, or a dynamic batch axis with batch=None). `fuse` and
     `precise` are the torch backend's (see TorchBackend); `winograd` OpenCV's (False: direct, exact convs)."""
     if name not in BACKENDS:
@@ -292,8 +294,10 @@ def make_backend(name: str, cfg: str | Path | None, weights: str | Path | None, 
         resolve_device(device)
     else:
         parse_device(device)  # ONNX Runtime and OpenCV check their own CUDA support
-    if name == "onnxruntime" and onnx is not None:
-        backend = OnnxRuntimeBackend(onnx, parse_cfg(cfg) if cfg else None, device, threads, cfg_path=cfg)
+    if name == "onnxruntime" and onnx is not None:  # a raw-heads model, or a decode graph (NMS inside)
+        session = ort_session(onnx, device, threads)
+        kind = DecodedOnnxBackend if is_decode_graph(session) else OnnxRuntimeBackend
+        backend = kind(onnx, parse_cfg(cfg) if cfg else None, device, threads, cfg_path=cfg, session=session)
         if size is not None and backend.net_hw != (size, size):
             raise DarktuneError(f"the ONNX model takes {backend.net_hw[1]}x{backend.net_hw[0]} input, not --size "
                                 f"{size}; export it again with --size", path=str(onnx))

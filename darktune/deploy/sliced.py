@@ -2,6 +2,10 @@
 any backend in batches, their boxes shifted back to the image and merged across tiles
 (`darktune.darknet.box_merge`: NMS by IoU by default, or greedy match-and-merge).
 
+A backend is anything with `detect(images, conf_thresh, nms_thresh, letterbox)`: the raw-heads runtimes of
+`darktune.deploy.runtimes` (darktune's decode and per-tile NMS) and an exported decode graph
+(`darktune.deploy.decoded`: the graph's decode and NMS per tile); the merge across tiles is the same for all.
+
 Optionally (`full=True`) the whole image, resized to the network, is detected as well and merged with the
 tiles: large objects that no tile holds whole are then found too. An image no larger than one tile is
 detected plainly, exactly as `Backend.detect` does (the same call, the same boxes).
@@ -13,7 +17,6 @@ import numpy as np
 
 from darktune.darknet.box_merge import merge_detections
 from darktune.data.tile import fits_one_tile, tile_grid
-from darktune.deploy.detect import detect_from_heads, preprocess_batch
 from darktune.eval.tiled import Slicing, shift
 
 __all__ = ["Slicing", "sliced_detect", "tile_detections"]
@@ -21,17 +24,14 @@ __all__ = ["Slicing", "sliced_detect", "tile_detections"]
 
 def tile_detections(backend, image: np.ndarray, slicing: Slicing, conf_thresh: float, nms_thresh: float,
                     letterbox: bool = False) -> list[np.ndarray]:
-    """Per tile of `image`, its detections (each tile NMS'd as a plain detection) in image pixels."""
+    """Per tile of `image`, its detections (each tile detected plainly by `backend.detect`, `slicing.batch`
+    tiles per call) in image pixels."""
     h, w = image.shape[:2]
     tiles = tile_grid(w, h, slicing.size, slicing.overlap)
     out = []
     for start in range(0, len(tiles), slicing.batch):
         part = tiles[start:start + slicing.batch]
-        crops = [image[y1:y2, x1:x2] for x1, y1, x2, y2 in part]
-        heads = backend.raw(preprocess_batch(crops, backend.net_hw, letterbox))
-        sizes = [(c.shape[1], c.shape[0]) for c in crops]
-        dets = detect_from_heads(heads, backend.head_specs, backend.net_hw, sizes, conf_thresh, nms_thresh,
-                                 letterbox)
+        dets = backend.detect([image[y1:y2, x1:x2] for x1, y1, x2, y2 in part], conf_thresh, nms_thresh, letterbox)
         out += [shift(d, x1, y1) for d, (x1, y1, _, _) in zip(dets, part)]
     return out
 
