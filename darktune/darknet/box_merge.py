@@ -13,6 +13,12 @@ image pixels.
   so merging by `ios` joins them where IoU-based NMS would keep both.
 
 Match metrics: `iou` (intersection over union) and `ios` (intersection over the smaller box's area).
+
+Speed: a whole image at mAP's score threshold holds thousands of boxes; comparing each kept box with the rest
+one call at a time cost 40% of sliced detection's time (1,250x1,035 px orthophoto, 12 tiles, ~2,000 boxes).
+Each box still in play is compared only with the later boxes still in play whose x-range can meet it
+(`_match_rows`), with the same arithmetic: the result is the one-at-a-time greedy's, bit for bit
+(`tests/darknet/test_box_merge.py` checks it against that loop).
 """
 
 from __future__ import annotations
@@ -23,19 +29,53 @@ METRICS = ("iou", "ios")
 MERGES = ("greedynmm", "nms")
 
 
-def _pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """(len(a), len(b)) match values of boxes a and b, (k, 4) xyxy each."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+def _match(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """Match values of boxes a and b (..., 4) xyxy, broadcast against each other."""
+    lt = np.maximum(a[..., :2], b[..., :2])
+    rb = np.minimum(a[..., 2:4], b[..., 2:4])
     wh = np.clip(rb - lt, 0, None)
     inter = wh[..., 0] * wh[..., 1]
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    if metric == "iou":
-        denom = area_a[:, None] + area_b[None, :] - inter
-    else:
-        denom = np.minimum(area_a[:, None], area_b[None, :])
+    area_a = np.clip(a[..., 2] - a[..., 0], 0, None) * np.clip(a[..., 3] - a[..., 1], 0, None)
+    area_b = np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
+    denom = area_a + area_b - inter if metric == "iou" else np.minimum(area_a, area_b)
     return np.where(denom > 0, inter / np.where(denom > 0, denom, 1), 0.0)
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """(len(a), len(b)) match values of boxes a and b, (k, 4) xyxy each."""
+    return _match(a[:, None, :], b[None, :, :], metric)
+
+
+PAIR_CHUNK = 1 << 20  # candidate pairs whose match values are computed in one call
+
+
+def _matching_pairs(boxes: np.ndarray, metric: str, thresh: float) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with i < j of every pair of boxes that match (> thresh), sorted by i then j. Of two boxes that
+    intersect, the one with the larger x1 has its x1 inside the other's x-range: so only pairs where box j's x1
+    lies within box i's x-range (a pixel of margin) are compared, found by binary search in the x1-sorted
+    boxes; a pair that does not intersect matches under no metric (its value is 0)."""
+    n = len(boxes)
+    order = np.argsort(boxes[:, 0], kind="stable")
+    xs = boxes[order, 0]
+    lo = np.searchsorted(xs, boxes[:, 0] - 1.0, "left")
+    hi = np.maximum(lo, np.searchsorted(xs, boxes[:, 2] + 1.0, "right"))
+    found = []
+    first = 0
+    while first < n:  # rows in chunks of about PAIR_CHUNK candidate pairs
+        counts = hi[first:] - lo[first:]
+        last = first + max(1, int(np.searchsorted(np.cumsum(counts), PAIR_CHUNK, "right")))
+        counts = counts[:last - first]
+        rows = np.repeat(np.arange(first, last), counts)
+        offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols = order[np.repeat(lo[first:last], counts) + offsets]
+        i, j = np.minimum(rows, cols), np.maximum(rows, cols)
+        keep = i < j
+        i, j = i[keep], j[keep]
+        hit = _match(boxes[i], boxes[j], metric) > thresh
+        found.append(i[hit].astype(np.int64) * n + j[hit])
+        first = last
+    keys = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    return keys // max(n, 1), keys % max(n, 1)
 
 
 def match_value(a, b, metric: str = "ios") -> float:
@@ -58,6 +98,17 @@ def _groups(dets: np.ndarray):
         yield idx, dets[idx, :4].astype(np.float64)
 
 
+def _match_rows(boxes: np.ndarray, metric: str, thresh: float, done: np.ndarray):
+    """(i, matches) for every i in order whose `done[i]` is False when reached: the indices j > i, not done,
+    whose boxes match box i, ascending. The caller updates `done` between rows."""
+    i_of, j_of = _matching_pairs(boxes, metric, thresh)
+    starts = np.searchsorted(i_of, np.arange(len(boxes) + 1))
+    for i in range(len(boxes)):
+        if not done[i]:
+            js = j_of[starts[i]:starts[i + 1]]
+            yield i, js[~done[js]]
+
+
 def nms(dets: np.ndarray, thresh: float = 0.5, metric: str = "iou") -> np.ndarray:
     """Per-class greedy NMS: the kept detections, by falling score within each class, classes in order."""
     _check(metric, thresh)
@@ -65,10 +116,9 @@ def nms(dets: np.ndarray, thresh: float = 0.5, metric: str = "iou") -> np.ndarra
     keep = []
     for idx, boxes in _groups(dets):
         gone = np.zeros(len(idx), bool)
-        for i in range(len(idx)):
-            if not gone[i]:
-                keep.append(idx[i])
-                gone |= _pairwise(boxes[i:i + 1], boxes, metric)[0] > thresh
+        for i, matches in _match_rows(boxes, metric, thresh, gone):
+            keep.append(idx[i])
+            gone[matches] = True
     return dets[np.asarray(keep, np.int64)] if keep else np.zeros((0, 6), np.float32)
 
 
@@ -80,10 +130,7 @@ def greedy_nmm(dets: np.ndarray, thresh: float = 0.5, metric: str = "ios") -> np
     out = []
     for idx, boxes in _groups(dets):
         taken = np.zeros(len(idx), bool)
-        for i in range(len(idx)):
-            if taken[i]:
-                continue
-            members = np.nonzero((_pairwise(boxes[i:i + 1], boxes, metric)[0] > thresh) & ~taken)[0]
+        for i, members in _match_rows(boxes, metric, thresh, taken):
             taken[members] = True
             taken[i] = True
             merged = dets[idx[i]].astype(np.float64)
