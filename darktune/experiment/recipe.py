@@ -57,6 +57,7 @@ from darktune.experiment.task import TrainFn, call_run
 from darktune.files import folder_lock
 from darktune.report.data import read_metrics_file
 from darktune.train.config import OPTIONS
+from darktune.train.feature_cache import SharedFeatures, sharing_features
 
 STATE = "recipe.json"
 MAX_RUNGS = 10
@@ -74,6 +75,8 @@ class Search:
         self.by_name = {c.name: c for c in candidates(settings)}
         self.t0 = time.perf_counter()
         self.spent0 = float(state.get("spent_s", 0.0))
+        # trials trained here, one after the other, share their frozen layers' outputs (Ray workers do not)
+        self.shared = SharedFeatures() if pool is None else None
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def spent(self) -> float:
@@ -130,9 +133,10 @@ class Search:
             if self.pool is not None:
                 self.pool.run(self.train_fn, tasks, lambda i, error, status: self._ended(tasks[i][1], error, bar), bar)
             else:
-                for _, kwargs in tasks:
-                    bar.count(running=1)
-                    self._ended(kwargs, call_run(self.train_fn, kwargs), bar)
+                with sharing_features(self.shared):
+                    for _, kwargs in tasks:
+                        bar.count(running=1)
+                        self._ended(kwargs, call_run(self.train_fn, kwargs), bar)
         finally:
             bar.close()
 
