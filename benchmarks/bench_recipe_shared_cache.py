@@ -10,7 +10,8 @@ same prefix outputs), batch 8, no augmentation (the cache applies), first rung 1
 10, at most 30, eta 2, target 0.9 (not reached at these sizes: no finals). "off" is the search as before sharing
 (each trial's cache in the trial only), "on" shares; each search gets a fresh folder. Prints, per search: training
 seconds (the trials' own wall clock), the process's CPU seconds during the search (less sensitive to what else
-the machine runs), wall seconds, iterations, trials, the training images taken from the shared store; and whether
+the machine runs), wall seconds, iterations, trials, the training images taken from the shared store (from each
+trial's final summary: the last run of a trial extended in later rungs); and whether
 the mAP curves of the trials both searches trained are equal (sharing changes no number).
 """
 
