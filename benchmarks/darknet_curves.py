@@ -76,7 +76,10 @@ def run_darktune(folder: Path, data: Path, zoo, args, seed: int, extra: list[str
     summary = folder / "summary.json"
     if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
         return json.loads(summary.read_text()).get("elapsed_seconds", 0.0)
-    cmd = [sys.executable, "-m", "darktune", "train", "--cfg", str(zoo.cfg), "--data", str(data),
+    entry = [sys.executable, "-m", "darktune", "train"]
+    if extra[:1] == ["@darknet-cpu"]:  # darktune with darknet-CPU's arithmetic (benchmarks/darknet_cpu_train.py)
+        entry, extra = [sys.executable, str(Path(__file__).with_name("darknet_cpu_train.py"))], extra[1:]
+    cmd = [*entry, "--cfg", str(zoo.cfg), "--data", str(data),
            "--weights", str(zoo.weights), "--upto", str(UPTO), "--iterations", str(args.iterations),
            "--batch", str(args.batch), "--subdivisions", "1", "--size", str(args.size), "--lr", str(args.lr),
            "--burn-in", str(args.burn_in), "--steps", ",".join(map(str, args.steps)), "--multi-scale",
