@@ -88,7 +88,7 @@ def init_model(model: nn.Module, weights: str | Path | None, upto: int | None, s
     Warns (CfgWarning, as `load_darknet`) when a loaded head's cfg carries a value known to be wrong for the
     weights: yolov3-tiny's published mask 0,1,2 with the COCO weights (`darktune.darknet.known_cfg`)."""
     report = _init_model(model, weights, upto, seed, keep_classes)
-    heads = {i - 1 for i, layer in enumerate(model.spec.layers) if isinstance(layer, YoloSpec)}
+    heads = {i - 1 for i in model.spec.yolo_indices}  # the output conv before each [yolo]
     if weights is not None and heads & set(report["loaded_layers"]):
         message = known_bad_mask_warning(model.spec, weights)
         if message:
